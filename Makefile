@@ -1,0 +1,79 @@
+# taskexec: one Makefile. `make` builds build/taskexec; `make test` builds the
+# sanitizer build and runs every unit and integration test; `make run` serves.
+CC = gcc
+PKGS = libmicrohttpd jansson sqlite3 uuid
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wcast-qual -Wno-missing-field-initializers
+CPPFLAGS = -D_GNU_SOURCE -Isrc
+# Recursive (=) so pkg-config runs after the deps step has installed the packages.
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lpthread -lm
+CFLAGS = -std=c17 -O2 -g $(WARN)
+SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)
+
+SRC = $(filter-out src/main.c, $(wildcard src/*.c))
+HDR = $(wildcard src/*.h)
+OBJ = $(SRC:src/%.c=build/obj/%.o) build/obj/catalog_builtin.o
+OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) build/asan/obj/catalog_builtin.o
+UNIT_SRC = $(wildcard tests/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
+DEPS = build/.deps-ok
+
+.PHONY: all run test unit it clean deps
+all: build/taskexec
+
+$(DEPS): scripts/install-deps.sh
+	bash scripts/install-deps.sh
+	@mkdir -p build && touch $@
+deps: $(DEPS)
+
+build/gen/catalog_builtin.c: share/aiopslab-problems.txt
+	@mkdir -p $(@D)
+	{ echo '/* Generated from $< by the Makefile. */'; \
+	  echo 'extern const char catalog_builtin[];'; \
+	  echo 'const char catalog_builtin[] ='; \
+	  sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/    "&\\n"/' $<; echo '    "";'; } > $@
+
+build/obj/catalog_builtin.o: build/gen/catalog_builtin.c | $(DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+build/asan/obj/catalog_builtin.o: build/gen/catalog_builtin.c | $(DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_SAN) -c $< -o $@
+
+build/obj/%.o: src/%.c $(HDR) | $(DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
+build/asan/obj/%.o: src/%.c $(HDR) | $(DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS_SAN) -c $< -o $@
+
+build/taskexec: build/obj/main.o $(OBJ)
+	$(CC) $(CFLAGS) $^ $(PKG_LIBS) -o $@
+build/asan/taskexec: build/asan/obj/main.o $(OBJ_SAN)
+	$(CC) $(CFLAGS_SAN) $^ $(PKG_LIBS) -o $@
+
+build/asan/test_%: tests/test_%.c $(OBJ_SAN) $(HDR) | $(DEPS)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS_SAN) $< $(OBJ_SAN) $(PKG_LIBS) -lcmocka -o $@
+
+run: build/taskexec
+	./build/taskexec serve
+
+# Sanitizer reports make a run fail; the integration suite also scans the
+# server's stderr for them after each clean shutdown.
+export ASAN_OPTIONS = detect_leaks=1:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+it: build/asan/taskexec
+	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/it
+
+test: build/taskexec
+	$(MAKE) unit
+	$(MAKE) it
+
+clean:
+	rm -rf build

@@ -1,0 +1,91 @@
+/* api: the request context handlers see, reply helpers, and the handlers. */
+#ifndef TASKEXEC_API_H
+#define TASKEXEC_API_H
+
+#include "buf.h"
+#include "server.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct MHD_Connection;
+
+#define API_MAX_PARAMS 4
+
+/* One HTTP request, owned by http.c and freed when MHD completes it. */
+struct request {
+    struct server *srv;
+    struct MHD_Connection *conn;
+    const char *method;              /* borrowed from MHD */
+    char path[1024];                 /* normalized: aliases mapped to /api/v1 */
+    char request_id[48];
+    struct buf body;                 /* capped at MAX_BODY_BYTES */
+    bool body_too_big;
+    const char *params[API_MAX_PARAMS]; /* path captures, borrowed from path_copy */
+    size_t n_params;
+    char path_copy[1024];            /* path split for captures */
+    int64_t started_ms;
+    /* the answer */
+    int status;
+    json_t *reply;                   /* owned; NULL: no body (204) */
+    const char *route;               /* route template, for logs and metrics */
+};
+
+typedef int (*api_handler)(struct request *req);
+
+/* reply: sets the answer; takes the reference to body (may be NULL). Returns 0. */
+int api_reply(struct request *req, int status, json_t *body);
+/* api_fail: the error shape {"detail","type","request_id"} with status; returns 0. */
+int api_fail(struct request *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* api_reply_error: maps an err.h code to its status (the one place that does). */
+int api_reply_error(struct request *req, int rc, const char *what);
+/* api_invalid: 422 with an "errors" list of {"field","message"}; takes errors. */
+int api_invalid(struct request *req, json_t *errors);
+/* api_invalid_field: 422 for one field. */
+int api_invalid_field(struct request *req, const char *field, const char *message);
+
+/* api_query: a query-string value (decoded) or NULL; borrowed from MHD. */
+const char *api_query(struct request *req, const char *name);
+/* api_header: a request header or NULL; borrowed. */
+const char *api_header(struct request *req, const char *name);
+/* api_query_int: parses an optional integer argument within [lo, hi]; replies 422
+ * and returns ERR_INVALID when malformed. *out keeps def when absent. */
+int api_query_int(struct request *req, const char *name, long long lo, long long hi,
+                  long long def, long long *out) __attribute__((warn_unused_result));
+/* api_query_bool: "true/false/1/0"; same contract as api_query_int. */
+int api_query_bool(struct request *req, const char *name, bool def, bool *out)
+    __attribute__((warn_unused_result));
+/* api_body_json: parses the body (duplicate keys rejected). On a malformed body
+ * replies 400 and returns ERR_INVALID. An empty body gives *out = NULL. The
+ * caller owns *out. */
+int api_body_json(struct request *req, json_t **out) __attribute__((warn_unused_result));
+/* api_valid_uuid: 36 characters of a canonical UUID. */
+bool api_valid_uuid(const char *s);
+
+/* Handlers (api_*.c). */
+int api_health(struct request *req);
+int api_ready(struct request *req);
+int api_task_create(struct request *req);
+int api_task_list(struct request *req);
+int api_task_stats(struct request *req);
+int api_task_get(struct request *req);
+int api_task_cancel(struct request *req);
+int api_task_logs(struct request *req);
+int api_task_conversations(struct request *req);
+int api_problems(struct request *req);
+int api_conv_list(struct request *req);
+int api_conv_stats(struct request *req);
+int api_conv_for_task(struct request *req);
+int api_conv_get(struct request *req);
+int api_conv_messages(struct request *req);
+int api_worker_list(struct request *req);
+int api_worker_get(struct request *req);
+int api_worker_stats(struct request *req);
+int api_internal_status(struct request *req);
+int api_internal_scale(struct request *req);
+int api_internal_stop(struct request *req);
+int api_internal_start(struct request *req);
+
+#endif

@@ -1,0 +1,48 @@
+/* api_health: /health and /ready in the seed shapes. */
+#include "api.h"
+#include "clock.h"
+#include "version.h"
+#include "worker.h"
+
+int api_health(struct request *req)
+{
+    struct store *st = req->srv->store;
+    int64_t t0 = clock_now_us(), w[3];
+    bool db = st->ops->ping(st) == 0;
+    double latency = (double)(clock_now_us() - t0) / 1000.0;
+    struct task_stats ts;
+    json_t *o, *queue = json_object();
+    char now[40];
+    int wrc = db ? st->ops->worker_counts(st, w) : -1;
+    int trc = db ? st->ops->task_stats(st, &ts) : -1;
+    const char *status = !db ? "unhealthy" : (wrc == 0 && w[0] + w[1] == 0) ? "degraded"
+                                                                            : "healthy";
+
+    clock_format(clock_now_us(), now, sizeof(now));
+    for (int i = 0; queue && trc == 0 && i < TASK_N_STATUS; i++)
+        json_object_set_new(queue, task_status_name((enum task_status)i),
+                            json_integer(ts.counts[i]));
+    o = json_pack("{s:s, s:s, s:s, s:{s:b, s:f}, s:o, s:o}", "status", status, "version",
+                  TASKEXEC_VERSION, "timestamp", now, "database", "connected", db,
+                  "latency_ms", latency, "workers",
+                  wrc == 0 ? json_pack("{s:I, s:I, s:I, s:I}", "total",
+                                       (json_int_t)(w[0] + w[1] + w[2]), "idle",
+                                       (json_int_t)w[0], "busy", (json_int_t)w[1], "offline",
+                                       (json_int_t)w[2])
+                           : json_pack("{s:s}", "error", "unavailable"),
+                  "queue", queue ? queue : json_object());
+    return api_reply(req, db ? 200 : 503, o);
+}
+
+int api_ready(struct request *req)
+{
+    struct store *st = req->srv->store;
+    bool db = st->ops->ping(st) == 0;
+    json_t *status = worker_manager_status(req->srv->workers);
+    bool workers = json_is_true(json_object_get(status, "running"));
+
+    json_decref(status);
+    return api_reply(req, db ? 200 : 503,
+                     json_pack("{s:b, s:b, s:b}", "ready", db, "database", db, "workers",
+                               workers));
+}

@@ -1,0 +1,46 @@
+/* config: every setting in one table; defaults < .env < environment < flags. */
+#ifndef TASKEXEC_CONFIG_H
+#define TASKEXEC_CONFIG_H
+
+#include <stdbool.h>
+
+struct config {
+    char *database_url;          /* sqlite://PATH or postgresql://... */
+    char *host;
+    int port;
+    int num_internal_workers;
+    bool auto_start_workers;
+    int default_timeout_minutes;
+    int default_max_steps;
+    char *log_level;
+    char *executor;              /* simulated | command | aiopslab | noop */
+    char *executor_command;      /* argv for "command", split on blanks */
+    char *worker_backend_type;
+    char *worker_name_prefix;
+    int heartbeat_timeout_seconds;
+    int max_internal_workers;
+    int max_body_bytes;
+    char *problem_validation;    /* lenient | strict */
+    char *backend_provision;     /* none | kind */
+    char *webhook_secret;
+    char *webhook_allowed_hosts;
+    int session_idle_minutes;
+    int http_threads;            /* libmicrohttpd thread pool size */
+    int poll_interval_ms;        /* idle worker's fallback poll */
+    int exec_grace_seconds;      /* SIGTERM to SIGKILL */
+    int max_output_bytes;        /* per task: executor output kept, beyond it dropped */
+    char *work_dir;              /* parent of each task's working directory */
+    char *problems_file;         /* catalog of known problem ids */
+};
+
+/* config_load: fills cfg from defaults, ./.env (if present), the environment and
+ * the flags in argv[0..argc) ("--port 9000" or "--port=9000"). On ERR_INVALID
+ * it has printed what is wrong to stderr; cfg must still be freed with
+ * config_reset. Unknown flags are errors. */
+int config_load(struct config *cfg, int argc, char **argv) __attribute__((warn_unused_result));
+/* config_reset: frees the strings of cfg. */
+void config_reset(struct config *cfg);
+/* config_print_help: the table of settings, for --help. */
+void config_print_help(void);
+
+#endif

@@ -1,0 +1,19 @@
+/* http: libmicrohttpd glue: capped body reading, dispatch through the router,
+ * JSON replies with X-Request-ID. */
+#ifndef TASKEXEC_HTTP_H
+#define TASKEXEC_HTTP_H
+
+struct server;
+struct http;
+
+/* http_start: listens on cfg host:port with a thread pool of HTTP_THREADS.
+ * Caller stops with http_stop. ERR_IO when it cannot listen (logged). */
+int http_start(struct server *srv, struct http **out) __attribute__((warn_unused_result));
+/* http_port: the port actually bound (useful with PORT=0). */
+int http_port(const struct http *h);
+/* http_quiesce: stops accepting new connections; in-flight requests finish. */
+void http_quiesce(struct http *h);
+/* http_stop: closes every connection and frees; NULL-safe. */
+void http_stop(struct http *h);
+
+#endif

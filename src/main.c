@@ -1,0 +1,48 @@
+/* main: the taskexec command: subcommands and their dispatch. */
+#include "config.h"
+#include "server.h"
+#include "simulate.h"
+#include "version.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: taskexec COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  serve      run the REST API with internal workers\n"
+            "  simulate   the simulated executor (reads a task line on stdin)\n"
+            "  version    print the version\n"
+            "\n"
+            "serve takes every setting as --name-in-lower-case VALUE (see serve --help).\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+
+    if (!cmd || !strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(cmd ? stdout : stderr);
+        return cmd ? 0 : 2;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("taskexec %s\n", TASKEXEC_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve")) {
+        if (argc > 2 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            printf("usage: taskexec serve [--setting VALUE]...\n\n");
+            config_print_help();
+            return 0;
+        }
+        return server_run(argc - 2, argv + 2);
+    }
+    if (!strcmp(cmd, "simulate"))
+        return simulate_main();
+    fprintf(stderr, "taskexec: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,144 @@
+/* server: `taskexec serve`, wiring the modules together and shutting down in order. */
+#include "server.h"
+#include "catalog.h"
+#include "clock.h"
+#include "err.h"
+#include "http.h"
+#include "log.h"
+#include "version.h"
+#include "worker.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SHUTDOWN_LIMIT_SECONDS 30
+
+static int check_config(const struct config *cfg)
+{
+    int lvl = log_parse_level(cfg->log_level);
+
+    if (lvl < 0) {
+        log_error("LOG_LEVEL must be debug, info, warning or error, not '%s'", cfg->log_level);
+        return ERR_INVALID;
+    }
+    log_set_level((enum log_level)lvl);
+    if (!strcmp(cfg->executor, "aiopslab")) {
+        log_error("EXECUTOR=aiopslab: the AIOpsLab runner is not part of this build yet; "
+                  "use simulated or command");
+        return ERR_INVALID;
+    }
+    if (strcmp(cfg->executor, "simulated") && strcmp(cfg->executor, "command") &&
+        strcmp(cfg->executor, "noop")) {
+        log_error("EXECUTOR must be simulated, command, aiopslab or noop, not '%s'",
+                  cfg->executor);
+        return ERR_INVALID;
+    }
+    if (strcmp(cfg->problem_validation, "lenient") && strcmp(cfg->problem_validation, "strict")) {
+        log_error("PROBLEM_VALIDATION must be lenient or strict");
+        return ERR_INVALID;
+    }
+    if (strcmp(cfg->backend_provision, "none") != 0) {
+        log_error("BACKEND_PROVISION=%s: provisioning Kind clusters is not part of this build "
+                  "yet; use none", cfg->backend_provision);
+        return ERR_INVALID;
+    }
+    if (cfg->num_internal_workers > cfg->max_internal_workers) {
+        log_error("NUM_INTERNAL_WORKERS (%d) is above MAX_INTERNAL_WORKERS (%d)",
+                  cfg->num_internal_workers, cfg->max_internal_workers);
+        return ERR_INVALID;
+    }
+    if (!task_valid_name(cfg->worker_backend_type, 64)) {
+        log_error("WORKER_BACKEND_TYPE must be 1 to 64 characters from [A-Za-z0-9_.:-]");
+        return ERR_INVALID;
+    }
+    return 0;
+}
+
+/* After the first signal: a second one, or a shutdown that takes too long, ends
+ * the process at once. Tasks left running are recovered at the next start. */
+static void *watchdog(void *arg)
+{
+    sigset_t *set = arg;
+    struct timespec limit = {.tv_sec = SHUTDOWN_LIMIT_SECONDS};
+    int sig = sigtimedwait(set, NULL, &limit);
+
+    log_warn("%s: forcing exit", sig > 0 ? "second signal" : "shutdown took too long");
+    _exit(1);
+    return NULL;
+}
+
+int server_run(int argc, char **argv)
+{
+    struct server srv;
+    sigset_t set;
+    pthread_t dog;
+    int sig = 0, rc, code = 1, n_failed = 0, prev;
+
+    memset(&srv, 0, sizeof(srv));
+    srv.started_at = clock_now_us();
+    if (config_load(&srv.cfg, argc, argv) < 0 || check_config(&srv.cfg) < 0) {
+        config_reset(&srv.cfg);
+        return 2;
+    }
+    /* Signals go to the main thread only: block them before any thread exists. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    ssize_t n = readlink("/proc/self/exe", srv.self_exe, sizeof(srv.self_exe) - 1);
+    if (n <= 0) {
+        log_error("cannot find this program's path in /proc/self/exe");
+        goto out;
+    }
+    srv.self_exe[n] = '\0';
+    srv.problems = catalog_load(srv.cfg.problems_file);
+    if (!srv.problems)
+        goto out;
+    rc = store_open(srv.cfg.database_url, &srv.store);
+    if (rc < 0) {
+        log_error("cannot open the database %s: %s", srv.cfg.database_url, err_str(rc));
+        goto out;
+    }
+    rc = srv.store->ops->recover(srv.store, srv.cfg.worker_name_prefix, clock_now_us(),
+                                 &n_failed);
+    if (rc < 0)
+        goto out;
+    if (n_failed)
+        log_warn("recovery: %d tasks left running by the previous process ended failed",
+                 n_failed);
+    if (worker_manager_new(&srv, &srv.workers) < 0 ||
+        worker_manager_housekeeping(srv.workers) < 0)
+        goto out;
+    if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
+        worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
+        goto out;
+    if (http_start(&srv, &srv.http) < 0)
+        goto out;
+    log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
+             TASKEXEC_VERSION, srv.cfg.host, http_port(srv.http), srv.store->ops->name,
+             srv.cfg.executor, srv.cfg.auto_start_workers ? srv.cfg.num_internal_workers : 0);
+    while (sigwait(&set, &sig) != 0)
+        ;
+    log_info("signal %d: shutting down (a second signal forces it)", sig);
+    pthread_create(&dog, NULL, watchdog, &set);
+    pthread_detach(dog);
+    http_quiesce(srv.http);
+    code = 0;
+out:
+    /* Workers first: they stop their children and record why; then HTTP; then the store. */
+    worker_manager_free(srv.workers);
+    http_stop(srv.http);
+    store_close(srv.store);
+    json_decref(srv.problems);
+    config_reset(&srv.cfg);
+    if (code == 0)
+        log_info("stopped");
+    return code;
+}

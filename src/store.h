@@ -1,0 +1,146 @@
+/* store: the storage interface. One vtable (struct store_ops), one file per
+ * backend (store_sqlite.c; store_pg.c to come), and store_* wrappers.
+ *
+ * DESIGN
+ * The queue rules live in the SQL of each backend so that they hold across
+ * threads and processes: a claim picks and leases one pending task in one
+ * transaction; finishing a task changes it only while the caller still holds its
+ * lease and it is still running, so a reaped, cancelled or re-leased task is never
+ * overwritten. Every function is safe to call from any thread at the same time.
+ * Reads that feed the API return jansson values built in the API's shapes. */
+#ifndef TASKEXEC_STORE_H
+#define TASKEXEC_STORE_H
+
+#include "task.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+struct task_filter {
+    int status;              /* -1: any */
+    const char *problem_id;  /* NULL: any */
+    const char *worker_id;   /* NULL: any */
+    int64_t since, until;    /* created_at bounds in us; 0: none */
+    bool oldest_first;       /* default newest first */
+    int64_t limit, offset;
+};
+
+struct task_page {
+    struct task **items;     /* owned; free with store_task_page_reset */
+    size_t n;
+    int64_t total;           /* matching rows, ignoring limit/offset */
+};
+
+struct claim_req {
+    const char *worker_id;
+    const char *backend_type;
+    const char *const *patterns; /* supported_problems globs; n_patterns 0: any problem */
+    size_t n_patterns;
+    const char *lease_token;
+    int64_t now;
+};
+
+struct task_stats {
+    int64_t counts[TASK_N_STATUS];
+    int64_t total;
+    double avg_wait_seconds;     /* created -> started, over started tasks; <0: none */
+    double avg_run_seconds;      /* started -> completed, over finished tasks; <0: none */
+};
+
+struct log_entry {
+    int64_t ts;
+    int level;                   /* enum proto_level */
+    const char *message;         /* borrowed */
+    json_t *context;             /* borrowed object */
+};
+
+struct msg_entry {
+    int64_t ts;
+    json_t *msg;                 /* borrowed: {"role","content","step","session_id","metadata"} */
+};
+
+struct worker_reg {
+    const char *id;
+    const char *backend_type;
+    json_t *capabilities;        /* borrowed object */
+    const char *token_hash;      /* NULL for internal workers */
+    const char *name_prefix;     /* internal workers: the server's WORKER_NAME_PREFIX; else NULL */
+    int64_t now;
+};
+
+struct reap_result {
+    int workers_offline;
+    int tasks_failed;
+    int tasks_timed_out;
+};
+
+struct store_ops {
+    const char *name;
+    int (*open)(const char *url, struct store **out);
+    void (*close)(struct store *st);
+    int (*ping)(struct store *st);
+
+    int (*task_insert)(struct store *st, struct task *t, struct task **existing);
+    int (*task_get)(struct store *st, const char *id, struct task **out);
+    int (*task_list)(struct store *st, const struct task_filter *f, struct task_page *out);
+    int (*task_cancel)(struct store *st, const char *id, int64_t now, struct task **out);
+    int (*task_claim)(struct store *st, const struct claim_req *req, struct task **out);
+    int (*task_finish)(struct store *st, const char *id, const char *lease_token,
+                       enum task_status status, json_t *result, const char *error, int64_t now);
+    int (*task_lease_status)(struct store *st, const char *id, const char *lease_token,
+                             enum task_status *status);
+    int (*task_stats)(struct store *st, struct task_stats *out);
+
+    int (*logs_append)(struct store *st, const char *task_id, const struct log_entry *e,
+                       size_t n);
+    int (*logs_list)(struct store *st, const char *task_id, int min_level, int64_t limit,
+                     json_t **logs, int64_t *total);
+    int (*messages_append)(struct store *st, const char *task_id, const struct msg_entry *e,
+                           size_t n);
+    int (*conversations_list)(struct store *st, const char *task_id, const char *model_name,
+                              int64_t limit, int64_t offset, json_t **items, int64_t *total);
+    int (*conversation_get)(struct store *st, const char *id, bool with_messages,
+                            json_t **out);
+    int (*task_conversations)(struct store *st, const char *task_id, json_t **out);
+    int (*conversation_stats)(struct store *st, json_t **out);
+
+    int (*worker_register)(struct store *st, const struct worker_reg *reg);
+    int (*worker_heartbeat)(struct store *st, const char *const *ids, size_t n, int64_t now);
+    /* worker_set_status: status ("idle", "offline") with no current task. */
+    int (*worker_set_status)(struct store *st, const char *id, const char *status);
+    int (*worker_list)(struct store *st, const char *status, const char *backend_type,
+                       json_t **out);
+    int (*worker_get)(struct store *st, const char *id, json_t **out);
+    int (*worker_counts)(struct store *st, int64_t counts[3]);
+
+    int (*reap)(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+                struct reap_result *out);
+    int (*recover)(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+};
+
+/* Every backend's handle starts with this. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/* store_open: picks the backend from the URL scheme ("sqlite://PATH";
+ * "postgresql://", "postgres://", "postgresql+asyncpg://") and opens it, creating
+ * or upgrading the schema. Caller closes with store_close. ERR_INVALID for an
+ * unknown scheme, ERR_STORE when the database cannot be opened (logged). */
+int store_open(const char *url, struct store **out) __attribute__((warn_unused_result));
+/* store_close: NULL-safe. */
+void store_close(struct store *st);
+void store_task_page_reset(struct task_page *p);
+
+/* Status names of workers. */
+#define WORKER_IDLE "idle"
+#define WORKER_BUSY "busy"
+#define WORKER_OFFLINE "offline"
+
+extern const struct store_ops store_sqlite_ops;
+
+#endif

@@ -1,0 +1,77 @@
+/* task: the task model, its JSON form, and validation of create requests. */
+#ifndef TASKEXEC_TASK_H
+#define TASKEXEC_TASK_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum task_status {
+    TASK_PENDING = 0,
+    TASK_RUNNING,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_TIMEOUT,
+    TASK_CANCELLED,
+};
+#define TASK_N_STATUS 6
+
+#define TASK_ID_LEN 36          /* a UUID in text */
+#define TASK_PROBLEM_ID_MAX 256
+#define TASK_PRIORITY_MAX 1000000
+#define TASK_TIMEOUT_SECONDS_MAX 86400
+
+struct task {
+    char id[TASK_ID_LEN + 1];
+    char *problem_id;
+    enum task_status status;
+    int priority;
+    char *backend_type;
+    char *mode;              /* "batch" or "interactive" (sessions) */
+    json_t *parameters;      /* effective: max_steps, timeout_minutes, agent_config, ... */
+    json_t *metadata;        /* object */
+    char *callback_url;      /* NULL when unset */
+    char *idempotency_key;   /* NULL when unset */
+    char *worker_id;         /* NULL until claimed */
+    char *lease_token;       /* NULL until claimed; never shown in task JSON */
+    json_t *result;          /* NULL when unset */
+    char *error;             /* NULL when unset */
+    int max_steps;
+    int timeout_seconds;
+    int64_t created_at, updated_at, started_at, completed_at, deadline_at; /* us; 0 = unset */
+};
+
+/* Defaults the validator fills in. */
+struct task_defaults {
+    int max_steps;
+    int timeout_minutes;
+};
+
+const char *task_status_name(enum task_status s);
+/* task_status_parse: name to status; -1 when it names none. */
+int task_status_parse(const char *name);
+bool task_status_terminal(enum task_status s);
+
+/* task_new: a zeroed task; caller frees with task_free. NULL when out of memory. */
+struct task *task_new(void);
+/* task_free: frees t and everything it owns; NULL-safe. */
+void task_free(struct task *t);
+
+/* task_to_json: the task as the API shows it (CONTRACT.md "A task in JSON").
+ * Returns a new reference (caller json_decref's), NULL when out of memory. */
+json_t *task_to_json(const struct task *t);
+
+/* task_request_parse: validates a create request body (a parsed JSON value) and
+ * the Idempotency-Key header (may be NULL). On success *out is a new pending
+ * task without id or times (caller frees). On ERR_INVALID, *errors is a new
+ * array of {"field","message"} objects (caller json_decref's) and *out is
+ * untouched. */
+int task_request_parse(json_t *body, const char *idempotency_header,
+                       const struct task_defaults *defs, struct task **out, json_t **errors)
+    __attribute__((warn_unused_result));
+
+/* task_valid_problem_id / task_valid_name: the character rules of CONTRACT.md. */
+bool task_valid_problem_id(const char *s);
+bool task_valid_name(const char *s, size_t max);
+
+#endif
