@@ -255,6 +255,16 @@ static int bind_json(sqlite3_stmt *s, int i, const json_t *v)
     return 0;
 }
 
+/* Binds v as JSON text, or the literal "{}" when v is NULL. */
+static int bind_object(sqlite3_stmt *s, int i, const json_t *v)
+{
+    if (!v) {
+        sqlite3_bind_text(s, i, "{}", 2, SQLITE_STATIC);
+        return 0;
+    }
+    return bind_json(s, i, v);
+}
+
 static char *col_dup(sqlite3_stmt *s, int i)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
@@ -974,7 +984,7 @@ static int sq_logs_append(struct store *st, const char *task_id, const struct lo
         sqlite3_bind_int64(s, 2, e[i].ts);
         sqlite3_bind_int(s, 3, e[i].level);
         bind_text(s, 4, e[i].message);
-        rc = bind_json(s, 5, e[i].context ? e[i].context : json_object());
+        rc = bind_object(s, 5, e[i].context);
         if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
             rc = fail_db(c->db, "inserting a log line");
         done(s);
@@ -1122,7 +1132,7 @@ static int insert_message(struct conn *c, const char *task_id, const struct msg_
     if (json_is_integer(step))
         sqlite3_bind_int64(s, 5, json_integer_value(step));
     if (rc == 0)
-        rc = bind_json(s, 6, meta ? meta : json_object());
+        rc = bind_object(s, 6, meta);
     if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
         rc = fail_db(c->db, "inserting a message");
     done(s);
@@ -1404,7 +1414,7 @@ static int sq_worker_register(struct store *st, const struct worker_reg *reg)
     bind_text(s, 1, reg->id);
     bind_text(s, 2, reg->backend_type);
     sqlite3_bind_int64(s, 3, reg->now);
-    rc = bind_json(s, 4, reg->capabilities ? reg->capabilities : json_object());
+    rc = bind_object(s, 4, reg->capabilities);
     bind_text(s, 5, reg->token_hash);
     bind_text(s, 6, reg->name_prefix);
     if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)

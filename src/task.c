@@ -66,9 +66,15 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-static json_t *obj_or(json_t *v, json_t *fallback)
+/* A new reference to v, or to a fresh empty object / null when v is unset. */
+static json_t *obj_or_empty(json_t *v)
 {
-    return v ? json_incref(v) : fallback;
+    return v ? json_incref(v) : json_object();
+}
+
+static json_t *obj_or_null(json_t *v)
+{
+    return v ? json_incref(v) : json_null();
 }
 
 json_t *task_to_json(const struct task *t)
@@ -83,12 +89,12 @@ json_t *task_to_json(const struct task *t)
         json_object_set_new(o, "priority", json_integer(t->priority)) ||
         json_object_set_new(o, "backend_type", str_or_null(t->backend_type)) ||
         json_object_set_new(o, "mode", json_string(t->mode ? t->mode : "batch")) ||
-        json_object_set_new(o, "parameters", obj_or(t->parameters, json_object())) ||
-        json_object_set_new(o, "metadata", obj_or(t->metadata, json_object())) ||
+        json_object_set_new(o, "parameters", obj_or_empty(t->parameters)) ||
+        json_object_set_new(o, "metadata", obj_or_empty(t->metadata)) ||
         json_object_set_new(o, "callback_url", str_or_null(t->callback_url)) ||
         json_object_set_new(o, "idempotency_key", str_or_null(t->idempotency_key)) ||
         json_object_set_new(o, "worker_id", str_or_null(t->worker_id)) ||
-        json_object_set_new(o, "result", obj_or(t->result, json_null())) ||
+        json_object_set_new(o, "result", obj_or_null(t->result)) ||
         json_object_set_new(o, "error", str_or_null(t->error)) ||
         json_object_set_new(o, "created_at", time_or_null(t->created_at)) ||
         json_object_set_new(o, "updated_at", time_or_null(t->updated_at)) ||

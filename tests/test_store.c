@@ -1,0 +1,427 @@
+/* Unit tests: the SQLite store's queue rules, on a temporary database file. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "err.h"
+#include "proto.h"
+#include "store.h"
+#include "uuidgen.h"
+
+struct fx {
+    char dir[64];
+    char url[128];
+    struct store *st;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    strcpy(f->dir, "/tmp/taskexec-store-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->url, sizeof(f->url), "sqlite://%s/t.db", f->dir);
+    if (store_open(f->url, &f->st) < 0)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char cmd[128];
+
+    store_close(f->st);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+    if (system(cmd) != 0)
+        return -1;
+    free(f);
+    return 0;
+}
+
+/* Inserts a pending task; returns its id in out. */
+static void add(struct store *st, const char *problem, int priority, const char *backend,
+                const char *key, char out[37])
+{
+    struct task *t = task_new(), *existing = NULL;
+
+    uuidgen(t->id);
+    t->problem_id = strdup(problem);
+    t->priority = priority;
+    t->backend_type = strdup(backend);
+    t->mode = strdup("batch");
+    t->parameters = json_object();
+    t->metadata = json_object();
+    t->idempotency_key = key ? strdup(key) : NULL;
+    t->max_steps = 5;
+    t->timeout_seconds = 60;
+    t->created_at = t->updated_at = clock_now_us();
+    assert_int_equal(st->ops->task_insert(st, t, &existing), 0);
+    if (existing) {
+        strcpy(out, existing->id);
+        task_free(existing);
+    } else {
+        strcpy(out, t->id);
+    }
+    task_free(t);
+}
+
+static int claim(struct store *st, const char *worker, const char *backend,
+                 const char *const *patterns, size_t n, struct task **out)
+{
+    char lease[37];
+    struct claim_req req = {.worker_id = worker, .backend_type = backend, .patterns = patterns,
+                            .n_patterns = n, .lease_token = lease, .now = clock_now_us()};
+
+    uuidgen(lease);
+    return st->ops->task_claim(st, &req, out);
+}
+
+static void register_worker(struct store *st, const char *id, const char *prefix)
+{
+    struct worker_reg reg = {.id = id, .backend_type = "default", .name_prefix = prefix,
+                             .now = clock_now_us()};
+    assert_int_equal(st->ops->worker_register(st, &reg), 0);
+}
+
+static void claims_by_priority_then_fifo(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37], c[37], d[37];
+    struct task *t = NULL;
+
+    register_worker(f->st, "w1", "");
+    add(f->st, "p", 0, "default", NULL, a);
+    add(f->st, "p", 5, "default", NULL, b);
+    add(f->st, "p", 0, "default", NULL, c);
+    add(f->st, "p", 5, "default", NULL, d);
+    const char *want[] = {b, d, a, c};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), 0);
+        assert_string_equal(t->id, want[i]);
+        assert_int_equal(t->status, TASK_RUNNING);
+        assert_string_equal(t->worker_id, "w1");
+        assert_non_null(t->lease_token);
+        assert_true(t->deadline_at > t->started_at);
+        task_free(t);
+    }
+    assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), ERR_NOTFOUND);
+}
+
+static void claims_only_matching_backend_and_problems(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37], c[37];
+    const char *pats[] = {"misconfig_*", "noop-?"};
+    struct task *t = NULL;
+
+    register_worker(f->st, "w1", NULL);
+    add(f->st, "misconfig_app", 0, "kind", NULL, a);
+    add(f->st, "other", 9, "default", NULL, b);
+    add(f->st, "noop-1", 0, "default", NULL, c);
+    assert_int_equal(claim(f->st, "w1", "gpu", NULL, 0, &t), ERR_NOTFOUND);
+    assert_int_equal(claim(f->st, "w1", "default", pats, 2, &t), 0);
+    assert_string_equal(t->id, c); /* "other" has a higher priority but does not match */
+    task_free(t);
+    assert_int_equal(claim(f->st, "w1", "default", pats, 2, &t), ERR_NOTFOUND);
+    assert_int_equal(claim(f->st, "w1", "kind", pats, 2, &t), 0);
+    assert_string_equal(t->id, a);
+    task_free(t);
+}
+
+static void finish_needs_the_lease(void **state)
+{
+    struct fx *f = *state;
+    char a[37];
+    struct task *t = NULL, *g = NULL;
+    json_t *result = json_pack("{s:b}", "success", 1);
+
+    register_worker(f->st, "w1", "");
+    add(f->st, "p", 0, "default", NULL, a);
+    assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), 0);
+    assert_int_equal(f->st->ops->task_finish(f->st, a, "forged", TASK_COMPLETED, result, NULL,
+                                             clock_now_us()),
+                     ERR_CONFLICT);
+    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_COMPLETED, result,
+                                             NULL, clock_now_us()),
+                     0);
+    /* terminal states never change again */
+    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_FAILED, NULL, "x",
+                                             clock_now_us()),
+                     ERR_CONFLICT);
+    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(g->status, TASK_COMPLETED);
+    assert_true(json_is_true(json_object_get(g->result, "success")));
+    assert_true(g->completed_at >= g->started_at);
+    task_free(g);
+    g = NULL;
+    json_t *w = NULL;
+    assert_int_equal(f->st->ops->worker_get(f->st, "w1", &w), 0);
+    assert_int_equal(json_integer_value(json_object_get(w, "tasks_completed")), 1);
+    assert_string_equal(json_string_value(json_object_get(w, "status")), "idle");
+    json_decref(w);
+    assert_int_equal(f->st->ops->task_finish(f->st, "00000000-0000-0000-0000-000000000000",
+                                             "x", TASK_FAILED, NULL, "x", clock_now_us()),
+                     ERR_NOTFOUND);
+    task_free(t);
+    json_decref(result);
+}
+
+static void cancel_pending_running_and_terminal(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37];
+    struct task *t = NULL, *c = NULL;
+    enum task_status s;
+
+    register_worker(f->st, "w1", "");
+    add(f->st, "p", 0, "default", NULL, a);
+    add(f->st, "p", 0, "default", NULL, b);
+    assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), 0);
+    assert_string_equal(t->id, a);
+    assert_int_equal(f->st->ops->task_cancel(f->st, b, clock_now_us(), &c), 0);
+    assert_int_equal(c->status, TASK_CANCELLED);
+    task_free(c);
+    assert_int_equal(f->st->ops->task_cancel(f->st, a, clock_now_us(), &c), 0);
+    assert_int_equal(c->status, TASK_CANCELLED);
+    task_free(c);
+    /* the worker sees it lost the task and cannot overwrite the cancel */
+    assert_int_equal(f->st->ops->task_lease_status(f->st, a, t->lease_token, &s), 0);
+    assert_int_equal(s, TASK_CANCELLED);
+    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_COMPLETED, NULL,
+                                             NULL, clock_now_us()),
+                     ERR_CONFLICT);
+    assert_int_equal(f->st->ops->task_cancel(f->st, a, clock_now_us(), &c), ERR_CONFLICT);
+    assert_int_equal(c->status, TASK_CANCELLED);
+    task_free(c);
+    c = NULL;
+    assert_int_equal(f->st->ops->task_cancel(f->st, "00000000-0000-0000-0000-000000000000",
+                                             clock_now_us(), &c),
+                     ERR_NOTFOUND);
+    /* a cancelled pending task is never claimed */
+    assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &c), ERR_NOTFOUND);
+    task_free(t);
+}
+
+static void idempotency_key_returns_existing(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37];
+    struct task_page page;
+    struct task_filter filter = {.status = -1, .limit = 10};
+
+    add(f->st, "p", 0, "default", "k1", a);
+    add(f->st, "p", 0, "default", "k1", b);
+    assert_string_equal(a, b);
+    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(page.total, 1);
+    store_task_page_reset(&page);
+}
+
+static void list_filters_and_pages(void **state)
+{
+    struct fx *f = *state;
+    char ids[5][37];
+    struct task_page page;
+    struct task_filter filter = {.status = -1, .limit = 2, .offset = 1};
+
+    for (int i = 0; i < 5; i++)
+        add(f->st, i % 2 ? "odd" : "even", 0, "default", NULL, ids[i]);
+    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(page.total, 5);
+    assert_int_equal(page.n, 2);
+    assert_string_equal(page.items[0]->id, ids[3]); /* newest first, skipping one */
+    store_task_page_reset(&page);
+    filter = (struct task_filter){.status = -1, .problem_id = "odd", .limit = 10,
+                                  .oldest_first = true};
+    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(page.total, 2);
+    assert_string_equal(page.items[0]->id, ids[1]);
+    store_task_page_reset(&page);
+    filter = (struct task_filter){.status = TASK_RUNNING, .limit = 10};
+    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(page.total, 0);
+    store_task_page_reset(&page);
+}
+
+static void logs_and_messages(void **state)
+{
+    struct fx *f = *state;
+    char a[37];
+    json_t *ctx = json_object(), *logs = NULL, *convs = NULL;
+    struct log_entry le[3] = {{1, LEVEL_DEBUG, "d", ctx}, {2, LEVEL_INFO, "i", ctx},
+                              {3, LEVEL_ERROR, "e", ctx}};
+    json_t *m1 = json_pack("{s:s, s:s, s:i, s:n, s:{}}", "role", "system", "content", "sys",
+                           "step", 0, "session_id", "metadata");
+    json_t *m2 = json_pack("{s:s, s:s, s:i, s:n, s:{s:s, s:{s:i, s:i}}}", "role", "assistant",
+                           "content", "act", "step", 1, "session_id", "metadata", "model", "m",
+                           "usage", "prompt_tokens", 10, "completion_tokens", 5);
+    struct msg_entry me[2] = {{10, m1}, {11, m2}};
+    int64_t total;
+
+    add(f->st, "p", 0, "default", NULL, a);
+    assert_int_equal(f->st->ops->logs_append(f->st, a, le, 3), 0);
+    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_INFO, 100, &logs, &total), 0);
+    assert_int_equal(total, 2);
+    assert_int_equal(json_array_size(logs), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(logs, 0), "message")),
+                        "i");
+    json_decref(logs);
+    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_DEBUG, 1, &logs, &total), 0);
+    assert_int_equal(json_array_size(logs), 1);
+    assert_int_equal(total, 3);
+    json_decref(logs);
+
+    assert_int_equal(f->st->ops->messages_append(f->st, a, me, 2), 0);
+    assert_int_equal(f->st->ops->task_conversations(f->st, a, &convs), 0);
+    assert_int_equal(json_array_size(convs), 1);
+    json_t *c = json_array_get(convs, 0);
+    assert_string_equal(json_string_value(json_object_get(c, "session_id")), a);
+    assert_int_equal(json_integer_value(json_object_get(c, "total_messages")), 2);
+    assert_int_equal(json_integer_value(json_object_get(c, "total_tokens")), 15);
+    assert_string_equal(json_string_value(json_object_get(c, "model_name")), "m");
+    json_t *msgs = json_object_get(c, "messages");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")),
+                        "system");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 1), "content")),
+                        "act");
+    json_decref(convs);
+    json_decref(m1);
+    json_decref(m2);
+    json_decref(ctx);
+}
+
+static void reaper_fails_tasks_of_silent_workers(void **state)
+{
+    struct fx *f = *state;
+    char a[37];
+    struct task *t = NULL, *g = NULL;
+    struct reap_result rr;
+    int64_t now = clock_now_us();
+
+    register_worker(f->st, "ghost", NULL);
+    add(f->st, "p", 0, "default", NULL, a);
+    assert_int_equal(claim(f->st, "ghost", "default", NULL, 0, &t), 0);
+    /* alive: nothing happens */
+    assert_int_equal(f->st->ops->reap(f->st, now, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(rr.tasks_failed, 0);
+    /* 2 minutes later, silent for more than 60 s */
+    assert_int_equal(f->st->ops->reap(f->st, now + 120 * 1000000LL, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(rr.tasks_failed, 1);
+    assert_int_equal(rr.workers_offline, 1);
+    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(g->status, TASK_FAILED);
+    assert_non_null(strstr(g->error, "ghost"));
+    task_free(g);
+    task_free(t);
+}
+
+static void recover_fails_tasks_of_own_prefix_only(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37];
+    struct task *t = NULL, *g = NULL;
+    int n = 0;
+
+    register_worker(f->st, "a-worker-001-kind", "a-");
+    register_worker(f->st, "b-worker-001-kind", "b-");
+    add(f->st, "p", 0, "default", NULL, a);
+    add(f->st, "p", 0, "default", NULL, b);
+    assert_int_equal(claim(f->st, "a-worker-001-kind", "default", NULL, 0, &t), 0);
+    task_free(t);
+    assert_int_equal(claim(f->st, "b-worker-001-kind", "default", NULL, 0, &t), 0);
+    task_free(t);
+    assert_int_equal(f->st->ops->recover(f->st, "a-", clock_now_us(), &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(g->status, TASK_FAILED);
+    assert_non_null(strstr(g->error, "restarted"));
+    task_free(g);
+    assert_int_equal(f->st->ops->task_get(f->st, b, &g), 0);
+    assert_int_equal(g->status, TASK_RUNNING);
+    task_free(g);
+}
+
+struct claimer {
+    struct store *st;
+    char name[16];
+    int claimed;
+    char (*seen)[37];
+};
+
+static void *claim_loop(void *arg)
+{
+    struct claimer *c = arg;
+    struct task *t = NULL;
+
+    while (claim(c->st, c->name, "default", NULL, 0, &t) == 0) {
+        strcpy(c->seen[c->claimed++], t->id);
+        task_free(t);
+        t = NULL;
+    }
+    return NULL;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Several threads claim at once: every task is handed out exactly once. */
+static void concurrent_claims_are_exclusive(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 300, T = 4 };
+    struct claimer cl[T];
+    pthread_t th[T];
+    char id[37], (*all)[37] = calloc(N, 37);
+    int total = 0;
+
+    for (int i = 0; i < N; i++)
+        add(f->st, "p", i % 3, "default", NULL, id);
+    for (int i = 0; i < T; i++) {
+        cl[i] = (struct claimer){.st = f->st, .seen = calloc(N, 37)};
+        snprintf(cl[i].name, sizeof(cl[i].name), "w%d", i);
+        register_worker(f->st, cl[i].name, "");
+        pthread_create(&th[i], NULL, claim_loop, &cl[i]);
+    }
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        memcpy(all[total], cl[i].seen, (size_t)cl[i].claimed * 37);
+        total += cl[i].claimed;
+        free(cl[i].seen);
+    }
+    assert_int_equal(total, N);
+    qsort(all, N, 37, cmp);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(all[i - 1], all[i]);
+    free(all);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(claims_by_priority_then_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(claims_only_matching_backend_and_problems, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(finish_needs_the_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(cancel_pending_running_and_terminal, setup, teardown),
+        cmocka_unit_test_setup_teardown(idempotency_key_returns_existing, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_filters_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(logs_and_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(reaper_fails_tasks_of_silent_workers, setup, teardown),
+        cmocka_unit_test_setup_teardown(recover_fails_tasks_of_own_prefix_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(concurrent_claims_are_exclusive, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
