@@ -8,7 +8,9 @@
 #include "version.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,8 +67,11 @@ static void *watchdog(void *arg)
 {
     sigset_t *set = arg;
     struct timespec limit = {.tv_sec = SHUTDOWN_LIMIT_SECONDS};
-    int sig = sigtimedwait(set, NULL, &limit);
+    int sig;
 
+    do {
+        sig = sigtimedwait(set, NULL, &limit); /* a cancellation point: main cancels us */
+    } while (sig < 0 && errno == EINTR);
     log_warn("%s: forcing exit", sig > 0 ? "second signal" : "shutdown took too long");
     _exit(1);
     return NULL;
@@ -78,6 +83,7 @@ int server_run(int argc, char **argv)
     sigset_t set;
     pthread_t dog;
     int sig = 0, rc, code = 1, n_failed = 0, prev;
+    bool has_dog = false;
 
     memset(&srv, 0, sizeof(srv));
     srv.started_at = clock_now_us();
@@ -127,8 +133,7 @@ int server_run(int argc, char **argv)
     while (sigwait(&set, &sig) != 0)
         ;
     log_info("signal %d: shutting down (a second signal forces it)", sig);
-    pthread_create(&dog, NULL, watchdog, &set);
-    pthread_detach(dog);
+    has_dog = pthread_create(&dog, NULL, watchdog, &set) == 0;
     http_quiesce(srv.http);
     code = 0;
 out:
@@ -138,6 +143,10 @@ out:
     store_close(srv.store);
     json_decref(srv.problems);
     config_reset(&srv.cfg);
+    if (has_dog) {
+        pthread_cancel(dog);
+        pthread_join(dog, NULL);
+    }
     if (code == 0)
         log_info("stopped");
     return code;

@@ -443,13 +443,8 @@ static void *worker_main(void *arg)
     struct worker_manager *wm = slot->wm;
     struct server *srv = wm->srv;
     struct store *st = srv->store;
-    struct worker_reg reg = {.id = slot->name, .backend_type = srv->cfg.worker_backend_type,
-                             .name_prefix = srv->cfg.worker_name_prefix};
     char lease[TASK_ID_LEN + 1];
 
-    reg.now = clock_now_us();
-    if (st->ops->worker_register(st, &reg) < 0)
-        log_error("%s: could not register; it will retry on each claim", slot->name);
     for (;;) {
         struct claim_req req = {.worker_id = slot->name,
                                 .backend_type = srv->cfg.worker_backend_type,
@@ -658,12 +653,41 @@ static int scale_locked(struct worker_manager *wm, int n)
     return 0;
 }
 
+/* Registers (or revives) the rows of slots [0, n) that have no live thread, so the
+ * worker list is right as soon as scaling returns. Runs without wm->lock. */
+static int register_slots(struct worker_manager *wm, int n)
+{
+    struct server *srv = wm->srv;
+    struct worker_reg reg = {.backend_type = srv->cfg.worker_backend_type,
+                             .name_prefix = srv->cfg.worker_name_prefix};
+
+    for (int i = 0; i < n; i++) {
+        bool live;
+
+        pthread_mutex_lock(&wm->lock);
+        live = wm->slots[i].state == SLOT_ACTIVE || wm->slots[i].state == SLOT_RETIRING;
+        pthread_mutex_unlock(&wm->lock);
+        if (live)
+            continue;
+        reg.id = wm->slots[i].name;
+        reg.now = clock_now_us();
+        if (srv->store->ops->worker_register(srv->store, &reg) < 0) {
+            log_error("%s: could not register in the database", reg.id);
+            return ERR_STORE;
+        }
+    }
+    return 0;
+}
+
 int worker_manager_scale(struct worker_manager *wm, int n, int *previous)
 {
     int rc;
 
     if (n < 0 || n > wm->n_slots)
         return ERR_INVALID;
+    rc = register_slots(wm, n);
+    if (rc < 0)
+        return rc;
     pthread_mutex_lock(&wm->lock);
     *previous = count_active(wm);
     rc = scale_locked(wm, n);

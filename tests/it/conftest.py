@@ -1,0 +1,174 @@
+"""Integration fixtures: start the real taskexec binary on 127.0.0.1 and talk HTTP to it.
+
+Every server is stopped by the test that started it. After a clean stop the server's
+stderr is checked for sanitizer reports, so the whole suite runs clean under ASan/UBSan.
+"""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+BIN = os.environ.get("TASKEXEC_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "asan", "taskexec")
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehavior")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `taskexec serve` process with its own data directory."""
+
+    def __init__(self, workdir, db_url=None, **settings):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = self.url + "/api/v1"
+        self.db_url = db_url or f"sqlite://{workdir}/taskexec.db"
+        self.settings = settings
+        self.proc = None
+        self.log_path = None
+        self.starts = 0
+
+    def env(self):
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": self.db_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WORK_DIR": os.path.join(self.workdir, "work"),
+            "POLL_INTERVAL_MS": "200",
+            "EXEC_GRACE_SECONDS": "2",
+            "LOG_LEVEL": "info",
+        })
+        for k, v in self.settings.items():
+            env[k.upper()] = str(v)
+        return env
+
+    def start(self, wait=True):
+        self.starts += 1
+        self.log_path = os.path.join(self.workdir, f"server-{self.port}-{self.starts}.log")
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([BIN, "serve"], cwd=self.workdir, env=self.env(),
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code in (200, 503):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not come up:\n" + self.log())
+
+    def log(self):
+        with open(self.log_path, "r", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout=40):
+        """SIGTERM, wait, and require a clean exit with no sanitizer report."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not stop on SIGTERM:\n" + self.log())
+        text = self.log()
+        for mark in SANITIZER_MARKS:
+            assert mark not in text, f"sanitizer report in server output:\n{text}"
+        assert code == 0, f"server exited {code}:\n{text}"
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    # --- HTTP helpers ---
+    def get(self, path, **kw):
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path, **kw):
+        return requests.post(self.url + path, timeout=10, **kw)
+
+    def put(self, path, **kw):
+        return requests.put(self.url + path, timeout=10, **kw)
+
+    def submit(self, **body):
+        body.setdefault("problem_id", "misconfig_app_hotel_res-detection-1")
+        r = self.post("/api/v1/tasks", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def task(self, task_id):
+        r = self.get(f"/api/v1/tasks/{task_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, task_id, statuses, timeout=30):
+        if isinstance(statuses, str):
+            statuses = (statuses,)
+        deadline = time.time() + timeout
+        t = None
+        while time.time() < deadline:
+            t = self.task(task_id)
+            if t["status"] in statuses:
+                return t
+            time.sleep(0.05)
+        raise AssertionError(f"task {task_id} is {t and t['status']}, wanted {statuses}")
+
+
+@pytest.fixture
+def tmpdir_path():
+    with tempfile.TemporaryDirectory(prefix="taskexec-it-") as d:
+        yield d
+
+
+@pytest.fixture
+def make_server(tmpdir_path):
+    """Factory: make_server(**settings) starts a server; all are stopped at the end."""
+    servers = []
+
+    def make(start=True, workdir=None, **settings):
+        s = Server(workdir or tmpdir_path, **settings)
+        servers.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield make
+    errors = []
+    for s in servers:
+        try:
+            s.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
+
+
+def fast(steps=3, step_seconds=0.01, outcome="success"):
+    """parameters.simulate for a quick simulated run."""
+    return {"simulate": {"steps": steps, "step_seconds": step_seconds, "outcome": outcome}}
