@@ -60,22 +60,38 @@ fail:
     _exit(127);
 }
 
+#define RESULT_LINE_MAX 65536   /* a result line is still taken past the budget */
+
+static void note_drop(struct run *r)
+{
+    struct proto_event ev;
+    char msg[160];
+
+    r->noted_drop = true;
+    snprintf(msg, sizeof(msg), "executor output passed the limit of %zu bytes; further "
+             "output is dropped (a result line is still taken)", r->spec->max_output);
+    if (proto_parse_line(msg, strlen(msg), PROTO_STDERR, &ev) == 0)
+        r->hooks->on_event(r->hooks->ctx, &ev);
+}
+
+/* Past the byte budget every line is dropped except a result, so a chatty run
+ * keeps its outcome; the first drop is noted once. */
 static void emit(struct run *r, const char *line, size_t len, enum proto_stream kind)
 {
     struct proto_event ev;
 
-    if (r->emitted + len > r->spec->max_output) {
-        r->out->dropped_bytes += len + 1;
-        if (!r->noted_drop) {
-            char msg[160];
-            r->noted_drop = true;
-            snprintf(msg, sizeof(msg), "executor output passed the limit of %zu bytes; "
-                     "further output is dropped", r->spec->max_output);
-            if (proto_parse_line(msg, strlen(msg), PROTO_STDERR, &ev) == 0) {
-                ev.level = LEVEL_WARNING;
+    if (!r->noted_drop && r->emitted + len + 1 > r->spec->max_output)
+        note_drop(r);
+    if (r->noted_drop) {
+        if (kind == PROTO_STDOUT && len <= RESULT_LINE_MAX && len > 0 && line[0] == '{' &&
+            proto_parse_line(line, len, kind, &ev) == 0) {
+            if (ev.kind == PROTO_RESULT) {
                 r->hooks->on_event(r->hooks->ctx, &ev);
+                return;
             }
+            json_decref(ev.obj);
         }
+        r->out->dropped_bytes += len + 1;
         return;
     }
     r->emitted += len + 1;

@@ -172,6 +172,24 @@ static void output_budget_drops_the_rest(void **state)
     json_decref(s.events);
 }
 
+static void result_is_taken_past_the_budget(void **state)
+{
+    struct sink s = {0};
+    struct exec_outcome o;
+    size_t n;
+
+    (void)state;
+    assert_int_equal(run("i=0; while [ $i -lt 100 ]; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; "
+                         "i=$((i+1)); done; echo '{\"type\":\"result\",\"success\":true}'; "
+                         "echo after", NULL, 0, 500, &s, &o),
+                     0);
+    n = json_array_size(s.events);
+    assert_int_equal(kind(&s, n - 1), PROTO_RESULT);
+    for (size_t i = 0; i + 1 < n; i++)
+        assert_string_not_equal(msg(&s, i), "after");
+    json_decref(s.events);
+}
+
 static void long_lines_are_split(void **state)
 {
     struct sink s = {0};
@@ -213,6 +231,7 @@ int main(void)
         cmocka_unit_test(stop_request_ends_child),
         cmocka_unit_test(grandchildren_do_not_outlive),
         cmocka_unit_test(output_budget_drops_the_rest),
+        cmocka_unit_test(result_is_taken_past_the_budget),
         cmocka_unit_test(long_lines_are_split),
         cmocka_unit_test(spawn_failure_is_reported),
     };
