@@ -44,6 +44,8 @@ static const struct param params[] = {
      "backend type of internal workers"},
     {"WORKER_NAME_PREFIX", K_STR, S(worker_name_prefix), "", 0, 0,
      "prefix of internal worker names"},
+    {"WORKER_SUPPORTED_PROBLEMS", K_STR, S(worker_supported_problems), NULL, 0, 0,
+     "comma-separated problem_id globs internal workers claim (default all)"},
     {"HEARTBEAT_TIMEOUT_SECONDS", K_INT, S(heartbeat_timeout_seconds), "60", 1, 86400,
      "a worker silent this long is offline and its tasks fail"},
     {"MAX_INTERNAL_WORKERS", K_INT, S(max_internal_workers), "64", 1, 999,

@@ -17,6 +17,7 @@ struct config {
     char *executor_command;      /* argv for "command", split on blanks */
     char *worker_backend_type;
     char *worker_name_prefix;
+    char *worker_supported_problems; /* comma-separated globs; NULL: every problem */
     int heartbeat_timeout_seconds;
     int max_internal_workers;
     int max_body_bytes;

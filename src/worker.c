@@ -50,6 +50,9 @@ struct worker_manager {
     bool has_housekeeper;
     pthread_t housekeeper;
     pthread_cond_t hk_wake;    /* wakes the housekeeper at shutdown */
+    char **patterns;           /* WORKER_SUPPORTED_PROBLEMS split; read-only */
+    size_t n_patterns;
+    json_t *capabilities;      /* registered with each worker row; read-only */
     wordexp_t command;         /* EXECUTOR_COMMAND split like a shell would, no $( ) */
     bool has_command;
 };
@@ -448,6 +451,8 @@ static void *worker_main(void *arg)
     for (;;) {
         struct claim_req req = {.worker_id = slot->name,
                                 .backend_type = srv->cfg.worker_backend_type,
+                                .patterns = (const char *const *)wm->patterns,
+                                .n_patterns = wm->n_patterns,
                                 .lease_token = lease};
         struct task *t = NULL;
         unsigned long gen;
@@ -560,6 +565,54 @@ static void *housekeeper_main(void *arg)
 
 /* ---- the manager ---- */
 
+/* Splits "a*, b-?" into globs; each must be a problem id with * ? [ ] allowed. */
+static int parse_patterns(struct worker_manager *wm, const char *list)
+{
+    json_t *arr = json_array();
+    char *copy = list ? strdup(list) : NULL, *p, *next;
+
+    if (!arr || (list && !copy))
+        goto fail;
+    for (p = copy; p; p = next) {
+        char *e;
+
+        next = strchr(p, ',');
+        if (next)
+            *next++ = '\0';
+        while (*p == ' ')
+            p++;
+        e = p + strlen(p);
+        while (e > p && e[-1] == ' ')
+            *--e = '\0';
+        if (!*p)
+            continue;
+        for (e = p; *e; e++) {
+            if (!strchr("*?[]!", *e) && !task_valid_name((char[]){*e, 0}, 1)) {
+                log_error("WORKER_SUPPORTED_PROBLEMS: '%s' is not a problem id pattern", p);
+                goto fail;
+            }
+        }
+        if (json_array_append_new(arr, json_string(p)))
+            goto fail;
+    }
+    wm->n_patterns = json_array_size(arr);
+    wm->patterns = calloc(wm->n_patterns + 1, sizeof(char *));
+    if (!wm->patterns)
+        goto fail;
+    for (size_t i = 0; i < wm->n_patterns; i++)
+        if (!(wm->patterns[i] = strdup(json_string_value(json_array_get(arr, i)))))
+            goto fail;
+    wm->capabilities = wm->n_patterns ? json_pack("{s:O}", "supported_problems", arr)
+                                      : json_object();
+    json_decref(arr);
+    free(copy);
+    return wm->capabilities ? 0 : ERR_NOMEM;
+fail:
+    json_decref(arr);
+    free(copy);
+    return ERR_INVALID;
+}
+
 int worker_manager_new(struct server *srv, struct worker_manager **out)
 {
     struct worker_manager *wm = calloc(1, sizeof(*wm));
@@ -583,17 +636,17 @@ int worker_manager_new(struct server *srv, struct worker_manager **out)
         snprintf(wm->slots[i].name, sizeof(wm->slots[i].name), "%sworker-%03d-kind",
                  srv->cfg.worker_name_prefix, i + 1);
     }
+    if (parse_patterns(wm, srv->cfg.worker_supported_problems) < 0) {
+        worker_manager_free(wm);
+        return ERR_INVALID;
+    }
     if (!strcmp(srv->cfg.executor, "command")) {
         const char *cmd = srv->cfg.executor_command;
         if (!cmd || wordexp(cmd, &wm->command, WRDE_NOCMD) != 0 || wm->command.we_wordc == 0) {
             log_error("EXECUTOR=command needs EXECUTOR_COMMAND, a command line without $(...)");
             if (cmd)
                 wordfree(&wm->command);
-            pthread_mutex_destroy(&wm->lock);
-            pthread_cond_destroy(&wm->wake);
-            pthread_cond_destroy(&wm->hk_wake);
-            free(wm->slots);
-            free(wm);
+            worker_manager_free(wm);
             return ERR_INVALID;
         }
         wm->has_command = true;
@@ -659,6 +712,7 @@ static int register_slots(struct worker_manager *wm, int n)
 {
     struct server *srv = wm->srv;
     struct worker_reg reg = {.backend_type = srv->cfg.worker_backend_type,
+                             .capabilities = wm->capabilities,
                              .name_prefix = srv->cfg.worker_name_prefix};
 
     for (int i = 0; i < n; i++) {
@@ -787,6 +841,10 @@ void worker_manager_free(struct worker_manager *wm)
         pthread_join(wm->housekeeper, NULL);
     if (wm->has_command)
         wordfree(&wm->command);
+    for (size_t i = 0; wm->patterns && wm->patterns[i]; i++)
+        free(wm->patterns[i]);
+    free(wm->patterns);
+    json_decref(wm->capabilities);
     pthread_mutex_destroy(&wm->lock);
     pthread_cond_destroy(&wm->wake);
     pthread_cond_destroy(&wm->hk_wake);

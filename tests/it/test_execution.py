@@ -345,3 +345,19 @@ def test_bad_configuration_is_refused_at_start(make_server):
         s.start(wait=False)
         code = s.proc.wait(timeout=20)
         assert code != 0, settings
+
+
+def test_supported_problems_patterns(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1,
+                    WORKER_SUPPORTED_PROBLEMS="misconfig_*, k8s_target_port-misconfig-?-1")
+    other = s.submit(problem_id="auth_miss_mongodb-detection-1", parameters=fast(steps=1))
+    mine = s.submit(problem_id="misconfig_app_hotel_res-detection-1", parameters=fast(steps=1))
+    s.wait_status(mine["id"], "completed")
+    time.sleep(0.5)
+    assert s.task(other["id"])["status"] == "pending"
+    w = s.get("/api/v1/workers/worker-001-kind").json()
+    assert w["capabilities"] == {"supported_problems": ["misconfig_*",
+                                                        "k8s_target_port-misconfig-?-1"]}
+    bad = make_server(start=False, WORKER_SUPPORTED_PROBLEMS="a b")
+    bad.start(wait=False)
+    assert bad.proc.wait(timeout=20) != 0
