@@ -4,7 +4,8 @@
 set -euo pipefail
 
 pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libsqlite3-dev uuid-dev
-      libcmocka-dev python3-pytest python3-requests sqlite3)
+      libcmocka-dev python3-pytest python3-requests sqlite3 libpq-dev
+      postgresql-15 postgresql-client-15)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

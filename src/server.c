@@ -77,6 +77,11 @@ static void *watchdog(void *arg)
     return NULL;
 }
 
+static void wake_workers(void *ctx)
+{
+    worker_manager_notify(ctx);
+}
+
 int server_run(int argc, char **argv)
 {
     struct server srv;
@@ -122,6 +127,11 @@ int server_run(int argc, char **argv)
     if (worker_manager_new(&srv, &srv.workers) < 0 ||
         worker_manager_housekeeping(srv.workers) < 0)
         goto out;
+    /* Tasks queued by other servers wake our idle workers at once. */
+    if (srv.store->ops->listen &&
+        srv.store->ops->listen(srv.store, wake_workers, srv.workers) < 0)
+        log_warn("cannot listen for new tasks; idle workers poll every %d ms",
+                 srv.cfg.poll_interval_ms);
     if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
         worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
         goto out;
@@ -137,6 +147,8 @@ int server_run(int argc, char **argv)
     http_quiesce(srv.http);
     code = 0;
 out:
+    if (srv.store && srv.store->ops->listen)
+        srv.store->ops->listen(srv.store, NULL, NULL);
     /* Workers first: they stop their children and record why; then HTTP; then the store. */
     worker_manager_free(srv.workers);
     http_stop(srv.http);

@@ -11,10 +11,8 @@ int store_open(const char *url, struct store **out)
     if (!strncmp(url, "sqlite://", 9))
         return store_sqlite_ops.open(url + 9, out);
     if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11) ||
-        !strncmp(url, "postgresql+asyncpg://", 21)) {
-        log_error("DATABASE_URL: PostgreSQL support is not built yet; use sqlite://PATH");
-        return ERR_INVALID;
-    }
+        !strncmp(url, "postgresql+asyncpg://", 21))
+        return store_pg_ops.open(url, out);
     log_error("DATABASE_URL must start with sqlite:// or postgresql://");
     return ERR_INVALID;
 }

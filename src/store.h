@@ -6,7 +6,8 @@
  * threads and processes: a claim picks and leases one pending task in one
  * transaction; finishing a task changes it only while the caller still holds its
  * lease and it is still running, so a reaped, cancelled or re-leased task is never
- * overwritten. Every function is safe to call from any thread at the same time.
+ * overwritten. A claim's started_at is never before the task's created_at: callers
+ * take "now" on different threads and servers. Every function is safe to call from any thread at the same time.
  * Reads that feed the API return jansson values built in the API's shapes. */
 #ifndef TASKEXEC_STORE_H
 #define TASKEXEC_STORE_H
@@ -83,6 +84,10 @@ struct store_ops {
     int (*open)(const char *url, struct store **out);
     void (*close)(struct store *st);
     int (*ping)(struct store *st);
+    /* listen (optional, NULL when the backend has no notifications): calls on_task
+     * from a thread of the store whenever any server queues a task; listen(st, NULL,
+     * NULL) stops it, after which on_task is never called again. */
+    int (*listen)(struct store *st, void (*on_task)(void *ctx), void *ctx);
 
     int (*task_insert)(struct store *st, struct task *t, struct task **existing);
     int (*task_get)(struct store *st, const char *id, struct task **out);
@@ -142,5 +147,6 @@ void store_task_page_reset(struct task_page *p);
 #define WORKER_OFFLINE "offline"
 
 extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_pg_ops;
 
 #endif

@@ -77,7 +77,8 @@ static const char *const sql_text[Q_N] = {
         "WHERE id = ?1 AND status IN ('pending', 'running') RETURNING " TASK_COLS,
     [Q_TASK_CLAIM_ANY] =
         "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
-        "started_at = ?3, updated_at = ?3, deadline_at = ?3 + timeout_seconds * 1000000 "
+        "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), deadline_at = "
+        "MAX(?3, created_at) + timeout_seconds * 1000000 "
         "WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' AND backend_type = ?4 "
         "ORDER BY priority DESC, seq LIMIT 1) RETURNING " TASK_COLS,
     [Q_TASK_FINISH] =
@@ -763,8 +764,8 @@ static int claim_matching(struct conn *c, const struct claim_req *req, struct ta
         return ERR_INVALID;
     n = (size_t)snprintf(sql, sizeof(sql),
                          "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
-                         "started_at = ?3, updated_at = ?3, deadline_at = ?3 + timeout_seconds "
-                         "* 1000000 WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' "
+                         "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), "
+                         "deadline_at = MAX(?3, created_at) + timeout_seconds * 1000000 WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' "
                          "AND backend_type = ?4 AND (0");
     for (size_t i = 0; i < req->n_patterns; i++)
         n += (size_t)snprintf(sql + n, sizeof(sql) - n, " OR problem_id GLOB ?%zu", i + 5);

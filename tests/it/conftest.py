@@ -3,7 +3,10 @@
 Every server is stopped by the test that started it. After a clean stop the server's
 stderr is checked for sanitizer reports, so the whole suite runs clean under ASan/UBSan.
 """
+import glob
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,6 +138,86 @@ class Server:
         raise AssertionError(f"task {task_id} is {t and t['status']}, wanted {statuses}")
 
 
+def pg_bindir():
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if dirs:
+        return dirs[-1]
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster: initdb in a temp dir, a Unix socket only (no TCP),
+    a fresh database per test. As root, the server runs as the postgres user."""
+
+    def __init__(self):
+        self.bindir = pg_bindir()
+        assert self.bindir, "PostgreSQL server binaries not found (scripts/install-deps.sh)"
+        self.dir = tempfile.mkdtemp(prefix="taskexec-pg-")
+        os.chmod(self.dir, 0o755)
+        self.as_user = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.data = os.path.join(self.dir, "data")
+        self.names = itertools.count(1)
+        self.pg(["initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync",
+                 "-E", "UTF8"])
+        self.start()
+
+    def pg(self, argv, **kw):
+        return subprocess.run(self.as_user + [os.path.join(self.bindir, argv[0])] + argv[1:],
+                              check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              **kw)
+
+    def start(self):
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off "
+                f"-c max_connections=200")
+        self.pg(["pg_ctl", "-D", self.data, "-o", opts, "-l",
+                 os.path.join(self.dir, "log"), "-w", "start"])
+
+    def stop(self, mode="fast"):
+        self.pg(["pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"])
+
+    def psql(self, sql, db="postgres"):
+        return subprocess.run([os.path.join(self.bindir, "psql"), "-h", self.dir, "-p",
+                               str(self.port), "-U", "postgres", "-d", db, "-Atc", sql],
+                              check=True, capture_output=True, text=True).stdout
+
+    def new_db(self):
+        name = f"t{next(self.names)}"
+        self.psql(f"CREATE DATABASE {name}")
+        return f"postgresql:///{name}?host={self.dir}&port={self.port}&user=postgres"
+
+    def destroy(self):
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    cluster = PgCluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend, tmpdir_path, request):
+    """A fresh database of the test's backend."""
+    if backend == "sqlite":
+        return f"sqlite://{tmpdir_path}/taskexec.db"
+    return request.getfixturevalue("pg").new_db()
+
+
 @pytest.fixture
 def tmpdir_path():
     with tempfile.TemporaryDirectory(prefix="taskexec-it-") as d:
@@ -142,12 +225,13 @@ def tmpdir_path():
 
 
 @pytest.fixture
-def make_server(tmpdir_path):
-    """Factory: make_server(**settings) starts a server; all are stopped at the end."""
+def make_server(tmpdir_path, db_url):
+    """Factory: make_server(**settings) starts a server on the test's database (both
+    backends); all are stopped at the end."""
     servers = []
 
-    def make(start=True, workdir=None, **settings):
-        s = Server(workdir or tmpdir_path, **settings)
+    def make(start=True, workdir=None, db_url=db_url, **settings):
+        s = Server(workdir or tmpdir_path, db_url=db_url, **settings)
         servers.append(s)
         if start:
             s.start()

@@ -234,9 +234,9 @@ def test_restart_recovery_after_kill9(make_server):
     assert running["total"] == 0
 
 
-def test_reaper_fails_tasks_of_a_silent_worker(make_server, tmpdir_path):
-    """Two servers share one SQLite file; one dies, the other's reaper ends its tasks."""
-    db = f"sqlite://{tmpdir_path}/shared.db"
+def test_reaper_fails_tasks_of_a_silent_worker(make_server, db_url):
+    """Two servers share one database; one dies, the other's reaper ends its tasks."""
+    db = db_url
     a = make_server(db_url=db, WORKER_NAME_PREFIX="a-", NUM_INTERNAL_WORKERS=1,
                     HEARTBEAT_TIMEOUT_SECONDS=2, WORKER_BACKEND_TYPE="a")
     b = make_server(db_url=db, WORKER_NAME_PREFIX="b-", NUM_INTERNAL_WORKERS=1,
