@@ -5,6 +5,7 @@
 #include "exec.h"
 #include "log.h"
 #include "proto.h"
+#include "runner.h"
 #include "server.h"
 #include "store.h"
 #include "uuidgen.h"
@@ -19,10 +20,6 @@
 #include <unistd.h>
 #include <wordexp.h>
 
-extern char **environ;
-
-#define FLUSH_EVERY 128       /* events */
-#define FLUSH_MS 50
 #define LEASE_CHECK_MS 1000
 
 enum slot_state { SLOT_EMPTY, SLOT_ACTIVE, SLOT_RETIRING, SLOT_EXITED };
@@ -59,368 +56,70 @@ struct worker_manager {
 
 /* ---- one run ---- */
 
-struct run_ctx {
+/* The store as the runner's sink, with the slot's stop flag and a lease check. */
+struct store_sink {
     struct slot *slot;
     struct store *store;
     const struct task *task;
-    json_t *logs;              /* pending log objects */
-    json_t *msgs;              /* pending message objects */
-    int64_t *log_ts, *msg_ts;  /* arrival times, parallel to the arrays */
-    size_t ts_cap;
-    int64_t last_flush, last_lease_check;
-    json_t *result;            /* the executor's result line, if any */
+    int64_t last_lease_check;
 };
 
-static void flush(struct run_ctx *r)
+static int sink_logs(void *ctx, const char *task_id, const struct log_entry *e, size_t n)
 {
-    size_t nl = json_array_size(r->logs), nm = json_array_size(r->msgs);
-    struct log_entry *le = nl ? calloc(nl, sizeof(*le)) : NULL;
-    struct msg_entry *me = nm ? calloc(nm, sizeof(*me)) : NULL;
+    struct store_sink *s = ctx;
 
-    r->last_flush = clock_mono_ms();
-    if ((nl && !le) || (nm && !me))
-        goto out;
-    for (size_t i = 0; i < nl; i++) {
-        json_t *o = json_array_get(r->logs, i);
-        le[i].ts = r->log_ts[i];
-        le[i].level = proto_level_parse(json_string_value(json_object_get(o, "level")));
-        le[i].message = json_string_value(json_object_get(o, "message"));
-        le[i].context = json_object_get(o, "context");
-    }
-    for (size_t i = 0; i < nm; i++) {
-        me[i].ts = r->msg_ts[i];
-        me[i].msg = json_array_get(r->msgs, i);
-    }
-    if (nl && r->store->ops->logs_append(r->store, r->task->id, le, nl) < 0)
-        log_error("task %s: %zu log lines could not be stored", r->task->id, nl);
-    if (nm && r->store->ops->messages_append(r->store, r->task->id, me, nm) < 0)
-        log_error("task %s: %zu messages could not be stored", r->task->id, nm);
-out:
-    free(le);
-    free(me);
-    json_array_clear(r->logs);
-    json_array_clear(r->msgs);
+    return s->store->ops->logs_append(s->store, task_id, e, n);
 }
 
-static bool grow_ts(struct run_ctx *r, size_t need)
+static int sink_messages(void *ctx, const char *task_id, const struct msg_entry *e, size_t n)
 {
-    if (need <= r->ts_cap)
-        return true;
-    size_t cap = r->ts_cap ? r->ts_cap * 2 : 64;
-    int64_t *a = realloc(r->log_ts, cap * sizeof(*a));
-    if (!a)
-        return false;
-    r->log_ts = a;
-    a = realloc(r->msg_ts, cap * sizeof(*a));
-    if (!a)
-        return false;
-    r->msg_ts = a;
-    r->ts_cap = cap;
-    return true;
+    struct store_sink *s = ctx;
+
+    return s->store->ops->messages_append(s->store, task_id, e, n);
 }
 
-static void add_log(struct run_ctx *r, json_t *obj)
+static enum exec_stop sink_check(void *ctx)
 {
-    size_t n = json_array_size(r->logs);
-
-    if (!grow_ts(r, n + 1) || json_array_append_new(r->logs, obj)) {
-        json_decref(obj);
-        return;
-    }
-    r->log_ts[n] = clock_now_us();
-}
-
-static void worker_note(struct run_ctx *r, int level, const char *text)
-{
-    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}}", "level", proto_level_name(level),
-                          "message", text, "context", "source", "worker", "worker_id",
-                          r->slot->name);
-    if (o)
-        add_log(r, o);
-}
-
-static void on_event(void *ctx, struct proto_event *ev)
-{
-    struct run_ctx *r = ctx;
-    size_t n;
-
-    switch (ev->kind) {
-    case PROTO_LOG:
-        add_log(r, ev->obj);
-        break;
-    case PROTO_MESSAGE:
-        n = json_array_size(r->msgs);
-        if (!grow_ts(r, n + 1) || json_array_append_new(r->msgs, ev->obj)) {
-            json_decref(ev->obj);
-            break;
-        }
-        r->msg_ts[n] = clock_now_us();
-        break;
-    case PROTO_RESULT:
-        if (r->result)
-            worker_note(r, LEVEL_WARNING, "the executor sent a second result; the last one counts");
-        json_decref(r->result);
-        r->result = ev->obj;
-        break;
-    case PROTO_READY:
-    case PROTO_OBSERVATION: {
-        /* Session lines outside a session: keep them, as text, rather than lose them. */
-        char *text = json_dumps(ev->obj, JSON_COMPACT);
-        json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "level", "warning", "message",
-                              text ? text : "", "context", "note", "session line in a batch task");
-        free(text);
-        json_decref(ev->obj);
-        if (o)
-            add_log(r, o);
-        break;
-    }
-    }
-    ev->obj = NULL;
-    if (json_array_size(r->logs) + json_array_size(r->msgs) >= FLUSH_EVERY)
-        flush(r);
-}
-
-static enum exec_stop should_stop(void *ctx)
-{
-    struct run_ctx *r = ctx;
+    struct store_sink *s = ctx;
+    int asked = atomic_load(&s->slot->stop);
     int64_t now = clock_mono_ms();
-    int asked = atomic_load(&r->slot->stop);
     enum task_status status;
     int rc;
 
-    if (now - r->last_flush >= FLUSH_MS)
-        flush(r);
     if (asked != EXEC_STOP_NONE)
         return (enum exec_stop)asked;
-    if (now - r->last_lease_check < LEASE_CHECK_MS)
+    if (now - s->last_lease_check < LEASE_CHECK_MS)
         return EXEC_STOP_NONE;
-    r->last_lease_check = now;
+    s->last_lease_check = now;
     /* Another server, the reaper or a cancel may have ended the task. */
-    rc = r->store->ops->task_lease_status(r->store, r->task->id, r->task->lease_token, &status);
+    rc = s->store->ops->task_lease_status(s->store, s->task->id, s->task->lease_token, &status);
     if (rc == ERR_FORBIDDEN || (rc == 0 && status != TASK_RUNNING))
         return rc == 0 && status == TASK_CANCELLED ? EXEC_STOP_CANCEL : EXEC_STOP_LEASE_LOST;
     return EXEC_STOP_NONE;
 }
 
-/* Environment of the child: ours, minus the names we set, plus the task's. */
-static char **child_env(const struct task *t, const char *worker)
-{
-    char buf[6][512];
-    const char *keys[] = {"TASK_ID=", "PROBLEM_ID=", "MAX_STEPS=", "WORKER_ID=",
-                          "BACKEND_NAME=", "KUBE_CONTEXT=", "AIOPSLAB_CLUSTER="};
-    size_t n = 0, k = 0;
-    char **env;
-
-    while (environ[n])
-        n++;
-    env = calloc(n + 8, sizeof(*env));
-    if (!env)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        bool ours = false;
-        for (size_t j = 0; j < sizeof(keys) / sizeof(keys[0]); j++)
-            if (!strncmp(environ[i], keys[j], strlen(keys[j])))
-                ours = true;
-        if (!ours && !(env[k++] = strdup(environ[i])))
-            goto fail;
-    }
-    snprintf(buf[0], sizeof(buf[0]), "TASK_ID=%s", t->id);
-    snprintf(buf[1], sizeof(buf[1]), "PROBLEM_ID=%s", t->problem_id);
-    snprintf(buf[2], sizeof(buf[2]), "MAX_STEPS=%d", t->max_steps);
-    snprintf(buf[3], sizeof(buf[3]), "WORKER_ID=%s", worker);
-    snprintf(buf[4], sizeof(buf[4]), "BACKEND_NAME=%s", worker);
-    snprintf(buf[5], sizeof(buf[5]), "KUBE_CONTEXT=kind-%s", worker);
-    for (int i = 0; i < 6; i++)
-        if (!(env[k++] = strdup(buf[i])))
-            goto fail;
-    snprintf(buf[0], sizeof(buf[0]), "AIOPSLAB_CLUSTER=%s", worker);
-    if (!(env[k++] = strdup(buf[0])))
-        goto fail;
-    return env;
-fail:
-    for (size_t i = 0; i < k; i++)
-        free(env[i]);
-    free(env);
-    return NULL;
-}
-
-static void free_env(char **env)
-{
-    for (size_t i = 0; env && env[i]; i++)
-        free(env[i]);
-    free(env);
-}
-
-/* Decides how the task ends from the executor's outcome. *error is static or buf. */
-static enum task_status verdict(struct run_ctx *r, const struct exec_outcome *o, char *buf,
-                                size_t size, const char **error)
-{
-    json_t *success = r->result ? json_object_get(r->result, "success") : NULL;
-    json_t *err = r->result ? json_object_get(r->result, "error") : NULL;
-    char how[300];
-
-    exec_describe(o, how, sizeof(how));
-    *error = buf;
-    switch (o->stopped) {
-    case EXEC_STOP_TIMEOUT:
-        snprintf(buf, size, "timed out after %d s; the executor was stopped",
-                 r->task->timeout_seconds);
-        return TASK_TIMEOUT;
-    case EXEC_STOP_SHUTDOWN:
-        snprintf(buf, size, "the server shut down while the task was running; "
-                 "the executor was stopped");
-        return TASK_FAILED;
-    case EXEC_STOP_CANCEL:
-        snprintf(buf, size, "cancelled by request while running");
-        return TASK_CANCELLED;
-    case EXEC_STOP_LEASE_LOST:
-        snprintf(buf, size, "the task was ended elsewhere while running");
-        return TASK_FAILED;
-    case EXEC_STOP_NONE:
-        break;
-    }
-    if (!o->started) {
-        snprintf(buf, size, "%s", o->error);
-        return TASK_FAILED;
-    }
-    if (!r->result) {
-        snprintf(buf, size, "the executor %s without sending a result", how);
-        return TASK_FAILED;
-    }
-    if (!o->exited || o->exit_code != 0) {
-        snprintf(buf, size, "the executor %s", how);
-        return TASK_FAILED;
-    }
-    if (!json_is_true(success)) {
-        if (json_is_string(err))
-            snprintf(buf, size, "%s", json_string_value(err));
-        else
-            snprintf(buf, size, "the executor reported failure (success: false)");
-        return TASK_FAILED;
-    }
-    *error = NULL;
-    return TASK_COMPLETED;
-}
-
-static void add_duration(json_t *result, double seconds)
-{
-    json_t *m = json_object_get(result, "metrics");
-
-    if (!json_is_object(m)) {
-        if (m)
-            return; /* the executor's own shape wins */
-        m = json_object();
-        if (!m || json_object_set_new(result, "metrics", m))
-            return;
-    }
-    if (!json_object_get(m, "duration_seconds"))
-        json_object_set_new(m, "duration_seconds", json_real(seconds));
-}
-
-static int make_dir(const char *path)
-{
-    char tmp[PATH_MAX];
-
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return ERR_IO;
-            *p = '/';
-        }
-    }
-    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? ERR_IO : 0;
-}
-
-static void run_child(struct run_ctx *r, struct exec_outcome *o)
-{
-    struct worker_manager *wm = r->slot->wm;
-    struct server *srv = wm->srv;
-    const struct task *t = r->task;
-    char *sim_argv[] = {srv->self_exe, "simulate", NULL};
-    char *const *argv = sim_argv;
-    char dir[PATH_MAX], *line = NULL;
-    char **env = NULL;
-    json_t *tj = NULL;
-    int64_t left_ms;
-
-    memset(o, 0, sizeof(*o));
-    if (wm->has_command)
-        argv = wm->command.we_wordv;
-    snprintf(dir, sizeof(dir), "%s/%s", srv->cfg.work_dir, t->id);
-    tj = task_to_json(t);
-    line = tj ? json_dumps(tj, JSON_COMPACT) : NULL;
-    env = child_env(t, r->slot->name);
-    if (!line || !env) {
-        snprintf(o->error, sizeof(o->error), "out of memory preparing the executor");
-        goto out;
-    }
-    if (make_dir(dir) < 0) {
-        snprintf(o->error, sizeof(o->error), "could not create the working directory %.150s: %s",
-                 dir, strerror(errno));
-        goto out;
-    }
-    left_ms = (t->deadline_at - clock_now_us()) / 1000;
-    struct exec_spec spec = {
-        .argv = argv,
-        .envp = env,
-        .cwd = dir,
-        .deadline_ms = clock_mono_ms() + (left_ms > 0 ? left_ms : 0),
-        .grace_ms = srv->cfg.exec_grace_seconds * 1000,
-        .max_output = (size_t)srv->cfg.max_output_bytes,
-    };
-    struct exec_hooks hooks = {.ctx = r, .on_event = on_event, .should_stop = should_stop};
-    size_t len = strlen(line);
-    line[len] = '\n'; /* replaces the NUL: the task goes as one line */
-    spec.input = line;
-    spec.input_len = len + 1;
-    if (exec_run(&spec, &hooks, o) < 0)
-        log_warn("%s: task %s: %s", r->slot->name, t->id, o->error);
-    rmdir(dir); /* only if the executor left nothing behind */
-out:
-    json_decref(tj);
-    free(line);
-    free_env(env);
-}
-
-static void run_task(struct slot *slot, struct task *t)
+/* Records the end, retrying while the database is unreachable; the lease guard
+ * makes a late or repeated attempt harmless. */
+static void record_end(struct slot *slot, const struct task *t, const struct runner_result *res)
 {
     struct worker_manager *wm = slot->wm;
     struct store *st = wm->srv->store;
-    struct run_ctx r = {.slot = slot, .store = st, .task = t};
-    struct exec_outcome o;
-    enum task_status status;
-    const char *error;
-    char errbuf[512], note[700];
-    int rc;
+    int rc, wait_ms = 100;
 
-    r.logs = json_array();
-    r.msgs = json_array();
-    r.last_flush = r.last_lease_check = clock_mono_ms();
-    log_info("%s: running task %s (%s)", slot->name, t->id, t->problem_id);
-    snprintf(note, sizeof(note), "worker %s started the task (executor %s)", slot->name,
-             wm->srv->cfg.executor);
-    worker_note(&r, LEVEL_INFO, note);
-    if (!strcmp(wm->srv->cfg.executor, "noop")) {
-        memset(&o, 0, sizeof(o));
-        o.started = o.exited = true;
-        r.result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",
-                             "steps_taken", 0);
-    } else {
-        run_child(&r, &o);
+    for (;;) {
+        rc = st->ops->task_finish(st, t->id, t->lease_token, res->status, res->result,
+                                  res->status == TASK_COMPLETED ? NULL : res->error,
+                                  clock_now_us());
+        if (rc != ERR_UNAVAILABLE && rc != ERR_STORE)
+            break;
+        if (atomic_load(&slot->stop) == EXEC_STOP_SHUTDOWN) {
+            log_error("%s: task %s: its end could not be recorded before shutdown; the next "
+                      "start fails it", slot->name, t->id);
+            return;
+        }
+        usleep((useconds_t)wait_ms * 1000);
+        wait_ms = wait_ms < 5000 ? wait_ms * 2 : 5000;
     }
-    status = verdict(&r, &o, errbuf, sizeof(errbuf), &error);
-    if (r.result)
-        add_duration(r.result, o.seconds);
-    if (status == TASK_COMPLETED)
-        snprintf(note, sizeof(note), "task completed in %.3f s", o.seconds);
-    else
-        snprintf(note, sizeof(note), "task ended %s: %s", task_status_name(status), error);
-    worker_note(&r, status == TASK_COMPLETED ? LEVEL_INFO : LEVEL_ERROR, note);
-    flush(&r);
-    rc = st->ops->task_finish(st, t->id, t->lease_token, status, r.result, error,
-                              clock_now_us());
     if (rc == ERR_CONFLICT) {
         /* Already ended (cancelled, reaped): its end stands; free the worker row. */
         log_info("%s: task %s was already ended elsewhere", slot->name, t->id);
@@ -429,13 +128,31 @@ static void run_task(struct slot *slot, struct task *t)
     } else if (rc < 0) {
         log_error("%s: task %s: recording its end failed: %s", slot->name, t->id, err_str(rc));
     } else {
-        log_info("%s: task %s %s", slot->name, t->id, task_status_name(status));
+        log_info("%s: task %s %s", slot->name, t->id, task_status_name(res->status));
     }
-    json_decref(r.result);
-    json_decref(r.logs);
-    json_decref(r.msgs);
-    free(r.log_ts);
-    free(r.msg_ts);
+}
+
+static void run_task(struct slot *slot, struct task *t)
+{
+    struct worker_manager *wm = slot->wm;
+    struct server *srv = wm->srv;
+    struct store_sink ss = {.slot = slot, .store = srv->store, .task = t,
+                            .last_lease_check = clock_mono_ms()};
+    struct runner_sink sink = {.ctx = &ss, .logs = sink_logs, .messages = sink_messages,
+                               .check = sink_check};
+    struct runner rn = {.executor = srv->cfg.executor,
+                        .command = wm->has_command ? wm->command.we_wordv : NULL,
+                        .self_exe = srv->self_exe,
+                        .work_dir = srv->cfg.work_dir,
+                        .worker_id = slot->name,
+                        .grace_seconds = srv->cfg.exec_grace_seconds,
+                        .max_output = (size_t)srv->cfg.max_output_bytes};
+    struct runner_result res;
+
+    log_info("%s: running task %s (%s)", slot->name, t->id, t->problem_id);
+    runner_run(&rn, &sink, t, &res);
+    record_end(slot, t, &res);
+    runner_result_reset(&res);
 }
 
 /* ---- threads ---- */

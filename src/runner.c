@@ -1,0 +1,386 @@
+/* runner: one task through its executor (see runner.h for the DESIGN). */
+#include "runner.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+#include "proto.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define FLUSH_EVERY 128       /* events */
+#define FLUSH_MS 50
+#define PENDING_MAX 100000    /* kept events while the sink is down; older ones are dropped */
+#define FINAL_FLUSH_MS 60000  /* how long the last batch is retried */
+
+struct run_ctx {
+    const struct runner *rn;
+    const struct runner_sink *sink;
+    const struct task *task;
+    json_t *logs;              /* pending log objects */
+    json_t *msgs;              /* pending message objects */
+    int64_t *log_ts, *msg_ts;  /* arrival times, parallel to the arrays */
+    size_t log_cap, msg_cap;
+    int64_t last_flush;
+    size_t dropped;            /* events dropped because the sink stayed down */
+    json_t *result;            /* the executor's result line, if any */
+};
+
+static bool push(json_t *arr, int64_t **ts, size_t *cap, json_t *obj)
+{
+    size_t n = json_array_size(arr);
+
+    if (n + 1 > *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        int64_t *p = realloc(*ts, ncap * sizeof(*p));
+        if (!p) {
+            json_decref(obj);
+            return false;
+        }
+        *ts = p;
+        *cap = ncap;
+    }
+    if (json_array_append_new(arr, obj))
+        return false;
+    (*ts)[n] = clock_now_us();
+    return true;
+}
+
+/* Drops the oldest half of a pending array that the sink has refused for too long. */
+static void shed(struct run_ctx *r, json_t *arr, int64_t *ts)
+{
+    size_t n = json_array_size(arr), k = n / 2;
+
+    if (n < PENDING_MAX)
+        return;
+    for (size_t i = 0; i < k; i++)
+        json_array_remove(arr, 0);
+    memmove(ts, ts + k, (n - k) * sizeof(*ts));
+    r->dropped += k;
+}
+
+/* Offers both batches to the sink; what it takes is cleared. Returns true when
+ * nothing is left pending. */
+static bool flush(struct run_ctx *r)
+{
+    size_t nl = json_array_size(r->logs), nm = json_array_size(r->msgs);
+    struct log_entry *le = nl ? calloc(nl, sizeof(*le)) : NULL;
+    struct msg_entry *me = nm ? calloc(nm, sizeof(*me)) : NULL;
+
+    r->last_flush = clock_mono_ms();
+    if ((nl && !le) || (nm && !me))
+        goto out;
+    for (size_t i = 0; i < nl; i++) {
+        json_t *o = json_array_get(r->logs, i);
+        le[i].ts = r->log_ts[i];
+        le[i].level = proto_level_parse(json_string_value(json_object_get(o, "level")));
+        le[i].message = json_string_value(json_object_get(o, "message"));
+        le[i].context = json_object_get(o, "context");
+    }
+    for (size_t i = 0; i < nm; i++) {
+        me[i].ts = r->msg_ts[i];
+        me[i].msg = json_array_get(r->msgs, i);
+    }
+    if (nl && r->sink->logs(r->sink->ctx, r->task->id, le, nl) == 0)
+        json_array_clear(r->logs);
+    if (nm && r->sink->messages(r->sink->ctx, r->task->id, me, nm) == 0)
+        json_array_clear(r->msgs);
+out:
+    free(le);
+    free(me);
+    shed(r, r->logs, r->log_ts);
+    shed(r, r->msgs, r->msg_ts);
+    return json_array_size(r->logs) + json_array_size(r->msgs) == 0;
+}
+
+static void note(struct run_ctx *r, int level, const char *text)
+{
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}}", "level", proto_level_name(level),
+                          "message", text, "context", "source", "worker", "worker_id",
+                          r->rn->worker_id);
+    if (o)
+        push(r->logs, &r->log_ts, &r->log_cap, o);
+}
+
+static void on_event(void *ctx, struct proto_event *ev)
+{
+    struct run_ctx *r = ctx;
+
+    switch (ev->kind) {
+    case PROTO_LOG:
+        push(r->logs, &r->log_ts, &r->log_cap, ev->obj);
+        break;
+    case PROTO_MESSAGE:
+        push(r->msgs, &r->msg_ts, &r->msg_cap, ev->obj);
+        break;
+    case PROTO_RESULT:
+        if (r->result)
+            note(r, LEVEL_WARNING, "the executor sent a second result; the last one counts");
+        json_decref(r->result);
+        r->result = ev->obj;
+        break;
+    case PROTO_READY:
+    case PROTO_OBSERVATION: {
+        /* Session lines outside a session: keep them, as text, rather than lose them. */
+        char *text = json_dumps(ev->obj, JSON_COMPACT);
+        json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "level", "warning", "message",
+                              text ? text : "", "context", "note", "session line in a batch task");
+        free(text);
+        json_decref(ev->obj);
+        if (o)
+            push(r->logs, &r->log_ts, &r->log_cap, o);
+        break;
+    }
+    }
+    ev->obj = NULL;
+    if (json_array_size(r->logs) + json_array_size(r->msgs) >= FLUSH_EVERY &&
+        clock_mono_ms() - r->last_flush >= 5)
+        flush(r);
+}
+
+static enum exec_stop should_stop(void *ctx)
+{
+    struct run_ctx *r = ctx;
+
+    if (clock_mono_ms() - r->last_flush >= FLUSH_MS)
+        flush(r);
+    return r->sink->check(r->sink->ctx);
+}
+
+/* Environment of the child: ours, minus the names we set, plus the task's. */
+static char **child_env(const struct task *t, const char *worker)
+{
+    const char *keys[] = {"TASK_ID=", "PROBLEM_ID=", "MAX_STEPS=", "WORKER_ID=",
+                          "BACKEND_NAME=", "KUBE_CONTEXT=", "AIOPSLAB_CLUSTER="};
+    char ours[7][512];
+    size_t n = 0, k = 0;
+    char **env;
+
+    snprintf(ours[0], sizeof(ours[0]), "TASK_ID=%s", t->id);
+    snprintf(ours[1], sizeof(ours[1]), "PROBLEM_ID=%s", t->problem_id);
+    snprintf(ours[2], sizeof(ours[2]), "MAX_STEPS=%d", t->max_steps);
+    snprintf(ours[3], sizeof(ours[3]), "WORKER_ID=%s", worker);
+    snprintf(ours[4], sizeof(ours[4]), "BACKEND_NAME=%s", worker);
+    snprintf(ours[5], sizeof(ours[5]), "KUBE_CONTEXT=kind-%s", worker);
+    snprintf(ours[6], sizeof(ours[6]), "AIOPSLAB_CLUSTER=%s", worker);
+    while (environ[n])
+        n++;
+    env = calloc(n + 8, sizeof(*env));
+    if (!env)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        bool mine = false;
+        for (size_t j = 0; j < sizeof(keys) / sizeof(keys[0]); j++)
+            mine |= !strncmp(environ[i], keys[j], strlen(keys[j]));
+        if (!mine && !(env[k++] = strdup(environ[i])))
+            goto fail;
+    }
+    for (int i = 0; i < 7; i++)
+        if (!(env[k++] = strdup(ours[i])))
+            goto fail;
+    return env;
+fail:
+    for (size_t i = 0; i < k; i++)
+        free(env[i]);
+    free(env);
+    return NULL;
+}
+
+static void free_env(char **env)
+{
+    for (size_t i = 0; env && env[i]; i++)
+        free(env[i]);
+    free(env);
+}
+
+/* Decides how the task ends from the executor's outcome. */
+static enum task_status verdict(struct run_ctx *r, const struct exec_outcome *o, char *buf,
+                                size_t size)
+{
+    json_t *success = r->result ? json_object_get(r->result, "success") : NULL;
+    json_t *err = r->result ? json_object_get(r->result, "error") : NULL;
+    char how[300];
+
+    exec_describe(o, how, sizeof(how));
+    buf[0] = '\0';
+    switch (o->stopped) {
+    case EXEC_STOP_TIMEOUT:
+        snprintf(buf, size, "timed out after %d s; the executor was stopped",
+                 r->task->timeout_seconds);
+        return TASK_TIMEOUT;
+    case EXEC_STOP_SHUTDOWN:
+        snprintf(buf, size, "the worker shut down while the task was running; "
+                 "the executor was stopped");
+        return TASK_FAILED;
+    case EXEC_STOP_CANCEL:
+        snprintf(buf, size, "cancelled by request while running");
+        return TASK_CANCELLED;
+    case EXEC_STOP_LEASE_LOST:
+        snprintf(buf, size, "the task was ended elsewhere while running");
+        return TASK_FAILED;
+    case EXEC_STOP_NONE:
+        break;
+    }
+    if (!o->started) {
+        snprintf(buf, size, "%s", o->error);
+        return TASK_FAILED;
+    }
+    if (!r->result) {
+        snprintf(buf, size, "the executor %s without sending a result", how);
+        return TASK_FAILED;
+    }
+    if (!o->exited || o->exit_code != 0) {
+        snprintf(buf, size, "the executor %s", how);
+        return TASK_FAILED;
+    }
+    if (!json_is_true(success)) {
+        if (json_is_string(err))
+            snprintf(buf, size, "%s", json_string_value(err));
+        else
+            snprintf(buf, size, "the executor reported failure (success: false)");
+        return TASK_FAILED;
+    }
+    return TASK_COMPLETED;
+}
+
+static void add_duration(json_t *result, double seconds)
+{
+    json_t *m = json_object_get(result, "metrics");
+
+    if (!json_is_object(m)) {
+        if (m)
+            return; /* the executor's own shape wins */
+        m = json_object();
+        if (!m || json_object_set_new(result, "metrics", m))
+            return;
+    }
+    if (!json_object_get(m, "duration_seconds"))
+        json_object_set_new(m, "duration_seconds", json_real(seconds));
+}
+
+static int make_dir(const char *path)
+{
+    char tmp[PATH_MAX];
+
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                return ERR_IO;
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? ERR_IO : 0;
+}
+
+static void run_child(struct run_ctx *r, struct exec_outcome *o)
+{
+    const struct runner *rn = r->rn;
+    const struct task *t = r->task;
+    char *sim_argv[] = {(char *)(uintptr_t)rn->self_exe, "simulate", NULL};
+    char dir[PATH_MAX], *line = NULL, **env = NULL;
+    json_t *tj = task_to_json(t);
+    int64_t left_ms;
+    size_t len;
+
+    memset(o, 0, sizeof(*o));
+    snprintf(dir, sizeof(dir), "%s/%s", rn->work_dir, t->id);
+    line = tj ? json_dumps(tj, JSON_COMPACT) : NULL;
+    env = child_env(t, rn->worker_id);
+    if (!line || !env) {
+        snprintf(o->error, sizeof(o->error), "out of memory preparing the executor");
+        goto out;
+    }
+    if (make_dir(dir) < 0) {
+        snprintf(o->error, sizeof(o->error), "could not create the working directory %.150s: %s",
+                 dir, strerror(errno));
+        goto out;
+    }
+    left_ms = t->deadline_at ? (t->deadline_at - clock_now_us()) / 1000
+                             : (int64_t)t->timeout_seconds * 1000;
+    len = strlen(line);
+    line[len] = '\n'; /* replaces the NUL: the task goes as one line */
+    struct exec_spec spec = {
+        .argv = strcmp(rn->executor, "command") ? sim_argv : rn->command,
+        .envp = env,
+        .cwd = dir,
+        .input = line,
+        .input_len = len + 1,
+        .deadline_ms = clock_mono_ms() + (left_ms > 0 ? left_ms : 0),
+        .grace_ms = rn->grace_seconds * 1000,
+        .max_output = rn->max_output,
+    };
+    struct exec_hooks hooks = {.ctx = r, .on_event = on_event, .should_stop = should_stop};
+    if (exec_run(&spec, &hooks, o) < 0)
+        log_warn("%s: task %s: %s", rn->worker_id, t->id, o->error);
+    rmdir(dir); /* only if the executor left nothing behind */
+out:
+    json_decref(tj);
+    free(line);
+    free_env(env);
+}
+
+void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,
+                struct runner_result *out)
+{
+    struct run_ctx r = {.rn = rn, .sink = sink, .task = t};
+    struct exec_outcome o;
+    char text[700];
+    int64_t give_up;
+
+    memset(out, 0, sizeof(*out));
+    r.logs = json_array();
+    r.msgs = json_array();
+    r.last_flush = clock_mono_ms();
+    snprintf(text, sizeof(text), "worker %s started the task (executor %s)", rn->worker_id,
+             rn->executor);
+    note(&r, LEVEL_INFO, text);
+    if (!strcmp(rn->executor, "noop")) {
+        memset(&o, 0, sizeof(o));
+        o.started = o.exited = true;
+        r.result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",
+                             "steps_taken", 0);
+    } else {
+        run_child(&r, &o);
+    }
+    out->status = verdict(&r, &o, out->error, sizeof(out->error));
+    out->seconds = o.seconds;
+    if (r.result)
+        add_duration(r.result, o.seconds);
+    if (out->status == TASK_COMPLETED)
+        snprintf(text, sizeof(text), "task completed in %.3f s", o.seconds);
+    else
+        snprintf(text, sizeof(text), "task ended %s: %s", task_status_name(out->status),
+                 out->error);
+    note(&r, out->status == TASK_COMPLETED ? LEVEL_INFO : LEVEL_ERROR, text);
+    /* The last batch matters most (the outcome is in it): retry it for a while. */
+    give_up = clock_mono_ms() + FINAL_FLUSH_MS;
+    for (int wait_ms = 50; !flush(&r) && clock_mono_ms() < give_up; wait_ms *= 2) {
+        if (r.sink->check(r.sink->ctx) == EXEC_STOP_SHUTDOWN)
+            break;
+        usleep((useconds_t)(wait_ms < 2000 ? wait_ms : 2000) * 1000);
+    }
+    r.dropped += json_array_size(r.logs) + json_array_size(r.msgs);
+    if (r.dropped)
+        log_error("%s: task %s: %zu log lines or messages could not be stored", rn->worker_id,
+                  t->id, r.dropped);
+    out->result = r.result;
+    json_decref(r.logs);
+    json_decref(r.msgs);
+    free(r.log_ts);
+    free(r.msg_ts);
+}
+
+void runner_result_reset(struct runner_result *r)
+{
+    json_decref(r->result);
+    memset(r, 0, sizeof(*r));
+}

@@ -1,0 +1,52 @@
+/* runner: runs one task through the configured executor, the same code for
+ * internal workers (writing to the store) and external workers (writing over HTTP).
+ *
+ * DESIGN
+ * The runner owns the child (through exec), batches what it prints into log lines
+ * and conversation messages, and hands each batch to a sink every 50 ms or 128
+ * events. A batch the sink cannot take (database or API down) is kept and offered
+ * again, up to a bound, so a short outage loses nothing. Each tick it asks the sink
+ * whether to stop (cancelled, lease lost, shutdown). At the end it decides the
+ * task's final state from the executor's result and exit. */
+#ifndef TASKEXEC_RUNNER_H
+#define TASKEXEC_RUNNER_H
+
+#include "exec.h"
+#include "store.h"
+#include "task.h"
+
+#include <jansson.h>
+
+struct runner_sink {
+    void *ctx;
+    /* Store a batch; < 0 keeps it for the next try. */
+    int (*logs)(void *ctx, const char *task_id, const struct log_entry *e, size_t n);
+    int (*messages)(void *ctx, const char *task_id, const struct msg_entry *e, size_t n);
+    /* Why to stop now, or EXEC_STOP_NONE; called at least ten times a second. */
+    enum exec_stop (*check)(void *ctx);
+};
+
+struct runner {
+    const char *executor;         /* "simulated", "command" or "noop" */
+    char *const *command;         /* argv of the command executor */
+    const char *self_exe;         /* this binary, for "simulated" */
+    const char *work_dir;         /* each task runs in work_dir/<task id> */
+    const char *worker_id;
+    int grace_seconds;
+    size_t max_output;
+};
+
+struct runner_result {
+    enum task_status status;      /* completed, failed, timeout or cancelled */
+    json_t *result;               /* the executor's result (owned), NULL when none */
+    char error[512];              /* why, when not completed; "" otherwise */
+    double seconds;
+};
+
+/* runner_run: runs t to its end and fills out (caller calls runner_result_reset).
+ * Blocks the calling thread for the child's whole life. */
+void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,
+                struct runner_result *out);
+void runner_result_reset(struct runner_result *r);
+
+#endif
