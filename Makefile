@@ -1,7 +1,7 @@
 # taskexec: one Makefile. `make` builds build/taskexec; `make test` builds the
 # sanitizer build and runs every unit and integration test; `make run` serves.
 CC = gcc
-PKGS = libmicrohttpd jansson sqlite3 uuid libpq
+PKGS = libmicrohttpd jansson sqlite3 uuid libpq libcrypto libcurl
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wcast-qual -Wno-missing-field-initializers
 CPPFLAGS = -D_GNU_SOURCE -Isrc

@@ -87,5 +87,12 @@ int api_internal_status(struct request *req);
 int api_internal_scale(struct request *req);
 int api_internal_stop(struct request *req);
 int api_internal_start(struct request *req);
+int api_worker_register(struct request *req);
+int api_worker_heartbeat(struct request *req);
+int api_worker_claim(struct request *req);
+int api_worker_task_logs(struct request *req);
+int api_worker_task_conversations(struct request *req);
+int api_worker_task_complete(struct request *req);
+int api_worker_task_fail(struct request *req);
 
 #endif

@@ -15,6 +15,7 @@ static const char *type_of(int status)
 {
     switch (status) {
     case 400: return "bad_request";
+    case 401: return "unauthorized";
     case 403: return "forbidden";
     case 404: return "not_found";
     case 405: return "method_not_allowed";

@@ -16,6 +16,8 @@ const char *proto_level_name(int level)
 
 int proto_level_parse(const char *name)
 {
+    if (!name)
+        return -1;
     if (!strcasecmp(name, "warn"))
         return LEVEL_WARNING;
     if (!strcasecmp(name, "fatal"))
@@ -188,6 +190,27 @@ static bool take_rest(json_t *in, enum proto_kind kind, struct proto_event *ev)
     ev->kind = kind;
     ev->obj = o;
     return true;
+}
+
+int proto_event_from_json(json_t *in, const char *type, struct proto_event *ev)
+{
+    json_t *t = json_object_get(in, "type");
+    bool ok = false;
+
+    memset(ev, 0, sizeof(*ev));
+    if (!json_is_object(in))
+        return ERR_INVALID;
+    if (t && (!json_is_string(t) || strcmp(json_string_value(t), type)))
+        return ERR_INVALID;
+    if (!strcmp(type, "log"))
+        ok = take_log(in, ev);
+    else if (!strcmp(type, "message"))
+        ok = take_message(in, ev);
+    if (!ok) {
+        memset(ev, 0, sizeof(*ev));
+        return ERR_INVALID;
+    }
+    return 0;
 }
 
 int proto_parse_line(const char *line, size_t len, enum proto_stream stream,

@@ -33,8 +33,14 @@ enum proto_stream { PROTO_STDOUT, PROTO_STDERR };
 int proto_parse_line(const char *line, size_t len, enum proto_stream stream,
                      struct proto_event *ev) __attribute__((warn_unused_result));
 
+/* proto_event_from_json: validates one posted object as a protocol line of type
+ * ("log" or "message"); its "type" may be missing. ERR_INVALID if malformed;
+ * on success ev->obj is a new reference (caller json_decref's). */
+int proto_event_from_json(json_t *in, const char *type, struct proto_event *ev)
+    __attribute__((warn_unused_result));
+
 /* proto_level_name / proto_level_parse: "debug".."critical"; parse gives -1 when unknown
- * and accepts "warn", "fatal" and any case. */
+ * (also for NULL) and accepts "warn", "fatal" and any case. */
 const char *proto_level_name(int level);
 int proto_level_parse(const char *name);
 

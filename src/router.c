@@ -26,8 +26,15 @@ static const struct route routes[] = {
     {"POST", "/api/v1/workers/internal/scale", api_internal_scale},
     {"POST", "/api/v1/workers/internal/stop", api_internal_stop},
     {"POST", "/api/v1/workers/internal/start", api_internal_start},
+    {"POST", "/api/v1/workers/register", api_worker_register},
     {"GET", "/api/v1/workers/{id}", api_worker_get},
     {"GET", "/api/v1/workers/{id}/stats", api_worker_stats},
+    {"POST", "/api/v1/workers/{id}/heartbeat", api_worker_heartbeat},
+    {"POST", "/api/v1/workers/{id}/claim", api_worker_claim},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/logs", api_worker_task_logs},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/conversations", api_worker_task_conversations},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/complete", api_worker_task_complete},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/fail", api_worker_task_fail},
 };
 
 const struct route *router_table(size_t *n)

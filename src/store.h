@@ -113,7 +113,13 @@ struct store_ops {
     int (*task_conversations)(struct store *st, const char *task_id, json_t **out);
     int (*conversation_stats)(struct store *st, json_t **out);
 
+    /* worker_register: creates or revives the row. An external worker (token_hash set)
+     * registering again fails its running tasks (that run is lost). ERR_CONFLICT when
+     * the id belongs to the other kind (internal versus external). */
     int (*worker_register)(struct store *st, const struct worker_reg *reg);
+    /* worker_token: the stored token hash of an external worker (caller frees; NULL
+     * for an internal one). ERR_NOTFOUND for an unknown id. */
+    int (*worker_token)(struct store *st, const char *id, char **token_hash);
     int (*worker_heartbeat)(struct store *st, const char *const *ids, size_t n, int64_t now);
     /* worker_set_status: status ("idle", "offline") with no current task. */
     int (*worker_set_status)(struct store *st, const char *id, const char *status);

@@ -1319,20 +1319,45 @@ static int pg_worker_register(struct store *st, const struct worker_reg *reg)
     char *caps = reg->capabilities ? json_text(reg->capabilities, &ok) : strdup("{}");
     const char *v[6] = {reg->id, reg->backend_type, num(&n, reg->now), caps, reg->token_hash,
                         reg->name_prefix};
-    int rc;
+    int rc, changed = 0;
 
     if (!caps || !ok) {
         free(caps);
         return ERR_NOMEM;
     }
+    /* The upsert's WHERE keeps an internal row from being taken over by an external
+     * registration, and the other way round; an external worker registering again
+     * loses its running tasks in the same statement. */
     rc = simple(st,
-                "INSERT INTO workers (id, backend_type, status, last_heartbeat, capabilities, "
-                "registered_at, token_hash, name_prefix) VALUES ($1, $2, 'idle', te_ts($3), "
-                "$4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO UPDATE SET backend_type = $2, "
-                "status = 'idle', last_heartbeat = te_ts($3), capabilities = $4::jsonb, "
-                "token_hash = $5, name_prefix = $6, current_task_id = NULL",
-                6, v, NULL);
+                "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
+                "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, 'idle', "
+                "te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), capabilities = "
+                "$4::jsonb, token_hash = $5, name_prefix = $6, current_task_id = NULL WHERE "
+                "(workers.name_prefix IS NULL) = ($6::text IS NULL) RETURNING id), "
+                "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), updated_at "
+                "= te_ts($3), error = 'worker ' || worker_id || ' registered again while running "
+                "this task; the run was lost' WHERE status = 'running' AND worker_id = $1 AND "
+                "$5::text IS NOT NULL AND EXISTS (SELECT 1 FROM w)) "
+                "SELECT 1 FROM w",
+                6, v, &changed);
     free(caps);
+    return rc == 0 && changed == 0 ? ERR_CONFLICT : rc;
+}
+
+static int pg_worker_token(struct store *st, const char *id, char **token_hash)
+{
+    struct pgconn *pc = conn_get(P(st));
+    const char *v[1] = {id};
+    int rc;
+    PGresult *r = run_sql(pc, "SELECT token_hash FROM workers WHERE id = $1", 1, v, &rc);
+
+    if (r && PQntuples(r) == 0)
+        rc = ERR_NOTFOUND;
+    else if (r)
+        *token_hash = get_dup(r, 0, 0);
+    PQclear(r);
+    conn_put(P(st), pc);
     return rc;
 }
 
@@ -1532,6 +1557,7 @@ const struct store_ops store_pg_ops = {
     .task_conversations = pg_task_conversations,
     .conversation_stats = pg_conversation_stats,
     .worker_register = pg_worker_register,
+    .worker_token = pg_worker_token,
     .worker_heartbeat = pg_worker_heartbeat,
     .worker_set_status = pg_worker_set_status,
     .worker_list = pg_worker_list,

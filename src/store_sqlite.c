@@ -191,6 +191,9 @@ static const char *const migrations[] = {
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
+static int run_update(struct conn *c, const char *sql, const char *t1, int64_t i2, int64_t i3,
+                      int *changes);
+
 static struct sqlite_store *S(struct store *st)
 {
     return (struct sqlite_store *)st;
@@ -1403,13 +1406,16 @@ static int sq_worker_register(struct store *st, const struct worker_reg *reg)
 
     if (!c)
         return ERR_STORE;
+    /* The upsert's WHERE keeps an internal row from being taken over by an external
+     * registration, and the other way round. */
     if (sqlite3_prepare_v2(c->db,
                            "INSERT INTO workers (id, backend_type, status, last_heartbeat, "
                            "capabilities, registered_at, token_hash, name_prefix) VALUES "
                            "(?1, ?2, 'idle', ?3, ?4, ?3, ?5, ?6) ON CONFLICT (id) DO UPDATE SET "
                            "backend_type = ?2, status = 'idle', last_heartbeat = ?3, "
                            "capabilities = ?4, token_hash = ?5, name_prefix = ?6, "
-                           "current_task_id = NULL",
+                           "current_task_id = NULL WHERE (workers.name_prefix IS NULL) = "
+                           "(?6 IS NULL)",
                            -1, &s, NULL) != SQLITE_OK)
         return writer_end(ss, fail_db(c->db, "registering a worker"));
     bind_text(s, 1, reg->id);
@@ -1420,8 +1426,37 @@ static int sq_worker_register(struct store *st, const struct worker_reg *reg)
     bind_text(s, 6, reg->name_prefix);
     if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
         rc = fail_db(c->db, "registering a worker");
+    else if (rc == 0 && sqlite3_changes(c->db) == 0)
+        rc = ERR_CONFLICT;
     sqlite3_finalize(s);
+    if (rc == 0 && reg->token_hash)
+        rc = run_update(c,
+                        "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at = ?2, "
+                        "error = 'worker ' || worker_id || ' registered again while running this "
+                        "task; the run was lost' WHERE status = 'running' AND worker_id = ?1",
+                        reg->id, reg->now, 0, NULL);
     return writer_end(ss, rc);
+}
+
+static int sq_worker_token(struct store *st, const char *id, char **token_hash)
+{
+    struct rd r = rd_get(st);
+    sqlite3_stmt *s = NULL;
+    int rc = 0;
+
+    if (sqlite3_prepare_v2(r.c->db, "SELECT token_hash FROM workers WHERE id = ?1", -1, &s,
+                           NULL) != SQLITE_OK) {
+        rc = fail_db(r.c->db, "reading a worker");
+    } else {
+        bind_text(s, 1, id);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            *token_hash = col_dup(s, 0);
+        else
+            rc = ERR_NOTFOUND;
+    }
+    sqlite3_finalize(s);
+    rd_put(&r);
+    return rc;
 }
 
 static int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now)
@@ -1662,6 +1697,7 @@ const struct store_ops store_sqlite_ops = {
     .task_conversations = sq_task_conversations,
     .conversation_stats = sq_conversation_stats,
     .worker_register = sq_worker_register,
+    .worker_token = sq_worker_token,
     .worker_heartbeat = sq_worker_heartbeat,
     .worker_set_status = sq_worker_set_status,
     .worker_list = sq_worker_list,

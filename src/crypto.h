@@ -1,0 +1,18 @@
+/* crypto: random secrets, SHA-256 digests and constant-time comparison (OpenSSL). */
+#ifndef TASKEXEC_CRYPTO_H
+#define TASKEXEC_CRYPTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CRYPTO_HEX_SHA256 65   /* 64 hex digits and a NUL */
+
+/* crypto_random_hex: nbytes of randomness from the kernel as 2*nbytes hex digits in
+ * out (at least 2*nbytes+1 bytes). ERR_IO when the kernel gives none. */
+int crypto_random_hex(char *out, size_t nbytes) __attribute__((warn_unused_result));
+/* crypto_sha256_hex: the SHA-256 of the NUL-terminated text, in lower-case hex. */
+void crypto_sha256_hex(const char *text, char out[CRYPTO_HEX_SHA256]);
+/* crypto_equal: a == b, in time that does not depend on where they differ. */
+bool crypto_equal(const char *a, const char *b);
+
+#endif
