@@ -182,6 +182,17 @@ int api_worker_heartbeat(struct request *req)
             json_array_append_new(cancel, json_string(json_string_value(cur)));
         task_free(t);
     }
+    /* A worker that holds no running task is idle, whatever its row said (a task
+     * cancelled under it leaves the row busy until now). */
+    {
+        struct task_filter f = {.status = TASK_RUNNING, .worker_id = id, .limit = 1};
+        struct task_page page;
+        if (st->ops->task_list(st, &f, &page) == 0) {
+            if (page.total == 0 && st->ops->worker_set_status(st, id, WORKER_IDLE) < 0)
+                log_warn("%s: could not mark it idle", id);
+            store_task_page_reset(&page);
+        }
+    }
     clock_format(clock_now_us(), now, sizeof(now));
     api_reply(req, 200, json_pack("{s:s, s:s, s:s, s:O}", "message", "Heartbeat received",
                                   "worker_id", id, "timestamp", now, "cancel", cancel));

@@ -1,5 +1,6 @@
 /* main: the taskexec command: subcommands and their dispatch. */
 #include "config.h"
+#include "extworker.h"
 #include "server.h"
 #include "simulate.h"
 #include "version.h"
@@ -14,6 +15,8 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  serve      run the REST API with internal workers\n"
+            "  worker     run an external worker: --api URL --id NAME [--backend-type T]\n"
+            "             [--supported-problems 'glob,glob'] [settings as for serve]\n"
             "  simulate   the simulated executor (reads a task line on stdin)\n"
             "  version    print the version\n"
             "\n"
@@ -40,6 +43,8 @@ int main(int argc, char **argv)
         }
         return server_run(argc - 2, argv + 2);
     }
+    if (!strcmp(cmd, "worker"))
+        return extworker_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "simulate"))
         return simulate_main();
     fprintf(stderr, "taskexec: unknown command '%s'\n\n", cmd);

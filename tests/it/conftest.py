@@ -256,3 +256,60 @@ def server(make_server):
 def fast(steps=3, step_seconds=0.01, outcome="success"):
     """parameters.simulate for a quick simulated run."""
     return {"simulate": {"steps": steps, "step_seconds": step_seconds, "outcome": outcome}}
+
+
+class Worker:
+    """One `taskexec worker` process."""
+
+    def __init__(self, server, worker_id, workdir, args=(), **settings):
+        self.server = server
+        self.id = worker_id
+        self.log_path = os.path.join(workdir, f"worker-{worker_id}.log")
+        env = dict(os.environ)
+        env.update({"WORK_DIR": os.path.join(workdir, "work"), "POLL_INTERVAL_MS": "100",
+                    "EXEC_GRACE_SECONDS": "2", "HEARTBEAT_TIMEOUT_SECONDS": "3"})
+        env.update({k.upper(): str(v) for k, v in settings.items()})
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([BIN, "worker", "--api", server.url, "--id", worker_id,
+                                      *args], cwd=workdir, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+
+    def log(self):
+        with open(self.log_path, "r", errors="replace") as f:
+            return f.read()
+
+    def stop(self, timeout=40):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("worker did not stop on SIGTERM:\n" + self.log())
+        text = self.log()
+        for mark in SANITIZER_MARKS:
+            assert mark not in text, f"sanitizer report in worker output:\n{text}"
+        return self.proc.returncode
+
+
+@pytest.fixture
+def make_worker(tmpdir_path):
+    """Factory: make_worker(server, id, *args, **settings) starts an external worker."""
+    workers = []
+
+    def make(server, worker_id, *args, **settings):
+        w = Worker(server, worker_id, tmpdir_path, args, **settings)
+        workers.append(w)
+        return w
+
+    yield make
+    errors = []
+    for w in workers:
+        try:
+            w.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors))
