@@ -1,5 +1,7 @@
 /* main: the taskexec command: subcommands and their dispatch. */
 #include "config.h"
+#include "err.h"
+#include "store.h"
 #include "extworker.h"
 #include "server.h"
 #include "simulate.h"
@@ -7,6 +9,28 @@
 
 #include <stdio.h>
 #include <string.h>
+
+/* `taskexec migrate`: opening the store applies pending migrations. */
+static int migrate_main(int argc, char **argv)
+{
+    struct config cfg;
+    struct store *st = NULL;
+    int rc;
+
+    if (config_load(&cfg, argc, argv) < 0) {
+        config_reset(&cfg);
+        return 2;
+    }
+    rc = store_open(cfg.database_url, &st);
+    if (rc == 0)
+        printf("taskexec: the %s schema of %s is up to date\n", st->ops->name,
+               cfg.database_url);
+    else
+        fprintf(stderr, "taskexec: migrating %s failed: %s\n", cfg.database_url, err_str(rc));
+    store_close(st);
+    config_reset(&cfg);
+    return rc == 0 ? 0 : 3;
+}
 
 static void usage(FILE *f)
 {
@@ -17,6 +41,7 @@ static void usage(FILE *f)
             "  serve      run the REST API with internal workers\n"
             "  worker     run an external worker: --api URL --id NAME [--backend-type T]\n"
             "             [--supported-problems 'glob,glob'] [settings as for serve]\n"
+            "  migrate    create or upgrade the database schema, then exit\n"
             "  simulate   the simulated executor (reads a task line on stdin)\n"
             "  version    print the version\n"
             "\n"
@@ -43,6 +68,8 @@ int main(int argc, char **argv)
         }
         return server_run(argc - 2, argv + 2);
     }
+    if (!strcmp(cmd, "migrate"))
+        return migrate_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "worker"))
         return extworker_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "simulate"))

@@ -215,6 +215,8 @@ struct pg_store {
     pthread_mutex_t lock;      /* guards conns[].busy */
     pthread_cond_t cond;
     struct pgconn conns[POOL_SIZE];
+    int64_t retry_at_ms;       /* no new connection attempt before this; guarded by lock */
+    int backoff_ms;            /* guarded by lock */
     /* listener */
     pthread_t listener;
     bool has_listener;
@@ -232,7 +234,11 @@ static struct pg_store *P(struct store *st)
 
 static PGconn *connect_db(const char *conninfo, bool quiet)
 {
-    PGconn *c = PQconnectdb(conninfo);
+    /* A bounded connect, so an unreachable host does not hold a thread for minutes;
+     * a connect_timeout in the URL wins. */
+    const char *keys[] = {"connect_timeout", "dbname", NULL};
+    const char *vals[] = {"5", conninfo, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
 
     if (PQstatus(c) != CONNECTION_OK) {
         if (!quiet)
@@ -259,11 +265,30 @@ static struct pgconn *conn_get(struct pg_store *s)
     pc->busy = true;
     pthread_mutex_unlock(&s->lock);
     if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
-        /* (Re)connect lazily; a database that is down costs one attempt per call. */
+        /* (Re)connect lazily, with back-off: while the database is down, calls fail
+         * fast with ERR_UNAVAILABLE instead of each waiting on a connect. */
+        int64_t now = clock_mono_ms();
+        bool try_now;
+
         if (pc->c)
             PQfinish(pc->c);
+        pc->c = NULL;
         memset(pc->prepared, 0, sizeof(pc->prepared));
-        pc->c = connect_db(s->conninfo, true);
+        pthread_mutex_lock(&s->lock);
+        try_now = now >= s->retry_at_ms;
+        pthread_mutex_unlock(&s->lock);
+        if (try_now)
+            pc->c = connect_db(s->conninfo, true);
+        pthread_mutex_lock(&s->lock);
+        if (try_now && !pc->c) {
+            s->backoff_ms = s->backoff_ms ? (s->backoff_ms < 2000 ? s->backoff_ms * 2 : 2000)
+                                          : 50;
+            s->retry_at_ms = now + s->backoff_ms;
+        } else if (pc->c) {
+            s->backoff_ms = 0;
+            s->retry_at_ms = 0;
+        }
+        pthread_mutex_unlock(&s->lock);
     }
     return pc;
 }
