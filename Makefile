@@ -20,7 +20,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it clean deps
+.PHONY: all run test unit it bench clean deps
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -74,6 +74,14 @@ it: build/asan/taskexec
 test: build/taskexec
 	$(MAKE) unit
 	$(MAKE) it
+
+build/bench/load: bench/load.c | $(DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(PKG_CFLAGS) $(PKG_LIBS) -o $@
+
+# Figures, never a pass/fail: see bench/run.sh.
+bench: build/taskexec build/bench/load
+	bash bench/run.sh
 
 clean:
 	rm -rf build
