@@ -32,7 +32,7 @@ PSQL=("$PGBIN/psql" -h "$DIR" -p "$PORT" -U postgres -Atq)
 URL="postgresql:///bench?host=$DIR&port=$PORT&user=postgres"
 
 ( cd "$DIR" && DATABASE_URL=$URL PORT=$APIPORT EXECUTOR=noop NUM_INTERNAL_WORKERS=$WORKERS \
-  LOG_LEVEL=warning "$BIN" serve > "$DIR/server.log" 2>&1 ) &
+  LOG_LEVEL=warning HTTP_THREADS=${BENCH_HTTP_THREADS:-16} "$BIN" serve > "$DIR/server.log" 2>&1 ) &
 SERVER=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$APIPORT/ready" >/dev/null && break; sleep 0.1; done
 API="http://127.0.0.1:$APIPORT"

@@ -376,8 +376,9 @@ static int finish(struct request *req, struct task *t, enum task_status status, 
                   const char *error)
 {
     struct store *st = req->srv->store;
-    int rc = st->ops->task_finish(st, t->id, t->lease_token, status, result, error,
-                                  clock_now_us());
+    struct task_end end = {.status = status, .result = result, .error = error,
+                           .now = clock_now_us()};
+    int rc = st->ops->task_finish(st, t->id, t->lease_token, &end);
 
     if (rc == ERR_CONFLICT)
         return api_fail(req, 409, "task %s has already ended", t->id);

@@ -66,24 +66,34 @@ static void shed(struct run_ctx *r, json_t *arr, int64_t *ts)
     r->dropped += k;
 }
 
-/* Offers both batches to the sink; what it takes is cleared. Returns true when
- * nothing is left pending. */
-static bool flush(struct run_ctx *r)
+/* Fills entries for the pending log objects (borrowed pointers). Caller frees. */
+static struct log_entry *log_entries(struct run_ctx *r, size_t *n)
 {
-    size_t nl = json_array_size(r->logs), nm = json_array_size(r->msgs);
-    struct log_entry *le = nl ? calloc(nl, sizeof(*le)) : NULL;
-    struct msg_entry *me = nm ? calloc(nm, sizeof(*me)) : NULL;
+    struct log_entry *le;
 
-    r->last_flush = clock_mono_ms();
-    if ((nl && !le) || (nm && !me))
-        goto out;
-    for (size_t i = 0; i < nl; i++) {
+    *n = json_array_size(r->logs);
+    le = calloc(*n + 1, sizeof(*le));
+    for (size_t i = 0; le && i < *n; i++) {
         json_t *o = json_array_get(r->logs, i);
         le[i].ts = r->log_ts[i];
         le[i].level = proto_level_parse(json_string_value(json_object_get(o, "level")));
         le[i].message = json_string_value(json_object_get(o, "message"));
         le[i].context = json_object_get(o, "context");
     }
+    return le;
+}
+
+/* Offers the pending batches to the sink; what it takes is cleared. Returns true
+ * when nothing is left pending. */
+static bool flush_some(struct run_ctx *r, bool with_logs)
+{
+    size_t nl = 0, nm = json_array_size(r->msgs);
+    struct log_entry *le = with_logs ? log_entries(r, &nl) : NULL;
+    struct msg_entry *me = nm ? calloc(nm, sizeof(*me)) : NULL;
+
+    r->last_flush = clock_mono_ms();
+    if ((with_logs && !le) || (nm && !me))
+        goto out;
     for (size_t i = 0; i < nm; i++) {
         me[i].ts = r->msg_ts[i];
         me[i].msg = json_array_get(r->msgs, i);
@@ -97,7 +107,12 @@ out:
     free(me);
     shed(r, r->logs, r->log_ts);
     shed(r, r->msgs, r->msg_ts);
-    return json_array_size(r->logs) + json_array_size(r->msgs) == 0;
+    return (with_logs ? json_array_size(r->logs) : 0) + json_array_size(r->msgs) == 0;
+}
+
+static bool flush(struct run_ctx *r)
+{
+    return flush_some(r, true);
 }
 
 static void note(struct run_ctx *r, int level, const char *text)
@@ -361,12 +376,20 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
         snprintf(text, sizeof(text), "task ended %s: %s", task_status_name(out->status),
                  out->error);
     note(&r, out->status == TASK_COMPLETED ? LEVEL_INFO : LEVEL_ERROR, text);
-    /* The last batch matters most (the outcome is in it): retry it for a while. */
+    /* The last batch matters most (the outcome is in it): retry it for a while. With
+     * keep_final_logs the log lines go to the caller instead. */
     give_up = clock_mono_ms() + FINAL_FLUSH_MS;
-    for (int wait_ms = 50; !flush(&r) && clock_mono_ms() < give_up; wait_ms *= 2) {
+    for (int wait_ms = 50; !flush_some(&r, !rn->keep_final_logs) && clock_mono_ms() < give_up;
+         wait_ms *= 2) {
         if (r.sink->check(r.sink->ctx) == EXEC_STOP_SHUTDOWN)
             break;
         usleep((useconds_t)(wait_ms < 2000 ? wait_ms : 2000) * 1000);
+    }
+    if (rn->keep_final_logs) {
+        /* The entries point into the log objects: hand both over. */
+        out->logs = log_entries(&r, &out->n_logs);
+        out->log_objs = r.logs;
+        r.logs = json_array();
     }
     r.dropped += json_array_size(r.logs) + json_array_size(r.msgs);
     if (r.dropped)
@@ -382,5 +405,7 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
 void runner_result_reset(struct runner_result *r)
 {
     json_decref(r->result);
+    free(r->logs);
+    json_decref(r->log_objs);
     memset(r, 0, sizeof(*r));
 }

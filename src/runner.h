@@ -34,6 +34,8 @@ struct runner {
     const char *worker_id;
     int grace_seconds;
     size_t max_output;
+    bool keep_final_logs;         /* leave the last log lines in the result, for the caller
+                                     to store with the task's end in one transaction */
 };
 
 struct runner_result {
@@ -41,12 +43,16 @@ struct runner_result {
     json_t *result;               /* the executor's result (owned), NULL when none */
     char error[512];              /* why, when not completed; "" otherwise */
     double seconds;
+    struct log_entry *logs;       /* with keep_final_logs: lines not stored yet (owned) */
+    size_t n_logs;
+    json_t *log_objs;             /* what logs[] point into (owned) */
 };
 
 /* runner_run: runs t to its end and fills out (caller calls runner_result_reset).
  * Blocks the calling thread for the child's whole life. */
 void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,
                 struct runner_result *out);
+/* runner_result_reset: frees what the result owns. */
 void runner_result_reset(struct runner_result *r);
 
 #endif

@@ -64,6 +64,15 @@ struct msg_entry {
     json_t *msg;                 /* borrowed: {"role","content","step","session_id","metadata"} */
 };
 
+struct task_end {
+    enum task_status status;     /* completed, failed, timeout or cancelled */
+    json_t *result;              /* borrowed; NULL: none */
+    const char *error;           /* NULL when completed */
+    int64_t now;
+    const struct log_entry *logs; /* stored with the end; may be NULL */
+    size_t n_logs;
+};
+
 struct worker_reg {
     const char *id;
     const char *backend_type;
@@ -94,8 +103,12 @@ struct store_ops {
     int (*task_list)(struct store *st, const struct task_filter *f, struct task_page *out);
     int (*task_cancel)(struct store *st, const char *id, int64_t now, struct task **out);
     int (*task_claim)(struct store *st, const struct claim_req *req, struct task **out);
+    /* task_finish: ends a running task whose lease the caller holds (ERR_CONFLICT
+     * otherwise, ERR_NOTFOUND for no such task). end->logs are stored in the same
+     * transaction, even when the end is refused, so a run's last lines cost no commit
+     * of their own. */
     int (*task_finish)(struct store *st, const char *id, const char *lease_token,
-                       enum task_status status, json_t *result, const char *error, int64_t now);
+                       const struct task_end *end);
     int (*task_lease_status)(struct store *st, const char *id, const char *lease_token,
                              enum task_status *status);
     int (*task_stats)(struct store *st, struct task_stats *out);

@@ -89,7 +89,10 @@ static const char *const sql_text[Q_N] = {
         "claimed), last_heartbeat = te_ts($3) WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)) "
         "SELECT * FROM claimed",
     [Q_TASK_FINISH] =
-        "WITH t AS (UPDATE tasks SET status = $3, result = $4::jsonb, error = $5, completed_at "
+        "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context) SELECT $1, "
+        "te_ts(u.ts), u.level, u.message, u.context::jsonb FROM unnest($8::bigint[], "
+        "$9::int[], $10::text[], $11::text[]) AS u(ts, level, message, context)), "
+        "t AS (UPDATE tasks SET status = $3, result = $4::jsonb, error = $5, completed_at "
         "= te_ts($6), updated_at = te_ts($6) WHERE id = $1 AND status = 'running' AND "
         "lease_token = $2 RETURNING worker_id), "
         "w AS (UPDATE workers SET status = CASE WHEN workers.status = 'offline' THEN 'offline' "
@@ -429,6 +432,64 @@ static json_t *get_time(PGresult *r, int row, int col)
 static json_t *get_str(PGresult *r, int row, int col)
 {
     return PQgetisnull(r, row, col) ? json_null() : json_string(PQgetvalue(r, row, col));
+}
+
+/* Appends one array element in PostgreSQL's literal syntax, quoted and escaped. */
+static int array_add(struct buf *b, const char *s, bool is_null)
+{
+    int rc = buf_append(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);
+
+    if (rc < 0)
+        return rc;
+    if (is_null)
+        return buf_append(b, "NULL", 4);
+    rc = buf_append(b, "\"", 1);
+    for (const char *p = s; rc == 0 && *p; p++) {
+        if (*p == '"' || *p == '\\')
+            rc = buf_append(b, "\\", 1);
+        if (rc == 0)
+            rc = buf_append(b, p, 1);
+    }
+    return rc == 0 ? buf_append(b, "\"", 1) : rc;
+}
+
+/* The four array literals of a log batch, for unnest(). Caller buf_reset's them. */
+struct log_arrays {
+    struct buf ts, lv, msg, ctx;
+};
+
+static int log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n)
+{
+    struct buf *all[4] = {&a->ts, &a->lv, &a->msg, &a->ctx};
+    struct num x;
+    int rc = 0;
+
+    for (int k = 0; k < 4; k++) {
+        buf_init(all[k], SIZE_MAX / 2);
+        if (buf_append(all[k], "{", 1) < 0)
+            rc = ERR_NOMEM;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        char *c = e[i].context ? json_dumps(e[i].context, JSON_COMPACT) : strdup("{}");
+        if (!c || array_add(&a->ts, num(&x, e[i].ts), false) < 0 ||
+            array_add(&a->lv, num(&x, e[i].level), false) < 0 ||
+            array_add(&a->msg, e[i].message ? e[i].message : "", false) < 0 ||
+            array_add(&a->ctx, c, false) < 0)
+            rc = ERR_NOMEM;
+        free(c);
+    }
+    for (int k = 0; rc == 0 && k < 4; k++)
+        if (buf_append(all[k], "}", 1) < 0)
+            rc = ERR_NOMEM;
+    return rc;
+}
+
+static void log_arrays_reset(struct log_arrays *a)
+{
+    buf_reset(&a->ts);
+    buf_reset(&a->lv);
+    buf_reset(&a->msg);
+    buf_reset(&a->ctx);
 }
 
 static struct task *row_task(PGresult *r, int row)
@@ -888,22 +949,28 @@ static int pg_task_claim(struct store *st, const struct claim_req *req, struct t
 }
 
 static int pg_task_finish(struct store *st, const char *id, const char *lease_token,
-                          enum task_status status, json_t *result, const char *error,
-                          int64_t now)
+                          const struct task_end *end)
 {
-    struct pgconn *pc = conn_get(P(st));
+    struct pgconn *pc = NULL;
+    struct log_arrays a;
     struct num n;
     bool ok = true;
-    char *res = json_text(result, &ok);
-    json_t *success = result ? json_object_get(result, "success") : NULL;
-    const char *v[7] = {id, lease_token, task_status_name(status), res, error, num(&n, now),
-                        json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
-                                                 : "null"};
-    int rc = ERR_NOMEM;
+    char *res = json_text(end->result, &ok);
+    json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
+    int rc = log_arrays_build(&a, end->logs, end->n_logs);
     PGresult *r = NULL;
 
-    if (ok)
-        r = run(pc, Q_TASK_FINISH, 7, v, &rc);
+    if (rc == 0 && ok) {
+        const char *v[11] = {id, lease_token, task_status_name(end->status), res, end->error,
+                             num(&n, end->now),
+                             json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
+                                                      : "null",
+                             a.ts.data, a.lv.data, a.msg.data, a.ctx.data};
+        pc = conn_get(P(st));
+        r = run(pc, Q_TASK_FINISH, 11, v, &rc);
+    } else {
+        rc = ERR_NOMEM;
+    }
     if (r) {
         if (get_i64(r, 0, 0) == 1)
             rc = 0;
@@ -911,8 +978,10 @@ static int pg_task_finish(struct store *st, const char *id, const char *lease_to
             rc = !strcmp(PQgetvalue(r, 0, 1), "t") ? ERR_CONFLICT : ERR_NOTFOUND;
     }
     PQclear(r);
+    if (pc)
+        conn_put(P(st), pc);
+    log_arrays_reset(&a);
     free(res);
-    conn_put(P(st), pc);
     return rc;
 }
 
@@ -973,65 +1042,22 @@ static int pg_task_stats(struct store *st, struct task_stats *out)
 
 /* ---- logs and conversations ---- */
 
-/* Appends one array element in PostgreSQL's literal syntax, quoted and escaped. */
-static int array_add(struct buf *b, const char *s, bool is_null)
-{
-    int rc = buf_append(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);
-
-    if (rc < 0)
-        return rc;
-    if (is_null)
-        return buf_append(b, "NULL", 4);
-    rc = buf_append(b, "\"", 1);
-    for (const char *p = s; rc == 0 && *p; p++) {
-        if (*p == '"' || *p == '\\')
-            rc = buf_append(b, "\\", 1);
-        if (rc == 0)
-            rc = buf_append(b, p, 1);
-    }
-    return rc == 0 ? buf_append(b, "\"", 1) : rc;
-}
-
 static int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
                           size_t n)
 {
-    struct buf ts, lv, msg, ctx;
-    struct num x;
-    int rc = 0;
+    struct log_arrays a;
+    int rc;
 
     if (n == 0)
         return 0;
-    buf_init(&ts, SIZE_MAX / 2);
-    buf_init(&lv, SIZE_MAX / 2);
-    buf_init(&msg, SIZE_MAX / 2);
-    buf_init(&ctx, SIZE_MAX / 2);
-    rc = buf_append(&ts, "{", 1) || buf_append(&lv, "{", 1) || buf_append(&msg, "{", 1) ||
-                 buf_append(&ctx, "{", 1)
-             ? ERR_NOMEM
-             : 0;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        char *c = e[i].context ? json_dumps(e[i].context, JSON_COMPACT) : strdup("{}");
-        if (!c ||
-            array_add(&ts, num(&x, e[i].ts), false) < 0 ||
-            array_add(&lv, num(&x, e[i].level), false) < 0 ||
-            array_add(&msg, e[i].message ? e[i].message : "", false) < 0 ||
-            array_add(&ctx, c, false) < 0)
-            rc = ERR_NOMEM;
-        free(c);
-    }
-    if (rc == 0 && (buf_append(&ts, "}", 1) || buf_append(&lv, "}", 1) ||
-                    buf_append(&msg, "}", 1) || buf_append(&ctx, "}", 1)))
-        rc = ERR_NOMEM;
+    rc = log_arrays_build(&a, e, n);
     if (rc == 0) {
         struct pgconn *pc = conn_get(P(st));
-        const char *v[5] = {task_id, ts.data, lv.data, msg.data, ctx.data};
+        const char *v[5] = {task_id, a.ts.data, a.lv.data, a.msg.data, a.ctx.data};
         PQclear(run(pc, Q_LOG_INSERT, 5, v, &rc));
         conn_put(P(st), pc);
     }
-    buf_reset(&ts);
-    buf_reset(&lv);
-    buf_reset(&msg);
-    buf_reset(&ctx);
+    log_arrays_reset(&a);
     return rc;
 }
 

@@ -843,10 +843,16 @@ static int sq_task_claim(struct store *st, const struct claim_req *req, struct t
     return rc;
 }
 
+static int insert_logs(struct conn *c, const char *task_id, const struct log_entry *e,
+                       size_t n);
+
 static int sq_task_finish(struct store *st, const char *id, const char *lease_token,
-                          enum task_status status, json_t *result, const char *error,
-                          int64_t now)
+                          const struct task_end *end)
 {
+    enum task_status status = end->status;
+    json_t *result = end->result;
+    const char *error = end->error;
+    int64_t now = end->now;
     struct sqlite_store *ss = S(st);
     struct conn *c = writer_begin(ss);
     sqlite3_stmt *s;
@@ -856,6 +862,9 @@ static int sq_task_finish(struct store *st, const char *id, const char *lease_to
 
     if (!c)
         return ERR_STORE;
+    rc = insert_logs(c, id, end->logs, end->n_logs);
+    if (rc < 0)
+        return writer_end(ss, rc);
     s = stmt(c, Q_TASK_FINISH);
     if (!s)
         return writer_end(ss, ERR_STORE);
@@ -898,8 +907,8 @@ static int sq_task_finish(struct store *st, const char *id, const char *lease_to
         if (load_task(c, Q_TASK_BY_ID, id, &t) == ERR_NOTFOUND)
             rc = ERR_NOTFOUND;
         task_free(t);
-        writer_end(ss, 0);
-        return rc;
+        /* The end is refused, the logs are kept. */
+        return writer_end(ss, 0) < 0 ? ERR_STORE : rc;
     }
     return writer_end(ss, rc);
 }
@@ -972,18 +981,15 @@ out:
 
 /* ---- logs and conversations ---- */
 
-static int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
-                          size_t n)
+static int insert_logs(struct conn *c, const char *task_id, const struct log_entry *e,
+                       size_t n)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = writer_begin(ss);
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = n ? stmt(c, Q_LOG_INSERT) : NULL;
     int rc = 0;
 
-    if (!c)
+    if (n && !s)
         return ERR_STORE;
-    s = stmt(c, Q_LOG_INSERT);
-    for (size_t i = 0; s && rc == 0 && i < n; i++) {
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         bind_text(s, 1, task_id);
         sqlite3_bind_int64(s, 2, e[i].ts);
         sqlite3_bind_int(s, 3, e[i].level);
@@ -993,7 +999,18 @@ static int sq_logs_append(struct store *st, const char *task_id, const struct lo
             rc = fail_db(c->db, "inserting a log line");
         done(s);
     }
-    return writer_end(ss, s ? rc : ERR_STORE);
+    return rc;
+}
+
+static int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
+                          size_t n)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = writer_begin(ss);
+
+    if (!c)
+        return ERR_STORE;
+    return writer_end(ss, insert_logs(c, task_id, e, n));
 }
 
 static int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,

@@ -107,9 +107,11 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
     int rc, wait_ms = 100;
 
     for (;;) {
-        rc = st->ops->task_finish(st, t->id, t->lease_token, res->status, res->result,
-                                  res->status == TASK_COMPLETED ? NULL : res->error,
-                                  clock_now_us());
+        struct task_end end = {.status = res->status, .result = res->result,
+                               .error = res->status == TASK_COMPLETED ? NULL : res->error,
+                               .now = clock_now_us(), .logs = res->logs,
+                               .n_logs = res->n_logs};
+        rc = st->ops->task_finish(st, t->id, t->lease_token, &end);
         if (rc != ERR_UNAVAILABLE && rc != ERR_STORE)
             break;
         if (atomic_load(&slot->stop) == EXEC_STOP_SHUTDOWN) {
@@ -146,7 +148,8 @@ static void run_task(struct slot *slot, struct task *t)
                         .work_dir = srv->cfg.work_dir,
                         .worker_id = slot->name,
                         .grace_seconds = srv->cfg.exec_grace_seconds,
-                        .max_output = (size_t)srv->cfg.max_output_bytes};
+                        .max_output = (size_t)srv->cfg.max_output_bytes,
+                        .keep_final_logs = true};
     struct runner_result res;
 
     log_info("%s: running task %s (%s)", slot->name, t->id, t->problem_id);

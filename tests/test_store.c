@@ -87,6 +87,14 @@ static int claim(struct store *st, const char *worker, const char *backend,
     return st->ops->task_claim(st, &req, out);
 }
 
+static int finish(struct store *st, const char *id, const char *lease, enum task_status status,
+                  json_t *result, const char *error)
+{
+    struct task_end end = {.status = status, .result = result, .error = error,
+                           .now = clock_now_us()};
+    return st->ops->task_finish(st, id, lease, &end);
+}
+
 static void register_worker(struct store *st, const char *id, const char *prefix)
 {
     struct worker_reg reg = {.id = id, .backend_type = "default", .name_prefix = prefix,
@@ -149,15 +157,12 @@ static void finish_needs_the_lease(void **state)
     register_worker(f->st, "w1", "");
     add(f->st, "p", 0, "default", NULL, a);
     assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), 0);
-    assert_int_equal(f->st->ops->task_finish(f->st, a, "forged", TASK_COMPLETED, result, NULL,
-                                             clock_now_us()),
+    assert_int_equal(finish(f->st, a, "forged", TASK_COMPLETED, result, NULL),
                      ERR_CONFLICT);
-    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_COMPLETED, result,
-                                             NULL, clock_now_us()),
+    assert_int_equal(finish(f->st, a, t->lease_token, TASK_COMPLETED, result, NULL),
                      0);
     /* terminal states never change again */
-    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_FAILED, NULL, "x",
-                                             clock_now_us()),
+    assert_int_equal(finish(f->st, a, t->lease_token, TASK_FAILED, NULL, "x"),
                      ERR_CONFLICT);
     assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
     assert_int_equal(g->status, TASK_COMPLETED);
@@ -170,8 +175,8 @@ static void finish_needs_the_lease(void **state)
     assert_int_equal(json_integer_value(json_object_get(w, "tasks_completed")), 1);
     assert_string_equal(json_string_value(json_object_get(w, "status")), "idle");
     json_decref(w);
-    assert_int_equal(f->st->ops->task_finish(f->st, "00000000-0000-0000-0000-000000000000",
-                                             "x", TASK_FAILED, NULL, "x", clock_now_us()),
+    assert_int_equal(finish(f->st, "00000000-0000-0000-0000-000000000000", "x", TASK_FAILED,
+                            NULL, "x"),
                      ERR_NOTFOUND);
     task_free(t);
     json_decref(result);
@@ -198,8 +203,7 @@ static void cancel_pending_running_and_terminal(void **state)
     /* the worker sees it lost the task and cannot overwrite the cancel */
     assert_int_equal(f->st->ops->task_lease_status(f->st, a, t->lease_token, &s), 0);
     assert_int_equal(s, TASK_CANCELLED);
-    assert_int_equal(f->st->ops->task_finish(f->st, a, t->lease_token, TASK_COMPLETED, NULL,
-                                             NULL, clock_now_us()),
+    assert_int_equal(finish(f->st, a, t->lease_token, TASK_COMPLETED, NULL, NULL),
                      ERR_CONFLICT);
     assert_int_equal(f->st->ops->task_cancel(f->st, a, clock_now_us(), &c), ERR_CONFLICT);
     assert_int_equal(c->status, TASK_CANCELLED);
