@@ -14,8 +14,9 @@ CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)
 
 SRC = $(filter-out src/main.c, $(wildcard src/*.c))
 HDR = $(wildcard src/*.h)
-OBJ = $(SRC:src/%.c=build/obj/%.o) build/obj/catalog_builtin.o
-OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) build/asan/obj/catalog_builtin.o
+GEN = catalog_builtin aiopslab_runner
+OBJ = $(SRC:src/%.c=build/obj/%.o) $(GEN:%=build/obj/%.o)
+OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) $(GEN:%=build/asan/obj/%.o)
 UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
@@ -28,17 +29,23 @@ $(DEPS): scripts/install-deps.sh
 	@mkdir -p build && touch $@
 deps: $(DEPS)
 
-build/gen/catalog_builtin.c: share/aiopslab-problems.txt
+# Text files compiled into the binary as C strings (so the binary is self-contained).
+define embed
 	@mkdir -p $(@D)
 	{ echo '/* Generated from $< by the Makefile. */'; \
-	  echo 'extern const char catalog_builtin[];'; \
-	  echo 'const char catalog_builtin[] ='; \
-	  sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/    "&\\n"/' $<; echo '    "";'; } > $@
+	  echo 'extern const char $(1)[];'; \
+	  echo 'const char $(1)[] ='; \
+	  sed 's/\\/\\\\/g; s/"/\\"/g; s/?/\\?/g; s/.*/    "&\\n"/' $<; echo '    "";'; } > $@
+endef
+build/gen/catalog_builtin.c: share/aiopslab-problems.txt
+	$(call embed,catalog_builtin)
+build/gen/aiopslab_runner.c: share/aiopslab_runner.py
+	$(call embed,aiopslab_runner_py)
 
-build/obj/catalog_builtin.o: build/gen/catalog_builtin.c | $(DEPS)
+build/obj/%.o: build/gen/%.c | $(DEPS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
-build/asan/obj/catalog_builtin.o: build/gen/catalog_builtin.c | $(DEPS)
+build/asan/obj/%.o: build/gen/%.c | $(DEPS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_SAN) -c $< -o $@
 

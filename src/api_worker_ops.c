@@ -188,7 +188,7 @@ int api_worker_heartbeat(struct request *req)
         struct task_filter f = {.status = TASK_RUNNING, .worker_id = id, .limit = 1};
         struct task_page page;
         if (st->ops->task_list(st, &f, &page) == 0) {
-            if (page.total == 0 && st->ops->worker_set_status(st, id, WORKER_IDLE) < 0)
+            if (page.total == 0 && st->ops->worker_set_status(st, id, WORKER_IDLE, NULL) < 0)
                 log_warn("%s: could not mark it idle", id);
             store_task_page_reset(&page);
         }

@@ -94,6 +94,20 @@ json_t *catalog_load(const char *path)
     return list;
 }
 
+json_t *catalog_from_ids(json_t *ids)
+{
+    json_t *list = json_array(), *v;
+    size_t i;
+
+    json_array_foreach(ids, i, v) {
+        if (json_is_string(v) && add(list, json_string_value(v)) < 0) {
+            json_decref(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
 bool catalog_contains(const json_t *catalog, const char *id)
 {
     size_t i;

@@ -11,6 +11,8 @@
  * into the binary when path is NULL or empty. Returns a new array of
  * {"id","task_type","application"} (caller json_decref's), NULL on error (logged). */
 json_t *catalog_load(const char *path);
+/* catalog_from_ids: the catalog of a JSON array of id strings (new reference). */
+json_t *catalog_from_ids(json_t *ids);
 bool catalog_contains(const json_t *catalog, const char *id);
 /* catalog_suggest: "is not a known problem id; closest: a, b, c" into out. */
 void catalog_suggest(const json_t *catalog, const char *id, char *out, size_t size);

@@ -30,6 +30,11 @@ struct config {
     int poll_interval_ms;        /* idle worker's fallback poll */
     int exec_grace_seconds;      /* SIGTERM to SIGKILL */
     int max_output_bytes;        /* per task: executor output kept, beyond it dropped */
+    char *aiopslab_python;       /* interpreter of the aiopslab runner */
+    char *aiopslab_dir;          /* AIOpsLab checkout put on PYTHONPATH; {worker} expands */
+    char *kind_config;           /* `kind create cluster --config` file */
+    int kind_create_timeout_seconds;
+    int provision_retry_seconds;
     char *work_dir;              /* parent of each task's working directory */
     char *problems_file;         /* catalog of known problem ids */
 };

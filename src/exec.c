@@ -308,6 +308,52 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
     return 0;
 }
 
+struct capture {
+    struct buf out;
+};
+
+static void capture_line(void *ctx, struct proto_event *ev)
+{
+    struct capture *c = ctx;
+    const char *m = json_string_value(json_object_get(ev->obj, "message"));
+    char *raw = NULL;
+
+    if (!m) /* a protocol line: keep it as it came */
+        m = raw = json_dumps(ev->obj, JSON_COMPACT);
+    if (m && buf_append(&c->out, m, strlen(m)) == 0 && buf_append(&c->out, "\n", 1) < 0)
+        c->out.len--; /* full: the output is cut, which the caller can live with */
+    free(raw);
+    json_decref(ev->obj);
+    ev->obj = NULL;
+}
+
+static enum exec_stop never_stop(void *ctx)
+{
+    (void)ctx;
+    return EXEC_STOP_NONE;
+}
+
+int exec_capture(char *const *argv, char *const *envp, int timeout_s, char **out)
+{
+    struct capture c;
+    struct exec_spec spec = {.argv = argv, .envp = envp, .grace_ms = 5000,
+                             .max_output = 1 << 20,
+                             .deadline_ms = clock_mono_ms() + (int64_t)timeout_s * 1000};
+    struct exec_hooks hooks = {.ctx = &c, .on_event = capture_line, .should_stop = never_stop};
+    struct exec_outcome o;
+    int code = -1;
+
+    buf_init(&c.out, 2 << 20);
+    if (exec_run(&spec, &hooks, &o) == 0 && o.exited && !o.stopped)
+        code = o.exit_code;
+    else if (!o.started && buf_append(&c.out, o.error, strlen(o.error)) < 0)
+        code = -1;
+    else if (o.stopped && buf_appendf(&c.out, "(stopped after %d s)", timeout_s) < 0)
+        code = -1;
+    *out = c.out.data ? buf_steal(&c.out) : strdup("");
+    return code;
+}
+
 void exec_describe(const struct exec_outcome *o, char *buf, size_t size)
 {
     if (!o->started)

@@ -62,6 +62,12 @@ struct exec_outcome {
 int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
              struct exec_outcome *out) __attribute__((warn_unused_result));
 
+/* exec_capture: runs argv to its end (at most timeout_s seconds), for short helper
+ * commands (kind, kubectl, the problem lister). Returns the exit code, or -1 when it
+ * could not start, was killed or timed out; *out gets its output, stdout and stderr
+ * as lines (caller frees; never NULL unless out of memory). */
+int exec_capture(char *const *argv, char *const *envp, int timeout_s, char **out);
+
 /* exec_describe: one sentence for how the child ended, e.g. "exited with status 3"
  * or "was killed by signal 9 (Killed)". */
 void exec_describe(const struct exec_outcome *o, char *buf, size_t size);

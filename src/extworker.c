@@ -15,7 +15,9 @@
 #include "config.h"
 #include "err.h"
 #include "log.h"
+#include "provision.h"
 #include "runner.h"
+#include "worker.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -37,6 +39,9 @@ struct extworker {
     json_t *capabilities;
     char token[80];
     char self_exe[PATH_MAX];
+    char script[PATH_MAX];                /* the aiopslab runner, "" if unused */
+    char pythonpath[PATH_MAX];            /* AIOPSLAB_DIR expanded, "" if unset */
+    char kubeconfig[PATH_MAX];            /* its cluster's, "" without provisioning */
     wordexp_t command;
     bool has_command;
     pthread_mutex_t lock;
@@ -327,6 +332,10 @@ static void run_one(struct extworker *ew, struct client *c, json_t *claimed)
                                .check = sink_check};
     struct runner rn = {.executor = ew->cfg.executor,
                         .command = ew->has_command ? ew->command.we_wordv : NULL,
+                        .python = ew->cfg.aiopslab_python,
+                        .script = ew->script,
+                        .pythonpath = ew->pythonpath[0] ? ew->pythonpath : NULL,
+                        .kubeconfig = ew->kubeconfig[0] ? ew->kubeconfig : NULL,
                         .self_exe = ew->self_exe,
                         .work_dir = ew->cfg.work_dir,
                         .worker_id = ew->id,
@@ -412,6 +421,29 @@ static void claim_loop(struct extworker *ew, struct client *c)
     }
 }
 
+/* BACKEND_PROVISION=kind: the cluster named after this worker must answer before it
+ * registers, so it never claims a task it cannot run. Retries until it does. */
+static int provision_loop(struct extworker *ew)
+{
+    char dir[PATH_MAX - 256], error[600];
+    struct provision_spec spec = {.cluster = ew->id, .kubeconfig = ew->kubeconfig,
+                                  .kind_config = ew->cfg.kind_config,
+                                  .create_timeout_seconds = ew->cfg.kind_create_timeout_seconds};
+
+    snprintf(dir, sizeof(dir), "%.3000s/kube", ew->cfg.work_dir);
+    if (runner_mkdirs(dir) < 0)
+        return ERR_IO;
+    snprintf(ew->kubeconfig, sizeof(ew->kubeconfig), "%s/%s.yaml", dir, ew->id);
+    while (!atomic_load(&ew->shutdown)) {
+        if (provision_kind(&spec, error, sizeof(error)) == 0)
+            return 0;
+        log_error("%s: its cluster is not usable: %s; retrying in %d s", ew->id, error,
+                  ew->cfg.provision_retry_seconds);
+        nap(ew, ew->cfg.provision_retry_seconds * 1000);
+    }
+    return ERR_IO;
+}
+
 /* Takes --api, --id, --backend-type and --supported-problems out of argv; the rest
  * are settings for config_load. */
 static int take_flags(struct extworker *ew, int argc, char **argv, int *rest_argc,
@@ -486,10 +518,17 @@ int extworker_main(int argc, char **argv)
     if (log_parse_level(ew.cfg.log_level) >= 0)
         log_set_level((enum log_level)log_parse_level(ew.cfg.log_level));
     if (strcmp(ew.cfg.executor, "simulated") && strcmp(ew.cfg.executor, "command") &&
-        strcmp(ew.cfg.executor, "noop")) {
-        log_error("EXECUTOR must be simulated, command or noop for this build");
+        strcmp(ew.cfg.executor, "aiopslab") && strcmp(ew.cfg.executor, "noop")) {
+        log_error("EXECUTOR must be simulated, command, aiopslab or noop");
         goto out;
     }
+    if (!strcmp(ew.cfg.executor, "aiopslab") &&
+        runner_write_aiopslab(ew.cfg.work_dir, ew.script, sizeof(ew.script)) < 0) {
+        log_error("cannot write the aiopslab runner into WORK_DIR %s", ew.cfg.work_dir);
+        goto out;
+    }
+    if (ew.cfg.aiopslab_dir)
+        worker_expand(ew.cfg.aiopslab_dir, ew.id, ew.pythonpath, sizeof(ew.pythonpath));
     if (!strcmp(ew.cfg.executor, "command")) {
         if (!ew.cfg.executor_command ||
             wordexp(ew.cfg.executor_command, &ew.command, WRDE_NOCMD) != 0) {
@@ -515,6 +554,8 @@ int extworker_main(int argc, char **argv)
     if (client_init(&c, ew.api) < 0)
         goto out_curl;
     has_client = true;
+    if (!strcmp(ew.cfg.backend_provision, "kind") && provision_loop(&ew) < 0)
+        goto out_curl;
     if (do_register(&ew, &c) < 0 || client_set_token(&c, ew.token) < 0)
         goto out_curl;
     if (pthread_create(&hb, NULL, heartbeat_main, &ew) != 0)

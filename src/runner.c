@@ -170,12 +170,14 @@ static enum exec_stop should_stop(void *ctx)
 }
 
 /* Environment of the child: ours, minus the names we set, plus the task's. */
-static char **child_env(const struct task *t, const char *worker)
+static char **child_env(const struct runner *rn, const struct task *t)
 {
     const char *keys[] = {"TASK_ID=", "PROBLEM_ID=", "MAX_STEPS=", "WORKER_ID=",
-                          "BACKEND_NAME=", "KUBE_CONTEXT=", "AIOPSLAB_CLUSTER="};
-    char ours[7][512];
-    size_t n = 0, k = 0;
+                          "BACKEND_NAME=", "KUBE_CONTEXT=", "AIOPSLAB_CLUSTER=", "KUBECONFIG=",
+                          "PYTHONPATH="};
+    const char *worker = rn->worker_id, *pp = getenv("PYTHONPATH");
+    char ours[9][1100];
+    size_t n = 0, k = 0, n_ours = 7;
     char **env;
 
     snprintf(ours[0], sizeof(ours[0]), "TASK_ID=%s", t->id);
@@ -185,9 +187,18 @@ static char **child_env(const struct task *t, const char *worker)
     snprintf(ours[4], sizeof(ours[4]), "BACKEND_NAME=%s", worker);
     snprintf(ours[5], sizeof(ours[5]), "KUBE_CONTEXT=kind-%s", worker);
     snprintf(ours[6], sizeof(ours[6]), "AIOPSLAB_CLUSTER=%s", worker);
+    if (rn->kubeconfig)
+        snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", rn->kubeconfig);
+    else if (getenv("KUBECONFIG"))
+        snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", getenv("KUBECONFIG"));
+    if (rn->pythonpath)
+        snprintf(ours[n_ours++], sizeof(ours[0]), "PYTHONPATH=%s%s%s", rn->pythonpath,
+                 pp ? ":" : "", pp ? pp : "");
+    else if (pp)
+        snprintf(ours[n_ours++], sizeof(ours[0]), "PYTHONPATH=%s", pp);
     while (environ[n])
         n++;
-    env = calloc(n + 8, sizeof(*env));
+    env = calloc(n + n_ours + 1, sizeof(*env));
     if (!env)
         return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -197,7 +208,7 @@ static char **child_env(const struct task *t, const char *worker)
         if (!mine && !(env[k++] = strdup(environ[i])))
             goto fail;
     }
-    for (int i = 0; i < 7; i++)
+    for (size_t i = 0; i < n_ours; i++)
         if (!(env[k++] = strdup(ours[i])))
             goto fail;
     return env;
@@ -251,15 +262,16 @@ static enum task_status verdict(struct run_ctx *r, const struct exec_outcome *o,
         snprintf(buf, size, "the executor %s without sending a result", how);
         return TASK_FAILED;
     }
-    if (!o->exited || o->exit_code != 0) {
-        snprintf(buf, size, "the executor %s", how);
-        return TASK_FAILED;
-    }
+    /* A failure the executor explains is the reason, whatever its exit. */
     if (!json_is_true(success)) {
         if (json_is_string(err))
             snprintf(buf, size, "%s", json_string_value(err));
         else
-            snprintf(buf, size, "the executor reported failure (success: false)");
+            snprintf(buf, size, "the executor reported failure (success: false) and %s", how);
+        return TASK_FAILED;
+    }
+    if (!o->exited || o->exit_code != 0) {
+        snprintf(buf, size, "the executor %s", how);
         return TASK_FAILED;
     }
     return TASK_COMPLETED;
@@ -280,7 +292,7 @@ static void add_duration(json_t *result, double seconds)
         json_object_set_new(m, "duration_seconds", json_real(seconds));
 }
 
-static int make_dir(const char *path)
+int runner_mkdirs(const char *path)
 {
     char tmp[PATH_MAX];
 
@@ -301,20 +313,21 @@ static void run_child(struct run_ctx *r, struct exec_outcome *o)
     const struct runner *rn = r->rn;
     const struct task *t = r->task;
     char *sim_argv[] = {(char *)(uintptr_t)rn->self_exe, "simulate", NULL};
+    char *py_argv[] = {(char *)(uintptr_t)rn->python, (char *)(uintptr_t)rn->script, NULL};
     char dir[PATH_MAX], *line = NULL, **env = NULL;
     json_t *tj = task_to_json(t);
     int64_t left_ms;
     size_t len;
 
     memset(o, 0, sizeof(*o));
-    snprintf(dir, sizeof(dir), "%s/%s", rn->work_dir, t->id);
+    snprintf(dir, sizeof(dir), "%s/%s/%s", rn->work_dir, rn->worker_id, t->id);
     line = tj ? json_dumps(tj, JSON_COMPACT) : NULL;
-    env = child_env(t, rn->worker_id);
+    env = child_env(rn, t);
     if (!line || !env) {
         snprintf(o->error, sizeof(o->error), "out of memory preparing the executor");
         goto out;
     }
-    if (make_dir(dir) < 0) {
+    if (runner_mkdirs(dir) < 0) {
         snprintf(o->error, sizeof(o->error), "could not create the working directory %.150s: %s",
                  dir, strerror(errno));
         goto out;
@@ -324,7 +337,9 @@ static void run_child(struct run_ctx *r, struct exec_outcome *o)
     len = strlen(line);
     line[len] = '\n'; /* replaces the NUL: the task goes as one line */
     struct exec_spec spec = {
-        .argv = strcmp(rn->executor, "command") ? sim_argv : rn->command,
+        .argv = !strcmp(rn->executor, "command")    ? rn->command
+                : !strcmp(rn->executor, "aiopslab") ? py_argv
+                                                    : sim_argv,
         .envp = env,
         .cwd = dir,
         .input = line,
@@ -400,6 +415,31 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
     json_decref(r.msgs);
     free(r.log_ts);
     free(r.msg_ts);
+}
+
+extern const char aiopslab_runner_py[];
+
+int runner_write_aiopslab(const char *dir, char *path, size_t size)
+{
+    char tmp[PATH_MAX];
+    FILE *f;
+    int ok;
+
+    if (runner_mkdirs(dir) < 0)
+        return ERR_IO;
+    snprintf(path, size, "%s/aiopslab_runner.py", dir);
+    snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+    f = fopen(tmp, "w");
+    if (!f)
+        return ERR_IO;
+    ok = fputs(aiopslab_runner_py, f) >= 0;
+    ok = (fclose(f) == 0) && ok;
+    /* rename: a server and a worker writing at once never see half a file */
+    if (!ok || rename(tmp, path) < 0) {
+        unlink(tmp);
+        return ERR_IO;
+    }
+    return 0;
 }
 
 void runner_result_reset(struct runner_result *r)

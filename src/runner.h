@@ -27,8 +27,12 @@ struct runner_sink {
 };
 
 struct runner {
-    const char *executor;         /* "simulated", "command" or "noop" */
+    const char *executor;         /* "simulated", "command", "aiopslab" or "noop" */
     char *const *command;         /* argv of the command executor */
+    const char *python;           /* aiopslab: the interpreter */
+    const char *script;           /* aiopslab: the runner script (runner_write_aiopslab) */
+    const char *pythonpath;       /* aiopslab: prepended to PYTHONPATH, or NULL */
+    const char *kubeconfig;       /* the worker's cluster, or NULL */
     const char *self_exe;         /* this binary, for "simulated" */
     const char *work_dir;         /* each task runs in work_dir/<task id> */
     const char *worker_id;
@@ -52,6 +56,14 @@ struct runner_result {
  * Blocks the calling thread for the child's whole life. */
 void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,
                 struct runner_result *out);
+/* runner_mkdirs: mkdir -p. ERR_IO when a component cannot be made. */
+int runner_mkdirs(const char *path) __attribute__((warn_unused_result));
+
+/* runner_write_aiopslab: writes the aiopslab runner script built into this binary to
+ * dir/aiopslab_runner.py and puts that path in path. ERR_IO when it cannot. */
+int runner_write_aiopslab(const char *dir, char *path, size_t size)
+    __attribute__((warn_unused_result));
+
 /* runner_result_reset: frees what the result owns. */
 void runner_result_reset(struct runner_result *r);
 

@@ -3,6 +3,8 @@
 #include "catalog.h"
 #include "clock.h"
 #include "err.h"
+#include "exec.h"
+#include "runner.h"
 #include "http.h"
 #include "log.h"
 #include "version.h"
@@ -14,6 +16,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,13 +32,8 @@ static int check_config(const struct config *cfg)
         return ERR_INVALID;
     }
     log_set_level((enum log_level)lvl);
-    if (!strcmp(cfg->executor, "aiopslab")) {
-        log_error("EXECUTOR=aiopslab: the AIOpsLab runner is not part of this build yet; "
-                  "use simulated or command");
-        return ERR_INVALID;
-    }
     if (strcmp(cfg->executor, "simulated") && strcmp(cfg->executor, "command") &&
-        strcmp(cfg->executor, "noop")) {
+        strcmp(cfg->executor, "aiopslab") && strcmp(cfg->executor, "noop")) {
         log_error("EXECUTOR must be simulated, command, aiopslab or noop, not '%s'",
                   cfg->executor);
         return ERR_INVALID;
@@ -44,9 +42,8 @@ static int check_config(const struct config *cfg)
         log_error("PROBLEM_VALIDATION must be lenient or strict");
         return ERR_INVALID;
     }
-    if (strcmp(cfg->backend_provision, "none") != 0) {
-        log_error("BACKEND_PROVISION=%s: provisioning Kind clusters is not part of this build "
-                  "yet; use none", cfg->backend_provision);
+    if (strcmp(cfg->backend_provision, "none") && strcmp(cfg->backend_provision, "kind")) {
+        log_error("BACKEND_PROVISION must be none or kind, not '%s'", cfg->backend_provision);
         return ERR_INVALID;
     }
     if (cfg->num_internal_workers > cfg->max_internal_workers) {
@@ -75,6 +72,39 @@ static void *watchdog(void *arg)
     log_warn("%s: forcing exit", sig > 0 ? "second signal" : "shutdown took too long");
     _exit(1);
     return NULL;
+}
+
+/* The problem catalog: what AIOpsLab's registry lists when the aiopslab executor can
+ * import it, else PROBLEMS_FILE or the built-in list. */
+static json_t *load_problems(const struct config *cfg, const char *script)
+{
+    extern char **environ;
+    char pp[PATH_MAX], *out = NULL;
+    char *argv[] = {cfg->aiopslab_python, (char *)(uintptr_t)script, "--list-problems", NULL};
+    json_t *listed = NULL, *catalog = NULL;
+    int code;
+
+    if (!script[0] || cfg->problems_file)
+        return catalog_load(cfg->problems_file);
+    if (cfg->aiopslab_dir) {
+        char first[160];
+        snprintf(first, sizeof(first), "%sworker-001-kind", cfg->worker_name_prefix);
+        worker_expand(cfg->aiopslab_dir, first, pp, sizeof(pp));
+        setenv("PYTHONPATH", pp, 1); /* before any thread: only the lister reads it */
+    }
+    code = exec_capture(argv, environ, 120, &out);
+    if (cfg->aiopslab_dir)
+        unsetenv("PYTHONPATH");
+    if (code == 0 && out)
+        listed = json_loads(out, JSON_DECODE_ANY, NULL);
+    if (json_is_array(json_object_get(listed, "problems")))
+        catalog = catalog_from_ids(json_object_get(listed, "problems"));
+    else
+        log_warn("the aiopslab runner could not list AIOpsLab's problems (%s); using the "
+                 "built-in list", out && *out ? out : "no output");
+    json_decref(listed);
+    free(out);
+    return catalog ? catalog : catalog_load(NULL);
 }
 
 static void wake_workers(void *ctx)
@@ -109,7 +139,13 @@ int server_run(int argc, char **argv)
         goto out;
     }
     srv.self_exe[n] = '\0';
-    srv.problems = catalog_load(srv.cfg.problems_file);
+    if (!strcmp(srv.cfg.executor, "aiopslab") &&
+        runner_write_aiopslab(srv.cfg.work_dir, srv.aiopslab_script,
+                              sizeof(srv.aiopslab_script)) < 0) {
+        log_error("cannot write the aiopslab runner into WORK_DIR %s", srv.cfg.work_dir);
+        goto out;
+    }
+    srv.problems = load_problems(&srv.cfg, srv.aiopslab_script);
     if (!srv.problems)
         goto out;
     rc = store_open(srv.cfg.database_url, &srv.store);

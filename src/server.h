@@ -20,6 +20,7 @@ struct server {
     struct http *http;
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
+    char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
     int64_t started_at;             /* us */
 };
 

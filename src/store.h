@@ -134,8 +134,10 @@ struct store_ops {
      * for an internal one). ERR_NOTFOUND for an unknown id. */
     int (*worker_token)(struct store *st, const char *id, char **token_hash);
     int (*worker_heartbeat)(struct store *st, const char *const *ids, size_t n, int64_t now);
-    /* worker_set_status: status ("idle", "offline") with no current task. */
-    int (*worker_set_status)(struct store *st, const char *id, const char *status);
+    /* worker_set_status: status ("idle", "offline") with no current task; metadata,
+     * when not NULL, replaces the row's metadata (provisioning state, errors). */
+    int (*worker_set_status)(struct store *st, const char *id, const char *status,
+                             json_t *metadata);
     int (*worker_list)(struct store *st, const char *status, const char *backend_type,
                        json_t **out);
     int (*worker_get)(struct store *st, const char *id, json_t **out);

@@ -1436,12 +1436,18 @@ static int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t 
     return rc;
 }
 
-static int pg_worker_set_status(struct store *st, const char *id, const char *status)
+static int pg_worker_set_status(struct store *st, const char *id, const char *status,
+                                json_t *metadata)
 {
-    const char *v[2] = {id, status};
+    bool ok = true;
+    char *meta = json_text(metadata, &ok);
+    const char *v[3] = {id, status, meta};
+    int rc = ok ? simple(st, "UPDATE workers SET status = $2, current_task_id = NULL, metadata = "
+                             "COALESCE($3::jsonb, metadata) WHERE id = $1", 3, v, NULL)
+                : ERR_NOMEM;
 
-    return simple(st, "UPDATE workers SET status = $2, current_task_id = NULL WHERE id = $1", 2,
-                  v, NULL);
+    free(meta);
+    return rc;
 }
 
 #define WORKER_COLS                                                                        \

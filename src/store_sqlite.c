@@ -1500,7 +1500,8 @@ static int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t 
     return writer_end(ss, rc);
 }
 
-static int sq_worker_set_status(struct store *st, const char *id, const char *status)
+static int sq_worker_set_status(struct store *st, const char *id, const char *status,
+                                json_t *metadata)
 {
     struct sqlite_store *ss = S(st);
     struct conn *c = writer_begin(ss);
@@ -1509,12 +1510,14 @@ static int sq_worker_set_status(struct store *st, const char *id, const char *st
 
     if (!c)
         return ERR_STORE;
-    if (sqlite3_prepare_v2(c->db, "UPDATE workers SET status = ?2, current_task_id = NULL "
-                                  "WHERE id = ?1", -1, &s, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c->db, "UPDATE workers SET status = ?2, current_task_id = NULL, "
+                                  "metadata = COALESCE(?3, metadata) WHERE id = ?1", -1, &s,
+                           NULL) != SQLITE_OK)
         return writer_end(ss, fail_db(c->db, "worker status"));
     bind_text(s, 1, id);
     bind_text(s, 2, status);
-    if (sqlite3_step(s) != SQLITE_DONE)
+    rc = bind_json(s, 3, metadata);
+    if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
         rc = fail_db(c->db, "worker status");
     sqlite3_finalize(s);
     return writer_end(ss, rc);

@@ -5,6 +5,7 @@
 #include "exec.h"
 #include "log.h"
 #include "proto.h"
+#include "provision.h"
 #include "runner.h"
 #include "server.h"
 #include "store.h"
@@ -31,6 +32,9 @@ struct slot {
     bool has_thread;           /* a pthread to join; guarded by wm->lock */
     pthread_t thread;
     char task_id[TASK_ID_LEN + 1]; /* running task, "" when idle; guarded by wm->lock */
+    bool ready;                /* provisioned (or nothing to provision); guarded by wm->lock */
+    char kubeconfig[PATH_MAX]; /* its cluster's kubeconfig, "" when none; worker thread only */
+    char pythonpath[PATH_MAX]; /* AIOPSLAB_DIR with {worker} expanded; read-only */
     atomic_int stop;           /* enum exec_stop asked for the current run */
 };
 
@@ -125,7 +129,7 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
     if (rc == ERR_CONFLICT) {
         /* Already ended (cancelled, reaped): its end stands; free the worker row. */
         log_info("%s: task %s was already ended elsewhere", slot->name, t->id);
-        if (st->ops->worker_set_status(st, slot->name, WORKER_IDLE) < 0)
+        if (st->ops->worker_set_status(st, slot->name, WORKER_IDLE, NULL) < 0)
             log_warn("%s: could not mark itself idle", slot->name);
     } else if (rc < 0) {
         log_error("%s: task %s: recording its end failed: %s", slot->name, t->id, err_str(rc));
@@ -144,6 +148,10 @@ static void run_task(struct slot *slot, struct task *t)
                                .check = sink_check};
     struct runner rn = {.executor = srv->cfg.executor,
                         .command = wm->has_command ? wm->command.we_wordv : NULL,
+                        .python = srv->cfg.aiopslab_python,
+                        .script = srv->aiopslab_script,
+                        .pythonpath = slot->pythonpath[0] ? slot->pythonpath : NULL,
+                        .kubeconfig = slot->kubeconfig[0] ? slot->kubeconfig : NULL,
                         .self_exe = srv->self_exe,
                         .work_dir = srv->cfg.work_dir,
                         .worker_id = slot->name,
@@ -160,14 +168,85 @@ static void run_task(struct slot *slot, struct task *t)
 
 /* ---- threads ---- */
 
+/* Sleeps up to ms unless the slot is told to leave. With wm->lock held. */
+static void wait_locked(struct worker_manager *wm, int64_t ms)
+{
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&wm->wake, &wm->lock, &until);
+}
+
+/* BACKEND_PROVISION=kind: the worker's cluster must answer before it claims anything,
+ * so a broken cluster never eats a task. Failures show on the worker's row; it tries
+ * again every PROVISION_RETRY_SECONDS. Returns true when ready. */
+static bool provision(struct slot *slot)
+{
+    struct server *srv = slot->wm->srv;
+    struct store *st = srv->store;
+    char dir[PATH_MAX - 256], error[600];
+    struct provision_spec spec = {.cluster = slot->name, .kubeconfig = slot->kubeconfig,
+                                  .kind_config = srv->cfg.kind_config,
+                                  .create_timeout_seconds = srv->cfg.kind_create_timeout_seconds};
+    json_t *meta;
+    int rc;
+
+    snprintf(dir, sizeof(dir), "%.3000s/kube", srv->cfg.work_dir);
+    if (runner_mkdirs(dir) < 0)
+        log_warn("%s: cannot create %s", slot->name, dir);
+    snprintf(slot->kubeconfig, sizeof(slot->kubeconfig), "%s/%s.yaml", dir, slot->name);
+    meta = json_pack("{s:s, s:s}", "provision", "in progress", "cluster", slot->name);
+    if (st->ops->worker_set_status(st, slot->name, WORKER_OFFLINE, meta) < 0)
+        log_warn("%s: could not record provisioning", slot->name);
+    json_decref(meta);
+    rc = provision_kind(&spec, error, sizeof(error));
+    if (rc < 0) {
+        char now[40];
+        clock_format(clock_now_us(), now, sizeof(now));
+        log_error("%s: its cluster is not usable: %s; retrying in %d s", slot->name, error,
+                  srv->cfg.provision_retry_seconds);
+        meta = json_pack("{s:s, s:s, s:s, s:s}", "provision", "failed", "cluster", slot->name,
+                         "provision_error", error, "provision_failed_at", now);
+        slot->kubeconfig[0] = '\0';
+    } else {
+        meta = json_pack("{s:s, s:s, s:s, s:s}", "provision", "ready", "cluster", slot->name,
+                         "kube_context", "", "kubeconfig", slot->kubeconfig);
+        json_object_set_new(meta, "kube_context", json_sprintf("kind-%s", slot->name));
+    }
+    if (st->ops->worker_set_status(st, slot->name, rc < 0 ? WORKER_OFFLINE : WORKER_IDLE,
+                                   meta) < 0)
+        log_warn("%s: could not record its provisioning state", slot->name);
+    json_decref(meta);
+    return rc == 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct slot *slot = arg;
     struct worker_manager *wm = slot->wm;
     struct server *srv = wm->srv;
     struct store *st = srv->store;
+    bool need_cluster = !strcmp(srv->cfg.backend_provision, "kind");
     char lease[TASK_ID_LEN + 1];
 
+    while (need_cluster && !provision(slot)) {
+        pthread_mutex_lock(&wm->lock);
+        if (slot->state == SLOT_ACTIVE && !wm->shutdown)
+            wait_locked(wm, (int64_t)srv->cfg.provision_retry_seconds * 1000);
+        bool leave = slot->state != SLOT_ACTIVE || wm->shutdown;
+        pthread_mutex_unlock(&wm->lock);
+        if (leave)
+            goto out;
+    }
+    pthread_mutex_lock(&wm->lock);
+    slot->ready = true;
+    pthread_mutex_unlock(&wm->lock);
     for (;;) {
         struct claim_req req = {.worker_id = slot->name,
                                 .backend_type = srv->cfg.worker_backend_type,
@@ -204,24 +283,16 @@ static void *worker_main(void *arg)
         if (rc != ERR_NOTFOUND)
             log_warn("%s: claim failed: %s", slot->name, err_str(rc));
         pthread_mutex_lock(&wm->lock);
-        if (slot->state == SLOT_ACTIVE && !wm->shutdown && gen == wm->generation) {
-            struct timespec until;
-            int64_t ms = srv->cfg.poll_interval_ms;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += ms / 1000;
-            until.tv_nsec += (ms % 1000) * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&wm->wake, &wm->lock, &until);
-        }
+        if (slot->state == SLOT_ACTIVE && !wm->shutdown && gen == wm->generation)
+            wait_locked(wm, srv->cfg.poll_interval_ms);
         pthread_mutex_unlock(&wm->lock);
     }
-    if (st->ops->worker_set_status(st, slot->name, WORKER_OFFLINE) < 0)
+out:
+    if (st->ops->worker_set_status(st, slot->name, WORKER_OFFLINE, NULL) < 0)
         log_warn("%s: could not mark itself offline", slot->name);
     log_info("%s: stopped", slot->name);
     pthread_mutex_lock(&wm->lock);
+    slot->ready = false;
     slot->state = SLOT_EXITED;
     pthread_cond_broadcast(&wm->wake);
     pthread_mutex_unlock(&wm->lock);
@@ -252,7 +323,8 @@ static void *housekeeper_main(void *arg)
 
         for (int i = 0; ids && names && i < wm->n_slots; i++) {
             struct slot *s = &wm->slots[i];
-            if (s->state == SLOT_ACTIVE || s->state == SLOT_RETIRING) {
+            /* A worker still provisioning stays offline: no heartbeat revives it. */
+            if ((s->state == SLOT_ACTIVE || s->state == SLOT_RETIRING) && s->ready) {
                 memcpy(names[n], s->name, sizeof(names[n]));
                 ids[n] = names[n];
                 n++;
@@ -284,6 +356,16 @@ static void *housekeeper_main(void *arg)
 }
 
 /* ---- the manager ---- */
+
+void worker_expand(const char *pattern, const char *worker, char *out, size_t size)
+{
+    const char *hole = strstr(pattern, "{worker}");
+
+    if (!hole)
+        snprintf(out, size, "%s", pattern);
+    else
+        snprintf(out, size, "%.*s%s%s", (int)(hole - pattern), pattern, worker, hole + 8);
+}
 
 /* Splits "a*, b-?" into globs; each must be a problem id with * ? [ ] allowed. */
 static int parse_patterns(struct worker_manager *wm, const char *list)
@@ -355,6 +437,9 @@ int worker_manager_new(struct server *srv, struct worker_manager **out)
         wm->slots[i].wm = wm;
         snprintf(wm->slots[i].name, sizeof(wm->slots[i].name), "%sworker-%03d-kind",
                  srv->cfg.worker_name_prefix, i + 1);
+        if (srv->cfg.aiopslab_dir)
+            worker_expand(srv->cfg.aiopslab_dir, wm->slots[i].name, wm->slots[i].pythonpath,
+                          sizeof(wm->slots[i].pythonpath));
     }
     if (parse_patterns(wm, srv->cfg.worker_supported_problems) < 0) {
         worker_manager_free(wm);

@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 struct server;
 struct worker_manager;
@@ -42,6 +43,9 @@ int worker_manager_start(struct worker_manager *wm, int *count)
 void worker_manager_notify(struct worker_manager *wm);
 /* worker_manager_cancel: stops the run of task_id if an internal worker has it. */
 bool worker_manager_cancel(struct worker_manager *wm, const char *task_id);
+/* worker_expand: pattern with "{worker}" replaced by worker, into out. */
+void worker_expand(const char *pattern, const char *worker, char *out, size_t size);
+
 /* worker_manager_status: {"running","num_workers","workers":[{"id","status","current_task"}]}
  * as a new reference. */
 json_t *worker_manager_status(struct worker_manager *wm);
