@@ -206,8 +206,12 @@ static const char *const migrations[] = {
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
+struct pg_store;
+
 struct pgconn {
+    struct pg_store *owner;
     PGconn *c;
+    bool in_tx;                /* inside BEGIN ... COMMIT: a lost statement is not retried */
     bool prepared[Q_N];
     bool busy;                 /* lent out; guarded by the pool lock */
 };
@@ -231,6 +235,11 @@ struct pg_store {
 static struct pg_store *P(struct store *st)
 {
     return (struct pg_store *)st;
+}
+
+static struct pg_store *owner_of(struct pgconn *pc)
+{
+    return pc->owner;
 }
 
 /* ---- connections ---- */
@@ -267,6 +276,12 @@ static struct pgconn *conn_get(struct pg_store *s)
     }
     pc->busy = true;
     pthread_mutex_unlock(&s->lock);
+    /* A server that restarted told its clients so; reading that (without blocking)
+     * marks the connection bad now, before a statement fails on it. */
+    if (pc->c && PQstatus(pc->c) == CONNECTION_OK && !PQconsumeInput(pc->c)) {
+        PQfinish(pc->c);
+        pc->c = NULL;
+    }
     if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
         /* (Re)connect lazily, with back-off: while the database is down, calls fail
          * fast with ERR_UNAVAILABLE instead of each waiting on a connect. */
@@ -317,13 +332,28 @@ static int fail(struct pgconn *pc, PGresult *r, const char *what)
     return ERR_STORE;
 }
 
+/* After a statement failed on a connection that is now gone (the server restarted
+ * and this pooled connection had not noticed), reconnects once so the caller can run
+ * it again. True when there is a fresh connection. */
+static bool reconnect_after_loss(struct pg_store *s, struct pgconn *pc)
+{
+    if (!pc->c || PQstatus(pc->c) == CONNECTION_OK)
+        return false;
+    PQfinish(pc->c);
+    memset(pc->prepared, 0, sizeof(pc->prepared));
+    pc->c = connect_db(s->conninfo, true);
+    return pc->c != NULL;
+}
+
 /* Runs prepared statement q. Returns the result (caller PQclear's) or NULL with *rc set. */
-static PGresult *run(struct pgconn *pc, enum q q, int n, const char *const *vals, int *rc)
+static PGresult *run_once(struct pgconn *pc, enum q q, int n, const char *const *vals, int *rc,
+                          bool *lost)
 {
     char name[16];
     PGresult *r;
     ExecStatusType st;
 
+    *lost = false;
     if (!pc->c) {
         *rc = ERR_UNAVAILABLE;
         return NULL;
@@ -332,7 +362,8 @@ static PGresult *run(struct pgconn *pc, enum q q, int n, const char *const *vals
     if (!pc->prepared[q]) {
         r = PQprepare(pc->c, name, sql_text[q], 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            *rc = fail(pc, r, "prepare");
+            *lost = PQstatus(pc->c) != CONNECTION_OK;
+            *rc = *lost ? ERR_UNAVAILABLE : fail(pc, r, "prepare");
             PQclear(r);
             return NULL;
         }
@@ -342,7 +373,8 @@ static PGresult *run(struct pgconn *pc, enum q q, int n, const char *const *vals
     r = PQexecPrepared(pc->c, name, n, vals, NULL, NULL, 0);
     st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        *rc = fail(pc, r, sql_text[q]);
+        *lost = PQstatus(pc->c) != CONNECTION_OK;
+        *rc = *lost ? ERR_UNAVAILABLE : fail(pc, r, sql_text[q]);
         PQclear(r);
         return NULL;
     }
@@ -350,13 +382,13 @@ static PGresult *run(struct pgconn *pc, enum q q, int n, const char *const *vals
     return r;
 }
 
-/* Runs ad-hoc SQL with text parameters. Same contract as run. */
-static PGresult *run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                         int *rc)
+static PGresult *run_sql_once(struct pgconn *pc, const char *sql, int n,
+                              const char *const *vals, int *rc, bool *lost)
 {
     PGresult *r;
     ExecStatusType st;
 
+    *lost = false;
     if (!pc->c) {
         *rc = ERR_UNAVAILABLE;
         return NULL;
@@ -364,11 +396,49 @@ static PGresult *run_sql(struct pgconn *pc, const char *sql, int n, const char *
     r = PQexecParams(pc->c, sql, n, NULL, vals, NULL, NULL, 0);
     st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        *rc = fail(pc, r, sql);
+        *lost = PQstatus(pc->c) != CONNECTION_OK;
+        *rc = *lost ? ERR_UNAVAILABLE : fail(pc, r, sql);
         PQclear(r);
         return NULL;
     }
     *rc = 0;
+    return r;
+}
+
+/* The pool a connection belongs to, for the retry after a lost connection. */
+static struct pg_store *owner_of(struct pgconn *pc);
+
+/* run / run_sql: one statement; when the connection turns out to have been lost
+ * before it (a server restart), once more on a fresh connection. A statement is
+ * one transaction, so a lost connection means it did not commit (except in the
+ * instant between commit and reply, which a retried insert without an idempotency
+ * key would repeat). */
+static PGresult *run(struct pgconn *pc, enum q q, int n, const char *const *vals, int *rc)
+{
+    bool lost;
+    PGresult *r = run_once(pc, q, n, vals, rc, &lost);
+
+    if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
+        r = run_once(pc, q, n, vals, rc, &lost);
+    if (!r && lost)
+        log_warn("postgresql: the database is unreachable");
+    return r;
+}
+
+static PGresult *run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
+                         int *rc)
+{
+    bool lost, begin = !strcmp(sql, "BEGIN");
+    PGresult *r = run_sql_once(pc, sql, n, vals, rc, &lost);
+
+    if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
+        r = run_sql_once(pc, sql, n, vals, rc, &lost);
+    if (begin || !strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
+        pc->in_tx = begin && r;
+    if (lost && !r)
+        pc->in_tx = false; /* the transaction died with the connection */
+    if (!r && lost)
+        log_warn("postgresql: the database is unreachable");
     return r;
 }
 
@@ -622,6 +692,8 @@ static int pg_open(const char *url, struct store **out)
     if (!s)
         return ERR_NOMEM;
     s->base.ops = &store_pg_ops;
+    for (int i = 0; i < POOL_SIZE; i++)
+        s->conns[i].owner = s;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->conninfo = conninfo_of(url);
