@@ -26,9 +26,12 @@ struct request {
     size_t n_params;
     char path_copy[1024];            /* path split for captures */
     int64_t started_ms;
+    int64_t started_us;              /* for the latency histogram */
     /* the answer */
     int status;
     json_t *reply;                   /* owned; NULL: no body (204) */
+    char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
+    const char *content_type;        /* of reply_raw */
     const char *route;               /* route template, for logs and metrics */
 };
 
@@ -36,6 +39,8 @@ typedef int (*api_handler)(struct request *req);
 
 /* reply: sets the answer; takes the reference to body (may be NULL). Returns 0. */
 int api_reply(struct request *req, int status, json_t *body);
+/* api_reply_text: a non-JSON answer; takes body (malloc'd). Returns 0. */
+int api_reply_text(struct request *req, int status, const char *content_type, char *body);
 /* api_fail: the error shape {"detail","type","request_id"} with status; returns 0. */
 int api_fail(struct request *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -66,6 +71,7 @@ bool api_valid_uuid(const char *s);
 
 /* Handlers (api_*.c). */
 int api_health(struct request *req);
+int api_metrics(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
 int api_task_list(struct request *req);

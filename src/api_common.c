@@ -31,8 +31,19 @@ static const char *type_of(int status)
 int api_reply(struct request *req, int status, json_t *body)
 {
     json_decref(req->reply);
+    free(req->reply_raw);
+    req->reply_raw = NULL;
     req->status = status;
     req->reply = body;
+    return 0;
+}
+
+int api_reply_text(struct request *req, int status, const char *content_type, char *body)
+{
+    free(req->reply_raw);
+    req->reply_raw = body;
+    req->content_type = content_type;
+    req->status = status;
     return 0;
 }
 

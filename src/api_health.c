@@ -1,6 +1,7 @@
 /* api_health: /health and /ready in the seed shapes. */
 #include "api.h"
 #include "clock.h"
+#include "metrics.h"
 #include "version.h"
 #include "worker.h"
 
@@ -45,4 +46,16 @@ int api_ready(struct request *req)
     return api_reply(req, db ? 200 : 503,
                      json_pack("{s:b, s:b, s:b}", "ready", db, "database", db, "workers",
                                workers));
+}
+
+int api_metrics(struct request *req)
+{
+    struct buf b;
+
+    buf_init(&b, 64u << 20);
+    if (metrics_render(req->srv->metrics, &b) < 0) {
+        buf_reset(&b);
+        return api_fail(req, 500, "the metrics could not be rendered");
+    }
+    return api_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", buf_steal(&b));
 }

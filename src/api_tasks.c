@@ -4,6 +4,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "uuidgen.h"
 #include "worker.h"
@@ -79,6 +80,7 @@ int api_task_create(struct request *req)
         reply_task(req, 200, existing);
     } else {
         reply_task(req, 201, t);
+        metrics_task_created(srv->metrics);
         worker_manager_notify(srv->workers);
     }
     task_free(t);
@@ -219,6 +221,7 @@ int api_task_cancel(struct request *req)
         /* If one of our workers runs it, stop the child now; other servers' workers
          * notice the cancelled state at their next lease check. */
         worker_manager_cancel(req->srv->workers, id);
+        metrics_task_finished(req->srv->metrics, TASK_CANCELLED, -1, -1);
         api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task cancelled successfully",
                                       "task_id", id, "status", "cancelled"));
     }

@@ -8,6 +8,7 @@
 #include "crypto.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "uuidgen.h"
 
@@ -230,6 +231,7 @@ int api_worker_claim(struct request *req)
     uuidgen(lease);
     cr.now = clock_now_us();
     rc = st->ops->task_claim(st, &cr, &t);
+    metrics_claim(srv->metrics, (double)(clock_now_us() - cr.now) / 1e6);
     json_decref(w);
     if (rc == ERR_NOTFOUND)
         return api_reply(req, 204, NULL);
@@ -385,6 +387,9 @@ static int finish(struct request *req, struct task *t, enum task_status status, 
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
     log_info("%s: task %s %s", t->worker_id, t->id, task_status_name(status));
+    metrics_task_finished(req->srv->metrics, status,
+                          t->started_at ? (double)(t->started_at - t->created_at) / 1e6 : -1,
+                          t->started_at ? (double)(end.now - t->started_at) / 1e6 : -1);
     return api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task updated", "task_id",
                                          t->id, "status", task_status_name(status)));
 }

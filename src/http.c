@@ -4,6 +4,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "metrics.h"
 #include "router.h"
 #include "server.h"
 
@@ -30,6 +31,7 @@ static void request_free(struct request *req)
         return;
     buf_reset(&req->body);
     json_decref(req->reply);
+    free(req->reply_raw);
     free(req);
 }
 
@@ -51,7 +53,11 @@ static enum MHD_Result send_reply(struct request *req)
     enum MHD_Result ret;
     int64_t ms;
 
-    if (req->reply) {
+    if (req->reply_raw) {
+        text = req->reply_raw;
+        req->reply_raw = NULL;
+        len = strlen(text);
+    } else if (req->reply) {
         text = json_dumps(req->reply, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
         if (!text) {
             req->status = 500;
@@ -67,12 +73,15 @@ static enum MHD_Result send_reply(struct request *req)
     }
     MHD_add_response_header(resp, "X-Request-ID", req->request_id);
     if (text)
-        MHD_add_response_header(resp, "Content-Type", "application/json");
+        MHD_add_response_header(resp, "Content-Type",
+                                req->content_type ? req->content_type : "application/json");
     if (req->status == 405)
         MHD_add_response_header(resp, "Allow", "GET, POST, PUT");
     ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     ms = clock_mono_ms() - req->started_ms;
+    metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
+                 req->status, (double)(clock_now_us() - req->started_us) / 1e6);
     if (req->status >= 500)
         log_error("%s %s %d %lldms %s", req->method, req->path, req->status, (long long)ms,
                   req->request_id);
@@ -141,6 +150,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->conn = conn;
         req->method = method;
         req->started_ms = clock_mono_ms();
+        req->started_us = clock_now_us();
         buf_init(&req->body, (size_t)h->srv->cfg.max_body_bytes);
         router_normalize(url, req->path, sizeof(req->path));
         set_request_id(h, req);

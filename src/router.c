@@ -7,6 +7,7 @@
 static const struct route routes[] = {
     {"GET", "/health", api_health},
     {"GET", "/ready", api_ready},
+    {"GET", "/metrics", api_metrics},
     {"POST", "/api/v1/tasks", api_task_create},
     {"GET", "/api/v1/tasks", api_task_list},
     {"GET", "/api/v1/tasks/stats", api_task_stats},

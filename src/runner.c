@@ -382,6 +382,11 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
         run_child(&r, &o);
     }
     out->status = verdict(&r, &o, out->error, sizeof(out->error));
+    out->cause = out->status == TASK_COMPLETED ? "success"
+                 : out->status == TASK_TIMEOUT ? "timeout"
+                 : out->status == TASK_CANCELLED ? "cancel"
+                 : (r.result && !json_is_true(json_object_get(r.result, "success"))) ? "failure"
+                                                                                     : "crash";
     out->seconds = o.seconds;
     if (r.result)
         add_duration(r.result, o.seconds);

@@ -46,6 +46,7 @@ struct runner_result {
     enum task_status status;      /* completed, failed, timeout or cancelled */
     json_t *result;               /* the executor's result (owned), NULL when none */
     char error[512];              /* why, when not completed; "" otherwise */
+    const char *cause;            /* success, failure, crash, timeout or cancel (static) */
     double seconds;
     struct log_entry *logs;       /* with keep_final_logs: lines not stored yet (owned) */
     size_t n_logs;

@@ -7,6 +7,7 @@
 #include "runner.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "version.h"
 #include "worker.h"
 
@@ -145,6 +146,8 @@ int server_run(int argc, char **argv)
         log_error("cannot write the aiopslab runner into WORK_DIR %s", srv.cfg.work_dir);
         goto out;
     }
+    if (metrics_new(&srv.metrics) < 0)
+        goto out;
     srv.problems = load_problems(&srv.cfg, srv.aiopslab_script);
     if (!srv.problems)
         goto out;
@@ -189,6 +192,7 @@ out:
     worker_manager_free(srv.workers);
     http_stop(srv.http);
     store_close(srv.store);
+    metrics_free(srv.metrics);
     json_decref(srv.problems);
     config_reset(&srv.cfg);
     if (has_dog) {

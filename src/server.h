@@ -12,12 +12,14 @@
 
 struct worker_manager;
 struct http;
+struct metrics;
 
 struct server {
     struct config cfg;              /* read-only once serving */
     struct store *store;
     struct worker_manager *workers;
     struct http *http;
+    struct metrics *metrics;
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

@@ -4,6 +4,7 @@
 #include "err.h"
 #include "exec.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "provision.h"
 #include "runner.h"
@@ -135,7 +136,10 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
         log_error("%s: task %s: recording its end failed: %s", slot->name, t->id, err_str(rc));
     } else {
         log_info("%s: task %s %s", slot->name, t->id, task_status_name(res->status));
+        metrics_task_finished(wm->srv->metrics, res->status,
+                              (double)(t->started_at - t->created_at) / 1e6, res->seconds);
     }
+    metrics_exec_exit(wm->srv->metrics, res->cause);
 }
 
 static void run_task(struct slot *slot, struct task *t)
@@ -268,6 +272,7 @@ static void *worker_main(void *arg)
         uuidgen(lease);
         req.now = clock_now_us();
         rc = st->ops->task_claim(st, &req, &t);
+        metrics_claim(srv->metrics, (double)(clock_now_us() - req.now) / 1e6);
         if (rc == 0) {
             pthread_mutex_lock(&wm->lock);
             snprintf(slot->task_id, sizeof(slot->task_id), "%s", t->id);
@@ -299,11 +304,24 @@ out:
     return NULL;
 }
 
-static int housekeeping_interval_ms(const struct config *cfg)
+static int heartbeat_interval_ms(const struct config *cfg)
 {
     int ms = cfg->heartbeat_timeout_seconds * 1000 / 3;
 
     return ms < 200 ? 200 : ms > 10000 ? 10000 : ms;
+}
+
+#define GAUGE_INTERVAL_MS 1000
+
+/* The queue gauges of /metrics, read here so that a scrape never waits on the database. */
+static void refresh_gauges(struct worker_manager *wm)
+{
+    struct store *st = wm->srv->store;
+    struct task_stats ts;
+    int64_t w[3];
+    bool ok = st->ops->task_stats(st, &ts) == 0 && st->ops->worker_counts(st, w) == 0;
+
+    metrics_set_queue(wm->srv->metrics, ok, &ts, w);
 }
 
 static void *housekeeper_main(void *arg)
@@ -313,15 +331,19 @@ static void *housekeeper_main(void *arg)
     const struct config *cfg = &wm->srv->cfg;
     const char **ids = calloc((size_t)wm->n_slots, sizeof(*ids));
     char (*names)[192] = calloc((size_t)wm->n_slots, sizeof(*names));
+    int beat_ms = heartbeat_interval_ms(cfg), tick_ms = beat_ms < GAUGE_INTERVAL_MS
+                                                          ? beat_ms
+                                                          : GAUGE_INTERVAL_MS;
+    int64_t next_beat = 0;
 
     pthread_mutex_lock(&wm->lock);
     while (!wm->shutdown) {
-        struct timespec until;
         struct reap_result rr;
         size_t n = 0;
-        int ms = housekeeping_interval_ms(cfg);
+        int64_t now = clock_mono_ms();
+        bool beat = now >= next_beat;
 
-        for (int i = 0; ids && names && i < wm->n_slots; i++) {
+        for (int i = 0; beat && ids && names && i < wm->n_slots; i++) {
             struct slot *s = &wm->slots[i];
             /* A worker still provisioning stays offline: no heartbeat revives it. */
             if ((s->state == SLOT_ACTIVE || s->state == SLOT_RETIRING) && s->ready) {
@@ -331,31 +353,35 @@ static void *housekeeper_main(void *arg)
             }
         }
         pthread_mutex_unlock(&wm->lock);
-        if (n && st->ops->worker_heartbeat(st, ids, n, clock_now_us()) < 0)
-            log_warn("heartbeat: the database did not take it");
-        if (st->ops->reap(st, clock_now_us(), (int64_t)cfg->heartbeat_timeout_seconds * 1000000,
-                          &rr) == 0 &&
-            (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out))
-            log_warn("reaper: %d workers offline, %d tasks failed, %d tasks timed out",
-                     rr.workers_offline, rr.tasks_failed, rr.tasks_timed_out);
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += ms / 1000;
-        until.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
+        if (beat) {
+            next_beat = now + beat_ms;
+            if (n && st->ops->worker_heartbeat(st, ids, n, clock_now_us()) < 0)
+                log_warn("heartbeat: the database did not take it");
+            if (st->ops->reap(st, clock_now_us(),
+                              (int64_t)cfg->heartbeat_timeout_seconds * 1000000, &rr) == 0 &&
+                (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out))
+                log_warn("reaper: %d workers offline, %d tasks failed, %d tasks timed out",
+                         rr.workers_offline, rr.tasks_failed, rr.tasks_timed_out);
         }
+        refresh_gauges(wm);
         pthread_mutex_lock(&wm->lock);
-        if (!wm->shutdown)
+        if (!wm->shutdown) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += tick_ms / 1000;
+            until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
             pthread_cond_timedwait(&wm->hk_wake, &wm->lock, &until);
+        }
     }
     pthread_mutex_unlock(&wm->lock);
     free(ids);
     free(names);
     return NULL;
 }
-
-/* ---- the manager ---- */
 
 void worker_expand(const char *pattern, const char *worker, char *out, size_t size)
 {
