@@ -13,6 +13,15 @@ struct MHD_Connection;
 
 #define API_MAX_PARAMS 4
 
+/* A body produced piece by piece (chunked), for answers too large to build in memory. */
+struct api_stream {
+    void *ctx;
+    /* Fills up to max bytes; returns how many (> 0), 0 at the end, < 0 on an error
+     * (the connection is then closed, so the client sees the answer is cut). */
+    long (*read)(void *ctx, char *out, size_t max);
+    void (*free)(void *ctx);
+};
+
 /* One HTTP request, owned by http.c and freed when MHD completes it. */
 struct request {
     struct server *srv;
@@ -31,7 +40,8 @@ struct request {
     int status;
     json_t *reply;                   /* owned; NULL: no body (204) */
     char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
-    const char *content_type;        /* of reply_raw */
+    const char *content_type;        /* of reply_raw or stream */
+    struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
     const char *route;               /* route template, for logs and metrics */
 };
 
@@ -72,6 +82,7 @@ bool api_valid_uuid(const char *s);
 /* Handlers (api_*.c). */
 int api_health(struct request *req);
 int api_metrics(struct request *req);
+int api_export(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
 int api_task_list(struct request *req);

@@ -189,7 +189,7 @@ int api_task_get(struct request *req)
     o = task_to_json(t);
     task_free(t);
     if (o && with_logs) {
-        int rc = st->ops->logs_list(st, req->params[0], LEVEL_DEBUG, LOGS_INLINE_MAX, &logs,
+        int rc = st->ops->logs_list(st, req->params[0], LEVEL_DEBUG, LOGS_INLINE_MAX, 0, &logs,
                                     &total);
         if (rc < 0) {
             json_decref(o);
@@ -235,19 +235,20 @@ int api_task_logs(struct request *req)
     const char *level = api_query(req, "level");
     struct task *t = NULL;
     json_t *logs = NULL;
-    long long limit;
+    long long limit, offset;
     int64_t total = 0;
     int min = LEVEL_DEBUG, rc;
 
     if (level && (min = proto_level_parse(level)) < 0)
         return api_invalid_field(req, "level",
                                  "must be one of debug, info, warning, error, critical");
-    if (api_query_int(req, "limit", 1, 100000, 1000, &limit) < 0)
+    if (api_query_int(req, "limit", 1, 100000, 1000, &limit) < 0 ||
+        api_query_int(req, "offset", 0, INT64_MAX / 2, 0, &offset) < 0)
         return 0;
     if (load_task(req, req->params[0], &t) < 0)
         return 0;
     task_free(t);
-    rc = st->ops->logs_list(st, req->params[0], min, limit, &logs, &total);
+    rc = st->ops->logs_list(st, req->params[0], min, limit, offset, &logs, &total);
     if (rc < 0)
         return api_reply_error(req, rc, "the task's logs");
     return api_reply(req, 200, json_pack("{s:s, s:o, s:I}", "task_id", req->params[0], "logs",

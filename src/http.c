@@ -25,10 +25,32 @@ struct http {
     int port;
 };
 
+static void stream_free(void *cls)
+{
+    struct api_stream *st = cls;
+
+    if (st) {
+        st->free(st->ctx);
+        free(st);
+    }
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct api_stream *st = cls;
+    long n = st->read(st->ctx, buf, max);
+
+    (void)pos;
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
 static void request_free(struct request *req)
 {
     if (!req)
         return;
+    stream_free(req->stream);
     buf_reset(&req->body);
     json_decref(req->reply);
     free(req->reply_raw);
@@ -53,6 +75,20 @@ static enum MHD_Result send_reply(struct request *req)
     enum MHD_Result ret;
     int64_t ms;
 
+    if (req->stream) {
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read,
+                                                 req->stream, stream_free);
+        if (!resp)
+            return MHD_NO;
+        req->stream = NULL; /* the response owns it now */
+        MHD_add_response_header(resp, "X-Request-ID", req->request_id);
+        MHD_add_response_header(resp, "Content-Type", req->content_type);
+        ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+        MHD_destroy_response(resp);
+        metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
+                     req->status, (double)(clock_now_us() - req->started_us) / 1e6);
+        return ret;
+    }
     if (req->reply_raw) {
         text = req->reply_raw;
         req->reply_raw = NULL;

@@ -17,6 +17,7 @@ static const struct route routes[] = {
     {"GET", "/api/v1/tasks/{id}/logs", api_task_logs},
     {"GET", "/api/v1/tasks/{id}/conversations", api_task_conversations},
     {"GET", "/api/v1/problems", api_problems},
+    {"GET", "/api/v1/export", api_export},
     {"GET", "/api/v1/llm-conversations", api_conv_list},
     {"GET", "/api/v1/llm-conversations/stats/summary", api_conv_stats},
     {"GET", "/api/v1/llm-conversations/task/{task_id}/conversations", api_conv_for_task},

@@ -28,6 +28,8 @@ struct task_filter {
     int64_t since, until;    /* created_at bounds in us; 0: none */
     bool oldest_first;       /* default newest first */
     int64_t limit, offset;
+    int64_t after_seq;       /* keyset paging: only tasks queued after this one; 0: none */
+    bool no_total;           /* skip counting (total stays 0) */
 };
 
 struct task_page {
@@ -116,7 +118,7 @@ struct store_ops {
     int (*logs_append)(struct store *st, const char *task_id, const struct log_entry *e,
                        size_t n);
     int (*logs_list)(struct store *st, const char *task_id, int min_level, int64_t limit,
-                     json_t **logs, int64_t *total);
+                     int64_t offset, json_t **logs, int64_t *total);
     int (*messages_append)(struct store *st, const char *task_id, const struct msg_entry *e,
                            size_t n);
     int (*conversations_list)(struct store *st, const char *task_id, const char *model_name,

@@ -54,12 +54,13 @@ enum q {
     "id, problem_id, status, priority, backend_type, mode, parameters::text, "              \
     "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
     "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
-    "te_us(started_at), te_us(completed_at), te_us(deadline_at)"
+    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq"
 #define TASK_COLS_T                                                                        \
     "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
     "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "     \
     "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "        \
-    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at)"
+    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
+    "t.seq"
 
 static const char *const sql_text[Q_N] = {
     [Q_TASK_INSERT] =
@@ -589,6 +590,7 @@ static struct task *row_task(PGresult *r, int row)
     t->started_at = get_i64(r, row, 18);
     t->completed_at = get_i64(r, row, 19);
     t->deadline_at = get_i64(r, row, 20);
+    t->seq = get_i64(r, row, 21);
     if (!t->problem_id || !t->backend_type || !t->mode) {
         task_free(t);
         return NULL;
@@ -863,8 +865,8 @@ static int pg_task_list(struct store *st, const struct task_filter *f, struct ta
 {
     struct pgconn *pc = conn_get(P(st));
     char where[512] = "WHERE true", sql[1024];
-    const char *v[7];
-    struct num a, b, c, d;
+    const char *v[8];
+    struct num a, b, c, d, e;
     int n = 0, rc;
     PGresult *r = NULL;
 
@@ -892,12 +894,18 @@ static int pg_task_list(struct store *st, const struct task_filter *f, struct ta
         snprintf(where + strlen(where), sizeof(where) - strlen(where),
                  " AND created_at < te_ts($%d)", n);
     }
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", where);
-    r = run_sql(pc, sql, n, v, &rc);
-    if (!r)
-        goto out;
-    out->total = get_i64(r, 0, 0);
-    PQclear(r);
+    if (f->after_seq) {
+        v[n++] = num(&e, f->after_seq);
+        snprintf(where + strlen(where), sizeof(where) - strlen(where), " AND seq > $%d", n);
+    }
+    if (!f->no_total) {
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", where);
+        r = run_sql(pc, sql, n, v, &rc);
+        if (!r)
+            goto out;
+        out->total = get_i64(r, 0, 0);
+        PQclear(r);
+    }
     v[n] = num(&c, f->limit);
     v[n + 1] = num(&d, f->offset);
     snprintf(sql, sizeof(sql), "SELECT " TASK_COLS " FROM tasks %s ORDER BY seq %s LIMIT $%d "
@@ -1134,18 +1142,18 @@ static int pg_logs_append(struct store *st, const char *task_id, const struct lo
 }
 
 static int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                        json_t **logs, int64_t *total)
+                        int64_t offset, json_t **logs, int64_t *total)
 {
     struct pgconn *pc = conn_get(P(st));
-    struct num a, b;
-    const char *v[3] = {task_id, num(&a, min_level), num(&b, limit)};
+    struct num a, b, c;
+    const char *v[4] = {task_id, num(&a, min_level), num(&b, limit), num(&c, offset)};
     json_t *arr = json_array();
     int rc = arr ? 0 : ERR_NOMEM;
     PGresult *r = NULL;
 
     if (rc == 0)
         r = run_sql(pc, "SELECT te_us(ts), level, message, context::text FROM task_logs WHERE "
-                        "task_id = $1 AND level >= $2 ORDER BY id LIMIT $3", 3, v, &rc);
+                        "task_id = $1 AND level >= $2 ORDER BY id LIMIT $3 OFFSET $4", 4, v, &rc);
     for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
         json_t *o = json_pack("{s:o, s:s, s:o, s:o}", "timestamp", get_time(r, i, 0), "level",
                               proto_level_name((int)get_i64(r, i, 1)), "message",

@@ -59,14 +59,15 @@ struct sqlite_store {
     struct conn readers[N_READERS];
 };
 
-#define TASK_COLS                                                                          \
+#define TASK_INSERT_COLS                                                                   \
     "id, problem_id, status, priority, backend_type, mode, parameters, metadata, "         \
     "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
     "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
+#define TASK_COLS TASK_INSERT_COLS ", seq"
 
 static const char *const sql_text[Q_N] = {
     [Q_TASK_INSERT] =
-        "INSERT INTO tasks (" TASK_COLS ") VALUES (?1,?2,'pending',?3,?4,?5,?6,?7,?8,?9,"
+        "INSERT INTO tasks (" TASK_INSERT_COLS ") VALUES (?1,?2,'pending',?3,?4,?5,?6,?7,?8,?9,"
         "NULL,NULL,NULL,NULL,?10,?11,?12,?12,NULL,NULL,NULL)",
     [Q_TASK_BY_ID] = "SELECT " TASK_COLS " FROM tasks WHERE id = ?1",
     [Q_TASK_BY_KEY] = "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = ?1",
@@ -333,6 +334,7 @@ static struct task *row_task(sqlite3_stmt *s)
     t->started_at = sqlite3_column_int64(s, 18);
     t->completed_at = sqlite3_column_int64(s, 19);
     t->deadline_at = sqlite3_column_int64(s, 20);
+    t->seq = sqlite3_column_int64(s, 21);
     if (!t->problem_id || !t->backend_type || !t->mode) {
         task_free(t);
         return NULL;
@@ -661,7 +663,9 @@ static int sq_task_list(struct store *st, const struct task_filter *f, struct ta
         strcat(where, " AND created_at >= ?4");
     if (f->until)
         strcat(where, " AND created_at < ?5");
-    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+    if (f->after_seq)
+        strcat(where, " AND seq > ?8");
+    for (int pass = f->no_total ? 1 : 0; pass < 2 && rc == 0; pass++) {
         if (pass == 0)
             snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", where);
         else
@@ -681,6 +685,8 @@ static int sq_task_list(struct store *st, const struct task_filter *f, struct ta
             sqlite3_bind_int64(s, 4, f->since);
         if (f->until)
             sqlite3_bind_int64(s, 5, f->until);
+        if (f->after_seq)
+            sqlite3_bind_int64(s, 8, f->after_seq);
         if (pass == 1) {
             sqlite3_bind_int64(s, 6, f->limit);
             sqlite3_bind_int64(s, 7, f->offset);
@@ -1014,7 +1020,7 @@ static int sq_logs_append(struct store *st, const char *task_id, const struct lo
 }
 
 static int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                        json_t **logs, int64_t *total)
+                        int64_t offset, json_t **logs, int64_t *total)
 {
     struct rd r = rd_get(st);
     sqlite3_stmt *s = NULL;
@@ -1027,7 +1033,7 @@ static int sq_logs_list(struct store *st, const char *task_id, int min_level, in
     }
     if (sqlite3_prepare_v2(r.c->db,
                            "SELECT ts, level, message, context, count(*) OVER () FROM task_logs "
-                           "WHERE task_id = ?1 AND level >= ?2 ORDER BY id LIMIT ?3",
+                           "WHERE task_id = ?1 AND level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
                            -1, &s, NULL) != SQLITE_OK) {
         rc = fail_db(r.c->db, "listing logs");
         goto out;
@@ -1035,6 +1041,7 @@ static int sq_logs_list(struct store *st, const char *task_id, int min_level, in
     bind_text(s, 1, task_id);
     sqlite3_bind_int(s, 2, min_level);
     sqlite3_bind_int64(s, 3, limit);
+    sqlite3_bind_int64(s, 4, offset);
     *total = 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
         json_t *o = json_pack("{s:o, s:s, s:o, s:o}", "timestamp", col_time(s, 0), "level",

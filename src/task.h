@@ -39,6 +39,7 @@ struct task {
     int max_steps;
     int timeout_seconds;
     int64_t created_at, updated_at, started_at, completed_at, deadline_at; /* us; 0 = unset */
+    int64_t seq;             /* queue order, for keyset paging; not shown */
 };
 
 /* Defaults the validator fills in. */

@@ -275,13 +275,13 @@ static void logs_and_messages(void **state)
 
     add(f->st, "p", 0, "default", NULL, a);
     assert_int_equal(f->st->ops->logs_append(f->st, a, le, 3), 0);
-    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_INFO, 100, &logs, &total), 0);
+    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_INFO, 100, 0, &logs, &total), 0);
     assert_int_equal(total, 2);
     assert_int_equal(json_array_size(logs), 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(logs, 0), "message")),
                         "i");
     json_decref(logs);
-    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_DEBUG, 1, &logs, &total), 0);
+    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_DEBUG, 1, 0, &logs, &total), 0);
     assert_int_equal(json_array_size(logs), 1);
     assert_int_equal(total, 3);
     json_decref(logs);
