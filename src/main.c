@@ -1,4 +1,5 @@
 /* main: the taskexec command: subcommands and their dispatch. */
+#include "cli.h"
 #include "config.h"
 #include "err.h"
 #include "store.h"
@@ -42,6 +43,8 @@ static void usage(FILE *f)
             "  worker     run an external worker: --api URL --id NAME [--backend-type T]\n"
             "             [--supported-problems 'glob,glob'] [settings as for serve]\n"
             "  migrate    create or upgrade the database schema, then exit\n"
+            "  submit, status, list, logs, cancel, export\n"
+            "             the client (taskexec submit --help)\n"
             "  simulate   the simulated executor (reads a task line on stdin)\n"
             "  version    print the version\n"
             "\n"
@@ -67,6 +70,10 @@ int main(int argc, char **argv)
             return 0;
         }
         return server_run(argc - 2, argv + 2);
+    }
+    if (!strcmp(cmd, "submit") || !strcmp(cmd, "status") || !strcmp(cmd, "list") ||
+        !strcmp(cmd, "logs") || !strcmp(cmd, "cancel") || !strcmp(cmd, "export")) {
+        return cli_main(argc - 1, argv + 1);
     }
     if (!strcmp(cmd, "migrate"))
         return migrate_main(argc - 2, argv + 2);
