@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "proto.h"
 #include "uuidgen.h"
+#include "webhook.h"
 #include "worker.h"
 
 #include <stdlib.h>
@@ -63,6 +64,12 @@ int api_task_create(struct request *req)
         return api_invalid(req, errors);
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
+    if (t->callback_url && !webhook_host_allowed(t->callback_url, srv->cfg.webhook_allowed_hosts)) {
+        api_invalid_field(req, "callback_url", "names a host that WEBHOOK_ALLOWED_HOSTS does not "
+                                               "allow");
+        task_free(t);
+        return 0;
+    }
     if (!strcmp(srv->cfg.problem_validation, "strict") &&
         !catalog_contains(srv->problems, t->problem_id)) {
         char msg[600];

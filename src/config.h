@@ -25,6 +25,9 @@ struct config {
     char *backend_provision;     /* none | kind */
     char *webhook_secret;
     char *webhook_allowed_hosts;
+    int webhook_max_attempts;
+    int webhook_retry_base_ms;   /* back-off: base * 2^(attempt-1), at most an hour */
+    int webhook_timeout_seconds;
     int session_idle_minutes;
     int http_threads;            /* libmicrohttpd thread pool size */
     int poll_interval_ms;        /* idle worker's fallback poll */

@@ -3,6 +3,8 @@
 #include "err.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +37,16 @@ void crypto_sha256_hex(const char *text, char out[CRYPTO_HEX_SHA256])
 
     SHA256((const unsigned char *)text, strlen(text), md);
     to_hex(md, sizeof(md), out);
+}
+
+void crypto_hmac_sha256_hex(const char *key, const void *data, size_t len,
+                            char out[CRYPTO_HEX_SHA256])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+
+    HMAC(EVP_sha256(), key, (int)strlen(key), data, len, md, &n);
+    to_hex(md, n, out);
 }
 
 bool crypto_equal(const char *a, const char *b)

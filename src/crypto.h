@@ -12,6 +12,9 @@
 int crypto_random_hex(char *out, size_t nbytes) __attribute__((warn_unused_result));
 /* crypto_sha256_hex: the SHA-256 of the NUL-terminated text, in lower-case hex. */
 void crypto_sha256_hex(const char *text, char out[CRYPTO_HEX_SHA256]);
+/* crypto_hmac_sha256_hex: HMAC-SHA256 of data under key, in lower-case hex. */
+void crypto_hmac_sha256_hex(const char *key, const void *data, size_t len,
+                            char out[CRYPTO_HEX_SHA256]);
 /* crypto_equal: a == b, in time that does not depend on where they differ. */
 bool crypto_equal(const char *a, const char *b);
 

@@ -9,8 +9,10 @@
 #include "log.h"
 #include "metrics.h"
 #include "version.h"
+#include "webhook.h"
 #include "worker.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -119,7 +121,7 @@ int server_run(int argc, char **argv)
     sigset_t set;
     pthread_t dog;
     int sig = 0, rc, code = 1, n_failed = 0, prev;
-    bool has_dog = false;
+    bool has_dog = false, curl_ready = false;
 
     memset(&srv, 0, sizeof(srv));
     srv.started_at = clock_now_us();
@@ -127,6 +129,9 @@ int server_run(int argc, char **argv)
         config_reset(&srv.cfg);
         return 2;
     }
+    /* libcurl (webhooks) is set up once, before any thread exists. */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    curl_ready = true;
     /* Signals go to the main thread only: block them before any thread exists. */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -174,6 +179,8 @@ int server_run(int argc, char **argv)
     if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
         worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
         goto out;
+    if (webhook_start(&srv, &srv.webhooks) < 0)
+        goto out;
     if (http_start(&srv, &srv.http) < 0)
         goto out;
     log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
@@ -188,9 +195,13 @@ int server_run(int argc, char **argv)
 out:
     if (srv.store && srv.store->ops->listen)
         srv.store->ops->listen(srv.store, NULL, NULL);
-    /* Workers first: they stop their children and record why; then HTTP; then the store. */
+    /* Workers first: they stop their children and record why; then HTTP; then webhooks
+     * (the endings just recorded are delivered by the next start); then the store. */
     worker_manager_free(srv.workers);
     http_stop(srv.http);
+    webhook_stop(srv.webhooks);
+    if (curl_ready)
+        curl_global_cleanup();
     store_close(srv.store);
     metrics_free(srv.metrics);
     json_decref(srv.problems);

@@ -13,6 +13,7 @@
 struct worker_manager;
 struct http;
 struct metrics;
+struct webhook_sender;
 
 struct server {
     struct config cfg;              /* read-only once serving */
@@ -20,6 +21,7 @@ struct server {
     struct worker_manager *workers;
     struct http *http;
     struct metrics *metrics;
+    struct webhook_sender *webhooks;
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

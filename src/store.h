@@ -84,6 +84,12 @@ struct worker_reg {
     int64_t now;
 };
 
+struct webhook_job {
+    char task_id[TASK_ID_LEN + 1];
+    char *url;                   /* owned: free() */
+    int attempts;                /* made so far */
+};
+
 struct reap_result {
     int workers_offline;
     int tasks_failed;
@@ -148,6 +154,14 @@ struct store_ops {
     int (*reap)(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
                 struct reap_result *out);
     int (*recover)(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+
+    /* webhooks_due: up to max deliveries due by now (tasks that ended with a
+     * callback_url), leased for lease_us so no other sender takes them meanwhile. */
+    int (*webhooks_due)(struct store *st, int64_t now, int64_t lease_us, size_t max,
+                        struct webhook_job *jobs, size_t *n);
+    /* webhook_result: state "delivered", "pending" (try again at next_at) or "failed". */
+    int (*webhook_result)(struct store *st, const char *task_id, const char *state,
+                          int attempts, int64_t next_at, const char *error);
 };
 
 /* Every backend's handle starts with this. */

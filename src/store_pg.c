@@ -204,6 +204,19 @@ static const char *const migrations[] = {
     " registered_at timestamptz NOT NULL,"
     " token_hash text,"
     " name_prefix text);",
+    /* 2: webhook deliveries, made due by a trigger on every terminal transition */
+    "ALTER TABLE tasks ADD COLUMN webhook_state text,"
+    " ADD COLUMN webhook_attempts integer NOT NULL DEFAULT 0,"
+    " ADD COLUMN webhook_next_at timestamptz, ADD COLUMN webhook_error text;"
+    "CREATE INDEX tasks_webhooks_due ON tasks (webhook_next_at) WHERE webhook_state = 'pending';"
+    "CREATE FUNCTION te_webhook_due() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF NEW.callback_url IS NOT NULL"
+    "  AND NEW.status IN ('completed','failed','timeout','cancelled')"
+    "  AND OLD.status IN ('pending','running') THEN"
+    "  NEW.webhook_state := 'pending'; NEW.webhook_next_at := NEW.updated_at;"
+    " END IF; RETURN NEW; END $$;"
+    "CREATE TRIGGER tasks_webhook BEFORE UPDATE OF status ON tasks FOR EACH ROW"
+    " EXECUTE FUNCTION te_webhook_due();",
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
@@ -1672,6 +1685,45 @@ static int pg_recover(struct store *st, const char *name_prefix, int64_t now, in
     return rc;
 }
 
+static int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
+                           struct webhook_job *jobs, size_t *n)
+{
+    struct pgconn *pc = conn_get(P(st));
+    struct num a, b, c;
+    const char *v[3] = {num(&a, now), num(&b, lease_us), num(&c, (int64_t)max)};
+    int rc;
+    PGresult *r;
+
+    *n = 0;
+    /* Leasing a delivery pushes its next attempt out, so no other server takes it. */
+    r = run_sql(pc, "UPDATE tasks SET webhook_next_at = te_ts($1::bigint + $2::bigint) WHERE seq "
+                    "IN (SELECT seq FROM tasks WHERE webhook_state = 'pending' AND "
+                    "webhook_next_at <= te_ts($1) ORDER BY webhook_next_at LIMIT $3 FOR UPDATE "
+                    "SKIP LOCKED) RETURNING id, callback_url, webhook_attempts", 3, v, &rc);
+    for (int i = 0; r && i < PQntuples(r) && *n < max; i++) {
+        struct webhook_job *j = &jobs[*n];
+        snprintf(j->task_id, sizeof(j->task_id), "%s", PQgetvalue(r, i, 0));
+        j->url = strdup(PQgetvalue(r, i, 1));
+        j->attempts = (int)get_i64(r, i, 2);
+        if (j->url)
+            (*n)++;
+    }
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_webhook_result(struct store *st, const char *task_id, const char *state,
+                             int attempts, int64_t next_at, const char *error)
+{
+    struct num a, b;
+    const char *v[5] = {task_id, state, num(&a, attempts), num(&b, next_at), error};
+
+    return simple(st, "UPDATE tasks SET webhook_state = $2, webhook_attempts = $3, "
+                      "webhook_next_at = te_ts($4), webhook_error = $5 WHERE id = $1", 5, v,
+                  NULL);
+}
+
 const struct store_ops store_pg_ops = {
     .name = "postgresql",
     .open = pg_open,
@@ -1702,4 +1754,6 @@ const struct store_ops store_pg_ops = {
     .worker_counts = pg_worker_counts,
     .reap = pg_reap,
     .recover = pg_recover,
+    .webhooks_due = pg_webhooks_due,
+    .webhook_result = pg_webhook_result,
 };

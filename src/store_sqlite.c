@@ -189,6 +189,18 @@ static const char *const migrations[] = {
     " registered_at INTEGER NOT NULL,"
     " token_hash TEXT,"
     " name_prefix TEXT);",
+    /* 2: webhook deliveries, made due by a trigger on every terminal transition */
+    "ALTER TABLE tasks ADD COLUMN webhook_state TEXT;"
+    "ALTER TABLE tasks ADD COLUMN webhook_attempts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN webhook_next_at INTEGER;"
+    "ALTER TABLE tasks ADD COLUMN webhook_error TEXT;"
+    "CREATE INDEX tasks_webhooks_due ON tasks (webhook_next_at) WHERE webhook_state = 'pending';"
+    "CREATE TRIGGER tasks_webhook AFTER UPDATE OF status ON tasks"
+    " WHEN NEW.callback_url IS NOT NULL"
+    "  AND NEW.status IN ('completed','failed','timeout','cancelled')"
+    "  AND OLD.status IN ('pending','running')"
+    " BEGIN UPDATE tasks SET webhook_state = 'pending', webhook_next_at = NEW.updated_at"
+    "  WHERE seq = NEW.seq; END;",
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
@@ -1682,6 +1694,70 @@ static int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
     return writer_end(ss, rc);
 }
 
+static int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
+                           struct webhook_job *jobs, size_t *n)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = writer_begin(ss);
+    sqlite3_stmt *s = NULL;
+    int rc = 0;
+
+    *n = 0;
+    if (!c)
+        return ERR_STORE;
+    /* Leasing a delivery pushes its next attempt out, so no other sender takes it. */
+    if (sqlite3_prepare_v2(c->db, "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN "
+                                  "(SELECT seq FROM tasks WHERE webhook_state = 'pending' AND "
+                                  "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) "
+                                  "RETURNING id, callback_url, webhook_attempts", -1, &s,
+                           NULL) != SQLITE_OK)
+        return writer_end(ss, fail_db(c->db, "webhooks"));
+    sqlite3_bind_int64(s, 1, now);
+    sqlite3_bind_int64(s, 2, lease_us);
+    sqlite3_bind_int64(s, 3, (int64_t)max);
+    while (*n < max && sqlite3_step(s) == SQLITE_ROW) {
+        struct webhook_job *j = &jobs[*n];
+        snprintf(j->task_id, sizeof(j->task_id), "%s", sqlite3_column_text(s, 0));
+        j->url = col_dup(s, 1);
+        j->attempts = sqlite3_column_int(s, 2);
+        if (!j->url) {
+            rc = ERR_NOMEM;
+            break;
+        }
+        (*n)++;
+    }
+    sqlite3_finalize(s);
+    if (rc < 0)
+        for (size_t i = 0; i < *n; i++)
+            free(jobs[i].url);
+    return writer_end(ss, rc);
+}
+
+static int sq_webhook_result(struct store *st, const char *task_id, const char *state,
+                             int attempts, int64_t next_at, const char *error)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = writer_begin(ss);
+    sqlite3_stmt *s = NULL;
+    int rc = 0;
+
+    if (!c)
+        return ERR_STORE;
+    if (sqlite3_prepare_v2(c->db, "UPDATE tasks SET webhook_state = ?2, webhook_attempts = ?3, "
+                                  "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1", -1,
+                           &s, NULL) != SQLITE_OK)
+        return writer_end(ss, fail_db(c->db, "webhooks"));
+    bind_text(s, 1, task_id);
+    bind_text(s, 2, state);
+    sqlite3_bind_int(s, 3, attempts);
+    sqlite3_bind_int64(s, 4, next_at);
+    bind_text(s, 5, error);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = fail_db(c->db, "webhooks");
+    sqlite3_finalize(s);
+    return writer_end(ss, rc);
+}
+
 static int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed)
 {
     struct sqlite_store *ss = S(st);
@@ -1732,4 +1808,6 @@ const struct store_ops store_sqlite_ops = {
     .worker_counts = sq_worker_counts,
     .reap = sq_reap,
     .recover = sq_recover,
+    .webhooks_due = sq_webhooks_due,
+    .webhook_result = sq_webhook_result,
 };
