@@ -17,7 +17,9 @@ def test_migrate_command_and_concurrent_starts(make_server, db_url, pg, tmpdir_p
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
-    assert pg.psql("SELECT max(version) FROM schema_migrations", db_url.split("/")[3].split("?")[0]).strip() == "1"
+    latest = pg.psql("SELECT max(version) FROM schema_migrations",
+                     db_url.split("/")[3].split("?")[0]).strip()
+    assert int(latest) >= 2
     # three servers starting at once on a fresh database migrate exactly once
     fresh = pg.new_db()
     servers = [make_server(start=False, db_url=fresh, WORKER_NAME_PREFIX=f"s{i}-",
@@ -27,7 +29,8 @@ def test_migrate_command_and_concurrent_starts(make_server, db_url, pg, tmpdir_p
     for s in servers:
         s.wait_ready()
     dbname = fresh.split("/")[3].split("?")[0]
-    assert pg.psql("SELECT count(*) FROM schema_migrations", dbname).strip() == "1"
+    assert pg.psql("SELECT count(*) FROM schema_migrations", dbname).strip() == latest, \
+        "each migration applied once"
     assert servers[0].get("/api/v1/workers").json()["total"] == 3
     bad = subprocess.run([BIN, "migrate", "--database-url", "postgresql:///nope?host=/nonexistent"],
                          capture_output=True, text=True, timeout=60)
