@@ -14,7 +14,7 @@ CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)
 
 SRC = $(filter-out src/main.c, $(wildcard src/*.c))
 HDR = $(wildcard src/*.h)
-GEN = catalog_builtin aiopslab_runner
+GEN = catalog_builtin aiopslab_runner openapi_doc docs_page
 OBJ = $(SRC:src/%.c=build/obj/%.o) $(GEN:%=build/obj/%.o)
 OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) $(GEN:%=build/asan/obj/%.o)
 UNIT_SRC = $(wildcard tests/test_*.c)
@@ -41,6 +41,10 @@ build/gen/catalog_builtin.c: share/aiopslab-problems.txt
 	$(call embed,catalog_builtin)
 build/gen/aiopslab_runner.c: share/aiopslab_runner.py
 	$(call embed,aiopslab_runner_py)
+build/gen/openapi_doc.c: share/openapi.json
+	$(call embed,openapi_json)
+build/gen/docs_page.c: share/docs.html
+	$(call embed,docs_html)
 
 build/obj/%.o: build/gen/%.c | $(DEPS)
 	@mkdir -p $(@D)
@@ -75,8 +79,14 @@ export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-it: build/asan/taskexec
-	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/it
+# An OpenAPI validator from npm, for the test that checks /openapi.json.
+NPM_VALIDATOR = build/npm/node_modules/@apidevtools/swagger-parser/package.json
+$(NPM_VALIDATOR):
+	npm install --no-audit --no-fund --loglevel=error --prefix build/npm @apidevtools/swagger-parser@10.1.0
+
+it: build/asan/taskexec $(NPM_VALIDATOR)
+	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec NODE_PATH=$(CURDIR)/build/npm/node_modules \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/it
 
 test: build/taskexec
 	$(MAKE) unit

@@ -83,6 +83,8 @@ bool api_valid_uuid(const char *s);
 int api_health(struct request *req);
 int api_metrics(struct request *req);
 int api_export(struct request *req);
+int api_openapi(struct request *req);
+int api_docs(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
 int api_task_list(struct request *req);

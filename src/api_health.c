@@ -1,6 +1,8 @@
 /* api_health: /health and /ready in the seed shapes. */
 #include "api.h"
 #include "clock.h"
+#include <stdlib.h>
+#include <string.h>
 #include "metrics.h"
 #include "version.h"
 #include "worker.h"
@@ -58,4 +60,23 @@ int api_metrics(struct request *req)
         return api_fail(req, 500, "the metrics could not be rendered");
     }
     return api_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", buf_steal(&b));
+}
+
+extern const char openapi_json[];
+extern const char docs_html[];
+
+int api_openapi(struct request *req)
+{
+    char *copy = strdup(openapi_json);
+
+    return copy ? api_reply_text(req, 200, "application/json", copy)
+                : api_fail(req, 500, "out of memory");
+}
+
+int api_docs(struct request *req)
+{
+    char *copy = strdup(docs_html);
+
+    return copy ? api_reply_text(req, 200, "text/html; charset=utf-8", copy)
+                : api_fail(req, 500, "out of memory");
 }

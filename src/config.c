@@ -37,6 +37,8 @@ static const struct param params[] = {
     {"DEFAULT_MAX_STEPS", K_INT, S(default_max_steps), "30", 1, 1000,
      "max_steps when the request gives none"},
     {"LOG_LEVEL", K_STR, S(log_level), "info", 0, 0, "debug, info, warning, error"},
+    {"LOG_FORMAT", K_STR, S(log_format), "text", 0, 0,
+     "text, or json: one JSON object a line"},
     {"EXECUTOR", K_STR, S(executor), "simulated", 0, 0, "simulated, command, aiopslab, noop"},
     {"EXECUTOR_COMMAND", K_STR, S(executor_command), NULL, 0, 0,
      "argv of the command executor, split on blanks"},

@@ -13,6 +13,7 @@ struct config {
     int default_timeout_minutes;
     int default_max_steps;
     char *log_level;
+    char *log_format;            /* text | json */
     char *executor;              /* simulated | command | aiopslab | noop */
     char *executor_command;      /* argv for "command", split on blanks */
     char *worker_backend_type;

@@ -87,6 +87,8 @@ static enum MHD_Result send_reply(struct request *req)
         MHD_destroy_response(resp);
         metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
                      req->status, (double)(clock_now_us() - req->started_us) / 1e6);
+        log_request(req->request_id, req->method, req->path, req->route, req->status,
+                    (double)(clock_now_us() - req->started_us) / 1000.0);
         return ret;
     }
     if (req->reply_raw) {
@@ -118,12 +120,9 @@ static enum MHD_Result send_reply(struct request *req)
     ms = clock_mono_ms() - req->started_ms;
     metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
                  req->status, (double)(clock_now_us() - req->started_us) / 1e6);
-    if (req->status >= 500)
-        log_error("%s %s %d %lldms %s", req->method, req->path, req->status, (long long)ms,
-                  req->request_id);
-    else
-        log_debug("%s %s %d %lldms %s", req->method, req->path, req->status, (long long)ms,
-                  req->request_id);
+    (void)ms;
+    log_request(req->request_id, req->method, req->path, req->route, req->status,
+                (double)(clock_now_us() - req->started_us) / 1000.0);
     return ret;
 }
 

@@ -8,6 +8,8 @@ static const struct route routes[] = {
     {"GET", "/health", api_health},
     {"GET", "/ready", api_ready},
     {"GET", "/metrics", api_metrics},
+    {"GET", "/openapi.json", api_openapi},
+    {"GET", "/docs", api_docs},
     {"POST", "/api/v1/tasks", api_task_create},
     {"GET", "/api/v1/tasks", api_task_list},
     {"GET", "/api/v1/tasks/stats", api_task_stats},

@@ -35,6 +35,11 @@ static int check_config(const struct config *cfg)
         return ERR_INVALID;
     }
     log_set_level((enum log_level)lvl);
+    if (strcmp(cfg->log_format, "text") && strcmp(cfg->log_format, "json")) {
+        log_error("LOG_FORMAT must be text or json, not '%s'", cfg->log_format);
+        return ERR_INVALID;
+    }
+    log_set_json(!strcmp(cfg->log_format, "json"));
     if (strcmp(cfg->executor, "simulated") && strcmp(cfg->executor, "command") &&
         strcmp(cfg->executor, "aiopslab") && strcmp(cfg->executor, "noop")) {
         log_error("EXECUTOR must be simulated, command, aiopslab or noop, not '%s'",

@@ -129,13 +129,14 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
     }
     if (rc == ERR_CONFLICT) {
         /* Already ended (cancelled, reaped): its end stands; free the worker row. */
-        log_info("%s: task %s was already ended elsewhere", slot->name, t->id);
+        log_task(LOG_INFO, t->id, "%s: task %s was already ended elsewhere", slot->name, t->id);
         if (st->ops->worker_set_status(st, slot->name, WORKER_IDLE, NULL) < 0)
             log_warn("%s: could not mark itself idle", slot->name);
     } else if (rc < 0) {
         log_error("%s: task %s: recording its end failed: %s", slot->name, t->id, err_str(rc));
     } else {
-        log_info("%s: task %s %s", slot->name, t->id, task_status_name(res->status));
+        log_task(LOG_INFO, t->id, "%s: task %s %s", slot->name, t->id,
+                 task_status_name(res->status));
         metrics_task_finished(wm->srv->metrics, res->status,
                               (double)(t->started_at - t->created_at) / 1e6, res->seconds);
     }
@@ -164,7 +165,7 @@ static void run_task(struct slot *slot, struct task *t)
                         .keep_final_logs = true};
     struct runner_result res;
 
-    log_info("%s: running task %s (%s)", slot->name, t->id, t->problem_id);
+    log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);
     record_end(slot, t, &res);
     runner_result_reset(&res);

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <string.h>
+#include <strings.h>
+#include <jansson.h>
 
 #include "router.h"
 
@@ -101,12 +103,48 @@ static void every_route_has_a_handler(void **state)
     }
 }
 
+extern const char openapi_json[];
+
+/* The OpenAPI document and the route table describe the same routes. */
+static void openapi_matches_the_routes(void **state)
+{
+    json_t *doc = json_loads(openapi_json, 0, NULL), *paths, *ops, *op;
+    size_t n;
+    const struct route *r = router_table(&n);
+    const char *path, *method;
+    char lower[8];
+
+    (void)state;
+    assert_non_null(doc);
+    paths = json_object_get(doc, "paths");
+    for (size_t i = 0; i < n; i++) {
+        size_t k;
+        for (k = 0; r[i].method[k] && k < sizeof(lower) - 1; k++)
+            lower[k] = (char)(r[i].method[k] | 0x20);
+        lower[k] = '\0';
+        if (!json_object_get(json_object_get(paths, r[i].pattern), lower))
+            fail_msg("%s %s is routed but not in openapi.json", r[i].method, r[i].pattern);
+    }
+    json_object_foreach(paths, path, ops) {
+        json_object_foreach(ops, method, op) {
+            bool found = false;
+            for (size_t i = 0; i < n && !found; i++)
+                found = !strcmp(r[i].pattern, path) && !strcasecmp(r[i].method, method);
+            if (!found)
+                fail_msg("%s %s is in openapi.json but not routed", method, path);
+            assert_non_null(json_object_get(op, "responses"));
+        }
+    }
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matches_table),
         cmocka_unit_test(normalizes_aliases),
         cmocka_unit_test(every_route_has_a_handler),
+        cmocka_unit_test(openapi_matches_the_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
