@@ -21,7 +21,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it bench clean deps
+.PHONY: all run test unit it bench fuzz fuzz-smoke clean deps
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -90,6 +90,7 @@ it: build/asan/taskexec $(NPM_VALIDATOR)
 
 test: build/taskexec
 	$(MAKE) unit
+	$(MAKE) fuzz-smoke
 	$(MAKE) it
 
 build/bench/load: bench/load.c | $(DEPS)
@@ -99,6 +100,36 @@ build/bench/load: bench/load.c | $(DEPS)
 # Figures, never a pass/fail: see bench/run.sh.
 bench: build/taskexec build/bench/load
 	bash bench/run.sh
+
+# libFuzzer targets (clang): request bodies, executor lines, paths and other request text.
+FUZZ_TARGETS = request proto router
+FUZZ_SECONDS ?= 60
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+OBJ_FUZZ = $(SRC:src/%.c=build/fuzz/obj/%.o) $(GEN:%=build/fuzz/obj/%.o)
+build/fuzz/obj/%.o: src/%.c $(HDR) | $(DEPS)
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=c17 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+	  -Wall -Wextra -Werror -c $< -o $@
+build/fuzz/obj/%.o: build/gen/%.c | $(DEPS)
+	@mkdir -p $(@D)
+	clang -std=c17 -O1 -c $< -o $@
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(OBJ_FUZZ)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=c17 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Wall -Wextra \
+	  -Werror $< $(OBJ_FUZZ) $(PKG_LIBS) -o $@
+
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@set -e; for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus/$$t fuzz/corpus/$$t; done
+
+# In `make test`: replay the seeds and every input that once crashed, then fuzz briefly.
+fuzz-smoke: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  build/fuzz/fuzz_$$t -runs=0 fuzz/corpus/$$t fuzz/regressions/$$t 2>&1 | tail -1; \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  build/fuzz/fuzz_$$t -max_total_time=5 -max_len=65536 -artifact_prefix=build/fuzz/crash-$$t- \
+	    build/fuzz/corpus/$$t fuzz/corpus/$$t 2>&1 | tail -1; done
 
 clean:
 	rm -rf build
