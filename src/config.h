@@ -31,6 +31,9 @@ struct config {
     int webhook_timeout_seconds;
     int session_idle_minutes;
     int http_threads;            /* libmicrohttpd thread pool size */
+    int http_max_connections;
+    int http_timeout_seconds;    /* an idle or slow connection is closed after this */
+    int http_max_header_bytes;   /* per-connection memory for the request line and headers */
     int poll_interval_ms;        /* idle worker's fallback poll */
     int exec_grace_seconds;      /* SIGTERM to SIGKILL */
     int max_output_bytes;        /* per task: executor output kept, beyond it dropped */

@@ -261,8 +261,9 @@ int http_start(struct server *srv, struct http **out)
         flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.http_threads,
         MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_EXTERNAL_LOGGER,
+        (unsigned)srv->cfg.http_timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)srv->cfg.http_max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)srv->cfg.http_max_header_bytes, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!h->daemon) {
         log_error("cannot listen on %s:%d (in use, or not an address of this machine)",

@@ -40,6 +40,7 @@ class Server:
         self.proc = None
         self.log_path = None
         self.starts = 0
+        self.prefix = []       # e.g. setpriv to run as another user
 
     def env(self):
         env = dict(os.environ)
@@ -60,7 +61,7 @@ class Server:
         self.starts += 1
         self.log_path = os.path.join(self.workdir, f"server-{self.port}-{self.starts}.log")
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([BIN, "serve"], cwd=self.workdir, env=self.env(),
+        self.proc = subprocess.Popen(self.prefix + [BIN, "serve"], cwd=self.workdir, env=self.env(),
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
