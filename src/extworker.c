@@ -330,23 +330,15 @@ static void run_one(struct extworker *ew, struct client *c, json_t *claimed)
     struct http_sink hs = {.ew = ew, .c = c};
     struct runner_sink sink = {.ctx = &hs, .logs = sink_logs, .messages = sink_messages,
                                .check = sink_check};
-    struct runner rn = {.executor = ew->cfg.executor,
-                        .command = ew->has_command ? ew->command.we_wordv : NULL,
-                        .python = ew->cfg.aiopslab_python,
-                        .script = ew->script,
-                        .pythonpath = ew->pythonpath[0] ? ew->pythonpath : NULL,
-                        .kubeconfig = ew->kubeconfig[0] ? ew->kubeconfig : NULL,
-                        .self_exe = ew->self_exe,
-                        .work_dir = ew->cfg.work_dir,
-                        .worker_id = ew->id,
-                        .grace_seconds = ew->cfg.exec_grace_seconds,
-                        .max_output = (size_t)ew->cfg.max_output_bytes};
+    struct runner rn;
     struct runner_result res;
 
     if (!t) {
         log_error("%s: the API sent a task this worker cannot read", ew->id);
         return;
     }
+    runner_init(&rn, &ew->cfg, ew->id, ew->has_command ? ew->command.we_wordv : NULL,
+                ew->self_exe, ew->script, ew->pythonpath, ew->kubeconfig);
     pthread_mutex_lock(&ew->lock);
     memcpy(ew->current_task, t->id, sizeof(ew->current_task));
     atomic_store(&ew->stop_task, EXEC_STOP_NONE);

@@ -247,3 +247,26 @@ int proto_parse_line(const char *line, size_t len, enum proto_stream stream,
     return plain_log(line, len, stream, stream == PROTO_STDERR ? LEVEL_WARNING : LEVEL_INFO,
                      ev);
 }
+
+int64_t proto_message_tokens(json_t *metadata)
+{
+    static const char *const parts[] = {"prompt_tokens", "completion_tokens", "input_tokens",
+                                        "output_tokens"};
+    json_t *u = json_object_get(metadata, "usage"), *v;
+    int64_t sum = 0;
+    bool any = false;
+
+    if (!json_is_object(u))
+        return -1;
+    v = json_object_get(u, "total_tokens");
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        v = json_object_get(u, parts[i]);
+        if (json_is_integer(v)) {
+            sum += json_integer_value(v);
+            any = true;
+        }
+    }
+    return any ? sum : -1;
+}

@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum proto_kind {
     PROTO_LOG,          /* obj: {"level","message","context"} */
@@ -38,6 +39,10 @@ int proto_parse_line(const char *line, size_t len, enum proto_stream stream,
  * on success ev->obj is a new reference (caller json_decref's). */
 int proto_event_from_json(json_t *in, const char *type, struct proto_event *ev)
     __attribute__((warn_unused_result));
+
+/* proto_message_tokens: the tokens of a message from its metadata's "usage":
+ * total_tokens, else the sum of prompt/completion (or input/output) tokens; -1: none. */
+int64_t proto_message_tokens(json_t *metadata);
 
 /* proto_level_name / proto_level_parse: "debug".."critical"; parse gives -1 when unknown
  * (also for NULL) and accepts "warn", "fatal" and any case. */

@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "config.h"
 #include "proto.h"
 
 #include <errno.h>
@@ -356,6 +357,25 @@ out:
     json_decref(tj);
     free(line);
     free_env(env);
+}
+
+void runner_init(struct runner *rn, const struct config *cfg, const char *worker_id,
+                 char *const *command, const char *self_exe, const char *script,
+                 const char *pythonpath, const char *kubeconfig)
+{
+    *rn = (struct runner){
+        .executor = cfg->executor,
+        .command = command,
+        .python = cfg->aiopslab_python,
+        .script = script,
+        .pythonpath = pythonpath && *pythonpath ? pythonpath : NULL,
+        .kubeconfig = kubeconfig && *kubeconfig ? kubeconfig : NULL,
+        .self_exe = self_exe,
+        .work_dir = cfg->work_dir,
+        .worker_id = worker_id,
+        .grace_seconds = cfg->exec_grace_seconds,
+        .max_output = (size_t)cfg->max_output_bytes,
+    };
 }
 
 void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,

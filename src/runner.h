@@ -53,6 +53,14 @@ struct runner_result {
     json_t *log_objs;             /* what logs[] point into (owned) */
 };
 
+struct config;
+
+/* runner_init: a runner from the settings every worker shares; the worker-specific
+ * parts are given (borrowed: they must outlive the runner). */
+void runner_init(struct runner *rn, const struct config *cfg, const char *worker_id,
+                 char *const *command, const char *self_exe, const char *script,
+                 const char *pythonpath, const char *kubeconfig);
+
 /* runner_run: runs t to its end and fills out (caller calls runner_result_reset).
  * Blocks the calling thread for the child's whole life. */
 void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,

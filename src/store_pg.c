@@ -1190,28 +1190,6 @@ static int pg_logs_list(struct store *st, const char *task_id, int min_level, in
     return rc;
 }
 
-static int64_t message_tokens(json_t *meta)
-{
-    json_t *u = json_object_get(meta, "usage"), *v;
-    const char *parts[] = {"prompt_tokens", "completion_tokens", "input_tokens",
-                           "output_tokens"};
-    int64_t sum = 0;
-    bool any = false;
-
-    if (!json_is_object(u))
-        return -1;
-    v = json_object_get(u, "total_tokens");
-    if (json_is_integer(v))
-        return json_integer_value(v);
-    for (size_t i = 0; i < 4; i++) {
-        v = json_object_get(u, parts[i]);
-        if (json_is_integer(v)) {
-            sum += json_integer_value(v);
-            any = true;
-        }
-    }
-    return any ? sum : -1;
-}
 
 static int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
                               size_t n)
@@ -1226,7 +1204,7 @@ static int pg_messages_append(struct store *st, const char *task_id, const struc
         json_t *m = e[i].msg, *sid = json_object_get(m, "session_id");
         json_t *step = json_object_get(m, "step"), *meta = json_object_get(m, "metadata");
         json_t *model = json_object_get(meta, "model");
-        int64_t tokens = message_tokens(meta);
+        int64_t tokens = proto_message_tokens(meta);
         char id[TASK_ID_LEN + 1], *content, *metatext, seq[24];
         struct num a, b, c;
         const char *cv[4] = {id, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,

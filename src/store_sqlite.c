@@ -1087,29 +1087,6 @@ out:
     return rc;
 }
 
-/* Tokens of one message: usage.total_tokens, else the sum of its parts; -1: none. */
-static int64_t message_tokens(json_t *meta)
-{
-    json_t *u = json_object_get(meta, "usage"), *v;
-    int64_t sum = 0;
-    bool any = false;
-
-    if (!json_is_object(u))
-        return -1;
-    v = json_object_get(u, "total_tokens");
-    if (json_is_integer(v))
-        return json_integer_value(v);
-    const char *parts[] = {"prompt_tokens", "completion_tokens", "input_tokens",
-                           "output_tokens"};
-    for (size_t i = 0; i < 4; i++) {
-        v = json_object_get(u, parts[i]);
-        if (json_is_integer(v)) {
-            sum += json_integer_value(v);
-            any = true;
-        }
-    }
-    return any ? sum : -1;
-}
 
 static int conversation_seq(struct conn *c, const char *task_id, const char *session,
                             int64_t ts, int64_t *seq)
@@ -1155,7 +1132,7 @@ static int insert_message(struct conn *c, const char *task_id, const struct msg_
     json_t *m = e->msg, *sid = json_object_get(m, "session_id"), *step = json_object_get(m, "step");
     json_t *meta = json_object_get(m, "metadata"), *model = json_object_get(meta, "model");
     sqlite3_stmt *s;
-    int64_t seq, tokens = message_tokens(meta);
+    int64_t seq, tokens = proto_message_tokens(meta);
     int rc;
 
     rc = conversation_seq(c, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,

@@ -151,20 +151,12 @@ static void run_task(struct slot *slot, struct task *t)
                             .last_lease_check = clock_mono_ms()};
     struct runner_sink sink = {.ctx = &ss, .logs = sink_logs, .messages = sink_messages,
                                .check = sink_check};
-    struct runner rn = {.executor = srv->cfg.executor,
-                        .command = wm->has_command ? wm->command.we_wordv : NULL,
-                        .python = srv->cfg.aiopslab_python,
-                        .script = srv->aiopslab_script,
-                        .pythonpath = slot->pythonpath[0] ? slot->pythonpath : NULL,
-                        .kubeconfig = slot->kubeconfig[0] ? slot->kubeconfig : NULL,
-                        .self_exe = srv->self_exe,
-                        .work_dir = srv->cfg.work_dir,
-                        .worker_id = slot->name,
-                        .grace_seconds = srv->cfg.exec_grace_seconds,
-                        .max_output = (size_t)srv->cfg.max_output_bytes,
-                        .keep_final_logs = true};
+    struct runner rn;
     struct runner_result res;
 
+    runner_init(&rn, &srv->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
+                srv->self_exe, srv->aiopslab_script, slot->pythonpath, slot->kubeconfig);
+    rn.keep_final_logs = true; /* stored with the task's end, in one transaction */
     log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);
     record_end(slot, t, &res);
