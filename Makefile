@@ -21,7 +21,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it bench fuzz fuzz-smoke clean deps
+.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -130,6 +130,11 @@ fuzz-smoke: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	  mkdir -p build/fuzz/corpus/$$t; \
 	  build/fuzz/fuzz_$$t -max_total_time=5 -max_len=65536 -artifact_prefix=build/fuzz/crash-$$t- \
 	    build/fuzz/corpus/$$t fuzz/corpus/$$t 2>&1 | tail -1; done
+
+# An hour of mixed load with the server's memory and open files printed (not in CI).
+SOAK_SECONDS ?= 3600
+soak: build/taskexec
+	/usr/bin/python3 bench/soak.py $(SOAK_SECONDS)
 
 clean:
 	rm -rf build
