@@ -1,64 +1,167 @@
 #!/usr/bin/env bash
-# The lifecycle benchmark on PostgreSQL (fsync on): taskexec over HTTP with internal
-# noop workers, against pgbench running the same SQL on the same database (the ceiling).
-# Prints figures; never fails on a number. Usage: bench/run.sh [TASKS] [CONCURRENCY]
+# make bench: the benchmark suite. Every figure is measured here, now, on this machine, and
+# where there is a reference (pgbench on the same database, nginx serving the same bytes)
+# the reference is measured in the same run and the ratio printed beside it.
+# Prints one table; never fails on a number. Usage: bench/run.sh [TASKS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-5000}
 CONC=${2:-16}
 WORKERS=${BENCH_WORKERS:-8}
+EXPORT_TASKS=${BENCH_EXPORT_TASKS:-10000}
+INGEST_LINES=${BENCH_INGEST_LINES:-100000}
 BIN=$PWD/build/taskexec
 LOAD=$PWD/build/bench/load
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort | tail -1)
+for tool in wrk nginx; do
+    command -v $tool >/dev/null || PATH=$PATH:/usr/sbin command -v $tool >/dev/null || \
+        { apt-get install -y -qq --no-install-recommends wrk nginx-light >/dev/null; break; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 DIR=$(mktemp -d /tmp/taskexec-bench-XXXXXX)
 chmod 755 "$DIR"
 AS=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$DIR"; AS=(runuser -u postgres --); fi
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-APIPORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(port)
 SERVER=
+NGINX_PID=
 cleanup() {
     [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
+    [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
     "${AS[@]}" "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+ROWS=()
+row() { ROWS+=("$(printf '%-50s %12s %12s %8s' "$1" "$2" "${3:--}" "${4:--}")"); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+field() { echo "$1" | awk -v k="$2" '{for (i=1;i<=NF;i++) if ($i==k) print $(i+1)}'; }
 
+# start_server NAME ENV... : a release server in $DIR/NAME; sets SERVER and API
+start_server() {
+    local name=$1; shift
+    local p; p=$(port)
+    mkdir -p "$DIR/$name"
+    ( cd "$DIR/$name" && env PORT="$p" LOG_LEVEL=warning HTTP_THREADS=16 "$@" "$BIN" serve \
+        > "$DIR/$name/server.log" 2>&1 ) &
+    SERVER=$!
+    API="http://127.0.0.1:$p"
+    for _ in $(seq 200); do curl -sf "$API/ready" >/dev/null && return; sleep 0.05; done
+    echo "server $name did not start"; cat "$DIR/$name/server.log"; exit 1
+}
+stop_server() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
+server_pid() { pgrep -P "$SERVER" -f "taskexec serve" | head -1; }
+rss_mb() { awk '/^'"$2"':/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+# ---- PostgreSQL: lifecycle, submit-to-start, and pgbench with the same SQL ----
 "${AS[@]}" "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
 "${AS[@]}" "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w \
     -o "-p $PORT -k $DIR -c listen_addresses='' -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
 PSQL=("$PGBIN/psql" -h "$DIR" -p "$PORT" -U postgres -Atq)
 "${PSQL[@]}" -c "CREATE DATABASE bench" postgres
 URL="postgresql:///bench?host=$DIR&port=$PORT&user=postgres"
-
-( cd "$DIR" && DATABASE_URL=$URL PORT=$APIPORT EXECUTOR=noop NUM_INTERNAL_WORKERS=$WORKERS \
-  LOG_LEVEL=warning HTTP_THREADS=${BENCH_HTTP_THREADS:-16} "$BIN" serve > "$DIR/server.log" 2>&1 ) &
-SERVER=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$APIPORT/ready" >/dev/null && break; sleep 0.1; done
-API="http://127.0.0.1:$APIPORT"
-
-"$LOAD" throughput "$API" 500 "$CONC" >/dev/null        # warm-up
+start_server pg DATABASE_URL="$URL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
+"$LOAD" throughput "$API" 500 "$CONC" >/dev/null
 OURS=$("$LOAD" throughput "$API" "$TASKS" "$CONC")
 "$LOAD" latency "$API" 200 >/dev/null
 LAT=$("${PSQL[@]}" bench -c "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY x))::numeric, 2) || ' ' || round((percentile_cont(0.99) WITHIN GROUP (ORDER BY x))::numeric, 2) FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS x FROM tasks WHERE problem_id = 'latency') s")
-kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
-
+stop_server
 "${PSQL[@]}" bench -c "INSERT INTO workers (id, backend_type, status, last_heartbeat, registered_at) SELECT 'pgb-' || i, 'pgbench', 'idle', now(), now() FROM generate_series(1, 8) i"
 cp bench/lifecycle.pgbench "$DIR/" && chmod 644 "$DIR/lifecycle.pgbench"
 PGB=$("${AS[@]}" "$PGBIN/pgbench" -n -M prepared -c "$CONC" -j 2 -T 10 -f "$DIR/lifecycle.pgbench" -h "$DIR" -p "$PORT" -U postgres bench 2>"$DIR/pgbench.err" | awk '/^tps/ {print $3; exit}') || true
 [ -n "$PGB" ] || { echo "pgbench failed:"; cat "$DIR/pgbench.err"; PGB=0; }
 PGB=$(printf "%.0f" "$PGB")
-
-OURS_RATE=$(echo "$OURS" | awk '{for (i=1;i<=NF;i++) if ($i=="lifecycle_per_s") print $(i+1)}')
-SUBMIT_RATE=$(echo "$OURS" | awk '{for (i=1;i<=NF;i++) if ($i=="submit_per_s") print $(i+1)}')
-RATIO=$(awk -v a="$OURS_RATE" -v b="$PGB" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+PG_RATE=$(field "$OURS" lifecycle_per_s)
 read -r P50 P99 <<<"$LAT"
+row "lifecycle/s on PostgreSQL (HTTP create->claim->done)" "$PG_RATE" "$PGB" "$(ratio "$PG_RATE" "$PGB")"
+row "submit-to-start p50 ms, idle worker (PostgreSQL)" "$P50"
+row "submit-to-start p99 ms, idle worker (PostgreSQL)" "$P99"
+
+# ---- SQLite: lifecycle, GET against nginx, idle RSS ----
+start_server sqlite DATABASE_URL="sqlite://$DIR/sqlite/b.db" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
+"$LOAD" throughput "$API" 500 "$CONC" >/dev/null
+SQ=$("$LOAD" throughput "$API" "$TASKS" "$CONC")
+SQ_RATE=$(field "$SQ" lifecycle_per_s)
+row "lifecycle/s on SQLite (HTTP create->claim->done)" "$SQ_RATE" "$PGB" "$(ratio "$SQ_RATE" "$PGB")"
+ID=$(curl -s "$API/api/v1/tasks?limit=1" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["tasks"][0]["id"])')
+mkdir -p "$DIR/www"
+curl -s "$API/api/v1/tasks/$ID" > "$DIR/www/task.json"
+WRK=$(wrk -t2 -c64 -d10s --latency "$API/api/v1/tasks/$ID" 2>/dev/null)
+OUR_RPS=$(echo "$WRK" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+OUR_P99=$(echo "$WRK" | awk '$1 == "99%" {print $2}')
+stop_server
+NPORT=$(port)
+cat > "$DIR/nginx.conf" <<CONF
+worker_processes 2;
+pid $DIR/nginx.pid;
+error_log $DIR/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $DIR/ngx_body; proxy_temp_path $DIR/ngx_proxy;
+  fastcgi_temp_path $DIR/ngx_fcgi; uwsgi_temp_path $DIR/ngx_uwsgi; scgi_temp_path $DIR/ngx_scgi;
+  server { listen 127.0.0.1:$NPORT; root $DIR/www; default_type application/json; }
+}
+CONF
+"$NGINX" -c "$DIR/nginx.conf" -g 'daemon off;' 2>/dev/null &
+NGINX_PID=$!
+sleep 0.5
+NWRK=$(wrk -t2 -c64 -d10s --latency "http://127.0.0.1:$NPORT/task.json" 2>/dev/null)
+N_RPS=$(echo "$NWRK" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+N_P99=$(echo "$NWRK" | awk '$1 == "99%" {print $2}')
+kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=
+row "GET /api/v1/tasks/{id} requests/s, 64 connections" "$OUR_RPS" "$N_RPS" "$(ratio "$OUR_RPS" "$N_RPS")"
+row "GET /api/v1/tasks/{id} p99 (nginx: same bytes)" "$OUR_P99" "$N_P99"
+
+start_server idle DATABASE_URL="sqlite://$DIR/idle/i.db" NUM_INTERNAL_WORKERS=3
+sleep 2
+row "server RSS idle, 3 workers (MB)" "$(rss_mb "$(server_pid)" VmRSS)"
+stop_server
+
+# ---- executor ingest: one chatty child into the store ----
+cat > "$DIR/chatty.py" <<PY
+import json, sys
+sys.stdin.readline()
+line = json.dumps({"type": "log", "level": "info", "message": "x" * 80, "context": {"i": 1}})
+out = sys.stdout
+for _ in range($INGEST_LINES):
+    out.write(line + "\n")
+print(json.dumps({"type": "result", "success": True}), flush=True)
+PY
+start_server ingest DATABASE_URL="sqlite://$DIR/ingest/g.db" EXECUTOR=command \
+    EXECUTOR_COMMAND="/usr/bin/python3 $DIR/chatty.py" NUM_INTERNAL_WORKERS=1 MAX_OUTPUT_BYTES=1000000000
+TID=$(curl -s -X POST "$API/api/v1/tasks" -d '{"problem_id":"ingest","timeout_minutes":30}' | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+while [ "$(curl -s "$API/api/v1/tasks/$TID" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" != completed ]; do sleep 0.2; done
+ING=$(curl -s "$API/api/v1/tasks/$TID" | /usr/bin/python3 -c 'import json,sys; t=json.load(sys.stdin); print(round(t["result"]["metrics"]["duration_seconds"], 3))')
+row "executor ingest, log lines/s (one child, SQLite)" "$(awk -v n="$INGEST_LINES" -v s="$ING" 'BEGIN {printf "%.0f", n / s}')"
+stop_server
+
+# ---- export: MB/s of jsonl with conversations, and the server's peak RSS ----
+start_server export DATABASE_URL="sqlite://$DIR/export/e.db" NUM_INTERNAL_WORKERS="$WORKERS"
+/usr/bin/python3 - "$API" "$EXPORT_TASKS" <<'PY'
+import json, sys, threading, time, urllib.request
+api, n = sys.argv[1], int(sys.argv[2])
+body = json.dumps({"problem_id": "export-bench", "parameters": {"simulate": {"steps": 2, "step_seconds": 0}}}).encode()
+def go(k):
+    for _ in range(k):
+        urllib.request.urlopen(urllib.request.Request(api + "/api/v1/tasks", data=body, headers={"Content-Type": "application/json"})).read()
+ts = [threading.Thread(target=go, args=(n // 8,)) for _ in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+while json.load(urllib.request.urlopen(api + "/api/v1/tasks/stats"))["completed"] < (n // 8) * 8:
+    time.sleep(0.5)
+PY
+PID=$(server_pid)
+BEFORE=$(rss_mb "$PID" VmRSS)
+EXP=$(curl -s -o /dev/null -w '%{size_download} %{time_total}' "$API/api/v1/export?format=jsonl")
+PEAK=$(rss_mb "$PID" VmHWM)
+MBPS=$(echo "$EXP" | awk '{printf "%.1f", $1 / 1e6 / $2}')
+row "export jsonl MB/s ($EXPORT_TASKS tasks with conversations)" "$MBPS"
+row "server RSS before / peak during export (MB)" "$BEFORE / $PEAK"
+stop_server
+
 echo
-echo "taskexec lifecycle benchmark on PostgreSQL ($(nproc) cores, fsync on, $CONC HTTP clients, $WORKERS noop workers, $TASKS tasks)"
-printf '%-44s %12s\n' "figure" "value"
-printf '%-44s %12s\n' "HTTP submits/s" "$SUBMIT_RATE"
-printf '%-44s %12s\n' "lifecycles/s (HTTP create -> claim -> complete)" "$OURS_RATE"
-printf '%-44s %12s\n' "pgbench, same SQL, lifecycles/s (ceiling)" "$PGB"
-printf '%-44s %12s\n' "ratio to the ceiling" "$RATIO"
-printf '%-44s %12s\n' "submit-to-start p50 (ms, idle worker)" "$P50"
-printf '%-44s %12s\n' "submit-to-start p99 (ms, idle worker)" "$P99"
+echo "taskexec benchmarks: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1e6}' /proc/meminfo), fsync on, $CONC clients, $WORKERS workers"
+printf '%-50s %12s %12s %8s\n' "figure" "taskexec" "reference" "ratio"
+for r in "${ROWS[@]}"; do echo "$r"; done
+echo "references: pgbench running the same SQL on the same database; nginx serving the same JSON."
