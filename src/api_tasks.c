@@ -64,6 +64,13 @@ int api_task_create(struct request *req)
         return api_invalid(req, errors);
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
+    /* A session's task needs the session runtime, which this build does not have yet:
+     * refuse it rather than run it as a batch task. */
+    if (!strcmp(t->mode, "interactive")) {
+        api_invalid_field(req, "mode", "interactive sessions are not available in this build");
+        task_free(t);
+        return 0;
+    }
     if (t->callback_url && !webhook_host_allowed(t->callback_url, srv->cfg.webhook_allowed_hosts)) {
         api_invalid_field(req, "callback_url", "names a host that WEBHOOK_ALLOWED_HOSTS does not "
                                                "allow");
