@@ -78,6 +78,34 @@ row "lifecycle/s on PostgreSQL (HTTP create->claim->done)" "$PG_RATE" "$PGB" "$(
 row "submit-to-start p50 ms, idle worker (PostgreSQL)" "$P50"
 row "submit-to-start p99 ms, idle worker (PostgreSQL)" "$P99"
 
+# ---- a big table: claim and list latency with BIG_ROWS finished tasks against 1,000 ----
+BIG_ROWS=${BENCH_BIG_ROWS:-1000000}
+median_ms() {  # median time of 50 GETs of $1, in ms
+    for _ in $(seq 50); do curl -s -o /dev/null -w '%{time_total}\n' "$1"; done |
+        sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)] * 1000}'
+}
+big_round() {  # $1: how many finished tasks; prints "list_ms pending_list_ms start_p50_ms"
+    "${PSQL[@]}" -c "DROP DATABASE IF EXISTS big" postgres
+    "${PSQL[@]}" -c "CREATE DATABASE big" postgres
+    local url="postgresql:///big?host=$DIR&port=$PORT&user=postgres"
+    "$BIN" migrate --database-url "$url" >/dev/null
+    "${PSQL[@]}" big -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, worker_id, result, max_steps, timeout_seconds, created_at, updated_at, started_at, completed_at) SELECT gen_random_uuid(), 'p-' || (i % 100), 'completed', 0, 'default', 'batch', '{}', '{}', 'w', '{\"success\": true}', 30, 1800, now() - (($1 - i) || ' ms')::interval, now(), now(), now() FROM generate_series(1, $1) i; VACUUM ANALYZE tasks"
+    start_server big DATABASE_URL="$url" EXECUTOR=noop NUM_INTERNAL_WORKERS=1
+    local list pend
+    list=$(median_ms "$API/api/v1/tasks?limit=100")
+    pend=$(median_ms "$API/api/v1/tasks?status=pending&limit=100")
+    "$LOAD" latency "$API" 100 >/dev/null
+    local p50
+    p50=$("${PSQL[@]}" big -c "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at) * 1000))::numeric, 2) FROM tasks WHERE problem_id = 'latency'")
+    stop_server
+    echo "$list $pend $p50"
+}
+read -r SMALL_LIST SMALL_PEND SMALL_START <<<"$(big_round 1000)"
+read -r BIG_LIST BIG_PEND BIG_START <<<"$(big_round "$BIG_ROWS")"
+row "list newest 100, ms, with $BIG_ROWS tasks (vs 1,000)" "$BIG_LIST" "$SMALL_LIST" "$(ratio "$BIG_LIST" "$SMALL_LIST")"
+row "list pending, ms, with $BIG_ROWS tasks (vs 1,000)" "$BIG_PEND" "$SMALL_PEND" "$(ratio "$BIG_PEND" "$SMALL_PEND")"
+row "submit-to-start p50 ms with $BIG_ROWS (vs 1,000)" "$BIG_START" "$SMALL_START" "$(ratio "$BIG_START" "$SMALL_START")"
+
 # ---- SQLite: lifecycle, GET against nginx, idle RSS ----
 start_server sqlite DATABASE_URL="sqlite://$DIR/sqlite/b.db" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
 "$LOAD" throughput "$API" 500 "$CONC" >/dev/null
