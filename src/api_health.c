@@ -17,7 +17,7 @@ int api_health(struct request *req)
     json_t *o, *queue = json_object();
     char now[40];
     int wrc = db ? st->ops->worker_counts(st, w) : -1;
-    int trc = db ? st->ops->task_stats(st, &ts) : -1;
+    int trc = db ? st->ops->task_stats(st, false, &ts) : -1;
     const char *status = !db ? "unhealthy" : (wrc == 0 && w[0] + w[1] == 0) ? "degraded"
                                                                             : "healthy";
 

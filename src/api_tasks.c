@@ -173,7 +173,7 @@ int api_task_stats(struct request *req)
     struct store *st = req->srv->store;
     struct task_stats s;
     json_t *o;
-    int rc = st->ops->task_stats(st, &s);
+    int rc = st->ops->task_stats(st, true, &s);
 
     if (rc < 0)
         return api_reply_error(req, rc, "the statistics");

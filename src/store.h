@@ -119,7 +119,9 @@ struct store_ops {
                        const struct task_end *end);
     int (*task_lease_status)(struct store *st, const char *id, const char *lease_token,
                              enum task_status *status);
-    int (*task_stats)(struct store *st, struct task_stats *out);
+    /* task_stats: counts per state (kept by triggers: cheap); with_averages adds the mean
+     * queue wait and run time, which read every started task. */
+    int (*task_stats)(struct store *st, bool with_averages, struct task_stats *out);
 
     int (*logs_append)(struct store *st, const char *task_id, const struct log_entry *e,
                        size_t n);

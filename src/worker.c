@@ -312,7 +312,7 @@ static void refresh_gauges(struct worker_manager *wm)
     struct store *st = wm->srv->store;
     struct task_stats ts;
     int64_t w[3];
-    bool ok = st->ops->task_stats(st, &ts) == 0 && st->ops->worker_counts(st, w) == 0;
+    bool ok = st->ops->task_stats(st, false, &ts) == 0 && st->ops->worker_counts(st, w) == 0;
 
     metrics_set_queue(wm->srv->metrics, ok, &ts, w);
 }

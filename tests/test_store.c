@@ -214,6 +214,16 @@ static void cancel_pending_running_and_terminal(void **state)
                      ERR_NOTFOUND);
     /* a cancelled pending task is never claimed */
     assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &c), ERR_NOTFOUND);
+    struct task_stats ts;
+    struct task_page page;
+    struct task_filter only = {.status = TASK_CANCELLED, .limit = 10};
+    assert_int_equal(f->st->ops->task_stats(f->st, false, &ts), 0);
+    assert_int_equal(ts.counts[TASK_CANCELLED], 2);
+    assert_int_equal(ts.counts[TASK_RUNNING], 0);
+    assert_int_equal(ts.total, 2);
+    assert_int_equal(f->st->ops->task_list(f->st, &only, &page), 0);
+    assert_int_equal(page.total, 2);
+    store_task_page_reset(&page);
     task_free(t);
 }
 
@@ -406,6 +416,12 @@ static void concurrent_claims_are_exclusive(void **state)
         free(cl[i].seen);
     }
     assert_int_equal(total, N);
+    /* the counts kept by triggers agree with what happened */
+    struct task_stats ts;
+    assert_int_equal(f->st->ops->task_stats(f->st, true, &ts), 0);
+    assert_int_equal(ts.total, N);
+    assert_int_equal(ts.counts[TASK_RUNNING], N);
+    assert_int_equal(ts.counts[TASK_PENDING], 0);
     qsort(all, N, 37, cmp);
     for (int i = 1; i < N; i++)
         assert_string_not_equal(all[i - 1], all[i]);
