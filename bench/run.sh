@@ -85,11 +85,12 @@ median_ms() {  # median time of 50 GETs of $1, in ms
         sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)] * 1000}'
 }
 big_round() {  # $1: how many finished tasks; prints "list_ms pending_list_ms start_p50_ms"
-    "${PSQL[@]}" -c "DROP DATABASE IF EXISTS big" postgres
+    "${PSQL[@]}" -c "DROP DATABASE IF EXISTS big WITH (FORCE)" postgres
     "${PSQL[@]}" -c "CREATE DATABASE big" postgres
     local url="postgresql:///big?host=$DIR&port=$PORT&user=postgres"
     "$BIN" migrate --database-url "$url" >/dev/null
-    "${PSQL[@]}" big -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, worker_id, result, max_steps, timeout_seconds, created_at, updated_at, started_at, completed_at) SELECT gen_random_uuid(), 'p-' || (i % 100), 'completed', 0, 'default', 'batch', '{}', '{}', 'w', '{\"success\": true}', 30, 1800, now() - (($1 - i) || ' ms')::interval, now(), now(), now() FROM generate_series(1, $1) i; VACUUM ANALYZE tasks"
+    "${PSQL[@]}" big -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, worker_id, result, max_steps, timeout_seconds, created_at, updated_at, started_at, completed_at) SELECT gen_random_uuid(), 'p-' || (i % 100), 'completed', 0, 'default', 'batch', '{}', '{}', 'w', '{\"success\": true}', 30, 1800, now() - (($1 - i) || ' ms')::interval, now(), now(), now() FROM generate_series(1, $1) i"
+    "${PSQL[@]}" big -c "VACUUM ANALYZE tasks"
     start_server big DATABASE_URL="$url" EXECUTOR=noop NUM_INTERNAL_WORKERS=1
     local list pend
     list=$(median_ms "$API/api/v1/tasks?limit=100")
