@@ -37,8 +37,12 @@ def test_metrics_after_a_mixed_workload_pass_promtool(make_server):
     deadline = time.time() + 10
     while time.time() < deadline:
         text = scrape(s)
+        # the queue gauges are read about once a second: wait for them to settle
         if value(text, 'taskexec_executor_exits_total{cause="cancel"}') == 1 and \
-                value(text, 'taskexec_tasks{state="completed"}') == 3:
+                value(text, 'taskexec_tasks{state="completed"}') == 3 and \
+                value(text, 'taskexec_tasks{state="failed"}') == 2 and \
+                value(text, 'taskexec_tasks{state="cancelled"}') == 1 and \
+                value(text, 'taskexec_tasks{state="running"}') == 0:
             break
         time.sleep(0.2)
     promtool = shutil.which("promtool")
