@@ -9,6 +9,10 @@
 int64_t clock_now_us(void);
 /* clock_mono_ms: milliseconds of a monotonic clock, for intervals only. */
 int64_t clock_mono_ms(void);
+struct timespec;
+/* clock_deadline: the CLOCK_REALTIME time ms milliseconds from now, for
+ * pthread_cond_timedwait. */
+void clock_deadline(struct timespec *out, int64_t ms);
 /* clock_format: writes us as "YYYY-MM-DDTHH:MM:SS.ffffffZ" into out (at least 32 bytes). */
 void clock_format(int64_t us, char *out, size_t size);
 /* clock_parse: RFC 3339 text (Z or +hh:mm offset, optional fraction) or a date

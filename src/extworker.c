@@ -57,13 +57,7 @@ static void nap(struct extworker *ew, int ms)
 {
     struct timespec until;
 
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&until, ms);
     pthread_mutex_lock(&ew->lock);
     if (!atomic_load(&ew->shutdown))
         pthread_cond_timedwait(&ew->wake, &ew->lock, &until);

@@ -171,12 +171,7 @@ static void *sender_main(void *arg)
         pthread_mutex_lock(&w->lock);
         if (n == BATCH || w->stop)
             continue; /* more may be due right now */
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += POLL_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        clock_deadline(&until, POLL_MS);
         pthread_cond_timedwait(&w->wake, &w->lock, &until);
     }
     pthread_mutex_unlock(&w->lock);

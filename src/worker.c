@@ -170,13 +170,7 @@ static void wait_locked(struct worker_manager *wm, int64_t ms)
 {
     struct timespec until;
 
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    clock_deadline(&until, ms);
     pthread_cond_timedwait(&wm->wake, &wm->lock, &until);
 }
 
@@ -360,13 +354,7 @@ static void *housekeeper_main(void *arg)
         pthread_mutex_lock(&wm->lock);
         if (!wm->shutdown) {
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += tick_ms / 1000;
-            until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            clock_deadline(&until, tick_ms);
             pthread_cond_timedwait(&wm->hk_wake, &wm->lock, &until);
         }
     }
