@@ -14,7 +14,7 @@ CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)
 
 SRC = $(filter-out src/main.c, $(wildcard src/*.c))
 HDR = $(wildcard src/*.h)
-GEN = catalog_builtin aiopslab_runner openapi_doc docs_page
+GEN = catalog_builtin aiopslab_runner openapi_doc docs_page dashboard_page
 OBJ = $(SRC:src/%.c=build/obj/%.o) $(GEN:%=build/obj/%.o)
 OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) $(GEN:%=build/asan/obj/%.o)
 UNIT_SRC = $(wildcard tests/test_*.c)
@@ -45,6 +45,8 @@ build/gen/openapi_doc.c: share/openapi.json
 	$(call embed,openapi_json)
 build/gen/docs_page.c: share/docs.html
 	$(call embed,docs_html)
+build/gen/dashboard_page.c: share/dashboard.html
+	$(call embed,dashboard_html)
 
 build/obj/%.o: build/gen/%.c | $(DEPS)
 	@mkdir -p $(@D)
@@ -84,7 +86,13 @@ NPM_VALIDATOR = build/npm/node_modules/@apidevtools/swagger-parser/package.json
 $(NPM_VALIDATOR):
 	npm install --no-audit --no-fund --loglevel=error --prefix build/npm @apidevtools/swagger-parser@10.1.0
 
-it: build/asan/taskexec $(NPM_VALIDATOR)
+# playwright-core drives Debian's chromium in the dashboard's end-to-end test (no browser
+# download: the test passes executablePath).
+NPM_PLAYWRIGHT = build/npm/node_modules/playwright-core/package.json
+$(NPM_PLAYWRIGHT): | $(NPM_VALIDATOR)
+	npm install --no-audit --no-fund --loglevel=error --prefix build/npm playwright-core@1.64.1
+
+it: build/asan/taskexec $(NPM_VALIDATOR) $(NPM_PLAYWRIGHT)
 	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec NODE_PATH=$(CURDIR)/build/npm/node_modules \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/it
 

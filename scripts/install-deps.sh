@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libsqlite3-dev uuid-dev
       libcmocka-dev python3-pytest python3-requests sqlite3 libpq-dev
       libssl-dev libcurl4-openssl-dev prometheus clang libclang-rt-14-dev
-      postgresql-15 postgresql-client-15)
+      postgresql-15 postgresql-client-15 chromium fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,10 +17,14 @@ struct MHD_Connection;
 struct api_stream {
     void *ctx;
     /* Fills up to max bytes; returns how many (> 0), 0 at the end, < 0 on an error
-     * (the connection is then closed, so the client sees the answer is cut). */
+     * (the connection is then closed, so the client sees the answer is cut), or
+     * API_STREAM_WAIT after calling http_stream_suspend: nothing now, and whoever has
+     * more later calls http_stream_resume. */
     long (*read)(void *ctx, char *out, size_t max);
     void (*free)(void *ctx);
+    void *conn;                      /* the HTTP connection, set by http.c when sending */
 };
+#define API_STREAM_WAIT (-2)
 
 /* One HTTP request, owned by http.c and freed when MHD completes it. */
 struct request {
@@ -85,6 +89,8 @@ int api_metrics(struct request *req);
 int api_export(struct request *req);
 int api_openapi(struct request *req);
 int api_docs(struct request *req);
+int api_dashboard(struct request *req);
+int api_task_timeseries(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
 int api_task_list(struct request *req);

@@ -64,12 +64,21 @@ int api_metrics(struct request *req)
 
 extern const char openapi_json[];
 extern const char docs_html[];
+extern const char dashboard_html[];
 
 int api_openapi(struct request *req)
 {
     char *copy = strdup(openapi_json);
 
     return copy ? api_reply_text(req, 200, "application/json", copy)
+                : api_fail(req, 500, "out of memory");
+}
+
+int api_dashboard(struct request *req)
+{
+    char *copy = strdup(dashboard_html);
+
+    return copy ? api_reply_text(req, 200, "text/html; charset=utf-8", copy)
                 : api_fail(req, 500, "out of memory");
 }
 

@@ -173,8 +173,13 @@ int api_task_stats(struct request *req)
     struct store *st = req->srv->store;
     struct task_stats s;
     json_t *o;
-    int rc = st->ops->task_stats(st, true, &s);
+    bool averages;
+    int rc;
 
+    /* The averages read every started task; the counts are kept by triggers. */
+    if (api_query_bool(req, "include_averages", true, &averages) < 0)
+        return 0;
+    rc = st->ops->task_stats(st, averages, &s);
     if (rc < 0)
         return api_reply_error(req, rc, "the statistics");
     o = json_object();
@@ -186,6 +191,26 @@ int api_task_stats(struct request *req)
     json_object_set_new(o, "avg_run_seconds",
                         s.avg_run_seconds < 0 ? json_null() : json_real(s.avg_run_seconds));
     return api_reply(req, 200, o);
+}
+
+int api_task_timeseries(struct request *req)
+{
+    struct store *st = req->srv->store;
+    long long minutes, bucket;
+    int64_t since;
+    json_t *buckets = NULL;
+    int rc;
+
+    if (api_query_int(req, "minutes", 1, 7 * 24 * 60, 60, &minutes) < 0 ||
+        api_query_int(req, "bucket_seconds", 1, 86400, 60, &bucket) < 0)
+        return 0;
+    since = clock_now_us() - (int64_t)minutes * 60 * 1000000;
+    rc = st->ops->task_timeseries(st, since, (int64_t)bucket * 1000000, &buckets);
+    if (rc < 0)
+        return api_reply_error(req, rc, "the time series");
+    return api_reply(req, 200, json_pack("{s:I, s:I, s:o}", "minutes", (json_int_t)minutes,
+                                         "bucket_seconds", (json_int_t)bucket, "buckets",
+                                         buckets));
 }
 
 int api_task_get(struct request *req)

@@ -30,6 +30,8 @@ struct config {
     int webhook_retry_base_ms;   /* back-off: base * 2^(attempt-1), at most an hour */
     int webhook_timeout_seconds;
     int session_idle_minutes;
+    int sse_client_buffer_kb;
+    int event_retention_hours;
     int http_threads;            /* libmicrohttpd thread pool size */
     int http_max_connections;
     int http_timeout_seconds;    /* an idle or slow connection is closed after this */

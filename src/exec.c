@@ -213,13 +213,19 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
     struct run r = {.spec = spec, .hooks = hooks, .out = out};
     int in_fd = -1, status = 0;
     size_t written = 0;
+    struct buf inq;               /* bytes for the child's stdin, from written on */
     int64_t start = clock_mono_ms(), term_at = 0;
     bool reaped = false, killed = false;
     pid_t pid = -1;
 
     memset(out, 0, sizeof(*out));
-    if (spawn(spec, &pid, &in_fd, &st[0].fd, &st[1].fd, out->error, sizeof(out->error)) < 0)
+    buf_init(&inq, 1u << 30);
+    if (spec->input_len && buf_append(&inq, spec->input, spec->input_len) < 0)
+        return ERR_NOMEM;
+    if (spawn(spec, &pid, &in_fd, &st[0].fd, &st[1].fd, out->error, sizeof(out->error)) < 0) {
+        buf_reset(&inq);
         return ERR_IO;
+    }
     out->started = true;
     /* Room for a split line plus one read, so appending never fails. */
     buf_init(&st[0].line, LINE_MAX_BYTES + READ_CHUNK);
@@ -227,18 +233,22 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
     set_nonblock(in_fd);
     set_nonblock(st[0].fd);
     set_nonblock(st[1].fd);
-    if (!spec->input_len)
+    if (!inq.len && !spec->keep_stdin)
         close_fd(&in_fd);
 
     while (!reaped || st[0].fd >= 0 || st[1].fd >= 0) {
-        struct pollfd pfd[3];
-        int n = 0, idx_in = -1, idx_s[2] = {-1, -1};
+        struct pollfd pfd[4];
+        int n = 0, idx_in = -1, idx_wake = -1, idx_s[2] = {-1, -1};
         int64_t now = clock_mono_ms();
         enum exec_stop why;
 
-        if (in_fd >= 0) {
+        if (in_fd >= 0 && written < inq.len) {
             idx_in = n;
             pfd[n++] = (struct pollfd){.fd = in_fd, .events = POLLOUT};
+        }
+        if (in_fd >= 0 && spec->keep_stdin && spec->wake_fd >= 0) {
+            idx_wake = n;
+            pfd[n++] = (struct pollfd){.fd = spec->wake_fd, .events = POLLIN};
         }
         for (int i = 0; i < 2; i++) {
             if (st[i].fd >= 0) {
@@ -248,12 +258,31 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
         }
         if (poll(pfd, (nfds_t)n, reaped ? 0 : TICK_MS) < 0 && errno != EINTR)
             break;
+        if (idx_wake >= 0 && pfd[idx_wake].revents) {
+            uint64_t count; /* drained; take_input below is what answers it */
+            ssize_t got = read(spec->wake_fd, &count, sizeof(count));
+            (void)got;
+        }
+        if (in_fd >= 0 && spec->keep_stdin && hooks->take_input && !out->stopped) {
+            char *more = hooks->take_input(hooks->ctx);
+            if (more) {
+                if (buf_append(&inq, more, strlen(more)) < 0)
+                    close_fd(&in_fd); /* cannot queue it: the child sees end of input */
+                free(more);
+            }
+        }
         if (idx_in >= 0 && pfd[idx_in].revents) {
-            ssize_t w = write(in_fd, spec->input + written, spec->input_len - written);
+            ssize_t w = write(in_fd, inq.data + written, inq.len - written);
             if (w > 0)
                 written += (size_t)w;
-            if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == spec->input_len)
+            if (w < 0 && errno != EAGAIN && errno != EINTR)
                 close_fd(&in_fd);
+            if (written == inq.len) {
+                buf_consume(&inq, inq.len);
+                written = 0;
+                if (!spec->keep_stdin)
+                    close_fd(&in_fd);
+            }
         }
         for (int i = 0; i < 2; i++) {
             if (idx_s[i] >= 0 && pfd[idx_s[i]].revents) {
@@ -294,6 +323,7 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
         waitpid(pid, &status, 0);
     }
     close_fd(&in_fd);
+    buf_reset(&inq);
     for (int i = 0; i < 2; i++) {
         close_fd(&st[i].fd);
         buf_reset(&st[i].line);

@@ -32,6 +32,9 @@ struct exec_spec {
     const char *cwd;           /* borrowed; NULL: inherit */
     const char *input;         /* borrowed; written to stdin, then stdin is closed */
     size_t input_len;
+    bool keep_stdin;           /* an interactive run: stdin stays open for hooks->take_input */
+    int wake_fd;               /* with keep_stdin: an eventfd that, readable, means "call
+                                * take_input now" (-1: only every tick) */
     int64_t deadline_ms;       /* clock_mono_ms() time; 0: none */
     int grace_ms;              /* SIGTERM to SIGKILL */
     size_t max_output;         /* bytes of output turned into events; the rest dropped */
@@ -43,6 +46,9 @@ struct exec_hooks {
     void (*on_event)(void *ctx, struct proto_event *ev);
     /* Called every tick; returns why to stop, or EXEC_STOP_NONE. */
     enum exec_stop (*should_stop)(void *ctx);
+    /* With keep_stdin: called on every wake and tick; returns bytes to write to the
+     * child's stdin (malloc'd, the loop frees them) or NULL. */
+    char *(*take_input)(void *ctx);
 };
 
 struct exec_outcome {

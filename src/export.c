@@ -91,12 +91,16 @@ static int item(struct exporter *e, const struct task *t, json_t **out)
     return rc;
 }
 
+static int dump_to_buf(const char *p, size_t n, void *ud)
+{
+    return buf_append(ud, p, n) == 0 ? 0 : -1;
+}
+
 /* Produces the next piece into e->out. < 0 on a database error. */
 static int produce(struct exporter *e)
 {
     char now[40];
     json_t *o = NULL;
-    char *text;
     int rc;
 
     switch (e->phase) {
@@ -124,13 +128,14 @@ static int produce(struct exporter *e)
         rc = item(e, e->page.items[e->idx++], &o);
         if (rc < 0)
             return rc;
-        text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
+        /* Dumped straight into the output buffer: no intermediate string, no format pass. */
+        rc = !e->jsonl && e->count ? buf_append(&e->out, ",", 1) : 0;
+        if (rc == 0 && json_dump_callback(o, dump_to_buf, &e->out,
+                                          JSON_COMPACT | JSON_REAL_PRECISION(10)) != 0)
+            rc = ERR_NOMEM;
+        if (rc == 0 && e->jsonl)
+            rc = buf_append(&e->out, "\n", 1);
         json_decref(o);
-        if (!text)
-            return ERR_NOMEM;
-        rc = buf_appendf(&e->out, "%s%s%s", !e->jsonl && e->count ? "," : "", text,
-                         e->jsonl ? "\n" : "");
-        free(text);
         e->count++;
         return rc;
     case FOOTER:
@@ -143,25 +148,31 @@ static int produce(struct exporter *e)
     return 0;
 }
 
+/* Fills as much of MHD's block as it can: one send per block, not one per task. */
 static long exporter_read(void *ctx, char *dst, size_t max)
 {
     struct exporter *e = ctx;
-    size_t n;
+    size_t n = 0, k;
 
-    while (e->pos == e->out.len) {
-        buf_consume(&e->out, e->out.len);
-        e->pos = 0;
-        if (e->phase == DONE)
-            return 0;
-        if (produce(e) < 0) {
-            log_error("export: stopped after %lld tasks: the database failed", (long long)e->count);
-            return -1;
+    while (n < max) {
+        if (e->pos == e->out.len) {
+            buf_consume(&e->out, e->out.len);
+            e->pos = 0;
+            if (e->phase == DONE)
+                break;
+            if (produce(e) < 0) {
+                log_error("export: stopped after %lld tasks: the database failed",
+                          (long long)e->count);
+                return -1;
+            }
+            continue;
         }
+        k = e->out.len - e->pos < max - n ? e->out.len - e->pos : max - n;
+        memcpy(dst + n, e->out.data + e->pos, k);
+        e->pos += k;
+        n += k;
     }
-    n = e->out.len - e->pos < max ? e->out.len - e->pos : max;
-    memcpy(dst, e->out.data + e->pos, n);
-    e->pos += n;
-    return (long)n;
+    return (long)n; /* 0 only when done */
 }
 
 int api_export(struct request *req)

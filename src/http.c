@@ -41,9 +41,21 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     long n = st->read(st->ctx, buf, max);
 
     (void)pos;
+    if (n == API_STREAM_WAIT)
+        return 0; /* suspended: MHD calls again once resumed */
     if (n < 0)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
+void http_stream_suspend(void *conn)
+{
+    MHD_suspend_connection(conn);
+}
+
+void http_stream_resume(void *conn)
+{
+    MHD_resume_connection(conn);
 }
 
 static void request_free(struct request *req)
@@ -76,6 +88,7 @@ static enum MHD_Result send_reply(struct request *req)
     int64_t ms;
 
     if (req->stream) {
+        req->stream->conn = req->conn;
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read,
                                                  req->stream, stream_free);
         if (!resp)
@@ -83,6 +96,8 @@ static enum MHD_Result send_reply(struct request *req)
         req->stream = NULL; /* the response owns it now */
         MHD_add_response_header(resp, "X-Request-ID", req->request_id);
         MHD_add_response_header(resp, "Content-Type", req->content_type);
+        if (!strcmp(req->content_type, "text/event-stream"))
+            MHD_add_response_header(resp, "Cache-Control", "no-cache");
         ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
         MHD_destroy_response(resp);
         metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,

@@ -15,5 +15,10 @@ int http_port(const struct http *h);
 void http_quiesce(struct http *h);
 /* http_stop: closes every connection and frees; NULL-safe. */
 void http_stop(struct http *h);
+/* A streamed answer with nothing to send parks its connection (from inside its read
+ * callback, which then returns API_STREAM_WAIT) and is woken from any thread when there
+ * is more; conn is api_stream.conn. The caller orders the two under its own lock. */
+void http_stream_suspend(void *conn);
+void http_stream_resume(void *conn);
 
 #endif

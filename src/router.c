@@ -1,5 +1,6 @@
 /* router: one table of routes, matched segment by segment (see router.h). */
 #include "router.h"
+#include "events.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -10,13 +11,17 @@ static const struct route routes[] = {
     {"GET", "/metrics", api_metrics},
     {"GET", "/openapi.json", api_openapi},
     {"GET", "/docs", api_docs},
+    {"GET", "/", api_dashboard},
+    {"GET", "/api/v1/events", api_events},
     {"POST", "/api/v1/tasks", api_task_create},
     {"GET", "/api/v1/tasks", api_task_list},
     {"GET", "/api/v1/tasks/stats", api_task_stats},
+    {"GET", "/api/v1/tasks/timeseries", api_task_timeseries},
     {"GET", "/api/v1/tasks/{id}", api_task_get},
     {"POST", "/api/v1/tasks/{id}/cancel", api_task_cancel},
     {"PUT", "/api/v1/tasks/{id}/cancel", api_task_cancel},
     {"GET", "/api/v1/tasks/{id}/logs", api_task_logs},
+    {"GET", "/api/v1/tasks/{id}/events", api_task_events},
     {"GET", "/api/v1/tasks/{id}/conversations", api_task_conversations},
     {"GET", "/api/v1/problems", api_problems},
     {"GET", "/api/v1/export", api_export},

@@ -5,6 +5,7 @@
 #include "err.h"
 #include "exec.h"
 #include "runner.h"
+#include "events.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -12,7 +13,6 @@
 #include "webhook.h"
 #include "worker.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -126,7 +126,7 @@ int server_run(int argc, char **argv)
     sigset_t set;
     pthread_t dog;
     int sig = 0, rc, code = 1, n_failed = 0, prev;
-    bool has_dog = false, curl_ready = false;
+    bool has_dog = false;
 
     memset(&srv, 0, sizeof(srv));
     srv.started_at = clock_now_us();
@@ -134,9 +134,6 @@ int server_run(int argc, char **argv)
         config_reset(&srv.cfg);
         return 2;
     }
-    /* libcurl (webhooks) is set up once, before any thread exists. */
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    curl_ready = true;
     /* Signals go to the main thread only: block them before any thread exists. */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -186,6 +183,8 @@ int server_run(int argc, char **argv)
         goto out;
     if (webhook_start(&srv, &srv.webhooks) < 0)
         goto out;
+    if (events_start(&srv, &srv.events) < 0)
+        goto out;
     if (http_start(&srv, &srv.http) < 0)
         goto out;
     log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
@@ -203,10 +202,10 @@ out:
     /* Workers first: they stop their children and record why; then HTTP; then webhooks
      * (the endings just recorded are delivered by the next start); then the store. */
     worker_manager_free(srv.workers);
+    events_close_streams(srv.events); /* live streams end cleanly; parked ones wake */
     http_stop(srv.http);
+    events_stop(srv.events);
     webhook_stop(srv.webhooks);
-    if (curl_ready)
-        curl_global_cleanup();
     store_close(srv.store);
     metrics_free(srv.metrics);
     json_decref(srv.problems);

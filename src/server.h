@@ -22,6 +22,7 @@ struct server {
     struct http *http;
     struct metrics *metrics;
     struct webhook_sender *webhooks;
+    struct event_bus *events;       /* live streams */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

@@ -164,6 +164,18 @@ struct store_ops {
     /* webhook_result: state "delivered", "pending" (try again at next_at) or "failed". */
     int (*webhook_result)(struct store *st, const char *task_id, const char *state,
                           int attempts, int64_t next_at, const char *error);
+
+    /* The event journal, written by triggers on tasks and workers. events_head: the newest
+     * event id and log line id. events_after / logs_after: up to limit rows after an id, in
+     * id order, as JSON objects with "id" and "ts_us" (caller frees). events_prune: drops
+     * events older than before (never the newest, so ids keep rising). */
+    int (*events_head)(struct store *st, int64_t *event_id, int64_t *log_id);
+    int (*events_after)(struct store *st, int64_t after, int limit, json_t **out);
+    int (*logs_after)(struct store *st, int64_t after, int limit, json_t **out);
+    int (*events_prune)(struct store *st, int64_t before);
+    /* task_timeseries: per bucket since `since`, how many tasks were submitted, started,
+     * completed, failed (or timed out), cancelled, and the mean queue wait of those started. */
+    int (*task_timeseries)(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 };
 
 /* Every backend's handle starts with this. */

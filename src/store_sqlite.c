@@ -40,6 +40,9 @@ enum q {
     Q_CONV_INSERT,
     Q_CONV_BUMP,
     Q_MSG_INSERT,
+    Q_LOGS_PAGE,
+    Q_TASK_CONVS,
+    Q_CONV_MSGS,
     Q_N
 };
 
@@ -65,6 +68,11 @@ struct sqlite_store {
     "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
 #define TASK_COLS TASK_INSERT_COLS ", seq"
 
+#define CONV_COLS                                                                          \
+    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
+    "c.ended_at, c.total_messages, c.total_tokens, c.metadata"
+
+/* Reads on the export path are cached too: one prepare per connection, not per task. */
 static const char *const sql_text[Q_N] = {
     [Q_TASK_INSERT] =
         "INSERT INTO tasks (" TASK_INSERT_COLS ") VALUES (?1,?2,'pending',?3,?4,?5,?6,?7,?8,?9,"
@@ -108,9 +116,18 @@ static const char *const sql_text[Q_N] = {
                     "model_name = COALESCE(model_name, ?4) WHERE seq = ?1",
     [Q_MSG_INSERT] = "INSERT INTO llm_messages (conversation_seq, ts, role, content, step, "
                      "metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [Q_LOGS_PAGE] = "SELECT ts, level, message, context FROM task_logs "
+                    "WHERE task_id = ?1 AND level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
+    [Q_TASK_CONVS] = "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.task_id = ?1 "
+                     "ORDER BY c.seq",
+    [Q_CONV_MSGS] = "SELECT ts, role, content, step, metadata FROM llm_messages "
+                    "WHERE conversation_seq = ?1 ORDER BY id",
 };
 
 /* Migrations: append only; each runs once, in order, inside a transaction. */
+/* Now in microseconds, inside SQL (worker rows carry no time of change). */
+#define SQ_NOW_US "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+
 static const char *const migrations[] = {
     "CREATE TABLE tasks ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -212,6 +229,26 @@ static const char *const migrations[] = {
     " WHEN OLD.status <> NEW.status"
     " BEGIN UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;"
     " UPDATE task_counts SET n = n + 1 WHERE status = NEW.status; END;",
+    /* 4: an event journal for live streams (SSE) and the dashboard's charts, written by
+     * triggers so every writer, on every server, is seen; pruned by age */
+    "CREATE TABLE task_events (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " task_id TEXT, worker_id TEXT, status TEXT, problem_id TEXT, wait_us INTEGER);"
+    "CREATE INDEX task_events_ts ON task_events (ts);"
+    "CREATE TRIGGER tasks_event_insert AFTER INSERT ON tasks"
+    " BEGIN INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id)"
+    " VALUES (NEW.updated_at, 'task', NEW.id, NEW.worker_id, NEW.status, NEW.problem_id); END;"
+    "CREATE TRIGGER tasks_event_update AFTER UPDATE OF status ON tasks"
+    " WHEN OLD.status <> NEW.status"
+    " BEGIN INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id, wait_us)"
+    " VALUES (NEW.updated_at, 'task', NEW.id, NEW.worker_id, NEW.status, NEW.problem_id,"
+    " CASE WHEN NEW.status = 'running' THEN NEW.started_at - NEW.created_at END); END;"
+    "CREATE TRIGGER workers_event_insert AFTER INSERT ON workers"
+    " BEGIN INSERT INTO task_events (ts, kind, task_id, worker_id, status)"
+    " VALUES (" SQ_NOW_US ", 'worker', NEW.current_task_id, NEW.id, NEW.status); END;"
+    "CREATE TRIGGER workers_event_update AFTER UPDATE ON workers"
+    " WHEN OLD.status IS NOT NEW.status OR OLD.current_task_id IS NOT NEW.current_task_id"
+    " BEGIN INSERT INTO task_events (ts, kind, task_id, worker_id, status)"
+    " VALUES (" SQ_NOW_US ", 'worker', NEW.current_task_id, NEW.id, NEW.status); END;",
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
@@ -1061,10 +1098,7 @@ static int sq_logs_list(struct store *st, const char *task_id, int min_level, in
         rc = ERR_NOMEM;
         goto out;
     }
-    if (sqlite3_prepare_v2(r.c->db,
-                           "SELECT ts, level, message, context, count(*) OVER () FROM task_logs "
-                           "WHERE task_id = ?1 AND level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
-                           -1, &s, NULL) != SQLITE_OK) {
+    if (!(s = stmt(r.c, Q_LOGS_PAGE))) {
         rc = fail_db(r.c->db, "listing logs");
         goto out;
     }
@@ -1077,29 +1111,29 @@ static int sq_logs_list(struct store *st, const char *task_id, int min_level, in
         json_t *o = json_pack("{s:o, s:s, s:o, s:o}", "timestamp", col_time(s, 0), "level",
                               proto_level_name(sqlite3_column_int(s, 1)), "message",
                               col_str(s, 2), "context", col_json_or_null(s, 3));
-        *total = sqlite3_column_int64(s, 4);
         if (!o || json_array_append_new(arr, o)) {
             rc = ERR_NOMEM;
             goto out;
         }
     }
-    if (json_array_size(arr) < (size_t)limit || limit == 0) {
-        /* The window count is of rows before LIMIT, so it is exact when rows came back. */
-        sqlite3_finalize(s);
-        s = NULL;
-        if (json_array_size(arr) == 0 &&
-            sqlite3_prepare_v2(r.c->db, "SELECT count(*) FROM task_logs WHERE task_id = ?1 "
-                                        "AND level >= ?2", -1, &s, NULL) == SQLITE_OK) {
-            bind_text(s, 1, task_id);
-            sqlite3_bind_int(s, 2, min_level);
-            if (sqlite3_step(s) == SQLITE_ROW)
-                *total = sqlite3_column_int64(s, 0);
+    /* A short page ends the list, so its total is known; only a full or empty page (offset
+     * past the end) needs counting. No window function: it would materialise every row. */
+    *total = offset + (int64_t)json_array_size(arr);
+    if (json_array_size(arr) == 0 || json_array_size(arr) >= (size_t)limit) {
+        sqlite3_stmt *c = NULL;
+        if (sqlite3_prepare_v2(r.c->db, "SELECT count(*) FROM task_logs WHERE task_id = ?1 "
+                                        "AND level >= ?2", -1, &c, NULL) == SQLITE_OK) {
+            bind_text(c, 1, task_id);
+            sqlite3_bind_int(c, 2, min_level);
+            if (sqlite3_step(c) == SQLITE_ROW)
+                *total = sqlite3_column_int64(c, 0);
         }
+        sqlite3_finalize(c);
     }
     *logs = arr;
     arr = NULL;
 out:
-    sqlite3_finalize(s);
+    done(s);
     json_decref(arr);
     rd_put(&r);
     return rc;
@@ -1198,10 +1232,6 @@ static int sq_messages_append(struct store *st, const char *task_id, const struc
     return writer_end(ss, rc);
 }
 
-#define CONV_COLS                                                                          \
-    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
-    "c.ended_at, c.total_messages, c.total_tokens, c.metadata"
-
 static json_t *row_conversation(sqlite3_stmt *s)
 {
     json_t *tokens = sqlite3_column_type(s, 9) == SQLITE_NULL
@@ -1227,9 +1257,7 @@ static int load_messages(struct conn *c, int64_t seq, json_t *conv)
 
     if (!arr)
         return ERR_NOMEM;
-    if (sqlite3_prepare_v2(c->db, "SELECT ts, role, content, step, metadata FROM llm_messages "
-                                  "WHERE conversation_seq = ?1 ORDER BY id", -1, &s,
-                           NULL) != SQLITE_OK) {
+    if (!(s = stmt(c, Q_CONV_MSGS))) {
         json_decref(arr);
         return fail_db(c->db, "reading messages");
     }
@@ -1244,7 +1272,7 @@ static int load_messages(struct conn *c, int64_t seq, json_t *conv)
         if (!m || json_array_append_new(arr, m))
             rc = ERR_NOMEM;
     }
-    sqlite3_finalize(s);
+    done(s);
     if (rc == 0 && json_object_set_new(conv, "messages", arr))
         return ERR_NOMEM;
     if (rc < 0)
@@ -1348,9 +1376,7 @@ static int sq_task_conversations(struct store *st, const char *task_id, json_t *
         rc = ERR_NOMEM;
         goto out;
     }
-    if (sqlite3_prepare_v2(r.c->db, "SELECT " CONV_COLS " FROM llm_conversations c "
-                                    "WHERE c.task_id = ?1 ORDER BY c.seq", -1, &s,
-                           NULL) != SQLITE_OK) {
+    if (!(s = stmt(r.c, Q_TASK_CONVS))) {
         rc = fail_db(r.c->db, "reading conversations");
         goto out;
     }
@@ -1368,7 +1394,7 @@ static int sq_task_conversations(struct store *st, const char *task_id, json_t *
         arr = NULL;
     }
 out:
-    sqlite3_finalize(s);
+    done(s);
     json_decref(arr);
     rd_put(&r);
     return rc;
@@ -1633,6 +1659,150 @@ static int sq_worker_counts(struct store *st, int64_t counts[3])
     return rc;
 }
 
+/* ---- the event journal (live streams, charts) ---- */
+
+static int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
+{
+    struct rd r = rd_get(st);
+    sqlite3_stmt *s = NULL;
+    int rc = 0;
+
+    if (sqlite3_prepare_v2(r.c->db, "SELECT (SELECT COALESCE(max(id), 0) FROM task_events), "
+                                    "(SELECT COALESCE(max(id), 0) FROM task_logs)", -1, &s,
+                           NULL) != SQLITE_OK ||
+        sqlite3_step(s) != SQLITE_ROW) {
+        rc = fail_db(r.c->db, "reading the event head");
+    } else {
+        *event_id = sqlite3_column_int64(s, 0);
+        *log_id = sqlite3_column_int64(s, 1);
+    }
+    sqlite3_finalize(s);
+    rd_put(&r);
+    return rc;
+}
+
+static int sq_events_after(struct store *st, int64_t after, int limit, json_t **out)
+{
+    struct rd r = rd_get(st);
+    sqlite3_stmt *s = NULL;
+    json_t *arr = json_array();
+    int rc = arr ? 0 : ERR_NOMEM;
+
+    if (rc == 0 && sqlite3_prepare_v2(r.c->db, "SELECT id, ts, kind, task_id, worker_id, status, "
+                                               "problem_id FROM task_events WHERE id > ?1 "
+                                               "ORDER BY id LIMIT ?2", -1, &s,
+                                      NULL) != SQLITE_OK)
+        rc = fail_db(r.c->db, "reading events");
+    if (rc == 0) {
+        sqlite3_bind_int64(s, 1, after);
+        sqlite3_bind_int(s, 2, limit);
+    }
+    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
+        json_t *o = json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o}", "id",
+                              (json_int_t)sqlite3_column_int64(s, 0), "ts_us",
+                              (json_int_t)sqlite3_column_int64(s, 1), "kind", col_str(s, 2),
+                              "task_id", col_str(s, 3), "worker_id", col_str(s, 4), "status",
+                              col_str(s, 5), "problem_id", col_str(s, 6));
+        if (!o || json_array_append_new(arr, o))
+            rc = ERR_NOMEM;
+    }
+    sqlite3_finalize(s);
+    rd_put(&r);
+    if (rc == 0)
+        *out = arr;
+    else
+        json_decref(arr);
+    return rc;
+}
+
+static int sq_logs_after(struct store *st, int64_t after, int limit, json_t **out)
+{
+    struct rd r = rd_get(st);
+    sqlite3_stmt *s = NULL;
+    json_t *arr = json_array();
+    int rc = arr ? 0 : ERR_NOMEM;
+
+    if (rc == 0 && sqlite3_prepare_v2(r.c->db, "SELECT id, task_id, ts, level, message, context "
+                                               "FROM task_logs WHERE id > ?1 ORDER BY id "
+                                               "LIMIT ?2", -1, &s, NULL) != SQLITE_OK)
+        rc = fail_db(r.c->db, "reading new logs");
+    if (rc == 0) {
+        sqlite3_bind_int64(s, 1, after);
+        sqlite3_bind_int(s, 2, limit);
+    }
+    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
+        json_t *o = json_pack("{s:I, s:o, s:I, s:s, s:o, s:o}", "id",
+                              (json_int_t)sqlite3_column_int64(s, 0), "task_id", col_str(s, 1),
+                              "ts_us", (json_int_t)sqlite3_column_int64(s, 2), "level",
+                              proto_level_name(sqlite3_column_int(s, 3)), "message",
+                              col_str(s, 4), "context", col_json_or_null(s, 5));
+        if (!o || json_array_append_new(arr, o))
+            rc = ERR_NOMEM;
+    }
+    sqlite3_finalize(s);
+    rd_put(&r);
+    if (rc == 0)
+        *out = arr;
+    else
+        json_decref(arr);
+    return rc;
+}
+
+static int sq_events_prune(struct store *st, int64_t before)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = writer_begin(ss);
+    int rc, changes = 0;
+
+    if (!c)
+        return ERR_STORE;
+    rc = run_update(c, "DELETE FROM task_events WHERE ts < ?2 AND id < (SELECT max(id) FROM "
+                       "task_events)", NULL, before, 0, &changes);
+    return writer_end(ss, rc);
+}
+
+static int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out)
+{
+    struct rd r = rd_get(st);
+    sqlite3_stmt *s = NULL;
+    json_t *arr = json_array();
+    int rc = arr ? 0 : ERR_NOMEM;
+
+    if (rc == 0 &&
+        sqlite3_prepare_v2(r.c->db,
+                           "SELECT ts / ?2 * ?2, sum(status = 'pending'), sum(status = 'running'), "
+                           "sum(status = 'completed'), sum(status IN ('failed', 'timeout')), "
+                           "sum(status = 'cancelled'), avg(wait_us) FROM task_events "
+                           "WHERE ts >= ?1 AND kind = 'task' GROUP BY 1 ORDER BY 1", -1, &s,
+                           NULL) != SQLITE_OK)
+        rc = fail_db(r.c->db, "reading the time series");
+    if (rc == 0) {
+        sqlite3_bind_int64(s, 1, since);
+        sqlite3_bind_int64(s, 2, bucket_us);
+    }
+    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
+        json_t *wait = sqlite3_column_type(s, 6) == SQLITE_NULL
+                           ? json_null()
+                           : json_real(sqlite3_column_double(s, 6) / 1000.0);
+        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "start_us",
+                              (json_int_t)sqlite3_column_int64(s, 0), "submitted",
+                              (json_int_t)sqlite3_column_int64(s, 1), "started",
+                              (json_int_t)sqlite3_column_int64(s, 2), "completed",
+                              (json_int_t)sqlite3_column_int64(s, 3), "failed",
+                              (json_int_t)sqlite3_column_int64(s, 4), "cancelled",
+                              (json_int_t)sqlite3_column_int64(s, 5), "queue_wait_ms", wait);
+        if (!o || json_array_append_new(arr, o))
+            rc = ERR_NOMEM;
+    }
+    sqlite3_finalize(s);
+    rd_put(&r);
+    if (rc == 0)
+        *out = arr;
+    else
+        json_decref(arr);
+    return rc;
+}
+
 /* ---- recovery ---- */
 
 static int run_update(struct conn *c, const char *sql, const char *t1, int64_t i2, int64_t i3,
@@ -1805,4 +1975,9 @@ const struct store_ops store_sqlite_ops = {
     .recover = sq_recover,
     .webhooks_due = sq_webhooks_due,
     .webhook_result = sq_webhook_result,
+    .events_head = sq_events_head,
+    .events_after = sq_events_after,
+    .logs_after = sq_logs_after,
+    .events_prune = sq_events_prune,
+    .task_timeseries = sq_task_timeseries,
 };

@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -153,7 +154,8 @@ static void *sender_main(void *arg)
 {
     struct webhook_sender *w = arg;
     struct store *st = w->srv->store;
-    CURL *h = curl_easy_init();
+    CURL *h = NULL;
+    bool failed = false;
 
     pthread_mutex_lock(&w->lock);
     while (!w->stop) {
@@ -162,9 +164,18 @@ static void *sender_main(void *arg)
         size_t n = 0;
 
         pthread_mutex_unlock(&w->lock);
-        if (h && st->ops->webhooks_due(st, clock_now_us(), LEASE_US, BATCH, jobs, &n) == 0) {
+        if (!failed && st->ops->webhooks_due(st, clock_now_us(), LEASE_US, BATCH, jobs, &n) == 0) {
+            /* libcurl (and the TLS library under it) costs megabytes of resident memory once
+             * initialised, so it is set up on the first delivery, not at start; libcurl's
+             * global init is thread-safe since 7.84 (Debian 12 ships 7.88). */
+            if (n > 0 && !h && (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
+                                !(h = curl_easy_init()))) {
+                log_error("webhooks: cannot initialise libcurl; deliveries stay queued");
+                failed = true;
+            }
             for (size_t i = 0; i < n; i++) {
-                deliver(w, h, &jobs[i]);
+                if (h)
+                    deliver(w, h, &jobs[i]);
                 free(jobs[i].url);
             }
         }
@@ -175,8 +186,10 @@ static void *sender_main(void *arg)
         pthread_cond_timedwait(&w->wake, &w->lock, &until);
     }
     pthread_mutex_unlock(&w->lock);
-    if (h)
+    if (h) {
         curl_easy_cleanup(h);
+        curl_global_cleanup();
+    }
     return NULL;
 }
 

@@ -44,7 +44,11 @@ static const struct rcase cases[] = {
      NULL},
     {"GET", "/api/v1/workers/worker-001-kind", ROUTER_FOUND, "/api/v1/workers/{id}",
      "worker-001-kind"},
-    {"GET", "/", ROUTER_NO_PATH, NULL, NULL},
+    {"GET", "/", ROUTER_FOUND, "/", NULL},
+    {"POST", "/", ROUTER_NO_METHOD, NULL, NULL},
+    {"GET", "/api/v1/events", ROUTER_FOUND, "/api/v1/events", NULL},
+    {"GET", "/api/v1/tasks/abc/events", ROUTER_FOUND, "/api/v1/tasks/{id}/events", "abc"},
+    {"GET", "/api/v1/tasks/timeseries", ROUTER_FOUND, "/api/v1/tasks/timeseries", NULL},
     {"GET", "/api/v2/tasks", ROUTER_NO_PATH, NULL, NULL},
 };
 
