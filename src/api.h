@@ -46,6 +46,7 @@ struct request {
     char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
     const char *content_type;        /* of reply_raw or stream */
     struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
+    bool deferred;                   /* answered later, from another thread (http_request_defer) */
     const char *route;               /* route template, for logs and metrics */
 };
 
@@ -93,6 +94,11 @@ int api_dashboard(struct request *req);
 int api_task_timeseries(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
+struct task;
+/* api_task_create_from: creates a task from a parsed body (takes the reference); shape,
+ * when not NULL, gives the answer's JSON instead of the task's (sessions). */
+int api_task_create_from(struct request *req, json_t *body,
+                         json_t *(*shape)(const struct task *t));
 int api_task_list(struct request *req);
 int api_task_stats(struct request *req);
 int api_task_get(struct request *req);

@@ -44,13 +44,7 @@ static int reply_task(struct request *req, int status, const struct task *t)
 
 int api_task_create(struct request *req)
 {
-    struct server *srv = req->srv;
-    struct store *st = srv->store;
-    struct task_defaults defs = {.max_steps = srv->cfg.default_max_steps,
-                                 .timeout_minutes = srv->cfg.default_timeout_minutes};
-    struct task *t = NULL, *existing = NULL;
-    json_t *body = NULL, *errors = NULL;
-    int rc;
+    json_t *body = NULL;
 
     if (api_body_json(req, &body) < 0)
         return 0;
@@ -58,19 +52,26 @@ int api_task_create(struct request *req)
         api_invalid_field(req, "body", "is required: a JSON object with problem_id");
         return 0;
     }
+    return api_task_create_from(req, body, NULL);
+}
+
+int api_task_create_from(struct request *req, json_t *body,
+                         json_t *(*shape)(const struct task *t))
+{
+    struct server *srv = req->srv;
+    struct store *st = srv->store;
+    struct task_defaults defs = {.max_steps = srv->cfg.default_max_steps,
+                                 .timeout_minutes = srv->cfg.default_timeout_minutes};
+    struct task *t = NULL, *existing = NULL;
+    json_t *errors = NULL;
+    int rc;
+
     rc = task_request_parse(body, api_header(req, "Idempotency-Key"), &defs, &t, &errors);
     json_decref(body);
     if (rc == ERR_INVALID)
         return api_invalid(req, errors);
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
-    /* A session's task needs the session runtime, which this build does not have yet:
-     * refuse it rather than run it as a batch task. */
-    if (!strcmp(t->mode, "interactive")) {
-        api_invalid_field(req, "mode", "interactive sessions are not available in this build");
-        task_free(t);
-        return 0;
-    }
     if (t->callback_url && !webhook_host_allowed(t->callback_url, srv->cfg.webhook_allowed_hosts)) {
         api_invalid_field(req, "callback_url", "names a host that WEBHOOK_ALLOWED_HOSTS does not "
                                                "allow");
@@ -91,9 +92,15 @@ int api_task_create(struct request *req)
     if (rc < 0) {
         api_reply_error(req, rc, "the task");
     } else if (existing) {
-        reply_task(req, 200, existing);
+        if (shape)
+            api_reply(req, 200, shape(existing));
+        else
+            reply_task(req, 200, existing);
     } else {
-        reply_task(req, 201, t);
+        if (shape)
+            api_reply(req, 201, shape(t));
+        else
+            reply_task(req, 201, t);
         metrics_task_created(srv->metrics);
         worker_manager_notify(srv->workers);
     }

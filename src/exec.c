@@ -264,7 +264,7 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
             (void)got;
         }
         if (in_fd >= 0 && spec->keep_stdin && hooks->take_input && !out->stopped) {
-            char *more = hooks->take_input(hooks->ctx);
+            char *more = hooks->take_input(hooks->ctx, idx_wake >= 0 && pfd[idx_wake].revents);
             if (more) {
                 if (buf_append(&inq, more, strlen(more)) < 0)
                     close_fd(&in_fd); /* cannot queue it: the child sees end of input */

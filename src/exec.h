@@ -46,9 +46,9 @@ struct exec_hooks {
     void (*on_event)(void *ctx, struct proto_event *ev);
     /* Called every tick; returns why to stop, or EXEC_STOP_NONE. */
     enum exec_stop (*should_stop)(void *ctx);
-    /* With keep_stdin: called on every wake and tick; returns bytes to write to the
-     * child's stdin (malloc'd, the loop frees them) or NULL. */
-    char *(*take_input)(void *ctx);
+    /* With keep_stdin: called on every turn of the loop (woken: wake_fd fired); returns
+     * bytes to write to the child's stdin (malloc'd, the loop frees them) or NULL. */
+    char *(*take_input)(void *ctx, bool woken);
 };
 
 struct exec_outcome {

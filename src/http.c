@@ -58,6 +58,17 @@ void http_stream_resume(void *conn)
     MHD_resume_connection(conn);
 }
 
+void http_request_defer(struct request *req)
+{
+    req->deferred = true;
+    MHD_suspend_connection(req->conn);
+}
+
+void http_request_resume(struct request *req)
+{
+    MHD_resume_connection(req->conn); /* MHD calls on_request again: see "deferred" there */
+}
+
 static void request_free(struct request *req)
 {
     if (!req)
@@ -159,6 +170,8 @@ static void dispatch(struct request *req)
     }
     req->route = route->pattern;
     rc = route->handler(req);
+    if (req->deferred)
+        return; /* another thread answers it (and may be doing so now) */
     if (rc < 0 && req->status == 0)
         api_reply_error(req, rc, "the request");
     if (req->status == 0)
@@ -224,6 +237,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (req->deferred) {
+        req->deferred = false; /* resumed: the answer is set */
+        return send_reply(req);
+    }
     if (req->status)
         return MHD_YES; /* answered already (413 above) */
     if (req->body_too_big)
@@ -231,6 +248,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                  h->srv->cfg.max_body_bytes);
     else
         dispatch(req);
+    if (req->deferred)
+        return MHD_YES; /* parked; answered when resumed */
     return send_reply(req);
 }
 

@@ -4,6 +4,7 @@
 #define TASKEXEC_HTTP_H
 
 struct server;
+struct request;
 struct http;
 
 /* http_start: listens on cfg host:port with a thread pool of HTTP_THREADS.
@@ -19,6 +20,12 @@ void http_stop(struct http *h);
  * callback, which then returns API_STREAM_WAIT) and is woken from any thread when there
  * is more; conn is api_stream.conn. The caller orders the two under its own lock. */
 void http_stream_suspend(void *conn);
+/* A handler that answers later (a long poll) calls http_request_defer(req) and returns;
+ * the connection is parked, holding no thread. Whoever answers sets the reply (api_reply
+ * and friends) and calls http_request_resume(req) exactly once; the two calls are ordered
+ * by the caller's own lock. */
+void http_request_defer(struct request *req);
+void http_request_resume(struct request *req);
 void http_stream_resume(void *conn);
 
 #endif

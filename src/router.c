@@ -1,6 +1,7 @@
 /* router: one table of routes, matched segment by segment (see router.h). */
 #include "router.h"
 #include "events.h"
+#include "session.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,10 @@ static const struct route routes[] = {
     {"GET", "/docs", api_docs},
     {"GET", "/", api_dashboard},
     {"GET", "/api/v1/events", api_events},
+    {"POST", "/api/v1/sessions", api_session_create},
+    {"GET", "/api/v1/sessions/{id}", api_session_get},
+    {"POST", "/api/v1/sessions/{id}/step", api_session_step},
+    {"POST", "/api/v1/sessions/{id}/close", api_session_close},
     {"POST", "/api/v1/tasks", api_task_create},
     {"GET", "/api/v1/tasks", api_task_list},
     {"GET", "/api/v1/tasks/stats", api_task_stats},

@@ -32,6 +32,11 @@ struct run_ctx {
     int64_t last_flush;
     size_t dropped;            /* events dropped because the sink stayed down */
     json_t *result;            /* the executor's result line, if any */
+    /* interactive sessions */
+    bool interactive, ready;
+    int sent, answered;        /* last step sent to the child, last one answered */
+    int64_t last_poll;
+    json_t *held;              /* a final observation waiting for the result's reward */
 };
 
 static bool push(json_t *arr, int64_t **ts, size_t *cap, json_t *obj)
@@ -125,6 +130,143 @@ static void note(struct run_ctx *r, int level, const char *text)
         push(r->logs, &r->log_ts, &r->log_cap, o);
 }
 
+/* ---- interactive sessions ---- */
+
+/* A conversation message of the session (role, content, step), stored like an agent's. */
+static void session_message(struct run_ctx *r, const char *role, const char *content, int step)
+{
+    json_t *m = json_pack("{s:s, s:s, s:s, s:i, s:{s:s}}", "session_id", r->task->id, "role",
+                          role, "content", content ? content : "", "step", step, "metadata",
+                          "source", "session");
+    if (m)
+        push(r->msgs, &r->msg_ts, &r->msg_cap, m);
+}
+
+/* Stores the answer to the step in flight and wakes whoever waits for it. */
+static void session_reply(struct run_ctx *r, json_t *answer)
+{
+    int tries = 0;
+
+    flush(r); /* the step's messages are stored before its answer is seen */
+    while (r->sink->session_answer(r->sink->ctx, r->task->id, r->sent, answer) < 0 && ++tries < 20)
+        usleep(100 * 1000);
+    r->answered = r->sent;
+    json_decref(answer);
+}
+
+static void release_held(struct run_ctx *r)
+{
+    json_t *a = r->held;
+
+    r->held = NULL;
+    if (r->result) {
+        if (json_is_null(json_object_get(a, "reward")) && json_object_get(r->result, "reward"))
+            json_object_set(a, "reward", json_object_get(r->result, "reward"));
+        if (json_is_null(json_object_get(a, "results")) && json_object_get(r->result, "results"))
+            json_object_set(a, "results", json_object_get(r->result, "results"));
+    }
+    session_reply(r, a);
+}
+
+static void session_line(struct run_ctx *r, struct proto_event *ev)
+{
+    json_t *o = ev->obj;
+
+    if (ev->kind == PROTO_READY) {
+        const char *instr = json_string_value(json_object_get(o, "instructions"));
+        const char *desc = json_string_value(json_object_get(o, "task_description"));
+        if (r->ready) {
+            note(r, LEVEL_WARNING, "the environment said ready twice; the second is ignored");
+        } else {
+            /* The trajectory starts like an agent's: the instructions, then the task. */
+            session_message(r, "system", instr, 0);
+            session_message(r, "user", desc, 0);
+            flush(r);
+            if (r->sink->session_ready(r->sink->ctx, r->task->id, o, r->task->max_steps) < 0)
+                note(r, LEVEL_ERROR, "could not record that the environment is ready");
+            else
+                r->ready = true;
+            note(r, LEVEL_INFO, "session ready: waiting for the trainer's actions");
+        }
+    } else {
+        json_t *step = json_object_get(o, "step"), *content = json_object_get(o, "content");
+        char *text = json_is_string(content) ? NULL : json_dumps(content, JSON_COMPACT | JSON_ENCODE_ANY);
+        const char *obs = text ? text : json_string_value(content);
+        bool done = json_is_true(json_object_get(o, "done"));
+
+        if (r->sent <= r->answered || (json_is_integer(step) && json_integer_value(step) != r->sent)) {
+            note(r, LEVEL_WARNING, "the environment sent an observation for no step in flight; "
+                                   "it is ignored");
+        } else {
+            json_t *a = json_pack("{s:s, s:b, s:O?, s:O?}", "observation", obs ? obs : "",
+                                  "done", done, "reward", json_object_get(o, "reward"),
+                                  "results", json_object_get(o, "results"));
+            if (!json_object_get(a, "reward"))
+                json_object_set_new(a, "reward", json_null());
+            if (!json_object_get(a, "results"))
+                json_object_set_new(a, "results", json_null());
+            session_message(r, "user", obs, r->sent);
+            if (done && json_is_null(json_object_get(a, "reward")) && !r->result)
+                r->held = a; /* answered when the result (with the reward) arrives */
+            else
+                session_reply(r, a);
+        }
+        free(text);
+    }
+    json_decref(o);
+}
+
+/* exec's take_input: the next action, when one is in flight and the child is free. */
+static char *take_input(void *ctx, bool woken)
+{
+    struct run_ctx *r = ctx;
+    int64_t now = clock_mono_ms();
+    char *action = NULL, *line;
+    int step = 0;
+    json_t *o;
+
+    if (!r->ready || r->sent > r->answered || r->held)
+        return NULL;
+    if (!woken && now - r->last_poll < 200)
+        return NULL; /* a notification may have been lost: look every 200 ms anyway */
+    r->last_poll = now;
+    if (r->sink->session_next(r->sink->ctx, r->task->id, r->answered, &step, &action) < 0 || !step) {
+        free(action);
+        return NULL;
+    }
+    r->sent = step;
+    session_message(r, "assistant", action, step);
+    o = json_pack("{s:s, s:i, s:s}", "type", "action", "step", step, "action", action);
+    line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    free(action);
+    if (line) {
+        size_t n = strlen(line);
+        char *with_nl = realloc(line, n + 2);
+        if (!with_nl) {
+            free(line);
+            return NULL;
+        }
+        with_nl[n] = '\n';
+        with_nl[n + 1] = '\0';
+        return with_nl;
+    }
+    return NULL;
+}
+
+/* Session lines outside a session: kept, as text, rather than lost. Takes obj. */
+static void keep_as_text(struct run_ctx *r, json_t *obj)
+{
+    char *text = json_dumps(obj, JSON_COMPACT);
+    json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "level", "warning", "message", text ? text : "",
+                          "context", "note", "session line in a batch task");
+
+    free(text);
+    json_decref(obj);
+    if (o)
+        push(r->logs, &r->log_ts, &r->log_cap, o);
+}
+
 static void on_event(void *ctx, struct proto_event *ev)
 {
     struct run_ctx *r = ctx;
@@ -141,19 +283,16 @@ static void on_event(void *ctx, struct proto_event *ev)
             note(r, LEVEL_WARNING, "the executor sent a second result; the last one counts");
         json_decref(r->result);
         r->result = ev->obj;
+        if (r->held) /* the final observation's reward comes with the result */
+            release_held(r);
         break;
     case PROTO_READY:
-    case PROTO_OBSERVATION: {
-        /* Session lines outside a session: keep them, as text, rather than lose them. */
-        char *text = json_dumps(ev->obj, JSON_COMPACT);
-        json_t *o = json_pack("{s:s, s:s, s:{s:s}}", "level", "warning", "message",
-                              text ? text : "", "context", "note", "session line in a batch task");
-        free(text);
-        json_decref(ev->obj);
-        if (o)
-            push(r->logs, &r->log_ts, &r->log_cap, o);
+    case PROTO_OBSERVATION:
+        if (r->interactive)
+            session_line(r, ev);
+        else
+            keep_as_text(r, ev->obj);
         break;
-    }
     }
     ev->obj = NULL;
     if (json_array_size(r->logs) + json_array_size(r->msgs) >= FLUSH_EVERY &&
@@ -348,8 +487,11 @@ static void run_child(struct run_ctx *r, struct exec_outcome *o)
         .deadline_ms = clock_mono_ms() + (left_ms > 0 ? left_ms : 0),
         .grace_ms = rn->grace_seconds * 1000,
         .max_output = rn->max_output,
+        .keep_stdin = r->interactive,
+        .wake_fd = r->interactive ? r->sink->wake_fd : -1,
     };
-    struct exec_hooks hooks = {.ctx = r, .on_event = on_event, .should_stop = should_stop};
+    struct exec_hooks hooks = {.ctx = r, .on_event = on_event, .should_stop = should_stop,
+                               .take_input = r->interactive ? take_input : NULL};
     if (exec_run(&spec, &hooks, o) < 0)
         log_warn("%s: task %s: %s", rn->worker_id, t->id, o->error);
     rmdir(dir); /* only if the executor left nothing behind */
@@ -393,13 +535,23 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
     snprintf(text, sizeof(text), "worker %s started the task (executor %s)", rn->worker_id,
              rn->executor);
     note(&r, LEVEL_INFO, text);
-    if (!strcmp(rn->executor, "noop")) {
+    r.interactive = !strcmp(t->mode, "interactive");
+    if (r.interactive && (!sink->session_ready || !sink->session_next || !sink->session_answer)) {
+        memset(&o, 0, sizeof(o));
+        snprintf(o.error, sizeof(o.error), "this worker cannot host interactive sessions");
+    } else if (!strcmp(rn->executor, "noop")) {
         memset(&o, 0, sizeof(o));
         o.started = o.exited = true;
         r.result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",
                              "steps_taken", 0);
     } else {
         run_child(&r, &o);
+    }
+    if (r.interactive) {
+        if (r.held) /* a final observation whose result never came: answer it as it is */
+            release_held(&r);
+        if (sink->session_end)
+            sink->session_end(sink->ctx, t->id);
     }
     out->status = verdict(&r, &o, out->error, sizeof(out->error));
     out->cause = out->status == TASK_COMPLETED ? "success"

@@ -24,6 +24,15 @@ struct runner_sink {
     int (*messages)(void *ctx, const char *task_id, const struct msg_entry *e, size_t n);
     /* Why to stop now, or EXEC_STOP_NONE; called at least ten times a second. */
     enum exec_stop (*check)(void *ctx);
+    /* Interactive sessions (all NULL: this sink hosts none, and such a task fails). */
+    int (*session_ready)(void *ctx, const char *task_id, json_t *ready, int max_steps);
+    /* The action of the step after `after`, if one is in flight (*step 0 when none;
+     * *action malloc'd). */
+    int (*session_next)(void *ctx, const char *task_id, int after, int *step, char **action);
+    /* answer: {"observation","done","reward","results"} for step. */
+    int (*session_answer)(void *ctx, const char *task_id, int step, json_t *answer);
+    void (*session_end)(void *ctx, const char *task_id);
+    int wake_fd;                  /* readable when a step may have arrived; -1: poll only */
 };
 
 struct runner {

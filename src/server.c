@@ -6,6 +6,7 @@
 #include "exec.h"
 #include "runner.h"
 #include "events.h"
+#include "session.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -173,6 +174,11 @@ int server_run(int argc, char **argv)
     if (worker_manager_new(&srv, &srv.workers) < 0 ||
         worker_manager_housekeeping(srv.workers) < 0)
         goto out;
+    if (session_hub_start(&srv, &srv.sessions) < 0)
+        goto out;
+    /* Steps and answers of sessions hosted or awaited elsewhere arrive as notifications. */
+    if (srv.store->ops->listen_sessions)
+        srv.store->ops->listen_sessions(srv.store, session_hub_on_notify, srv.sessions);
     /* Tasks queued by other servers wake our idle workers at once. */
     if (srv.store->ops->listen &&
         srv.store->ops->listen(srv.store, wake_workers, srv.workers) < 0)
@@ -203,8 +209,10 @@ out:
      * (the endings just recorded are delivered by the next start); then the store. */
     worker_manager_free(srv.workers);
     events_close_streams(srv.events); /* live streams end cleanly; parked ones wake */
+    session_hub_close_waits(srv.sessions); /* parked steps are answered 503 */
     http_stop(srv.http);
     events_stop(srv.events);
+    session_hub_stop(srv.sessions);
     webhook_stop(srv.webhooks);
     store_close(srv.store);
     metrics_free(srv.metrics);

@@ -23,6 +23,7 @@ struct server {
     struct metrics *metrics;
     struct webhook_sender *webhooks;
     struct event_bus *events;       /* live streams */
+    struct session_hub *sessions;   /* interactive sessions: parked steps, hosts */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

@@ -5,6 +5,7 @@
  * It emits what a real run emits: phase logs, the system prompt and task message,
  * an assistant action and a tool observation per step, and a result. */
 #include "simulate.h"
+#include "simenv.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -136,6 +137,12 @@ int simulate_main(void)
         fprintf(stderr, "simulate: the task line is not a JSON object\n");
         json_decref(task);
         return 2;
+    }
+    v = json_object_get(task, "mode");
+    if (json_is_string(v) && !strcmp(json_string_value(v), "interactive")) {
+        int code = simenv_run(task);
+        json_decref(task);
+        return code;
     }
     s.task_id = json_string_value(json_object_get(task, "id"));
     s.problem_id = json_string_value(json_object_get(task, "problem_id"));

@@ -105,6 +105,11 @@ struct store_ops {
      * from a thread of the store whenever any server queues a task; listen(st, NULL,
      * NULL) stops it, after which on_task is never called again. */
     int (*listen)(struct store *st, void (*on_task)(void *ctx), void *ctx);
+    /* listen_sessions (optional): on_session(ctx, payload) for every notify() of any
+     * server, and (ctx, NULL) after a reconnection (something may have been missed).
+     * Set before listen; stopped with it. */
+    void (*listen_sessions)(struct store *st, void (*on_session)(void *ctx, const char *payload),
+                            void *ctx);
 
     int (*task_insert)(struct store *st, struct task *t, struct task **existing);
     int (*task_get)(struct store *st, const char *id, struct task **out);
@@ -176,6 +181,36 @@ struct store_ops {
     /* task_timeseries: per bucket since `since`, how many tasks were submitted, started,
      * completed, failed (or timed out), cancelled, and the mean queue wait of those started. */
     int (*task_timeseries)(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
+
+    /* Interactive sessions: one row per session task, the step in flight and the last
+     * answer. The runner hosting the session writes ready/answer/end; any server's API
+     * writes step. */
+    /* session_ready: the environment is up (creates or resets the row). */
+    int (*session_ready)(struct store *st, const char *task_id, json_t *ready, int max_steps,
+                         int64_t now);
+    /* session_get: the row as JSON ("state", "step", "answered", "observation", "done",
+     * "reward", "results", "task_description", "instructions", "actions", "max_steps",
+     * "last_activity_us"); ERR_NOTFOUND before the environment is ready. */
+    int (*session_get)(struct store *st, const char *task_id, json_t **out);
+    /* session_step: takes the next step number for action when the session is ready, no
+     * step is in flight and max_steps is not reached; ERR_CONFLICT otherwise. */
+    int (*session_step)(struct store *st, const char *task_id, const char *action, int64_t now,
+                        int *step);
+    /* session_next: the action in flight after step `after` (*step 0 when none; *action
+     * malloc'd, caller frees). */
+    int (*session_next)(struct store *st, const char *task_id, int after, int *step,
+                        char **action);
+    /* session_answer: the environment's answer to step (answer: {"observation","done",
+     * "reward","results"}). */
+    int (*session_answer)(struct store *st, const char *task_id, int step, json_t *answer,
+                          int64_t now);
+    /* session_end: the environment is gone (whatever the reason); no more steps. */
+    int (*session_end)(struct store *st, const char *task_id);
+    /* session_idle: running sessions with no step since `before` (up to max ids). */
+    int (*session_idle)(struct store *st, int64_t before, char (*ids)[37], size_t max,
+                        size_t *n);
+    /* notify (optional, NULL without notifications): tells every server's listener. */
+    int (*notify)(struct store *st, const char *payload);
 };
 
 /* Every backend's handle starts with this. */

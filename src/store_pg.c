@@ -285,6 +285,12 @@ static const char *const migrations[] = {
     " END IF; RETURN NULL; END $$;"
     "CREATE TRIGGER workers_event AFTER INSERT OR UPDATE ON workers FOR EACH ROW"
     " EXECUTE FUNCTION te_worker_event();",
+    /* 5: interactive sessions: the step in flight and the last answer of each */
+    "CREATE TABLE sessions (task_id uuid PRIMARY KEY, state text NOT NULL,"
+    " task_description text, instructions text, actions jsonb, max_steps integer NOT NULL,"
+    " step integer NOT NULL DEFAULT 0, answered integer NOT NULL DEFAULT 0, action text,"
+    " observation text, done boolean NOT NULL DEFAULT false, reward double precision,"
+    " results jsonb, last_activity_at bigint NOT NULL);",
 };
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
@@ -312,6 +318,8 @@ struct pg_store {
     atomic_bool stopping;
     void (*on_task)(void *ctx);
     void *on_task_ctx;
+    void (*on_session)(void *ctx, const char *payload); /* NULL: sessions not listened to */
+    void *on_session_ctx;
 };
 
 static struct pg_store *P(struct store *st)
@@ -827,7 +835,7 @@ static void *listen_main(void *arg)
 
         if (!c) {
             c = connect_db(s->conninfo, true);
-            if (!c || exec_simple(c, "LISTEN taskexec_task") < 0) {
+            if (!c || exec_simple(c, "LISTEN taskexec_task; LISTEN taskexec_session") < 0) {
                 PQfinish(c);
                 c = NULL;
                 usleep((useconds_t)backoff_ms * 1000);
@@ -836,6 +844,8 @@ static void *listen_main(void *arg)
             }
             backoff_ms = 100;
             s->on_task(s->on_task_ctx); /* tasks may have arrived while we were away */
+            if (s->on_session)
+                s->on_session(s->on_session_ctx, NULL);
         }
         pfd.fd = PQsocket(c);
         pfd.events = POLLIN;
@@ -847,8 +857,13 @@ static void *listen_main(void *arg)
             continue;
         }
         while ((n = PQnotifies(c))) {
+            if (!strcmp(n->relname, "taskexec_session")) {
+                if (s->on_session)
+                    s->on_session(s->on_session_ctx, n->extra);
+            } else {
+                s->on_task(s->on_task_ctx);
+            }
             PQfreemem(n);
-            s->on_task(s->on_task_ctx);
         }
     }
     PQfinish(c);
@@ -1901,6 +1916,193 @@ static int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us
     return rc;
 }
 
+/* ---- interactive sessions ---- */
+
+static int pg_exec_params(struct store *st, const char *sql, int n, const char *const *v,
+                          int *changes)
+{
+    struct pgconn *pc = conn_get(P(st));
+    int rc;
+    PGresult *r = run_sql(pc, sql, n, v, &rc);
+
+    if (r && rc == 0 && changes)
+        *changes = atoi(PQcmdTuples(r));
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
+                            int64_t now)
+{
+    char *actions = json_dumps(json_object_get(ready, "actions") ? json_object_get(ready, "actions")
+                                                                 : json_object(),
+                               JSON_COMPACT | JSON_ENCODE_ANY);
+    char ms[16], ts[24];
+    const char *v[6] = {task_id, json_string_value(json_object_get(ready, "task_description")),
+                        json_string_value(json_object_get(ready, "instructions")),
+                        actions ? actions : "{}", ms, ts};
+    int rc;
+
+    snprintf(ms, sizeof(ms), "%d", max_steps);
+    snprintf(ts, sizeof(ts), "%lld", (long long)now);
+    rc = pg_exec_params(st, "INSERT INTO sessions (task_id, state, task_description, "
+                            "instructions, actions, max_steps, last_activity_at) VALUES ($1, "
+                            "'ready', $2, $3, $4::jsonb, $5, $6) ON CONFLICT (task_id) DO UPDATE "
+                            "SET state = 'ready', task_description = $2, instructions = $3, "
+                            "actions = $4::jsonb, max_steps = $5, step = 0, answered = 0, action "
+                            "= NULL, observation = NULL, done = false, reward = NULL, results = "
+                            "NULL, last_activity_at = $6", 6, v, NULL);
+    free(actions);
+    return rc;
+}
+
+static int pg_session_get(struct store *st, const char *task_id, json_t **out)
+{
+    struct pgconn *pc = conn_get(P(st));
+    const char *v[1] = {task_id};
+    int rc;
+    PGresult *r = run_sql(pc, "SELECT state, task_description, instructions, actions::text, "
+                              "max_steps, step, answered, action, observation, done, reward, "
+                              "results::text, last_activity_at FROM sessions WHERE task_id = $1",
+                          1, v, &rc);
+
+    if (r && rc == 0 && PQntuples(r) == 0)
+        rc = ERR_NOTFOUND;
+    if (r && rc == 0) {
+        json_t *reward = PQgetisnull(r, 0, 10) ? json_null()
+                                               : json_real(strtod(PQgetvalue(r, 0, 10), NULL));
+        *out = json_pack("{s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:o, s:o, s:b, s:o, s:o, s:I}",
+                         "state", get_str(r, 0, 0), "task_description", get_str(r, 0, 1),
+                         "instructions", get_str(r, 0, 2), "actions", get_json_or_null(r, 0, 3),
+                         "max_steps", (json_int_t)get_i64(r, 0, 4), "step",
+                         (json_int_t)get_i64(r, 0, 5), "answered", (json_int_t)get_i64(r, 0, 6),
+                         "action", get_str(r, 0, 7), "observation", get_str(r, 0, 8), "done",
+                         PQgetvalue(r, 0, 9)[0] == 't', "reward", reward, "results",
+                         get_json_or_null(r, 0, 11), "last_activity_us",
+                         (json_int_t)get_i64(r, 0, 12));
+        rc = *out ? 0 : ERR_NOMEM;
+    }
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                           int *step)
+{
+    struct pgconn *pc = conn_get(P(st));
+    char ts[24];
+    const char *v[3] = {task_id, action, ts};
+    int rc;
+    PGresult *r;
+
+    snprintf(ts, sizeof(ts), "%lld", (long long)now);
+    r = run_sql(pc, "UPDATE sessions SET step = step + 1, action = $2, last_activity_at = $3 "
+                    "WHERE task_id = $1 AND state = 'ready' AND step = answered AND step < "
+                    "max_steps RETURNING step", 3, v, &rc);
+    if (r && rc == 0) {
+        if (PQntuples(r) == 0)
+            rc = ERR_CONFLICT;
+        else
+            *step = (int)get_i64(r, 0, 0);
+    }
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_session_next(struct store *st, const char *task_id, int after, int *step,
+                           char **action)
+{
+    struct pgconn *pc = conn_get(P(st));
+    char a[16];
+    const char *v[2] = {task_id, a};
+    int rc;
+    PGresult *r;
+
+    *step = 0;
+    *action = NULL;
+    snprintf(a, sizeof(a), "%d", after);
+    r = run_sql(pc, "SELECT step, action FROM sessions WHERE task_id = $1 AND step > $2 AND "
+                    "step > answered", 2, v, &rc);
+    if (r && rc == 0 && PQntuples(r) > 0) {
+        *action = strdup(PQgetvalue(r, 0, 1));
+        *step = *action ? (int)get_i64(r, 0, 0) : 0;
+        rc = *action ? 0 : ERR_NOMEM;
+    }
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+                             int64_t now)
+{
+    json_t *reward = json_object_get(answer, "reward"), *res = json_object_get(answer, "results");
+    char sp[16], rw[40], ts[24];
+    char *results = res && !json_is_null(res) ? json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY)
+                                              : NULL;
+    const char *v[7] = {task_id, sp, json_string_value(json_object_get(answer, "observation")),
+                        json_is_true(json_object_get(answer, "done")) ? "true" : "false",
+                        json_is_number(reward) ? rw : NULL, results, ts};
+    int rc;
+
+    snprintf(sp, sizeof(sp), "%d", step);
+    snprintf(rw, sizeof(rw), "%.17g", json_number_value(reward));
+    snprintf(ts, sizeof(ts), "%lld", (long long)now);
+    rc = pg_exec_params(st, "UPDATE sessions SET answered = $2, observation = $3, done = $4, "
+                            "reward = $5, results = $6::jsonb, state = CASE WHEN $4 THEN 'done' "
+                            "ELSE state END, last_activity_at = $7 WHERE task_id = $1 AND step = "
+                            "$2", 7, v, NULL);
+    free(results);
+    return rc;
+}
+
+static int pg_session_end(struct store *st, const char *task_id)
+{
+    const char *v[1] = {task_id};
+
+    return pg_exec_params(st, "UPDATE sessions SET state = 'done' WHERE task_id = $1", 1, v,
+                          NULL);
+}
+
+static int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max,
+                           size_t *n)
+{
+    struct pgconn *pc = conn_get(P(st));
+    char b[24], m[24];
+    const char *v[2] = {b, m};
+    int rc;
+    PGresult *r;
+
+    *n = 0;
+    snprintf(b, sizeof(b), "%lld", (long long)before);
+    snprintf(m, sizeof(m), "%zu", max);
+    r = run_sql(pc, "SELECT s.task_id FROM sessions s JOIN tasks t ON t.id = s.task_id WHERE "
+                    "t.status = 'running' AND s.state <> 'done' AND s.last_activity_at < $1 "
+                    "LIMIT $2", 2, v, &rc);
+    for (int i = 0; r && rc == 0 && i < PQntuples(r) && *n < max; i++)
+        snprintf(ids[(*n)++], 37, "%s", PQgetvalue(r, i, 0));
+    PQclear(r);
+    conn_put(P(st), pc);
+    return rc;
+}
+
+static int pg_notify(struct store *st, const char *payload)
+{
+    const char *v[1] = {payload};
+
+    return pg_exec_params(st, "SELECT pg_notify('taskexec_session', $1)", 1, v, NULL);
+}
+
+static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, const char *payload),
+                               void *ctx)
+{
+    P(st)->on_session = on_session;
+    P(st)->on_session_ctx = ctx;
+}
+
 static int pg_webhook_result(struct store *st, const char *task_id, const char *state,
                              int attempts, int64_t next_at, const char *error)
 {
@@ -1949,4 +2151,13 @@ const struct store_ops store_pg_ops = {
     .logs_after = pg_logs_after,
     .events_prune = pg_events_prune,
     .task_timeseries = pg_task_timeseries,
+    .session_ready = pg_session_ready,
+    .session_get = pg_session_get,
+    .session_step = pg_session_step,
+    .session_next = pg_session_next,
+    .session_answer = pg_session_answer,
+    .session_end = pg_session_end,
+    .session_idle = pg_session_idle,
+    .notify = pg_notify,
+    .listen_sessions = pg_listen_sessions,
 };

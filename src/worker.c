@@ -1,5 +1,6 @@
 /* worker: internal workers (see worker.h for the DESIGN and locking rules). */
 #include "worker.h"
+#include "session.h"
 #include "clock.h"
 #include "err.h"
 #include "exec.h"
@@ -14,6 +15,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +105,39 @@ static enum exec_stop sink_check(void *ctx)
     return EXEC_STOP_NONE;
 }
 
+static int sink_session_ready(void *ctx, const char *task_id, json_t *ready, int max_steps)
+{
+    struct store_sink *s = ctx;
+
+    return s->store->ops->session_ready(s->store, task_id, ready, max_steps, clock_now_us());
+}
+
+static int sink_session_next(void *ctx, const char *task_id, int after, int *step, char **action)
+{
+    struct store_sink *s = ctx;
+
+    return s->store->ops->session_next(s->store, task_id, after, step, action);
+}
+
+static int sink_session_answer(void *ctx, const char *task_id, int step, json_t *answer)
+{
+    struct store_sink *s = ctx;
+    int rc = s->store->ops->session_answer(s->store, task_id, step, answer, clock_now_us());
+
+    if (rc == 0)
+        session_hub_answered(s->slot->wm->srv->sessions, task_id);
+    return rc;
+}
+
+static void sink_session_end(void *ctx, const char *task_id)
+{
+    struct store_sink *s = ctx;
+
+    if (s->store->ops->session_end(s->store, task_id) < 0)
+        log_warn("task %s: could not mark its session ended", task_id);
+    session_hub_answered(s->slot->wm->srv->sessions, task_id); /* waits see the end */
+}
+
 /* Records the end, retrying while the database is unreachable; the lease guard
  * makes a late or repeated attempt harmless. */
 static void record_end(struct slot *slot, const struct task *t, const struct runner_result *res)
@@ -150,15 +185,29 @@ static void run_task(struct slot *slot, struct task *t)
     struct store_sink ss = {.slot = slot, .store = srv->store, .task = t,
                             .last_lease_check = clock_mono_ms()};
     struct runner_sink sink = {.ctx = &ss, .logs = sink_logs, .messages = sink_messages,
-                               .check = sink_check};
+                               .check = sink_check, .session_ready = sink_session_ready,
+                               .session_next = sink_session_next,
+                               .session_answer = sink_session_answer,
+                               .session_end = sink_session_end, .wake_fd = -1};
+    bool interactive = !strcmp(t->mode, "interactive");
     struct runner rn;
     struct runner_result res;
 
+    /* A session's steps wake the runner through this eventfd (the hub writes it). */
+    if (interactive) {
+        sink.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (sink.wake_fd >= 0)
+            session_hub_attach(srv->sessions, t->id, sink.wake_fd);
+    }
     runner_init(&rn, &srv->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
                 srv->self_exe, srv->aiopslab_script, slot->pythonpath, slot->kubeconfig);
     rn.keep_final_logs = true; /* stored with the task's end, in one transaction */
     log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);
+    if (sink.wake_fd >= 0) {
+        session_hub_detach(srv->sessions, t->id);
+        close(sink.wake_fd);
+    }
     record_end(slot, t, &res);
     runner_result_reset(&res);
 }

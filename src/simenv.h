@@ -1,0 +1,16 @@
+/* simenv: the interactive mode of the simulated executor: a toy incident (five services
+ * of a hotel reservation app, one with an injected fault chosen by the problem id and
+ * seed) that answers exec_shell, get_logs, get_metrics, get_traces and submit over the
+ * session protocol. A correct submit ("Yes" for detection, the faulty service otherwise)
+ * earns reward 1, a wrong one 0; max_steps without a submit ends it with reward 0. */
+#ifndef TASKEXEC_SIMENV_H
+#define TASKEXEC_SIMENV_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+/* simenv_run: plays the session for task (already read from stdin); reads actions from
+ * stdin, writes ready/observation/result lines to stdout. Returns the exit code. */
+int simenv_run(json_t *task);
+
+#endif
