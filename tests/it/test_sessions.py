@@ -1,0 +1,238 @@
+"""Interactive sessions on the simulated environment: ready -> steps -> submit -> reward,
+ordering, idle close, cancel and crash mid-session, and a step sent to another server."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+LOCALIZE = "misconfig_app_hotel_res-localization-1"
+DETECT = "misconfig_app_hotel_res-detection-1"
+
+
+def open_session(s, **body):
+    body.setdefault("problem_id", LOCALIZE)
+    r = s.post("/api/v1/sessions", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "starting"
+    return r.json()["id"]
+
+
+def wait_ready(s, sid, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        g = s.get(f"/api/v1/sessions/{sid}").json()
+        if g["status"] != "starting":
+            return g
+        time.sleep(0.05)
+    raise AssertionError(f"session {sid} never became ready: {g}")
+
+
+def step(s, sid, action, **kw):
+    return requests.post(f"{s.api}/sessions/{sid}/step", json=dict(action=action, **kw),
+                         timeout=90)
+
+
+def running(argv):
+    """pids whose command line is exactly argv."""
+    want = ("\0".join(argv) + "\0").encode()
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if f.read() == want:
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def faulty_service(observation):
+    for line in observation.splitlines():
+        if "CrashLoopBackOff" in line:
+            return line.split("-")[0]
+    raise AssertionError(observation)
+
+
+def test_a_session_from_ready_to_reward(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    sid = open_session(s, max_steps=10, metadata={"trainer": "t1"})
+    g = wait_ready(s, sid)
+    assert g["status"] == "ready" and g["step"] == 0
+    assert "faulty" in g["task_description"] and g["instructions"]
+    assert set(g["actions"]) >= {"exec_shell", "get_logs", "get_metrics", "submit"}
+    r = step(s, sid, 'exec_shell("kubectl get pods -n test-hotel-reservation")')
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["step"] == 1 and a["done"] is False and a["reward"] is None
+    bad = faulty_service(a["observation"])
+    r = step(s, sid, f'get_logs("test-hotel-reservation", "{bad}")')
+    assert r.json()["step"] == 2 and "FATAL" in r.json()["observation"]
+    r = step(s, sid, 'get_metrics("test-hotel-reservation", 5)')
+    assert r.json()["step"] == 3 and "error_rate" in r.json()["observation"]
+    r = step(s, sid, f'submit("{bad}")')
+    a = r.json()
+    assert a["step"] == 4 and a["done"] is True and a["reward"] == 1.0
+    assert a["results"]["Localization Accuracy"] == "Correct"
+    t = s.wait_status(sid, "completed")
+    assert t["result"]["reward"] == 1.0 and t["mode"] == "interactive"
+    g = s.get(f"/api/v1/sessions/{sid}").json()
+    assert g["status"] == "done" and g["done"] is True and g["step"] == 4
+    # a step after the end is refused
+    r = step(s, sid, 'submit("geo")')
+    assert r.status_code == 409 and "no more steps" in r.json()["detail"]
+    # the trajectory is stored as a conversation and exported with its reward
+    convs = s.get(f"/api/v1/tasks/{sid}/conversations").json()["conversations"]
+    msgs = [m for c in convs for m in c["messages"]]
+    assert [m["role"] for m in msgs[:2]] == ["system", "user"]
+    acts = [(m["step"], m["content"]) for m in msgs if m["role"] == "assistant"]
+    assert [a[0] for a in acts] == [1, 2, 3, 4] and acts[3][1] == f'submit("{bad}")'
+    obs = [m["step"] for m in msgs if m["role"] == "user"][1:]
+    assert obs == [1, 2, 3, 4]
+    lines = s.get("/api/v1/export?format=jsonl").text.strip().splitlines()
+    assert any(f'"{sid}"' in l and '"reward":1' in l for l in lines)
+
+
+def test_a_wrong_submission_earns_nothing_and_max_steps_ends_it(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=2)
+    sid = open_session(s, problem_id=DETECT)
+    wait_ready(s, sid)
+    a = step(s, sid, 'submit("No")').json()
+    assert a["done"] is True and a["reward"] == 0.0
+    sid2 = open_session(s, max_steps=2)
+    wait_ready(s, sid2)
+    assert step(s, sid2, "get_traces(\"test-hotel-reservation\", 5)").json()["done"] is False
+    a = step(s, sid2, "nonsense").json()
+    assert a["done"] is True and a["reward"] == 0.0 and "max_steps" in a["observation"]
+    assert s.wait_status(sid2, "completed")["result"]["reward"] == 0.0
+
+
+def test_steps_are_strictly_ordered(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    sid = open_session(s)
+    # not ready yet (or not even claimed): refused, not queued
+    early = step(s, sid, 'exec_shell("kubectl get pods")')
+    if early.status_code == 409:
+        assert "not ready" in early.json()["detail"]
+    else:
+        assert early.status_code == 200   # it became ready in between: a normal step
+    wait_ready(s, sid)
+    # wait_seconds 0: the step is taken and answered later; a second one is refused
+    before = s.get(f"/api/v1/sessions/{sid}").json()["step"]
+    r = step(s, sid, 'exec_shell("sleep-free")', wait_seconds=0)
+    assert r.status_code == 202
+    n = r.json()["step"]
+    assert n == before + 1
+    r2 = step(s, sid, 'exec_shell("kubectl get pods")')
+    if r2.status_code == 409:
+        assert "in flight" in r2.json()["detail"]
+    else:                                 # the first was answered already
+        assert r2.json()["step"] == n + 1
+    # many concurrent steps: each step number is handed out once, none interleaved
+    results = []
+
+    def go(i):
+        results.append(step(s, sid, f'exec_shell("echo {i}")'))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    ok = [r.json()["step"] for r in results if r.status_code == 200]
+    assert len(ok) == len(set(ok)) and len(ok) >= 1
+    assert all(r.status_code in (200, 409) for r in results)
+    msgs = [m for c in s.get(f"/api/v1/tasks/{sid}/conversations").json()["conversations"]
+            for m in c["messages"] if m["role"] == "assistant"]
+    steps = [m["step"] for m in msgs]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert s.post(f"/api/v1/sessions/{sid}/step", data="{").status_code == 400
+    assert step(s, sid, "").status_code == 422
+    assert s.get("/api/v1/sessions/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_idle_sessions_are_closed(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1, SESSION_IDLE_MINUTES=1)
+    sid = open_session(s)
+    wait_ready(s, sid)
+    # make it look idle for a minute without waiting one: the check runs every 5 s
+    if s.db_url.startswith("sqlite"):
+        import sqlite3
+        db = sqlite3.connect(s.db_url[len("sqlite://"):])
+        db.execute("UPDATE sessions SET last_activity_at = last_activity_at - 120000000")
+        db.commit()
+        db.close()
+    else:
+        import subprocess
+        subprocess.run(["psql", "-q", s.db_url, "-c",
+                        "UPDATE sessions SET last_activity_at = last_activity_at - 120000000"],
+                       check=True, capture_output=True)
+    t = s.wait_status(sid, "cancelled", timeout=30)
+    logs = s.get(f"/api/v1/tasks/{sid}/logs").json()["logs"]
+    assert any("no step for 1 minutes" in l["message"] for l in logs)
+    assert s.get(f"/api/v1/sessions/{sid}").json()["status"] == "cancelled"
+    deadline = time.time() + 20   # the worker stops the environment and is free again
+    while any(w["status"] == "busy" for w in s.get("/api/v1/workers").json()["workers"]):
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+
+def test_cancel_mid_step_and_close(make_server, tmpdir_path):
+    # an environment that never answers its step: the step's wait ends with the session
+    script = os.path.join(tmpdir_path, "stuck.py")
+    with open(script, "w") as f:
+        f.write("import json, sys, time\nsys.stdin.readline()\n"
+                "print(json.dumps({'type': 'ready', 'task_description': 'd', 'instructions': 'i',"
+                " 'actions': {'x': 'x()'}}), flush=True)\n"
+                "sys.stdin.readline()\ntime.sleep(600)\n")
+    s = make_server(NUM_INTERNAL_WORKERS=1, EXECUTOR="command",
+                    EXECUTOR_COMMAND=f"/usr/bin/python3 {script}")
+    sid = open_session(s)
+    wait_ready(s, sid)
+    box = {}
+    th = threading.Thread(target=lambda: box.update(r=step(s, sid, "x()", wait_seconds=60)))
+    th.start()
+    time.sleep(1)
+    r = s.post(f"/api/v1/sessions/{sid}/close")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    th.join(30)
+    assert box["r"].status_code == 409 and "ended" in box["r"].json()["detail"]
+    s.wait_status(sid, "cancelled")
+    assert s.post(f"/api/v1/sessions/{sid}/close").status_code == 200   # idempotent
+    # the child is gone
+    deadline = time.time() + 15
+    while time.time() < deadline and running(["/usr/bin/python3", script]):
+        time.sleep(0.2)
+    assert not running(["/usr/bin/python3", script])
+
+
+def test_a_killed_environment_fails_the_session_with_the_reason(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    sid = open_session(s)
+    wait_ready(s, sid)
+    pids = running([os.environ["TASKEXEC_BIN"], "simulate"])
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    t = s.wait_status(sid, "failed")
+    assert "signal 9" in t["error"]
+    g = s.get(f"/api/v1/sessions/{sid}").json()
+    assert g["status"] == "failed" and g["done"] is True
+    assert step(s, sid, "x()").status_code == 409
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_step_sent_to_the_other_server(make_server):
+    host = make_server(WORKER_NAME_PREFIX="a-", NUM_INTERNAL_WORKERS=1)
+    other = make_server(WORKER_NAME_PREFIX="b-", NUM_INTERNAL_WORKERS=0)
+    sid = open_session(other)
+    wait_ready(other, sid)
+    assert host.task(sid)["worker_id"].startswith("a-")
+    t0 = time.time()
+    a = step(other, sid, 'exec_shell("kubectl get pods -n test-hotel-reservation")').json()
+    assert a["step"] == 1 and "CrashLoopBackOff" in a["observation"]
+    assert time.time() - t0 < 5
+    bad = faulty_service(a["observation"])
+    a = step(host, sid, f'submit("{bad}")').json()
+    assert a["reward"] == 1.0
+    assert other.wait_status(sid, "completed")["result"]["reward"] == 1.0
