@@ -27,6 +27,8 @@ struct opts {
     bool wait;
     /* list, logs, export */
     const char *status, *level, *limit, *output, *format, *since, *until;
+    /* session */
+    const char *action;
     bool follow, skip_logs, skip_conversations;
 };
 
@@ -47,6 +49,11 @@ static int usage(const char *msg)
             "  taskexec export --output FILE [--format json|jsonl] [--status S]\n"
             "                  [--problem-id ID] [--since T] [--until T]\n"
             "                  [--skip-logs] [--skip-conversations]\n"
+            "  taskexec session open --problem-id ID [--max-steps N] [--timeout-minutes N]\n"
+            "                  [--backend-type T]     (waits until the environment is ready)\n"
+            "  taskexec session step ID --action 'exec_shell(\"kubectl get pods\")'\n"
+            "  taskexec session show ID | close ID\n"
+            "  taskexec session play --problem-id ID [...]   (actions from stdin, one a line)\n"
             "every command: --api URL (default $TASKEXEC_API, then http://127.0.0.1:8000), "
             "--json\n");
     return EXIT_USAGE;
@@ -61,7 +68,7 @@ static int parse(int argc, char **argv, struct opts *o)
         V("--priority", priority), V("--max-steps", max_steps),
         V("--timeout-minutes", timeout_minutes), V("--status", status), V("--level", level),
         V("--limit", limit), V("--output", output), V("--format", format), V("--since", since),
-        V("--until", until),
+        V("--until", until), V("--action", action),
 #undef V
     };
 
@@ -571,18 +578,241 @@ static int do_export(struct client *c, const struct opts *o)
     return rc;
 }
 
+/* ---- sessions ---- */
+
+/* Polls the session until it is no longer starting; *out is its JSON. */
+static int session_wait_ready(struct client *c, const char *id, json_t **out)
+{
+    char path[200];
+
+    snprintf(path, sizeof(path), "/api/v1/sessions/%s", id);
+    for (;;) {
+        json_t *r = NULL;
+        long status = 0;
+        const char *st;
+        int rc = call(c, "GET", path, NULL, &status, &r);
+
+        if (rc != EXIT_OK || status != 200) {
+            rc = rc != EXIT_OK ? rc : server_error("session", status, r);
+            json_decref(r);
+            return rc;
+        }
+        st = json_string_value(json_object_get(r, "status"));
+        if (st && strcmp(st, "starting")) {
+            *out = r;
+            return EXIT_OK;
+        }
+        json_decref(r);
+        usleep(100 * 1000);
+    }
+}
+
+static void print_session(const struct opts *o, json_t *s)
+{
+    const char *k;
+    json_t *v;
+
+    if (o->json) {
+        print_json(s);
+        return;
+    }
+    printf("session %s: %s\n", json_string_value(json_object_get(s, "id")),
+           json_string_value(json_object_get(s, "status")));
+    if (json_is_string(json_object_get(s, "task_description")))
+        printf("\n%s\n\n%s\n\nactions:\n",
+               json_string_value(json_object_get(s, "task_description")),
+               json_string_value(json_object_get(s, "instructions")));
+    json_object_foreach(json_object_get(s, "actions"), k, v)
+        printf("  %s\n", json_string_value(v) ? json_string_value(v) : k);
+    if (json_is_string(json_object_get(s, "error")))
+        printf("error: %s\n", json_string_value(json_object_get(s, "error")));
+}
+
+static int session_open(struct client *c, const struct opts *o, json_t **session)
+{
+    json_t *body, *r = NULL;
+    long status = 0;
+    int rc;
+
+    if (!o->problem_id)
+        return usage("session open needs --problem-id");
+    body = json_pack("{s:s}", "problem_id", o->problem_id);
+    if (o->max_steps)
+        json_object_set_new(body, "max_steps", json_integer(atoi(o->max_steps)));
+    if (o->timeout_minutes)
+        json_object_set_new(body, "timeout_minutes", json_integer(atoi(o->timeout_minutes)));
+    if (o->backend_type)
+        json_object_set_new(body, "backend_type", json_string(o->backend_type));
+    rc = call(c, "POST", "/api/v1/sessions", body, &status, &r);
+    json_decref(body);
+    if (rc == EXIT_OK && status != 201 && status != 200)
+        rc = server_error("session open", status, r);
+    if (rc == EXIT_OK) {
+        if (!o->json && isatty(STDERR_FILENO))
+            fprintf(stderr, "session %s: waiting for the environment...\n",
+                    json_string_value(json_object_get(r, "id")));
+        rc = session_wait_ready(c, json_string_value(json_object_get(r, "id")), session);
+    }
+    json_decref(r);
+    return rc;
+}
+
+/* One step, following 202s until the answer comes. *answer: the answer's JSON. */
+static int session_step(struct client *c, const char *id, const char *action, json_t **answer)
+{
+    char path[200];
+    json_t *body = json_pack("{s:s, s:i}", "action", action, "wait_seconds", 20), *r = NULL;
+    long status = 0;
+    int rc, step;
+
+    snprintf(path, sizeof(path), "/api/v1/sessions/%s/step", id);
+    rc = call(c, "POST", path, body, &status, &r);
+    json_decref(body);
+    if (rc != EXIT_OK || (status != 200 && status != 202)) {
+        rc = rc != EXIT_OK ? rc : server_error("step", status, r);
+        json_decref(r);
+        return rc;
+    }
+    step = (int)json_integer_value(json_object_get(r, "step"));
+    while (status == 202) { /* still working: wait on the session itself */
+        json_t *s = NULL;
+        json_decref(r);
+        r = NULL;
+        usleep(200 * 1000);
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s", id);
+        rc = call(c, "GET", path, NULL, &status, &s);
+        if (rc != EXIT_OK || status != 200) {
+            rc = rc != EXIT_OK ? rc : server_error("session", status, s);
+            json_decref(s);
+            return rc;
+        }
+        if (json_integer_value(json_object_get(s, "step")) >= step ||
+            json_is_true(json_object_get(s, "done"))) {
+            r = json_pack("{s:i, s:O, s:O, s:O, s:O}", "step", step, "observation",
+                          json_object_get(s, "observation"), "done", json_object_get(s, "done"),
+                          "reward", json_object_get(s, "reward"), "results",
+                          json_object_get(s, "results"));
+            status = 200;
+        } else {
+            status = 202;
+            r = json_object();
+        }
+        json_decref(s);
+    }
+    *answer = r;
+    return EXIT_OK;
+}
+
+static void print_answer(const struct opts *o, json_t *a)
+{
+    if (o->json) {
+        print_json(a);
+        return;
+    }
+    printf("[step %lld]\n%s\n", (long long)json_integer_value(json_object_get(a, "step")),
+           json_string_value(json_object_get(a, "observation"))
+               ? json_string_value(json_object_get(a, "observation"))
+               : "");
+    if (json_is_true(json_object_get(a, "done")))
+        printf("done: reward %g\n", json_number_value(json_object_get(a, "reward")));
+}
+
+static int do_session(struct client *c, const char *sub, const struct opts *o)
+{
+    char path[200];
+    json_t *s = NULL, *a = NULL;
+    long status = 0;
+    int rc;
+
+    if (!sub)
+        return usage("session needs open, step, show, close or play");
+    if (!strcmp(sub, "open") || !strcmp(sub, "play")) {
+        rc = session_open(c, o, &s);
+        if (rc == EXIT_OK)
+            print_session(o, s);
+        if (rc == EXIT_OK && !strcmp(sub, "play")) {
+            char line[65536];
+            const char *id = json_string_value(json_object_get(s, "id"));
+            bool done = strcmp(json_string_value(json_object_get(s, "status")), "ready") != 0;
+            while (!done) {
+                if (isatty(STDIN_FILENO)) {
+                    fputs("action> ", stdout);
+                    fflush(stdout);
+                }
+                if (!fgets(line, sizeof(line), stdin))
+                    break;
+                line[strcspn(line, "\r\n")] = '\0';
+                if (!line[0])
+                    continue;
+                rc = session_step(c, id, line, &a);
+                if (rc != EXIT_OK)
+                    break;
+                print_answer(o, a);
+                done = json_is_true(json_object_get(a, "done"));
+                json_decref(a);
+                a = NULL;
+            }
+            if (!done) { /* stdin ended first: give the environment back */
+                snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", id);
+                json_t *r = NULL;
+                if (call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
+                    fprintf(stderr, "session %s closed\n", id);
+                json_decref(r);
+            }
+        }
+        json_decref(s);
+        return rc;
+    }
+    if (!o->positional)
+        return usage("this session command needs a session id");
+    if (!strcmp(sub, "show")) {
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s", o->positional);
+        rc = call(c, "GET", path, NULL, &status, &s);
+        if (rc == EXIT_OK && status != 200)
+            rc = server_error("session", status, s);
+        else if (rc == EXIT_OK)
+            print_session(o, s);
+        json_decref(s);
+        return rc;
+    }
+    if (!strcmp(sub, "step")) {
+        if (!o->action)
+            return usage("session step needs --action");
+        rc = session_step(c, o->positional, o->action, &a);
+        if (rc == EXIT_OK)
+            print_answer(o, a);
+        json_decref(a);
+        return rc;
+    }
+    if (!strcmp(sub, "close")) {
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", o->positional);
+        rc = call(c, "POST", path, NULL, &status, &s);
+        if (rc == EXIT_OK && status != 200)
+            rc = server_error("close", status, s);
+        else if (rc == EXIT_OK)
+            o->json ? print_json(s)
+                    : (void)printf("session %s: %s\n", o->positional,
+                                   json_string_value(json_object_get(s, "status")));
+        json_decref(s);
+        return rc;
+    }
+    return usage("session needs open, step, show, close or play");
+}
+
 int cli_main(int argc, char **argv)
 {
     struct opts o = {0};
     struct client c;
-    const char *cmd = argv[0];
+    const char *cmd = argv[0], *sub;
     int rc;
 
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(NULL);
         return EXIT_OK;
     }
-    rc = parse(argc, argv, &o);
+    /* `session SUB ...`: the sub-command is not an argument of its own */
+    sub = !strcmp(cmd, "session") && argc > 1 ? argv[1] : NULL;
+    rc = sub ? parse(argc - 1, argv + 1, &o) : parse(argc, argv, &o);
     if (rc)
         return rc;
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -602,6 +832,8 @@ int cli_main(int argc, char **argv)
         rc = do_cancel(&c, &o);
     else if (!strcmp(cmd, "export"))
         rc = do_export(&c, &o);
+    else if (!strcmp(cmd, "session"))
+        rc = do_session(&c, sub, &o);
     else
         rc = usage("unknown command");
     client_reset(&c);

@@ -72,7 +72,8 @@ int main(int argc, char **argv)
         return server_run(argc - 2, argv + 2);
     }
     if (!strcmp(cmd, "submit") || !strcmp(cmd, "status") || !strcmp(cmd, "list") ||
-        !strcmp(cmd, "logs") || !strcmp(cmd, "cancel") || !strcmp(cmd, "export")) {
+        !strcmp(cmd, "logs") || !strcmp(cmd, "cancel") || !strcmp(cmd, "export") ||
+        !strcmp(cmd, "session")) {
         return cli_main(argc - 1, argv + 1);
     }
     if (!strcmp(cmd, "migrate"))

@@ -236,3 +236,29 @@ def test_a_step_sent_to_the_other_server(make_server):
     a = step(host, sid, f'submit("{bad}")').json()
     assert a["reward"] == 1.0
     assert other.wait_status(sid, "completed")["result"]["reward"] == 1.0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_session_command_line(make_server):
+    import subprocess
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    bin_ = os.environ["TASKEXEC_BIN"]
+    r = subprocess.run([bin_, "session", "play", "--problem-id", LOCALIZE, "--api", s.url],
+                       input='exec_shell("kubectl get pods -n test-hotel-reservation")\n',
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Which service is faulty?" in r.stdout and "[step 1]" in r.stdout
+    bad = faulty_service(r.stdout.split("[step 1]")[1])
+    # stdin ended before the episode did: the session was closed
+    assert "closed" in r.stderr
+    r = subprocess.run([bin_, "session", "open", "--problem-id", LOCALIZE, "--api", s.url,
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import json
+    sid = json.loads(r.stdout)["id"]
+    r = subprocess.run([bin_, "session", "step", sid, "--action", f'submit("{bad}")',
+                        "--api", s.url], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "done: reward 1" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([bin_, "session", "step", sid, "--action", "x()", "--api", s.url],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no more steps" in r.stderr
