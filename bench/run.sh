@@ -90,6 +90,22 @@ stop_server
 DRATE=$("${PSQL[@]}" drain -c "SELECT round(count(*) / extract(epoch FROM max(completed_at) - min(started_at))) FROM tasks")
 row "internal workers draining $DRAIN queued tasks/s (PG)" "$DRATE" "$PGB" "$(ratio "$DRATE" "$PGB")"
 
+# ---- session step round trip on the simulated environment (PostgreSQL: one server, and
+# a step sent to a second server while the first hosts the session) ----
+STEPS=${BENCH_STEPS:-500}
+"${PSQL[@]}" -c "CREATE DATABASE steps" postgres
+SURL="postgresql:///steps?host=$DIR&port=$PORT&user=postgres"
+start_server stepa DATABASE_URL="$SURL" NUM_INTERNAL_WORKERS=1 WORKER_NAME_PREFIX=a-
+A_SERVER=$SERVER A_API=$API
+start_server stepb DATABASE_URL="$SURL" NUM_INTERNAL_WORKERS=0 WORKER_NAME_PREFIX=b-
+read -r S1_50 S1_99 <<<"$(/usr/bin/python3 bench/steps.py "$A_API" "$A_API" "$STEPS")"
+read -r S2_50 S2_99 <<<"$(/usr/bin/python3 bench/steps.py "$A_API" "$API" "$STEPS")"
+stop_server
+SERVER=$A_SERVER
+stop_server
+row "session step p50 / p99 ms, one server (PG)" "$S1_50 / $S1_99"
+row "session step p50 / p99 ms, across two servers (PG)" "$S2_50 / $S2_99"
+
 # ---- a big table: claim and list latency with BIG_ROWS finished tasks against 1,000 ----
 BIG_ROWS=${BENCH_BIG_ROWS:-1000000}
 median_ms() {  # median time of 50 GETs of $1, in ms
@@ -174,6 +190,11 @@ start_server idle DATABASE_URL="sqlite://$DIR/idle/i.db" NUM_INTERNAL_WORKERS=3
 sleep 2
 row "server RSS idle, 3 workers (MB)" "$(rss_mb "$(server_pid)" VmRSS)"
 stop_server
+
+start_server stepsq DATABASE_URL="sqlite://$DIR/stepsq/s.db" NUM_INTERNAL_WORKERS=1
+read -r SQ_50 SQ_99 <<<"$(/usr/bin/python3 bench/steps.py "$API" "$API" "$STEPS")"
+stop_server
+row "session step p50 / p99 ms, one server (SQLite)" "$SQ_50 / $SQ_99"
 
 # ---- executor ingest: one chatty child into the store ----
 cat > "$DIR/chatty.py" <<PY

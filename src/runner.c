@@ -142,14 +142,26 @@ static void session_message(struct run_ctx *r, const char *role, const char *con
         push(r->msgs, &r->msg_ts, &r->msg_cap, m);
 }
 
-/* Stores the answer to the step in flight and wakes whoever waits for it. */
+/* Stores the answer to the step in flight, with the step's messages (one transaction),
+ * and wakes whoever waits for it. */
 static void session_reply(struct run_ctx *r, json_t *answer)
 {
-    int tries = 0;
+    size_t nm = json_array_size(r->msgs);
+    struct msg_entry *me = nm ? calloc(nm, sizeof(*me)) : NULL;
+    int tries = 0, rc;
 
-    flush(r); /* the step's messages are stored before its answer is seen */
-    while (r->sink->session_answer(r->sink->ctx, r->task->id, r->sent, answer) < 0 && ++tries < 20)
+    for (size_t i = 0; me && i < nm; i++) {
+        me[i].ts = r->msg_ts[i];
+        me[i].msg = json_array_get(r->msgs, i);
+    }
+    if (nm && !me)
+        nm = 0; /* out of memory: the messages stay pending for the next flush */
+    while ((rc = r->sink->session_answer(r->sink->ctx, r->task->id, r->sent, answer, me, nm)) < 0 &&
+           ++tries < 20)
         usleep(100 * 1000);
+    if (rc == 0 && nm)
+        json_array_clear(r->msgs);
+    free(me);
     r->answered = r->sent;
     json_decref(answer);
 }

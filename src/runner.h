@@ -29,8 +29,10 @@ struct runner_sink {
     /* The action of the step after `after`, if one is in flight (*step 0 when none;
      * *action malloc'd). */
     int (*session_next)(void *ctx, const char *task_id, int after, int *step, char **action);
-    /* answer: {"observation","done","reward","results"} for step. */
-    int (*session_answer)(void *ctx, const char *task_id, int step, json_t *answer);
+    /* answer: {"observation","done","reward","results"} for step, stored with the step's
+     * messages (msgs) in one go. */
+    int (*session_answer)(void *ctx, const char *task_id, int step, json_t *answer,
+                          const struct msg_entry *msgs, size_t n_msgs);
     void (*session_end)(void *ctx, const char *task_id);
     int wake_fd;                  /* readable when a step may have arrived; -1: poll only */
 };

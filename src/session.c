@@ -199,6 +199,15 @@ void session_hub_answered(struct session_hub *h, const char *task_id)
     announce(h, 'o', task_id);
 }
 
+/* A step was taken: wake its host here, or on whichever server has it. */
+static void wake_and_announce(struct session_hub *h, const char *task_id)
+{
+    pthread_mutex_lock(&h->lock);
+    wake_host(h, task_id);
+    pthread_mutex_unlock(&h->lock);
+    announce(h, 'a', task_id);
+}
+
 /* ---- the hub's thread: answers parked steps ---- */
 
 /* Unlinks w (hub lock held) and answers it. */
@@ -448,8 +457,9 @@ int api_session_step(struct request *req)
     struct session_hub *h = srv->sessions;
     struct store *st = srv->store;
     struct task *t = NULL;
-    json_t *body = NULL, *row = NULL, *ans;
+    json_t *body = NULL, *row = NULL;
     const char *action;
+    char id[TASK_ID_LEN + 1];
     long long wait_s = 60;
     int step = 0, rc;
     struct wait *w;
@@ -493,18 +503,15 @@ int api_session_step(struct request *req)
         task_free(t);
         return api_reply_error(req, rc, "the step");
     }
-    /* The step is taken: wake its host here, or on whichever server has it. */
-    pthread_mutex_lock(&h->lock);
-    wake_host(h, t->id);
-    pthread_mutex_unlock(&h->lock);
-    announce(h, 'a', t->id);
     if (wait_s == 0) {
+        wake_and_announce(h, t->id);
         api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
         task_free(t);
         return 0;
     }
     w = calloc(1, sizeof(*w));
     if (!w) {
+        wake_and_announce(h, t->id);
         task_free(t);
         return api_reply_error(req, ERR_NOMEM, "the step");
     }
@@ -513,24 +520,21 @@ int api_session_step(struct request *req)
     w->step = step;
     w->deadline_ms = clock_mono_ms() + wait_s * 1000;
     task_free(t);
+    /* Parked before its host is woken, so no answer can come before anyone waits for it. */
     pthread_mutex_lock(&h->lock);
     if (h->closing) {
         pthread_mutex_unlock(&h->lock);
+        wake_and_announce(h, w->task_id);
+        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
         free(w);
-        return api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
+        return 0;
     }
-    /* Answered already (a fast environment)? Then no need to park. */
-    if (st->ops->session_get(st, w->task_id, &row) == 0 && (ans = answer_of(row, step))) {
-        pthread_mutex_unlock(&h->lock);
-        json_decref(row);
-        free(w);
-        return api_reply(req, 200, ans);
-    }
-    json_decref(row);
     w->next = h->waits;
     h->waits = w;
     http_request_defer(req); /* under the lock: finish() cannot resume it before this */
+    snprintf(id, sizeof(id), "%s", w->task_id); /* w belongs to the hub once unlocked */
     pthread_mutex_unlock(&h->lock);
+    wake_and_announce(h, id);
     return 0;
 }
 

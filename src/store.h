@@ -201,9 +201,10 @@ struct store_ops {
     int (*session_next)(struct store *st, const char *task_id, int after, int *step,
                         char **action);
     /* session_answer: the environment's answer to step (answer: {"observation","done",
-     * "reward","results"}). */
+     * "reward","results"}), stored in one transaction with the step's conversation
+     * messages (one commit a step, not two). */
     int (*session_answer)(struct store *st, const char *task_id, int step, json_t *answer,
-                          int64_t now);
+                          const struct msg_entry *msgs, size_t n_msgs, int64_t now);
     /* session_end: the environment is gone (whatever the reason); no more steps. */
     int (*session_end)(struct store *st, const char *task_id);
     /* session_idle: running sessions with no step since `before` (up to max ids). */

@@ -1279,15 +1279,13 @@ static int pg_logs_list(struct store *st, const char *task_id, int min_level, in
 }
 
 
-static int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                              size_t n)
+/* Inserts messages on pc, inside the caller's transaction; *rc set on failure. */
+static void insert_messages(struct pgconn *pc, const char *task_id, const struct msg_entry *e,
+                            size_t n, int *rcp)
 {
-    struct pgconn *pc = conn_get(P(st));
-    int rc = 0;
+    int rc = *rcp;
     PGresult *r;
 
-    if (n)
-        PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
     for (size_t i = 0; rc == 0 && i < n; i++) {
         json_t *m = e[i].msg, *sid = json_object_get(m, "session_id");
         json_t *step = json_object_get(m, "step"), *meta = json_object_get(m, "metadata");
@@ -1315,6 +1313,18 @@ static int pg_messages_append(struct store *st, const char *task_id, const struc
         free(content);
         free(metatext);
     }
+    *rcp = rc;
+}
+
+static int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                              size_t n)
+{
+    struct pgconn *pc = conn_get(P(st));
+    int rc = 0;
+
+    if (n)
+        PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
+    insert_messages(pc, task_id, e, n, &rc);
     if (n) {
         int rc2;
         PQclear(run_sql(pc, rc == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, &rc2));
@@ -2037,7 +2047,7 @@ static int pg_session_next(struct store *st, const char *task_id, int after, int
 }
 
 static int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                             int64_t now)
+                             const struct msg_entry *msgs, size_t n_msgs, int64_t now)
 {
     json_t *reward = json_object_get(answer, "reward"), *res = json_object_get(answer, "results");
     char sp[16], rw[40], ts[24];
@@ -2046,15 +2056,23 @@ static int pg_session_answer(struct store *st, const char *task_id, int step, js
     const char *v[7] = {task_id, sp, json_string_value(json_object_get(answer, "observation")),
                         json_is_true(json_object_get(answer, "done")) ? "true" : "false",
                         json_is_number(reward) ? rw : NULL, results, ts};
-    int rc;
+    struct pgconn *pc = conn_get(P(st));
+    int rc = 0, rc2;
 
     snprintf(sp, sizeof(sp), "%d", step);
     snprintf(rw, sizeof(rw), "%.17g", json_number_value(reward));
     snprintf(ts, sizeof(ts), "%lld", (long long)now);
-    rc = pg_exec_params(st, "UPDATE sessions SET answered = $2, observation = $3, done = $4, "
+    PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
+    insert_messages(pc, task_id, msgs, n_msgs, &rc);
+    if (rc == 0)
+        PQclear(run_sql(pc, "UPDATE sessions SET answered = $2, observation = $3, done = $4, "
                             "reward = $5, results = $6::jsonb, state = CASE WHEN $4 THEN 'done' "
                             "ELSE state END, last_activity_at = $7 WHERE task_id = $1 AND step = "
-                            "$2", 7, v, NULL);
+                            "$2", 7, v, &rc));
+    PQclear(run_sql(pc, rc == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, &rc2));
+    if (rc == 0)
+        rc = rc2;
+    conn_put(P(st), pc);
     free(results);
     return rc;
 }

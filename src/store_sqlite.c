@@ -1990,20 +1990,36 @@ static void bind_answer(sqlite3_stmt *s, void *ud)
 }
 
 static int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                             int64_t now)
+                             const struct msg_entry *msgs, size_t n_msgs, int64_t now)
 {
+    struct sqlite_store *ss = S(st);
     json_t *reward = json_object_get(answer, "reward");
     struct sess_args a = {.task_id = task_id, .i1 = step,
                           .text1 = json_string_value(json_object_get(answer, "observation")),
                           .i2 = json_is_true(json_object_get(answer, "done")),
                           .has_real = json_is_number(reward), .real = json_number_value(reward),
                           .json1 = json_object_get(answer, "results"), .now = now};
+    struct conn *c = writer_begin(ss);
+    sqlite3_stmt *s = NULL;
+    int rc = 0;
 
-    return sq_write1(st, "storing an observation",
-                     "UPDATE sessions SET answered = ?2, observation = ?3, done = ?4, reward = "
-                     "?5, results = ?6, state = CASE WHEN ?4 THEN 'done' ELSE state END, "
-                     "last_activity_at = ?7 WHERE task_id = ?1 AND step = ?2",
-                     bind_answer, &a, NULL);
+    if (!c)
+        return ERR_STORE;
+    for (size_t i = 0; rc == 0 && i < n_msgs; i++)
+        rc = insert_message(c, task_id, &msgs[i]);
+    if (rc == 0 &&
+        sqlite3_prepare_v2(c->db, "UPDATE sessions SET answered = ?2, observation = ?3, done = "
+                                  "?4, reward = ?5, results = ?6, state = CASE WHEN ?4 THEN "
+                                  "'done' ELSE state END, last_activity_at = ?7 WHERE task_id = "
+                                  "?1 AND step = ?2", -1, &s, NULL) != SQLITE_OK)
+        rc = fail_db(c->db, "storing an observation");
+    if (rc == 0) {
+        bind_answer(s, &a);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            rc = fail_db(c->db, "storing an observation");
+    }
+    sqlite3_finalize(s);
+    return writer_end(ss, rc);
 }
 
 static void bind_id(sqlite3_stmt *s, void *ud)

@@ -119,10 +119,12 @@ static int sink_session_next(void *ctx, const char *task_id, int after, int *ste
     return s->store->ops->session_next(s->store, task_id, after, step, action);
 }
 
-static int sink_session_answer(void *ctx, const char *task_id, int step, json_t *answer)
+static int sink_session_answer(void *ctx, const char *task_id, int step, json_t *answer,
+                               const struct msg_entry *msgs, size_t n_msgs)
 {
     struct store_sink *s = ctx;
-    int rc = s->store->ops->session_answer(s->store, task_id, step, answer, clock_now_us());
+    int rc = s->store->ops->session_answer(s->store, task_id, step, answer, msgs, n_msgs,
+                                           clock_now_us());
 
     if (rc == 0)
         session_hub_answered(s->slot->wm->srv->sessions, task_id);
