@@ -16,11 +16,26 @@ model was given and each reply, with step numbers and token usage), and a result
 agent was right (detection: "Detection Accuracy" == "Correct"; the other task types:
 results["success"]). Replies are never served from a cache.
 
+Interactive sessions (task mode "interactive"): the trainer is the agent. The runner
+registers an agent whose get_action hands AIOpsLab's prompt to the server as an
+observation and waits on stdin for the trainer's next action, so AIOpsLab's own
+start_problem loop, parser, evaluation and clean-up run unchanged:
+  -> {"type":"ready","task_description","instructions","actions"}
+  <- {"type":"action","step":n,"action":"exec_shell(\"kubectl get pods\")"}
+  -> {"type":"observation","step":n,"content":"...","done":false}
+and at the end the last observation with done, reward and results, then the result line.
+No model key is needed. reward comes from AIOpsLab's results by task type:
+  detection     1 if "Detection Accuracy" == "Correct", else 0
+  localization  1 if results["success"] (AIOpsLab's top-1 match), else 0
+  analysis      the fraction of "system_level_correct" and "fault_type_correct" that hold
+  mitigation    1 if results["success"], else 0
+
 `python3 aiopslab_runner.py --list-problems` prints {"problems":[ids]} from the registry.
 """
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +92,18 @@ def solved(problem_id, results):
     if task_type(problem_id) == "detection":
         return results.get("Detection Accuracy") == "Correct"
     return bool(results.get("success"))
+
+
+def reward(problem_id, results):
+    kind = task_type(problem_id)
+    if kind == "detection":
+        return 1.0 if results.get("Detection Accuracy") == "Correct" else 0.0
+    if kind == "analysis":
+        parts = [results[k] for k in ("system_level_correct", "fault_type_correct")
+                 if k in results]
+        if parts:
+            return sum(1.0 for p in parts if p) / len(parts)
+    return 1.0 if results.get("success") else 0.0
 
 
 class ChatModel:
@@ -156,6 +183,83 @@ class TaskexecAgent:
         return content
 
 
+class SessionClosed(Exception):
+    """stdin ended or SIGTERM came: the trainer closed the session."""
+
+
+class TrainerAgent:
+    """The agent AIOpsLab drives when the trainer chooses every action: each prompt
+    AIOpsLab gives is the observation of the step before; the next action comes from
+    stdin. Every action and observation is also a conversation message of the task."""
+
+    def __init__(self):
+        self.step = 0
+        self.session_id = None
+
+    def init_context(self, problem_desc, instructions, apis):
+        emit({"type": "ready", "task_description": problem_desc, "instructions": instructions,
+              "actions": {k: str(v) for k, v in apis.items()}})
+
+    async def get_action(self, input):
+        if self.step > 0:
+            emit({"type": "observation", "step": self.step, "content": str(input),
+                  "done": False})
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            raise SessionClosed()
+        msg = json.loads(line)
+        self.step = int(msg.get("step") or self.step + 1)
+        STEP["n"] = self.step
+        log("info", f"step {self.step}: the trainer's action", phase="step", step=self.step)
+        return msg.get("action") or ""
+
+
+def cleanup(orch):
+    """The problem's own clean-up, when the loop did not get to run it."""
+    problem = getattr(getattr(orch, "session", None), "problem", None)
+    for what in ("recover_fault", "app.cleanup"):
+        try:
+            target = problem
+            for part in what.split("."):
+                target = getattr(target, part)
+            target()
+        except Exception as e:        # best effort: the cluster is recreated if unhealthy
+            log("warning", f"clean-up step {what} failed: {e}", phase="cleanup")
+
+
+def run_session(task, pid, max_steps, Orchestrator):
+    def on_term(signum, frame):
+        raise SessionClosed()
+    signal.signal(signal.SIGTERM, on_term)
+    orch = Orchestrator(results_dir=Path.cwd() / "results")
+    agent = TrainerAgent()
+    orch.register_agent(agent, name="taskexec-trainer")
+    log("info", "deploying the application and injecting the fault", phase="deploy")
+    try:
+        desc, instructions, actions = orch.init_problem(pid)
+        agent.session_id = str(getattr(orch.session, "session_id", task.get("id")))
+        agent.init_context(desc, instructions, actions)
+        out = asyncio.run(orch.start_problem(max_steps=max_steps))
+    except SessionClosed:
+        log("info", "the session was closed: cleaning up", phase="cleanup")
+        cleanup(orch)
+        PROTO.flush()
+        os._exit(0)   # not waiting for the thread still blocked reading stdin
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        fail(f"the session failed: {e}", phase="step")
+    results = out.get("results") or {}
+    r = reward(pid, results)
+    emit({"type": "observation", "step": agent.step, "content": str(out.get("final_state")),
+          "done": True, "reward": r, "results": results})
+    log("info", f"evaluated: reward {r}", phase="eval", results=results)
+    emit({"type": "result", "success": True, "solved": r >= 1.0, "reward": r,
+          "results": results, "session_id": agent.session_id, "task_type": task_type(pid),
+          "output": out.get("final_state"),
+          "metrics": {"steps_taken": agent.step,
+                      "framework_overhead": out.get("framework_overhead")}})
+
+
 def check_cluster():
     ctx = os.environ.get("KUBE_CONTEXT")
     if not ctx or os.environ.get("TASKEXEC_SKIP_CLUSTER_CHECK") == "1":
@@ -200,6 +304,9 @@ def main():
     log("info", f"AIOpsLab run of {pid}, at most {max_steps} steps", phase="init",
         worker=os.environ.get("WORKER_ID"), cluster=os.environ.get("AIOPSLAB_CLUSTER"))
     Orchestrator = import_aiopslab()
+    if task.get("mode") == "interactive":
+        check_cluster()
+        return run_session(task, pid, max_steps, Orchestrator)
     model = ChatModel(cfg)
     check_cluster()
 

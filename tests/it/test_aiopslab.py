@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -247,3 +248,38 @@ def test_failed_provisioning_shows_on_the_worker_and_eats_no_task(make_server, s
     done = s.wait_status(t["id"], ("completed", "failed"), timeout=30)
     assert done["status"] == "completed"
     assert s.get("/api/v1/workers/worker-001-kind").json()["metadata"]["provision"] == "ready"
+
+
+def test_an_interactive_session_runs_aiopslabs_own_loop(make_server, llm, standins):
+    """The trainer is the agent: AIOpsLab's start_problem asks our agent for each action,
+    the observation goes back to the trainer, and the reward comes from AIOpsLab's results."""
+    standins.cluster("worker-001-kind")
+    s = aiopslab_server(make_server, llm, standins, OPENAI_API_KEY="")   # no model needed
+    pid = "misconfig_app_hotel_res-detection-1"
+    sid = s.post("/api/v1/sessions", json={"problem_id": pid, "max_steps": 5}).json()["id"]
+    deadline = time.time() + 60
+    while (g := s.get(f"/api/v1/sessions/{sid}").json())["status"] == "starting":
+        assert time.time() < deadline, g
+        time.sleep(0.1)
+    assert g["status"] == "ready", g
+    assert "hotel reservation" in g["task_description"] and "submit" in g["instructions"]
+    assert any(k.startswith("exec_shell") for k in g["actions"])
+    a = requests.post(f"{s.api}/sessions/{sid}/step", timeout=60,
+                      json={"action": 'exec_shell("kubectl get pods -n test-hotel-reservation")'}).json()
+    assert a["step"] == 1 and "CrashLoopBackOff" in a["observation"] and a["done"] is False
+    a = requests.post(f"{s.api}/sessions/{sid}/step", timeout=60,
+                      json={"action": '```\nsubmit("Yes")\n```'}).json()
+    assert a["step"] == 2 and a["done"] is True and a["reward"] == 1.0
+    assert a["results"]["Detection Accuracy"] == "Correct"
+    t = s.wait_status(sid, "completed")
+    assert t["result"]["reward"] == 1.0 and t["result"]["task_type"] == "detection"
+    msgs = [m for c in s.get(f"/api/v1/tasks/{sid}/conversations").json()["conversations"]
+            for m in c["messages"]]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant",
+                                         "user"]
+    # a closed session stops AIOpsLab's loop and runs the problem's clean-up
+    sid = s.post("/api/v1/sessions", json={"problem_id": pid}).json()["id"]
+    while s.get(f"/api/v1/sessions/{sid}").json()["status"] == "starting":
+        time.sleep(0.1)
+    assert s.post(f"/api/v1/sessions/{sid}/close").json()["status"] == "cancelled"
+    s.wait_status(sid, "cancelled")
