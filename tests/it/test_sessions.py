@@ -262,3 +262,20 @@ def test_the_session_command_line(make_server):
     r = subprocess.run([bin_, "session", "step", sid, "--action", "x()", "--api", s.url],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no more steps" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_readme_example_trains_against_the_simulated_environment(make_server, tmpdir_path):
+    import re
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    section = readme.split("## Interactive sessions", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    code = code.replace('API = "http://127.0.0.1:8000/api/v1"', f'API = "{s.api}"')
+    assert s.api in code and len(code.splitlines()) <= 35
+    r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "reward 1.0" in r.stdout and "Localization Accuracy" in r.stdout
