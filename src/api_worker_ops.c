@@ -4,6 +4,7 @@
  * task calls need the task to be running on this worker (403 otherwise, 409 once
  * it has ended). */
 #include "api.h"
+#include "session.h"
 #include "clock.h"
 #include "crypto.h"
 #include "err.h"
@@ -447,6 +448,126 @@ int api_worker_task_fail(struct request *req)
     finish(req, t, st, json_is_object(result) ? result : NULL, json_string_value(err));
 out:
     json_decref(body);
+    task_free(t);
+    return 0;
+}
+
+/* ---- sessions hosted by an external worker ---- */
+
+int api_worker_session_ready(struct request *req)
+{
+    struct store *st = req->srv->store;
+    json_t *body = NULL;
+    struct task *t = NULL;
+    int rc;
+
+    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
+        goto out;
+    if (!json_is_object(body) || !json_is_string(json_object_get(body, "task_description"))) {
+        api_invalid_field(req, "task_description", "is required: the ready line of the session "
+                                                    "protocol");
+        goto out;
+    }
+    rc = st->ops->session_ready(st, t->id, body, t->max_steps, clock_now_us());
+    if (rc < 0)
+        api_reply_error(req, rc, "the session");
+    else
+        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "ready"));
+out:
+    json_decref(body);
+    task_free(t);
+    return 0;
+}
+
+int api_worker_session_next(struct request *req)
+{
+    struct store *st = req->srv->store;
+    struct task *t = NULL;
+    long long after;
+    char *action = NULL;
+    int step = 0, rc;
+
+    if (held_task(req, &t) < 0)
+        return 0;
+    if (api_query_int(req, "after", 0, 1000000, 0, &after) < 0)
+        goto out;
+    rc = st->ops->session_next(st, t->id, (int)after, &step, &action);
+    if (rc < 0)
+        api_reply_error(req, rc, "the session");
+    else if (!step)
+        api_reply(req, 204, NULL);
+    else
+        api_reply(req, 200, json_pack("{s:i, s:s}", "step", step, "action", action));
+out:
+    free(action);
+    task_free(t);
+    return 0;
+}
+
+int api_worker_session_answer(struct request *req)
+{
+    struct store *st = req->srv->store;
+    json_t *body = NULL, *msgs, *evs = json_array(), *it, *answer;
+    struct msg_entry *me = NULL;
+    struct task *t = NULL;
+    size_t i, n;
+    int rc;
+
+    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
+        goto out;
+    answer = json_object_get(body, "answer");
+    msgs = json_object_get(body, "messages");
+    if (!json_is_integer(json_object_get(body, "step")) || !json_is_object(answer) ||
+        (msgs && !json_is_array(msgs))) {
+        api_invalid_field(req, "body", "must be {\"step\": n, \"answer\": {\"observation\", "
+                                       "\"done\", \"reward\", \"results\"}, \"messages\": [...]}");
+        goto out;
+    }
+    n = json_array_size(msgs);
+    me = calloc(n + 1, sizeof(*me));
+    json_array_foreach(msgs, i, it) {
+        struct proto_event ev;
+        if (proto_event_from_json(it, "message", &ev) < 0) {
+            api_invalid_field(req, "messages", "an item is not a valid message line");
+            goto out;
+        }
+        json_array_append_new(evs, ev.obj);
+    }
+    json_array_foreach(evs, i, it) {
+        me[i].ts = clock_now_us();
+        me[i].msg = it;
+    }
+    rc = st->ops->session_answer(st, t->id, (int)json_integer_value(json_object_get(body, "step")),
+                                 answer, me, n, clock_now_us());
+    if (rc < 0) {
+        api_reply_error(req, rc, "the answer");
+    } else {
+        session_hub_answered(req->srv->sessions, t->id);
+        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "answered"));
+    }
+out:
+    free(me);
+    json_decref(evs);
+    json_decref(body);
+    task_free(t);
+    return 0;
+}
+
+int api_worker_session_end(struct request *req)
+{
+    struct store *st = req->srv->store;
+    struct task *t = NULL;
+    int rc;
+
+    if (held_task(req, &t) < 0)
+        return 0;
+    rc = st->ops->session_end(st, t->id);
+    if (rc < 0) {
+        api_reply_error(req, rc, "the session");
+    } else {
+        session_hub_answered(req->srv->sessions, t->id);
+        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "ended"));
+    }
     task_free(t);
     return 0;
 }

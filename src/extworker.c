@@ -203,13 +203,12 @@ static int sink_logs(void *ctx, const char *task_id, const struct log_entry *e, 
     return rc;
 }
 
-static int sink_messages(void *ctx, const char *task_id, const struct msg_entry *e, size_t n)
+/* Messages back in the executor's line shape: metadata fields at the top level. */
+static json_t *message_lines(const struct msg_entry *e, size_t n)
 {
     json_t *arr = json_array();
-    int rc;
 
     for (size_t i = 0; arr && i < n; i++) {
-        /* Back to the executor's line shape: metadata fields at the top level. */
         json_t *m = json_deep_copy(e[i].msg), *meta = json_object_get(m, "metadata");
         if (json_is_object(meta)) {
             json_object_update_missing(m, meta);
@@ -217,7 +216,86 @@ static int sink_messages(void *ctx, const char *task_id, const struct msg_entry 
         }
         json_array_append_new(arr, m);
     }
-    rc = arr ? post_batch(ctx, task_id, "messages", arr) : ERR_NOMEM;
+    return arr;
+}
+
+/* One call of the session routes; < 0 when the API could not take it. */
+static int session_call(struct http_sink *s, const char *method, const char *task_id,
+                        const char *what, json_t *body, long *status, json_t **reply)
+{
+    char path[400];
+    int rc;
+
+    snprintf(path, sizeof(path), "/api/v1/workers/%s/tasks/%s/session/%s", s->ew->id, task_id,
+             what);
+    rc = client_call(s->c, method, path, body, status, reply);
+    if (rc < 0 || *status >= 500)
+        return ERR_UNAVAILABLE;
+    if (*status == 403 || *status == 409 || *status == 404 || *status == 401)
+        s->lost = true;
+    return *status == 200 || *status == 204 ? 0 : ERR_CONFLICT;
+}
+
+static int sink_session_ready(void *ctx, const char *task_id, json_t *ready, int max_steps)
+{
+    json_t *reply = NULL;
+    long status = 0;
+    int rc = session_call(ctx, "POST", task_id, "ready", ready, &status, &reply);
+
+    (void)max_steps; /* the server knows the task's */
+    json_decref(reply);
+    return rc;
+}
+
+/* Polled (every 200 ms by the runner): an external worker has no wake-up from the API. */
+static int sink_session_next(void *ctx, const char *task_id, int after, int *step, char **action)
+{
+    json_t *reply = NULL;
+    long status = 0;
+    char what[48];
+    int rc;
+
+    *step = 0;
+    *action = NULL;
+    snprintf(what, sizeof(what), "next?after=%d", after);
+    rc = session_call(ctx, "GET", task_id, what, NULL, &status, &reply);
+    if (rc == 0 && status == 200 && json_is_string(json_object_get(reply, "action"))) {
+        *action = strdup(json_string_value(json_object_get(reply, "action")));
+        *step = *action ? (int)json_integer_value(json_object_get(reply, "step")) : 0;
+    }
+    json_decref(reply);
+    return rc < 0 ? rc : 0;
+}
+
+static int sink_session_answer(void *ctx, const char *task_id, int step, json_t *answer,
+                               const struct msg_entry *msgs, size_t n_msgs)
+{
+    json_t *body = json_pack("{s:i, s:O, s:o}", "step", step, "answer", answer, "messages",
+                             message_lines(msgs, n_msgs)), *reply = NULL;
+    long status = 0;
+    int rc = body ? session_call(ctx, "POST", task_id, "answer", body, &status, &reply)
+                  : ERR_NOMEM;
+
+    json_decref(body);
+    json_decref(reply);
+    return rc == ERR_CONFLICT ? 0 : rc; /* refused for good: retrying cannot help */
+}
+
+static void sink_session_end(void *ctx, const char *task_id)
+{
+    json_t *reply = NULL;
+    long status = 0;
+
+    if (session_call(ctx, "POST", task_id, "end", NULL, &status, &reply) < 0)
+        log_warn("task %s: could not tell the API that its session ended", task_id);
+    json_decref(reply);
+}
+
+static int sink_messages(void *ctx, const char *task_id, const struct msg_entry *e, size_t n)
+{
+    json_t *arr = message_lines(e, n);
+    int rc = arr ? post_batch(ctx, task_id, "messages", arr) : ERR_NOMEM;
+
     json_decref(arr);
     return rc;
 }
@@ -296,7 +374,7 @@ static struct task *task_of(json_t *o)
     memcpy(t->id, id, sizeof(t->id));
     t->problem_id = strdup(pid);
     t->backend_type = strdup(json_string_value(json_object_get(o, "backend_type")) ?: "default");
-    t->mode = strdup("batch");
+    t->mode = strdup(json_string_value(json_object_get(o, "mode")) ?: "batch");
     t->status = TASK_RUNNING;
     t->parameters = json_incref(params);
     t->metadata = json_incref(json_object_get(o, "metadata"));
@@ -323,7 +401,10 @@ static void run_one(struct extworker *ew, struct client *c, json_t *claimed)
     struct task *t = task_of(claimed);
     struct http_sink hs = {.ew = ew, .c = c};
     struct runner_sink sink = {.ctx = &hs, .logs = sink_logs, .messages = sink_messages,
-                               .check = sink_check};
+                               .check = sink_check, .session_ready = sink_session_ready,
+                               .session_next = sink_session_next,
+                               .session_answer = sink_session_answer,
+                               .session_end = sink_session_end, .wake_fd = -1};
     struct runner rn;
     struct runner_result res;
 

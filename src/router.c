@@ -49,6 +49,10 @@ static const struct route routes[] = {
     {"POST", "/api/v1/workers/{id}/tasks/{task_id}/conversations", api_worker_task_conversations},
     {"POST", "/api/v1/workers/{id}/tasks/{task_id}/complete", api_worker_task_complete},
     {"POST", "/api/v1/workers/{id}/tasks/{task_id}/fail", api_worker_task_fail},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/session/ready", api_worker_session_ready},
+    {"GET", "/api/v1/workers/{id}/tasks/{task_id}/session/next", api_worker_session_next},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/session/answer", api_worker_session_answer},
+    {"POST", "/api/v1/workers/{id}/tasks/{task_id}/session/end", api_worker_session_end},
 };
 
 const struct route *router_table(size_t *n)

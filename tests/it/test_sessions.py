@@ -279,3 +279,29 @@ def test_the_readme_example_trains_against_the_simulated_environment(make_server
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert "reward 1.0" in r.stdout and "Localization Accuracy" in r.stdout
+
+
+def test_an_external_worker_hosts_a_session(make_server, make_worker):
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    w = make_worker(s, "ext-001-kind", "--backend-type", "remote")
+    sid = open_session(s, backend_type="remote", max_steps=5)
+    g = wait_ready(s, sid)
+    assert g["status"] == "ready" and s.task(sid)["worker_id"] == "ext-001-kind"
+    a = step(s, sid, 'exec_shell("kubectl get pods -n test-hotel-reservation")').json()
+    assert a["step"] == 1 and "CrashLoopBackOff" in a["observation"]
+    r = step(s, sid, "again()", wait_seconds=0)
+    assert r.status_code == 202
+    assert step(s, sid, "third()").status_code in (200, 409)  # in flight, or already answered
+    while s.get(f"/api/v1/sessions/{sid}").json()["step_in_flight"]:
+        time.sleep(0.05)
+    a = step(s, sid, f'submit("{faulty_service(a["observation"])}")').json()
+    assert a["done"] is True and a["reward"] == 1.0
+    t = s.wait_status(sid, "completed")
+    assert t["result"]["reward"] == 1.0
+    msgs = [m for c in s.get(f"/api/v1/tasks/{sid}/conversations").json()["conversations"]
+            for m in c["messages"]]
+    assert [m["role"] for m in msgs][:4] == ["system", "user", "assistant", "user"]
+    # the worker routes check the lease like every other worker route
+    r = requests.get(f"{s.api}/workers/ext-001-kind/tasks/{sid}/session/next",
+                     headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
