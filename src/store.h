@@ -73,6 +73,11 @@ struct task_end {
     int64_t now;
     const struct log_entry *logs; /* stored with the end; may be NULL */
     size_t n_logs;
+    /* claim_next (optional): once the end is recorded, the same worker's next task is
+     * claimed in the same transaction (one commit a task instead of two); *next is the
+     * claimed task (caller frees) or stays NULL when none is waiting. */
+    const struct claim_req *claim_next;
+    struct task **next;
 };
 
 struct worker_reg {

@@ -1148,7 +1148,11 @@ static int pg_task_finish(struct store *st, const char *id, const char *lease_to
                                                       : "null",
                              a.ts.data, a.lv.data, a.msg.data, a.ctx.data};
         pc = conn_get(P(st));
-        r = run(pc, Q_TASK_FINISH, 11, v, &rc);
+        /* With claim_next: the end and the next claim commit together. */
+        if (end->claim_next)
+            PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
+        if (rc == 0)
+            r = run(pc, Q_TASK_FINISH, 11, v, &rc);
     } else {
         rc = ERR_NOMEM;
     }
@@ -1159,6 +1163,32 @@ static int pg_task_finish(struct store *st, const char *id, const char *lease_to
             rc = !strcmp(PQgetvalue(r, 0, 1), "t") ? ERR_CONFLICT : ERR_NOTFOUND;
     }
     PQclear(r);
+    if (pc && end->claim_next) {
+        struct task *t = NULL;
+        int rc2;
+        if (rc == 0) {
+            struct num cn;
+            char *globs = glob_array(end->claim_next->patterns, end->claim_next->n_patterns);
+            const char *cv[5] = {end->claim_next->worker_id, end->claim_next->lease_token,
+                                 num(&cn, end->claim_next->now), end->claim_next->backend_type,
+                                 globs};
+            PGresult *cr = globs ? run(pc, Q_TASK_CLAIM, 5, cv, &rc) : NULL;
+            if (cr && rc == 0 && PQntuples(cr) > 0 && !(t = row_task(cr, 0)))
+                rc = ERR_NOMEM;
+            PQclear(cr);
+            free(globs);
+        }
+        /* ERR_CONFLICT/NOTFOUND: the end was refused; still commit (logs are kept). */
+        PQclear(run_sql(pc, rc == 0 || rc == ERR_CONFLICT || rc == ERR_NOTFOUND ? "COMMIT"
+                                                                                 : "ROLLBACK",
+                        0, NULL, &rc2));
+        if (rc2 < 0 && rc == 0)
+            rc = rc2;
+        if (rc == 0 && t)
+            *end->next = t;
+        else
+            task_free(t);
+    }
     if (pc)
         conn_put(P(st), pc);
     log_arrays_reset(&a);

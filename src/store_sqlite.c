@@ -870,22 +870,19 @@ static int claim_matching(struct conn *c, const struct claim_req *req, struct ta
     return rc;
 }
 
-static int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out)
+/* The claim itself, inside the caller's write transaction. */
+static int claim_in(struct conn *c, const struct claim_req *req, struct task **out)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = writer_begin(ss);
     sqlite3_stmt *s;
     struct task *t = NULL;
     int rc, step;
 
-    if (!c)
-        return ERR_STORE;
     if (req->n_patterns) {
         rc = claim_matching(c, req, &t);
     } else {
         s = stmt(c, Q_TASK_CLAIM_ANY);
         if (!s)
-            return writer_end(ss, ERR_STORE);
+            return ERR_STORE;
         bind_text(s, 1, req->worker_id);
         bind_text(s, 2, req->lease_token);
         sqlite3_bind_int64(s, 3, req->now);
@@ -912,7 +909,23 @@ static int sq_task_claim(struct store *st, const struct claim_req *req, struct t
             done(s);
         }
     }
-    rc = writer_end(ss, rc);
+    if (rc == 0)
+        *out = t;
+    else
+        task_free(t);
+    return rc;
+}
+
+static int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = writer_begin(ss);
+    struct task *t = NULL;
+    int rc;
+
+    if (!c)
+        return ERR_STORE;
+    rc = writer_end(ss, claim_in(c, req, &t));
     if (rc == 0)
         *out = t;
     else
@@ -978,6 +991,20 @@ static int sq_task_finish(struct store *st, const char *id, const char *lease_to
         done(s);
     }
     free(worker);
+    if (rc == 0 && end->claim_next) {
+        struct task *t = NULL;
+        int crc = claim_in(c, end->claim_next, &t);
+        if (crc == 0) {
+            rc = writer_end(ss, 0);
+            if (rc == 0)
+                *end->next = t;
+            else
+                task_free(t);
+            return rc;
+        }
+        if (crc != ERR_NOTFOUND)
+            rc = crc; /* rolled back whole: the end is retried */
+    }
     if (rc == ERR_CONFLICT) {
         struct task *t = NULL;
         /* Distinguish a task that does not exist from one whose lease is gone. */

@@ -142,17 +142,28 @@ static void sink_session_end(void *ctx, const char *task_id)
 
 /* Records the end, retrying while the database is unreachable; the lease guard
  * makes a late or repeated attempt harmless. */
-static void record_end(struct slot *slot, const struct task *t, const struct runner_result *res)
+static void record_end(struct slot *slot, const struct task *t, const struct runner_result *res,
+                       const struct claim_req *claim_next, struct task **next)
 {
     struct worker_manager *wm = slot->wm;
     struct store *st = wm->srv->store;
     int rc, wait_ms = 100;
 
     for (;;) {
+        bool may_chain;
+        struct claim_req cn = claim_next ? *claim_next : (struct claim_req){0};
         struct task_end end = {.status = res->status, .result = res->result,
                                .error = res->status == TASK_COMPLETED ? NULL : res->error,
                                .now = clock_now_us(), .logs = res->logs,
-                               .n_logs = res->n_logs};
+                               .n_logs = res->n_logs, .next = next};
+
+        /* Chain only while the slot stays: a leaving slot claims nothing more. */
+        pthread_mutex_lock(&wm->lock);
+        may_chain = claim_next && slot->state == SLOT_ACTIVE && !wm->shutdown &&
+                    atomic_load(&slot->stop) == EXEC_STOP_NONE;
+        pthread_mutex_unlock(&wm->lock);
+        cn.now = end.now;
+        end.claim_next = may_chain ? &cn : NULL;
         rc = st->ops->task_finish(st, t->id, t->lease_token, &end);
         if (rc != ERR_UNAVAILABLE && rc != ERR_STORE)
             break;
@@ -180,7 +191,10 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
     metrics_exec_exit(wm->srv->metrics, res->cause);
 }
 
-static void run_task(struct slot *slot, struct task *t)
+/* Runs t and records its end; with claim_next, *next is the task claimed in the same
+ * transaction as that end (or NULL). */
+static void run_task(struct slot *slot, struct task *t, const struct claim_req *claim_next,
+                     struct task **next)
 {
     struct worker_manager *wm = slot->wm;
     struct server *srv = wm->srv;
@@ -210,7 +224,7 @@ static void run_task(struct slot *slot, struct task *t)
         session_hub_detach(srv->sessions, t->id);
         close(sink.wake_fd);
     }
-    record_end(slot, t, &res);
+    record_end(slot, t, &res, claim_next, next);
     runner_result_reset(&res);
 }
 
@@ -275,7 +289,7 @@ static void *worker_main(void *arg)
     struct server *srv = wm->srv;
     struct store *st = srv->store;
     bool need_cluster = !strcmp(srv->cfg.backend_provision, "kind");
-    char lease[TASK_ID_LEN + 1];
+    char lease[TASK_ID_LEN + 1], next_lease[TASK_ID_LEN + 1];
 
     while (need_cluster && !provision(slot)) {
         pthread_mutex_lock(&wm->lock);
@@ -311,17 +325,25 @@ static void *worker_main(void *arg)
         req.now = clock_now_us();
         rc = st->ops->task_claim(st, &req, &t);
         metrics_claim(srv->metrics, (double)(clock_now_us() - req.now) / 1e6);
-        if (rc == 0) {
+        while (rc == 0) {
+            /* The next task is claimed in the transaction that records this one's end
+             * (record_end leaves it out once the slot is told to leave). */
+            struct claim_req next_req = req;
+            struct task *next = NULL;
+
             pthread_mutex_lock(&wm->lock);
             snprintf(slot->task_id, sizeof(slot->task_id), "%s", t->id);
             atomic_store(&slot->stop, wm->shutdown ? EXEC_STOP_SHUTDOWN : EXEC_STOP_NONE);
             pthread_mutex_unlock(&wm->lock);
-            run_task(slot, t);
+            uuidgen(next_lease);
+            next_req.lease_token = next_lease;
+            run_task(slot, t, &next_req, &next);
             pthread_mutex_lock(&wm->lock);
             slot->task_id[0] = '\0';
             pthread_mutex_unlock(&wm->lock);
             task_free(t);
-            continue;
+            t = next;
+            rc = t ? 0 : ERR_NOTFOUND; /* t keeps its own copy of its lease */
         }
         if (rc != ERR_NOTFOUND)
             log_warn("%s: claim failed: %s", slot->name, err_str(rc));

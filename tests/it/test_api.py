@@ -100,7 +100,7 @@ def test_validation_errors_name_the_field_and_write_nothing(make_server):
         ({"problem_id": PROBLEM, "backend_type": "a b"}, "backend_type"),
         ({"problem_id": PROBLEM, "parameters": "x"}, "parameters"),
         ({"problem_id": PROBLEM, "max_steps": 3, "parameters": {"max_steps": 5}}, "max_steps"),
-        ({"problem_id": PROBLEM, "mode": "interactive"}, "mode"),
+        ({"problem_id": PROBLEM, "mode": "online"}, "mode"),
         ([1, 2], "body"),
     ]
     for body, field in cases:
