@@ -32,16 +32,16 @@ static void emit(json_t *o)
     json_decref(o);
 }
 
-static uint64_t fnv(const char *s)
+uint64_t simenv_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
 
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
+    return h ? h : 1;
 }
 
-static const char *type_of(const char *problem_id)
+const char *simenv_task_type(const char *problem_id)
 {
     static const char *const types[] = {"detection", "localization", "analysis", "mitigation"};
 
@@ -191,14 +191,14 @@ int simenv_run(json_t *task)
     e.problem_id = json_string_value(json_object_get(task, "problem_id"));
     if (!e.problem_id)
         e.problem_id = "unknown";
-    e.type = type_of(e.problem_id);
+    e.type = simenv_task_type(e.problem_id);
     e.max_steps = (int)json_integer_value(json_object_get(params, "max_steps"));
     if (e.max_steps <= 0)
         e.max_steps = 30;
     /* The fault is a function of the problem id (and parameters.simulate.seed): the same
      * problem is the same incident every time. */
     v = json_object_get(json_object_get(params, "simulate"), "seed");
-    e.faulty = services[1 + (fnv(e.problem_id) + (uint64_t)json_integer_value(v)) % (N_SERVICES - 1)];
+    e.faulty = services[1 + (simenv_hash(e.problem_id) + (uint64_t)json_integer_value(v)) % (N_SERVICES - 1)];
     emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
                    "simulated environment: deploying the hotel reservation application"));
     snprintf(desc, sizeof(desc), "Problem %s (%s): the hotel reservation service in namespace "

@@ -8,9 +8,15 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* simenv_run: plays the session for task (already read from stdin); reads actions from
  * stdin, writes ready/observation/result lines to stdout. Returns the exit code. */
 int simenv_run(json_t *task);
+
+/* Shared by both modes of the simulated executor: a stable hash of a string (never 0),
+ * and the AIOpsLab task type a problem id names (detection when it names none). */
+uint64_t simenv_hash(const char *s);
+const char *simenv_task_type(const char *problem_id);
 
 #endif

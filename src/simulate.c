@@ -33,15 +33,6 @@ static uint64_t next(struct sim *s)
     return s->rng * 2685821657736338717ULL;
 }
 
-static uint64_t hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h ? h : 1;
-}
-
 static void out_line(json_t *o)
 {
     char *text = json_dumps(o, JSON_COMPACT);
@@ -88,16 +79,6 @@ static void pause_seconds(double sec)
     ts.tv_nsec = (long)((sec - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) < 0)
         ;
-}
-
-static const char *task_type(const char *problem_id)
-{
-    static const char *const types[] = {"detection", "localization", "analysis", "mitigation"};
-
-    for (size_t i = 0; i < 4; i++)
-        if (strstr(problem_id, types[i]))
-            return types[i];
-    return "detection";
 }
 
 static const char *const actions[] = {
@@ -167,7 +148,7 @@ int simulate_main(void)
         seed_given = 1;
     }
     if (!seed_given)
-        s.rng = hash(s.problem_id);
+        s.rng = simenv_hash(s.problem_id);
     if (steps > max_steps)
         steps = max_steps;
     if (steps < 1)
@@ -193,7 +174,7 @@ int simulate_main(void)
     snprintf(text, sizeof(text),
              "Problem %s (%s): the hotel reservation service is misbehaving. Find out "
              "what is wrong. You have %d steps.",
-             s.problem_id, task_type(s.problem_id), max_steps);
+             s.problem_id, simenv_task_type(s.problem_id), max_steps);
     message(&s, 0, "user", text, false);
 
     for (int step = 1; step <= steps; step++) {
@@ -229,7 +210,7 @@ int simulate_main(void)
                                     "out_tokens", s.out_tokens);
         json_t *r;
 
-        if (!strcmp(task_type(s.problem_id), "detection")) {
+        if (!strcmp(simenv_task_type(s.problem_id), "detection")) {
             json_object_set_new(results, "Detection Accuracy",
                                 json_string(ok ? "Correct" : "Incorrect"));
             json_object_set_new(results, "TTD", json_real(steps * step_seconds));

@@ -1837,26 +1837,21 @@ static int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
     return rc;
 }
 
-static int pg_events_after(struct store *st, int64_t after, int limit, json_t **out)
+/* Runs sql (two integer arguments) and maps each row to an array element. */
+static int pg_rows(struct store *st, const char *sql, int64_t a1, int64_t a2,
+                   json_t *(*row)(PGresult *r, int i), json_t **out)
 {
     struct pgconn *pc = conn_get(P(st));
-    char a[24], l[16];
-    const char *v[2] = {a, l};
+    struct num n1, n2;
+    const char *v[2] = {num(&n1, a1), num(&n2, a2)};
     json_t *arr = json_array();
     int rc = arr ? 0 : ERR_NOMEM;
     PGresult *r = NULL;
 
-    snprintf(a, sizeof(a), "%lld", (long long)after);
-    snprintf(l, sizeof(l), "%d", limit);
     if (rc == 0)
-        r = run_sql(pc, "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM "
-                        "task_events WHERE id > $1 ORDER BY id LIMIT $2", 2, v, &rc);
+        r = run_sql(pc, sql, 2, v, &rc);
     for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
-        json_t *o = json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o}", "id",
-                              (json_int_t)get_i64(r, i, 0), "ts_us", (json_int_t)get_i64(r, i, 1),
-                              "kind", get_str(r, i, 2), "task_id", get_str(r, i, 3), "worker_id",
-                              get_str(r, i, 4), "status", get_str(r, i, 5), "problem_id",
-                              get_str(r, i, 6));
+        json_t *o = row(r, i);
         if (!o || json_array_append_new(arr, o))
             rc = ERR_NOMEM;
     }
@@ -1869,36 +1864,34 @@ static int pg_events_after(struct store *st, int64_t after, int limit, json_t **
     return rc;
 }
 
+static json_t *row_event(PGresult *r, int i)
+{
+    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)get_i64(r, i, 0),
+                     "ts_us", (json_int_t)get_i64(r, i, 1), "kind", get_str(r, i, 2), "task_id",
+                     get_str(r, i, 3), "worker_id", get_str(r, i, 4), "status", get_str(r, i, 5),
+                     "problem_id", get_str(r, i, 6));
+}
+
+static int pg_events_after(struct store *st, int64_t after, int limit, json_t **out)
+{
+    return pg_rows(st, "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM "
+                       "task_events WHERE id > $1 ORDER BY id LIMIT $2", after, limit, row_event,
+                   out);
+}
+
+static json_t *row_new_log(PGresult *r, int i)
+{
+    return json_pack("{s:I, s:o, s:I, s:s, s:o, s:o}", "id", (json_int_t)get_i64(r, i, 0),
+                     "task_id", get_str(r, i, 1), "ts_us", (json_int_t)get_i64(r, i, 2), "level",
+                     proto_level_name((int)get_i64(r, i, 3)), "message", get_str(r, i, 4),
+                     "context", get_json_or_null(r, i, 5));
+}
+
 static int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out)
 {
-    struct pgconn *pc = conn_get(P(st));
-    char a[24], l[16];
-    const char *v[2] = {a, l};
-    json_t *arr = json_array();
-    int rc = arr ? 0 : ERR_NOMEM;
-    PGresult *r = NULL;
-
-    snprintf(a, sizeof(a), "%lld", (long long)after);
-    snprintf(l, sizeof(l), "%d", limit);
-    if (rc == 0)
-        r = run_sql(pc, "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
-                        "task_logs WHERE id > $1 ORDER BY id LIMIT $2", 2, v, &rc);
-    for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
-        json_t *o = json_pack("{s:I, s:o, s:I, s:s, s:o, s:o}", "id",
-                              (json_int_t)get_i64(r, i, 0), "task_id", get_str(r, i, 1), "ts_us",
-                              (json_int_t)get_i64(r, i, 2), "level",
-                              proto_level_name((int)get_i64(r, i, 3)), "message",
-                              get_str(r, i, 4), "context", get_json_or_null(r, i, 5));
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-    }
-    PQclear(r);
-    conn_put(P(st), pc);
-    if (rc == 0)
-        *out = arr;
-    else
-        json_decref(arr);
-    return rc;
+    return pg_rows(st, "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
+                       "task_logs WHERE id > $1 ORDER BY id LIMIT $2", after, limit, row_new_log,
+                   out);
 }
 
 static int pg_events_prune(struct store *st, int64_t before)
@@ -1917,43 +1910,26 @@ static int pg_events_prune(struct store *st, int64_t before)
     return rc;
 }
 
+static json_t *row_bucket(PGresult *r, int i)
+{
+    json_t *wait = PQgetisnull(r, i, 6) ? json_null()
+                                        : json_real(strtod(PQgetvalue(r, i, 6), NULL) / 1000.0);
+
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "start_us",
+                     (json_int_t)get_i64(r, i, 0), "submitted", (json_int_t)get_i64(r, i, 1),
+                     "started", (json_int_t)get_i64(r, i, 2), "completed",
+                     (json_int_t)get_i64(r, i, 3), "failed", (json_int_t)get_i64(r, i, 4),
+                     "cancelled", (json_int_t)get_i64(r, i, 5), "queue_wait_ms", wait);
+}
+
 static int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out)
 {
-    struct pgconn *pc = conn_get(P(st));
-    char a[24], b[24];
-    const char *v[2] = {a, b};
-    json_t *arr = json_array();
-    int rc = arr ? 0 : ERR_NOMEM;
-    PGresult *r = NULL;
-
-    snprintf(a, sizeof(a), "%lld", (long long)since);
-    snprintf(b, sizeof(b), "%lld", (long long)bucket_us);
-    if (rc == 0)
-        r = run_sql(pc, "SELECT ts / $2 * $2, count(*) FILTER (WHERE status = 'pending'), "
-                        "count(*) FILTER (WHERE status = 'running'), count(*) FILTER (WHERE "
-                        "status = 'completed'), count(*) FILTER (WHERE status IN ('failed', "
-                        "'timeout')), count(*) FILTER (WHERE status = 'cancelled'), "
-                        "avg(wait_us) FROM task_events WHERE ts >= $1 AND kind = 'task' "
-                        "GROUP BY 1 ORDER BY 1", 2, v, &rc);
-    for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
-        json_t *wait = PQgetisnull(r, i, 6) ? json_null()
-                                            : json_real(strtod(PQgetvalue(r, i, 6), NULL) / 1000.0);
-        json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "start_us",
-                              (json_int_t)get_i64(r, i, 0), "submitted",
-                              (json_int_t)get_i64(r, i, 1), "started", (json_int_t)get_i64(r, i, 2),
-                              "completed", (json_int_t)get_i64(r, i, 3), "failed",
-                              (json_int_t)get_i64(r, i, 4), "cancelled",
-                              (json_int_t)get_i64(r, i, 5), "queue_wait_ms", wait);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-    }
-    PQclear(r);
-    conn_put(P(st), pc);
-    if (rc == 0)
-        *out = arr;
-    else
-        json_decref(arr);
-    return rc;
+    return pg_rows(st, "SELECT ts / $2 * $2, count(*) FILTER (WHERE status = 'pending'), "
+                       "count(*) FILTER (WHERE status = 'running'), count(*) FILTER (WHERE "
+                       "status = 'completed'), count(*) FILTER (WHERE status IN ('failed', "
+                       "'timeout')), count(*) FILTER (WHERE status = 'cancelled'), "
+                       "avg(wait_us) FROM task_events WHERE ts >= $1 AND kind = 'task' "
+                       "GROUP BY 1 ORDER BY 1", since, bucket_us, row_bucket, out);
 }
 
 /* ---- interactive sessions ---- */
