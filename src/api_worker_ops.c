@@ -542,7 +542,8 @@ int api_worker_session_answer(struct request *req)
     if (rc < 0) {
         api_reply_error(req, rc, "the answer");
     } else {
-        session_hub_answered(req->srv->sessions, t->id);
+        session_hub_answered(req->srv->sessions, t->id,
+                             (int)json_integer_value(json_object_get(body, "step")), answer);
         api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "answered"));
     }
 out:
@@ -565,7 +566,7 @@ int api_worker_session_end(struct request *req)
     if (rc < 0) {
         api_reply_error(req, rc, "the session");
     } else {
-        session_hub_answered(req->srv->sessions, t->id);
+        session_hub_answered(req->srv->sessions, t->id, 0, NULL);
         api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "ended"));
     }
     task_free(t);

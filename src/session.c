@@ -112,6 +112,8 @@ static json_t *answer_of(json_t *row, int step)
                      json_object_get(row, "results"));
 }
 
+static void finish(struct session_hub *h, struct wait *w, int status, json_t *body);
+
 /* ---- notifications ---- */
 
 static void wake_host(struct session_hub *h, const char *task_id)
@@ -131,18 +133,6 @@ static void mark_waits(struct session_hub *h, const char *task_id)
             w->check = true;
     h->kick = true;
     pthread_cond_signal(&h->wake);
-}
-
-static void announce(struct session_hub *h, char kind, const char *task_id)
-{
-    struct store *st = h->srv->store;
-    char payload[TASK_ID_LEN + 3];
-
-    if (!st->ops->notify)
-        return;
-    snprintf(payload, sizeof(payload), "%c:%s", kind, task_id);
-    if (st->ops->notify(st, payload) < 0)
-        log_warn("sessions: could not notify the other servers (they poll: slower, not lost)");
 }
 
 void session_hub_on_notify(void *hub, const char *payload)
@@ -191,21 +181,32 @@ void session_hub_detach(struct session_hub *h, const char *task_id)
     pthread_mutex_unlock(&h->lock);
 }
 
-void session_hub_answered(struct session_hub *h, const char *task_id)
+void session_hub_answered(struct session_hub *h, const char *task_id, int step, json_t *answer)
 {
     pthread_mutex_lock(&h->lock);
+    if (answer) {
+        /* The answer is at hand: reply to this server's waits for it without reading it back. */
+        for (struct wait *w = h->waits, *next; w; w = next) {
+            next = w->next;
+            if (w->step == step && !strcmp(w->task_id, task_id))
+                finish(h, w, 200, json_pack("{s:i, s:O?, s:O?, s:O?, s:O?}", "step", step,
+                                            "observation", json_object_get(answer, "observation"),
+                                            "done", json_object_get(answer, "done"), "reward",
+                                            json_object_get(answer, "reward"), "results",
+                                            json_object_get(answer, "results")));
+        }
+    }
     mark_waits(h, task_id);
     pthread_mutex_unlock(&h->lock);
-    announce(h, 'o', task_id);
 }
 
-/* A step was taken: wake its host here, or on whichever server has it. */
-static void wake_and_announce(struct session_hub *h, const char *task_id)
+/* A step was taken: wake its host if it is here (another server's host hears of it from
+ * the store's notification, sent with the step's commit). */
+static void wake_local_host(struct session_hub *h, const char *task_id)
 {
     pthread_mutex_lock(&h->lock);
     wake_host(h, task_id);
     pthread_mutex_unlock(&h->lock);
-    announce(h, 'a', task_id);
 }
 
 /* ---- the hub's thread: answers parked steps ---- */
@@ -484,14 +485,17 @@ int api_session_step(struct request *req)
         }
         wait_s = json_integer_value(v);
     }
-    if (load_session(req, &t) < 0) {
+    if (!api_valid_uuid(req->params[0])) {
         json_decref(body);
-        return 0;
+        return api_fail(req, 404, "Session %s not found", req->params[0]);
     }
-    rc = t->status == TASK_RUNNING ? st->ops->session_step(st, t->id, action, clock_now_us(), &step)
-                                   : ERR_CONFLICT;
+    /* The happy path is one statement: it takes the step only for a running session that
+     * is ready with nothing in flight; anything else is looked at only when refused. */
+    rc = st->ops->session_step(st, req->params[0], action, clock_now_us(), &step);
     json_decref(body);
-    if (rc == ERR_CONFLICT) {
+    if (rc == ERR_CONFLICT || rc == ERR_NOTFOUND) {
+        if (load_session(req, &t) < 0)
+            return 0;
         if (st->ops->session_get(st, t->id, &row) < 0)
             row = NULL;
         refuse_step(req, t, row);
@@ -499,32 +503,27 @@ int api_session_step(struct request *req)
         task_free(t);
         return 0;
     }
-    if (rc < 0) {
-        task_free(t);
+    if (rc < 0)
         return api_reply_error(req, rc, "the step");
-    }
+    snprintf(id, sizeof(id), "%s", req->params[0]);
     if (wait_s == 0) {
-        wake_and_announce(h, t->id);
-        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
-        task_free(t);
-        return 0;
+        wake_local_host(h, id);
+        return api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
     }
     w = calloc(1, sizeof(*w));
     if (!w) {
-        wake_and_announce(h, t->id);
-        task_free(t);
+        wake_local_host(h, id);
         return api_reply_error(req, ERR_NOMEM, "the step");
     }
-    snprintf(w->task_id, sizeof(w->task_id), "%s", t->id);
+    snprintf(w->task_id, sizeof(w->task_id), "%s", id);
     w->req = req;
     w->step = step;
     w->deadline_ms = clock_mono_ms() + wait_s * 1000;
-    task_free(t);
     /* Parked before its host is woken, so no answer can come before anyone waits for it. */
     pthread_mutex_lock(&h->lock);
     if (h->closing) {
         pthread_mutex_unlock(&h->lock);
-        wake_and_announce(h, w->task_id);
+        wake_local_host(h, w->task_id);
         api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
         free(w);
         return 0;
@@ -534,7 +533,7 @@ int api_session_step(struct request *req)
     http_request_defer(req); /* under the lock: finish() cannot resume it before this */
     snprintf(id, sizeof(id), "%s", w->task_id); /* w belongs to the hub once unlocked */
     pthread_mutex_unlock(&h->lock);
-    wake_and_announce(h, id);
+    wake_local_host(h, id);
     return 0;
 }
 

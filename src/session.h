@@ -18,6 +18,8 @@
 #ifndef TASKEXEC_SESSION_H
 #define TASKEXEC_SESSION_H
 
+#include <jansson.h>
+
 struct server;
 struct request;
 struct session_hub;
@@ -33,8 +35,10 @@ void session_hub_stop(struct session_hub *h);
  * a step for it may have arrived. */
 void session_hub_attach(struct session_hub *h, const char *task_id, int wake_fd);
 void session_hub_detach(struct session_hub *h, const char *task_id);
-/* The runner stored an answer (or the session ended): wake the waits, here and elsewhere. */
-void session_hub_answered(struct session_hub *h, const char *task_id);
+/* An answer to step was stored (answer: {"observation","done","reward","results"}, or NULL
+ * when the session ended): this server's waits are answered or re-checked (other servers
+ * hear of it from the store's notification). */
+void session_hub_answered(struct session_hub *h, const char *task_id, int step, json_t *answer);
 /* From the store's listener: payload "a:<task id>" (a step was sent) or "o:<task id>" (an
  * answer was stored); NULL after a reconnection (re-check everything). */
 void session_hub_on_notify(void *hub, const char *payload);

@@ -189,7 +189,9 @@ struct store_ops {
 
     /* Interactive sessions: one row per session task, the step in flight and the last
      * answer. The runner hosting the session writes ready/answer/end; any server's API
-     * writes step. */
+     * writes step. A backend shared by several servers (PostgreSQL) tells every server's
+     * listener (listen_sessions) of each step ("a:<id>") and answer or end ("o:<id>") in
+     * the same transaction. */
     /* session_ready: the environment is up (creates or resets the row). */
     int (*session_ready)(struct store *st, const char *task_id, json_t *ready, int max_steps,
                          int64_t now);
@@ -197,8 +199,9 @@ struct store_ops {
      * "reward", "results", "task_description", "instructions", "actions", "max_steps",
      * "last_activity_us"); ERR_NOTFOUND before the environment is ready. */
     int (*session_get)(struct store *st, const char *task_id, json_t **out);
-    /* session_step: takes the next step number for action when the session is ready, no
-     * step is in flight and max_steps is not reached; ERR_CONFLICT otherwise. */
+    /* session_step: takes the next step number for action when the session's task is
+     * running, it is ready, no step is in flight and max_steps is not reached;
+     * ERR_CONFLICT otherwise (also for no such session). */
     int (*session_step)(struct store *st, const char *task_id, const char *action, int64_t now,
                         int *step);
     /* session_next: the action in flight after step `after` (*step 0 when none; *action
@@ -215,8 +218,6 @@ struct store_ops {
     /* session_idle: running sessions with no step since `before` (up to max ids). */
     int (*session_idle)(struct store *st, int64_t before, char (*ids)[37], size_t max,
                         size_t *n);
-    /* notify (optional, NULL without notifications): tells every server's listener. */
-    int (*notify)(struct store *st, const char *payload);
 };
 
 /* Every backend's handle starts with this. */

@@ -2014,9 +2014,19 @@ static int pg_session_step(struct store *st, const char *task_id, const char *ac
     PGresult *r;
 
     snprintf(ts, sizeof(ts), "%lld", (long long)now);
-    r = run_sql(pc, "UPDATE sessions SET step = step + 1, action = $2, last_activity_at = $3 "
-                    "WHERE task_id = $1 AND state = 'ready' AND step = answered AND step < "
-                    "max_steps RETURNING step", 3, v, &rc);
+    /* Committed without waiting for the disk: the step becomes durable with its answer's
+     * commit (WAL is flushed in order), and a step lost to a database crash before that
+     * is one the environment never saw — the trainer's request fails and it sends it
+     * again. This saves a flush on every step. The notification goes out with the
+     * commit. */
+    PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
+    if (rc == 0)
+        PQclear(run_sql(pc, "SET LOCAL synchronous_commit = off", 0, NULL, &rc));
+    r = rc < 0 ? NULL : run_sql(pc, "WITH s AS (UPDATE sessions SET step = step + 1, action = $2, "
+                    "last_activity_at = $3 WHERE task_id = $1 AND state = 'ready' AND step = "
+                    "answered AND step < max_steps AND EXISTS (SELECT 1 FROM tasks WHERE id = "
+                    "$1 AND status = 'running') RETURNING step) SELECT step, "
+                    "pg_notify('taskexec_session', 'a:' || $1::text) FROM s", 3, v, &rc);
     if (r && rc == 0) {
         if (PQntuples(r) == 0)
             rc = ERR_CONFLICT;
@@ -2024,6 +2034,13 @@ static int pg_session_step(struct store *st, const char *task_id, const char *ac
             *step = (int)get_i64(r, 0, 0);
     }
     PQclear(r);
+    {
+        int rc2;
+        PQclear(run_sql(pc, rc == 0 || rc == ERR_CONFLICT ? "COMMIT" : "ROLLBACK", 0, NULL,
+                        &rc2));
+        if (rc == 0 && rc2 < 0)
+            rc = rc2;
+    }
     conn_put(P(st), pc);
     return rc;
 }
@@ -2071,10 +2088,11 @@ static int pg_session_answer(struct store *st, const char *task_id, int step, js
     PQclear(run_sql(pc, "BEGIN", 0, NULL, &rc));
     insert_messages(pc, task_id, msgs, n_msgs, &rc);
     if (rc == 0)
-        PQclear(run_sql(pc, "UPDATE sessions SET answered = $2, observation = $3, done = $4, "
-                            "reward = $5, results = $6::jsonb, state = CASE WHEN $4 THEN 'done' "
-                            "ELSE state END, last_activity_at = $7 WHERE task_id = $1 AND step = "
-                            "$2", 7, v, &rc));
+        PQclear(run_sql(pc, "WITH u AS (UPDATE sessions SET answered = $2, observation = $3, "
+                            "done = $4, reward = $5, results = $6::jsonb, state = CASE WHEN $4 "
+                            "THEN 'done' ELSE state END, last_activity_at = $7 WHERE task_id = "
+                            "$1 AND step = $2 RETURNING 1) SELECT pg_notify('taskexec_session', "
+                            "'o:' || $1::text) FROM u", 7, v, &rc));
     PQclear(run_sql(pc, rc == 0 ? "COMMIT" : "ROLLBACK", 0, NULL, &rc2));
     if (rc == 0)
         rc = rc2;
@@ -2087,8 +2105,9 @@ static int pg_session_end(struct store *st, const char *task_id)
 {
     const char *v[1] = {task_id};
 
-    return pg_exec_params(st, "UPDATE sessions SET state = 'done' WHERE task_id = $1", 1, v,
-                          NULL);
+    return pg_exec_params(st, "WITH u AS (UPDATE sessions SET state = 'done' WHERE task_id = "
+                              "$1 RETURNING 1) SELECT pg_notify('taskexec_session', 'o:' || "
+                              "$1::text) FROM u", 1, v, NULL);
 }
 
 static int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max,
@@ -2111,13 +2130,6 @@ static int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], si
     PQclear(r);
     conn_put(P(st), pc);
     return rc;
-}
-
-static int pg_notify(struct store *st, const char *payload)
-{
-    const char *v[1] = {payload};
-
-    return pg_exec_params(st, "SELECT pg_notify('taskexec_session', $1)", 1, v, NULL);
 }
 
 static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, const char *payload),
@@ -2182,6 +2194,5 @@ const struct store_ops store_pg_ops = {
     .session_answer = pg_session_answer,
     .session_end = pg_session_end,
     .session_idle = pg_session_idle,
-    .notify = pg_notify,
     .listen_sessions = pg_listen_sessions,
 };

@@ -1923,7 +1923,9 @@ static int sq_session_step(struct store *st, const char *task_id, const char *ac
         return ERR_STORE;
     if (sqlite3_prepare_v2(c->db, "UPDATE sessions SET step = step + 1, action = ?2, "
                                   "last_activity_at = ?3 WHERE task_id = ?1 AND state = 'ready' "
-                                  "AND step = answered AND step < max_steps RETURNING step",
+                                  "AND step = answered AND step < max_steps AND EXISTS (SELECT "
+                                  "1 FROM tasks WHERE id = ?1 AND status = 'running') "
+                                  "RETURNING step",
                            -1, &s, NULL) != SQLITE_OK)
         return writer_end(ss, fail_db(c->db, "taking a step"));
     bind_text(s, 1, task_id);

@@ -127,7 +127,7 @@ static int sink_session_answer(void *ctx, const char *task_id, int step, json_t 
                                            clock_now_us());
 
     if (rc == 0)
-        session_hub_answered(s->slot->wm->srv->sessions, task_id);
+        session_hub_answered(s->slot->wm->srv->sessions, task_id, step, answer);
     return rc;
 }
 
@@ -137,7 +137,7 @@ static void sink_session_end(void *ctx, const char *task_id)
 
     if (s->store->ops->session_end(s->store, task_id) < 0)
         log_warn("task %s: could not mark its session ended", task_id);
-    session_hub_answered(s->slot->wm->srv->sessions, task_id); /* waits see the end */
+    session_hub_answered(s->slot->wm->srv->sessions, task_id, 0, NULL); /* waits see the end */
 }
 
 /* Records the end, retrying while the database is unreachable; the lease guard
