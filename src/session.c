@@ -38,6 +38,8 @@ struct host {
     struct host *next;
     char task_id[TASK_ID_LEN + 1];
     int wake_fd;
+    int step;                     /* a step taken through this server, handed over directly */
+    char *action;                 /* owned; NULL when none */
 };
 
 struct session_hub {
@@ -174,6 +176,7 @@ void session_hub_detach(struct session_hub *h, const char *task_id)
         if (!strcmp((*p)->task_id, task_id)) {
             struct host *x = *p;
             *p = x->next;
+            free(x->action);
             free(x);
             break;
         }
@@ -200,13 +203,43 @@ void session_hub_answered(struct session_hub *h, const char *task_id, int step, 
     pthread_mutex_unlock(&h->lock);
 }
 
-/* A step was taken: wake its host if it is here (another server's host hears of it from
- * the store's notification, sent with the step's commit). */
-static void wake_local_host(struct session_hub *h, const char *task_id)
+/* A step was taken: hand it to its host if it is here, so the host need not read it back
+ * (another server's host hears of it from the store's notification, sent with the step's
+ * commit). */
+static void wake_local_host(struct session_hub *h, const char *task_id, int step,
+                            const char *action)
 {
     pthread_mutex_lock(&h->lock);
+    for (struct host *x = h->hosts; x; x = x->next) {
+        if (!strcmp(x->task_id, task_id) && step > x->step) {
+            char *copy = strdup(action);
+            if (copy) {
+                free(x->action);
+                x->action = copy;
+                x->step = step;
+            }
+        }
+    }
     wake_host(h, task_id);
     pthread_mutex_unlock(&h->lock);
+}
+
+bool session_hub_take_action(struct session_hub *h, const char *task_id, int after, int *step,
+                             char **action)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&h->lock);
+    for (struct host *x = h->hosts; x && !found; x = x->next) {
+        if (!strcmp(x->task_id, task_id) && x->action && x->step > after) {
+            *step = x->step;
+            *action = x->action;  /* ownership moves to the caller */
+            x->action = NULL;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return found;
 }
 
 /* ---- the hub's thread: answers parked steps ---- */
@@ -361,6 +394,7 @@ void session_hub_stop(struct session_hub *h)
     while (h->hosts) {
         struct host *x = h->hosts;
         h->hosts = x->next;
+        free(x->action);
         free(x);
     }
     pthread_mutex_destroy(&h->lock);
@@ -446,8 +480,12 @@ static void refuse_step(struct request *req, const struct task *t, json_t *row)
         api_fail(req, 409, "Session %s already has step %lld in flight: steps are strictly "
                            "ordered", t->id,
                  (long long)json_integer_value(json_object_get(row, "step")));
-    else if (row && !strcmp(status, "ready"))
+    else if (row && !strcmp(status, "ready") &&
+             json_integer_value(json_object_get(row, "step")) >= t->max_steps)
         api_fail(req, 409, "Session %s has used its %d steps", t->id, t->max_steps);
+    else if (row && !strcmp(status, "ready"))
+        api_fail(req, 409, "Session %s had a step in flight when this one came (answered "
+                           "since): steps are strictly ordered; send it again", t->id);
     else
         api_fail(req, 409, "Session %s is %s: no more steps", t->id, status);
 }
@@ -492,28 +530,27 @@ int api_session_step(struct request *req)
     /* The happy path is one statement: it takes the step only for a running session that
      * is ready with nothing in flight; anything else is looked at only when refused. */
     rc = st->ops->session_step(st, req->params[0], action, clock_now_us(), &step);
-    json_decref(body);
     if (rc == ERR_CONFLICT || rc == ERR_NOTFOUND) {
-        if (load_session(req, &t) < 0)
-            return 0;
-        if (st->ops->session_get(st, t->id, &row) < 0)
-            row = NULL;
-        refuse_step(req, t, row);
-        json_decref(row);
-        task_free(t);
-        return 0;
+        if (load_session(req, &t) == 0) {
+            if (st->ops->session_get(st, t->id, &row) < 0)
+                row = NULL;
+            refuse_step(req, t, row);
+            json_decref(row);
+            task_free(t);
+        }
+        goto out;
     }
-    if (rc < 0)
-        return api_reply_error(req, rc, "the step");
+    if (rc < 0) {
+        api_reply_error(req, rc, "the step");
+        goto out;
+    }
     snprintf(id, sizeof(id), "%s", req->params[0]);
-    if (wait_s == 0) {
-        wake_local_host(h, id);
-        return api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
-    }
-    w = calloc(1, sizeof(*w));
+    w = wait_s > 0 ? calloc(1, sizeof(*w)) : NULL;
     if (!w) {
-        wake_local_host(h, id);
-        return api_reply_error(req, ERR_NOMEM, "the step");
+        /* wait_seconds 0 (or no memory to wait): the step is taken, answered later */
+        wake_local_host(h, id, step, action);
+        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
+        goto out;
     }
     snprintf(w->task_id, sizeof(w->task_id), "%s", id);
     w->req = req;
@@ -523,17 +560,19 @@ int api_session_step(struct request *req)
     pthread_mutex_lock(&h->lock);
     if (h->closing) {
         pthread_mutex_unlock(&h->lock);
-        wake_local_host(h, w->task_id);
-        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
         free(w);
-        return 0;
+        wake_local_host(h, id, step, action);
+        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
+        goto out;
     }
     w->next = h->waits;
     h->waits = w;
     http_request_defer(req); /* under the lock: finish() cannot resume it before this */
-    snprintf(id, sizeof(id), "%s", w->task_id); /* w belongs to the hub once unlocked */
     pthread_mutex_unlock(&h->lock);
-    wake_local_host(h, id);
+    /* From here req and w belong to the hub: only locals (id, step, body) are used. */
+    wake_local_host(h, id, step, action);
+out:
+    json_decref(body); /* action pointed into it */
     return 0;
 }
 

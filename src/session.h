@@ -19,6 +19,7 @@
 #define TASKEXEC_SESSION_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 struct server;
 struct request;
@@ -35,6 +36,10 @@ void session_hub_stop(struct session_hub *h);
  * a step for it may have arrived. */
 void session_hub_attach(struct session_hub *h, const char *task_id, int wake_fd);
 void session_hub_detach(struct session_hub *h, const char *task_id);
+/* session_hub_take_action: a step after `after` sent through this server, handed over
+ * without a database read (*action malloc'd, the caller frees); false when none. */
+bool session_hub_take_action(struct session_hub *h, const char *task_id, int after, int *step,
+                             char **action);
 /* An answer to step was stored (answer: {"observation","done","reward","results"}, or NULL
  * when the session ended): this server's waits are answered or re-checked (other servers
  * hear of it from the store's notification). */

@@ -1315,23 +1315,28 @@ static void insert_messages(struct pgconn *pc, const char *task_id, const struct
 {
     int rc = *rcp;
     PGresult *r;
+    char seq[24] = "", seq_of[256] = ""; /* the conversation of the previous message */
 
     for (size_t i = 0; rc == 0 && i < n; i++) {
         json_t *m = e[i].msg, *sid = json_object_get(m, "session_id");
         json_t *step = json_object_get(m, "step"), *meta = json_object_get(m, "metadata");
         json_t *model = json_object_get(meta, "model");
         int64_t tokens = proto_message_tokens(meta);
-        char id[TASK_ID_LEN + 1], *content, *metatext, seq[24];
+        const char *session = json_is_string(sid) ? json_string_value(sid) : task_id;
+        char id[TASK_ID_LEN + 1], *content, *metatext;
         struct num a, b, c;
-        const char *cv[4] = {id, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,
-                             num(&a, e[i].ts)};
+        const char *cv[4] = {id, task_id, session, num(&a, e[i].ts)};
 
-        uuidgen(id);
-        r = run(pc, Q_CONV_UPSERT, 4, cv, &rc);
-        if (!r)
-            break;
-        snprintf(seq, sizeof(seq), "%s", PQgetvalue(r, 0, 0));
-        PQclear(r);
+        /* A run's messages mostly share one conversation: find or make it once a batch. */
+        if (!seq[0] || strcmp(seq_of, session)) {
+            uuidgen(id);
+            r = run(pc, Q_CONV_UPSERT, 4, cv, &rc);
+            if (!r)
+                break;
+            snprintf(seq, sizeof(seq), "%s", PQgetvalue(r, 0, 0));
+            snprintf(seq_of, sizeof(seq_of), "%s", strlen(session) < sizeof(seq_of) ? session : "");
+            PQclear(r);
+        }
         content = json_dumps(json_object_get(m, "content"), JSON_COMPACT | JSON_ENCODE_ANY);
         metatext = meta ? json_dumps(meta, JSON_COMPACT) : strdup("{}");
         const char *mv[8] = {seq, a.s, json_string_value(json_object_get(m, "role")),

@@ -116,6 +116,8 @@ static int sink_session_next(void *ctx, const char *task_id, int after, int *ste
 {
     struct store_sink *s = ctx;
 
+    if (session_hub_take_action(s->slot->wm->srv->sessions, task_id, after, step, action))
+        return 0; /* sent through this server: no need to read it back */
     return s->store->ops->session_next(s->store, task_id, after, step, action);
 }
 
