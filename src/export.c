@@ -96,6 +96,29 @@ static int dump_to_buf(const char *p, size_t n, void *ud)
     return buf_append(ud, p, n) == 0 ? 0 : -1;
 }
 
+/* One item as text, its logs and conversations made by the database. */
+static int item_text(struct exporter *e, const struct task *t)
+{
+    json_t *tj = task_to_json(t);
+    int rc = tj ? 0 : ERR_NOMEM;
+
+    if (rc == 0 && !e->jsonl && e->count)
+        rc = buf_append(&e->out, ",", 1);
+    if (rc == 0)
+        rc = buf_append(&e->out, "{\"task\":", 8);
+    if (rc == 0 && json_dump_callback(tj, dump_to_buf, &e->out,
+                                      JSON_COMPACT | JSON_REAL_PRECISION(10)) != 0)
+        rc = ERR_NOMEM;
+    if (rc == 0)
+        rc = e->st->ops->export_extras(e->st, t->id, e->logs, e->convs, &e->out);
+    if (rc == 0)
+        rc = buf_append(&e->out, e->jsonl ? "}\n" : "}", e->jsonl ? 2 : 1);
+    json_decref(tj);
+    if (rc == 0)
+        e->count++;
+    return rc;
+}
+
 /* Produces the next piece into e->out. < 0 on a database error. */
 static int produce(struct exporter *e)
 {
@@ -125,6 +148,8 @@ static int produce(struct exporter *e)
                 return 0;
             }
         }
+        if (e->st->ops->export_extras)
+            return item_text(e, e->page.items[e->idx++]);
         rc = item(e, e->page.items[e->idx++], &o);
         if (rc < 0)
             return rc;

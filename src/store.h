@@ -13,6 +13,7 @@
 #define TASKEXEC_STORE_H
 
 #include "task.h"
+#include "buf.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -144,6 +145,12 @@ struct store_ops {
     int (*conversation_get)(struct store *st, const char *id, bool with_messages,
                             json_t **out);
     int (*task_conversations)(struct store *st, const char *task_id, json_t **out);
+    /* export_extras (optional; NULL: the export builds them from logs_list and
+     * task_conversations): appends ,"logs":[…] and/or ,"conversations":[…] (each with
+     * its "chat") for one task as JSON text, made by the database from the stored JSON
+     * without parsing it here. */
+    int (*export_extras)(struct store *st, const char *task_id, bool logs, bool convs,
+                         struct buf *out);
     int (*conversation_stats)(struct store *st, json_t **out);
 
     /* worker_register: creates or revives the row. An external worker (token_hash set)

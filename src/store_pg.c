@@ -2144,6 +2144,59 @@ static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, c
     P(st)->on_session_ctx = ctx;
 }
 
+/* ---- the export's logs and conversations, as JSON text made by PostgreSQL ---- */
+
+/* RFC 3339 with microseconds, as clock_format writes it. */
+#define PG_TIME(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+/* An array of rows as JSON text on one line (json_agg would add newlines). */
+#define PG_ARRAY(expr, order) "'[' || COALESCE(string_agg((" expr ")::text, ',' ORDER BY " order "), '') || ']'"
+
+static int pg_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
+                            struct buf *out)
+{
+    struct pgconn *pc = conn_get(P(st));
+    const char *v[1] = {task_id};
+    int rc = 0;
+    PGresult *r;
+
+    if (logs) {
+        r = run_sql(pc, "SELECT " PG_ARRAY("json_build_object('timestamp', " PG_TIME("ts")
+                        ", 'level', CASE level WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 "
+                        "THEN 'warning' WHEN 3 THEN 'error' WHEN 4 THEN 'critical' ELSE 'info' "
+                        "END, 'message', message, 'context', context)", "id")
+                        " FROM task_logs WHERE task_id = $1", 1, v, &rc);
+        if (r && rc == 0 && (buf_append(out, ",\"logs\":", 8) < 0 ||
+                             buf_append(out, PQgetvalue(r, 0, 0),
+                                        (size_t)PQgetlength(r, 0, 0)) < 0))
+            rc = ERR_NOMEM;
+        PQclear(r);
+    }
+    if (rc == 0 && convs) {
+        r = run_sql(pc, "SELECT " PG_ARRAY("json_build_object('id', c.id, 'task_id', c.task_id, "
+                        "'session_id', c.session_id, 'model_name', c.model_name, 'model_config', "
+                        "c.model_config, 'llm_config', c.model_config, 'started_at', "
+                        PG_TIME("c.started_at") ", 'ended_at', " PG_TIME("c.ended_at") ", "
+                        "'total_messages', c.total_messages, 'total_tokens', c.total_tokens, "
+                        "'metadata', c.metadata, 'success', c.metadata -> 'success', 'messages', "
+                        "(SELECT (" PG_ARRAY("json_build_object('timestamp', " PG_TIME("m.ts")
+                        ", 'role', m.role, 'content', m.content, 'step', m.step, 'metadata', "
+                        "m.metadata)", "m.id") ")::json FROM llm_messages m WHERE "
+                        "m.conversation_seq = c.seq), 'chat', (SELECT (" PG_ARRAY(
+                        "json_build_object('role', m.role, 'content', CASE WHEN "
+                        "jsonb_typeof(m.content) = 'string' THEN m.content #>> '{}' ELSE "
+                        "m.content::text END)", "m.id") ")::json FROM llm_messages m WHERE "
+                        "m.conversation_seq = c.seq))", "c.seq")
+                        " FROM llm_conversations c WHERE c.task_id = $1", 1, v, &rc);
+        if (r && rc == 0 && (buf_append(out, ",\"conversations\":", 17) < 0 ||
+                             buf_append(out, PQgetvalue(r, 0, 0),
+                                        (size_t)PQgetlength(r, 0, 0)) < 0))
+            rc = ERR_NOMEM;
+        PQclear(r);
+    }
+    conn_put(P(st), pc);
+    return rc;
+}
+
 static int pg_webhook_result(struct store *st, const char *task_id, const char *state,
                              int attempts, int64_t next_at, const char *error)
 {
@@ -2192,6 +2245,7 @@ const struct store_ops store_pg_ops = {
     .logs_after = pg_logs_after,
     .events_prune = pg_events_prune,
     .task_timeseries = pg_task_timeseries,
+    .export_extras = pg_export_extras,
     .session_ready = pg_session_ready,
     .session_get = pg_session_get,
     .session_step = pg_session_step,

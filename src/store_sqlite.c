@@ -43,6 +43,8 @@ enum q {
     Q_LOGS_PAGE,
     Q_TASK_CONVS,
     Q_CONV_MSGS,
+    Q_EXPORT_LOGS,
+    Q_EXPORT_CONVS,
     Q_N
 };
 
@@ -71,6 +73,32 @@ struct sqlite_store {
 #define CONV_COLS                                                                          \
     "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
     "c.ended_at, c.total_messages, c.total_tokens, c.metadata"
+
+/* RFC 3339 with microseconds, as clock_format writes it. */
+#define SQ_TIME(col)                                                                       \
+    "(strftime('%Y-%m-%dT%H:%M:%S', " col " / 1000000, 'unixepoch') || "                    \
+    "printf('.%06dZ', " col " % 1000000))"
+
+static const char export_logs_sql[] =
+    "SELECT json_group_array(json_object('timestamp', " SQ_TIME("ts") ", 'level', CASE level "
+    "WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 THEN 'warning' WHEN 3 THEN 'error' WHEN 4 "
+    "THEN 'critical' ELSE 'info' END, 'message', message, 'context', json(context))) FROM "
+    "(SELECT ts, level, message, context FROM task_logs WHERE task_id = ?1 ORDER BY id)";
+
+static const char export_convs_sql[] =
+    "SELECT json_group_array(json_object('id', c.id, 'task_id', c.task_id, 'session_id', "
+    "c.session_id, 'model_name', c.model_name, 'model_config', json(c.model_config), "
+    "'llm_config', json(c.model_config), 'started_at', " SQ_TIME("c.started_at") ", "
+    "'ended_at', CASE WHEN c.ended_at IS NULL THEN NULL ELSE " SQ_TIME("c.ended_at") " END, "
+    "'total_messages', c.total_messages, 'total_tokens', c.total_tokens, 'metadata', "
+    "json(c.metadata), 'success', json(c.metadata -> '$.success'), 'messages', "
+    "(SELECT json_group_array(json_object('timestamp', " SQ_TIME("m.ts") ", 'role', m.role, "
+    "'content', json(m.content), 'step', m.step, 'metadata', json(m.metadata))) FROM (SELECT "
+    "ts, role, content, step, metadata FROM llm_messages WHERE conversation_seq = c.seq "
+    "ORDER BY id) m), 'chat', (SELECT json_group_array(json_object('role', m.role, 'content', "
+    "CASE WHEN json_type(m.content) = 'text' THEN m.content ->> '$' ELSE m.content END)) FROM "
+    "(SELECT role, content FROM llm_messages WHERE conversation_seq = c.seq ORDER BY id) m))) "
+    "FROM (SELECT * FROM llm_conversations WHERE task_id = ?1 ORDER BY seq) c";
 
 /* Reads on the export path are cached too: one prepare per connection, not per task. */
 static const char *const sql_text[Q_N] = {
@@ -122,6 +150,8 @@ static const char *const sql_text[Q_N] = {
                      "ORDER BY c.seq",
     [Q_CONV_MSGS] = "SELECT ts, role, content, step, metadata FROM llm_messages "
                     "WHERE conversation_seq = ?1 ORDER BY id",
+    [Q_EXPORT_LOGS] = export_logs_sql,
+    [Q_EXPORT_CONVS] = export_convs_sql,
 };
 
 /* Migrations: append only; each runs once, in order, inside a transaction. */
@@ -2063,6 +2093,40 @@ static int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], si
     return rc;
 }
 
+/* ---- the export's logs and conversations, as JSON text made by SQLite ---- */
+
+static int export_part(struct conn *c, enum q q, const char *task_id, const char *key,
+                       struct buf *out)
+{
+    sqlite3_stmt *s = stmt(c, q);
+    int rc = 0;
+
+    if (!s)
+        return ERR_STORE;
+    bind_text(s, 1, task_id);
+    if (sqlite3_step(s) != SQLITE_ROW)
+        rc = fail_db(c->db, "exporting a task");
+    else if (buf_appendf(out, ",\"%s\":", key) < 0 ||
+             buf_append(out, sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0)) < 0)
+        rc = ERR_NOMEM;
+    done(s);
+    return rc;
+}
+
+static int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
+                            struct buf *out)
+{
+    struct rd r = rd_get(st);
+    int rc = 0;
+
+    if (logs)
+        rc = export_part(r.c, Q_EXPORT_LOGS, task_id, "logs", out);
+    if (rc == 0 && convs)
+        rc = export_part(r.c, Q_EXPORT_CONVS, task_id, "conversations", out);
+    rd_put(&r);
+    return rc;
+}
+
 /* ---- recovery ---- */
 
 static int run_update(struct conn *c, const char *sql, const char *t1, int64_t i2, int64_t i3,
@@ -2240,6 +2304,7 @@ const struct store_ops store_sqlite_ops = {
     .logs_after = sq_logs_after,
     .events_prune = sq_events_prune,
     .task_timeseries = sq_task_timeseries,
+    .export_extras = sq_export_extras,
     .session_ready = sq_session_ready,
     .session_get = sq_session_get,
     .session_step = sq_session_step,
