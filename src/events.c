@@ -191,6 +191,21 @@ static size_t accept_rows(struct cursor *cur, json_t *arr, int64_t now_ms)
     return n;
 }
 
+static int64_t ts_of(json_t *arr, size_t i)
+{
+    return json_integer_value(json_object_get(json_array_get(arr, i), "ts_us"));
+}
+
+/* How many of the first n rows are no later than ts. */
+static size_t rows_until(json_t *arr, size_t n, int64_t ts)
+{
+    size_t k = 0;
+
+    while (k < n && ts_of(arr, k) <= ts)
+        k++;
+    return k;
+}
+
 struct live_ctx {
     struct event_bus *b;
 };
@@ -311,6 +326,12 @@ static bool pump_once(struct event_bus *b)
     }
     bt.n_ev = accept_rows(&b->ev, bt.events, now);
     bt.n_log = bt.logs ? accept_rows(&b->log, bt.logs, now) : 0;
+    /* A table with more rows than one batch holds back the other's later rows, so a task's
+     * "completed" never overtakes its own last log lines. */
+    if (bt.logs && json_array_size(bt.logs) == BATCH && bt.n_log)
+        bt.n_ev = rows_until(bt.events, bt.n_ev, ts_of(bt.logs, bt.n_log - 1));
+    if (json_array_size(bt.events) == BATCH && bt.n_ev && bt.logs)
+        bt.n_log = rows_until(bt.logs, bt.n_log, ts_of(bt.events, bt.n_ev - 1));
     if (bt.n_ev)
         b->ev.at = json_integer_value(
             json_object_get(json_array_get(bt.events, bt.n_ev - 1), "id"));
