@@ -417,6 +417,14 @@ static long client_read(void *ctx, char *dst, size_t max)
     return n;
 }
 
+/* Frees a client that is on no list (its stream is freed by its owner). */
+static void client_destroy(struct sse_client *c)
+{
+    buf_reset(&c->out);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
 static void client_free(void *ctx)
 {
     struct sse_client *c = ctx;
@@ -431,9 +439,7 @@ static void client_free(void *ctx)
         c->next->prev = c->prev;
     b->n_clients--;
     pthread_mutex_unlock(&b->lock);
-    buf_reset(&c->out);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
+    client_destroy(c);
 }
 
 /* Parses "<event>-<log>" ids; false when malformed. */
@@ -517,9 +523,7 @@ static int open_stream(struct request *req, const char *task_id, unsigned types)
     buf_init(&c->out, (size_t)req->srv->cfg.sse_client_buffer_kb * 1024);
     /* The first bytes: the reconnection delay, and a comment so proxies flush headers. */
     if (buf_appendf(&c->out, "retry: 2000\n: connected\n\n") < 0) {
-        buf_reset(&c->out);
-        pthread_mutex_destroy(&c->lock);
-        free(c);
+        client_destroy(c);
         free(s);
         return api_reply_error(req, ERR_NOMEM, "the event stream");
     }
@@ -529,9 +533,7 @@ static int open_stream(struct request *req, const char *task_id, unsigned types)
     pthread_mutex_lock(&b->lock);
     if (b->closing) {
         pthread_mutex_unlock(&b->lock);
-        buf_reset(&c->out);
-        pthread_mutex_destroy(&c->lock);
-        free(c);
+        client_destroy(c);
         free(s);
         return api_fail(req, 503, "The server is shutting down");
     }

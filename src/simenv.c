@@ -19,7 +19,7 @@ struct env {
     int max_steps, steps;
 };
 
-static void emit(json_t *o)
+void simenv_emit(json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
 
@@ -199,13 +199,13 @@ int simenv_run(json_t *task)
      * problem is the same incident every time. */
     v = json_object_get(json_object_get(params, "simulate"), "seed");
     e.faulty = services[1 + (simenv_hash(e.problem_id) + (uint64_t)json_integer_value(v)) % (N_SERVICES - 1)];
-    emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
+    simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
                    "simulated environment: deploying the hotel reservation application"));
     snprintf(desc, sizeof(desc), "Problem %s (%s): the hotel reservation service in namespace "
              NS " is misbehaving. %s", e.problem_id, e.type,
              !strcmp(e.type, "detection") ? "Is there an anomaly? Submit \"Yes\" or \"No\"."
                                           : "Which service is faulty? Submit its name.");
-    emit(json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "type", "ready",
+    simenv_emit(json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "type", "ready",
                    "task_description", desc, "instructions",
                    "You are an SRE agent. Answer each observation with exactly one API call.",
                    "actions", "exec_shell", "exec_shell(command): run a shell command (kubectl)",
@@ -220,7 +220,7 @@ int simenv_run(json_t *task)
         json_int_t n = json_integer_value(json_object_get(msg, "step"));
 
         if (!type || strcmp(type, "action") || !action) {
-            emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "warning", "message",
+            simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "warning", "message",
                            "simulated environment: ignored a line that is not an action"));
             json_decref(msg);
             continue;
@@ -235,7 +235,7 @@ int simenv_run(json_t *task)
                      "\n(max_steps reached: the episode ends without a submission)");
         }
         json_object_set_new(results, "steps", json_integer(e.steps));
-        emit(done ? json_pack("{s:s, s:I, s:s, s:b, s:f, s:O}", "type", "observation", "step", n,
+        simenv_emit(done ? json_pack("{s:s, s:I, s:s, s:b, s:f, s:O}", "type", "observation", "step", n,
                               "content", out, "done", 1, "reward", reward, "results", results)
                   : json_pack("{s:s, s:I, s:s, s:b}", "type", "observation", "step", n, "content",
                               out, "done", 0));
@@ -243,12 +243,12 @@ int simenv_run(json_t *task)
     }
     if (!done) {
         /* stdin closed before the end: the session was closed or abandoned. */
-        emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
+        simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
                        "simulated environment: the session was closed; cleaning up"));
         json_decref(results);
         return 0;
     }
-    emit(json_pack("{s:s, s:b, s:f, s:O, s:s, s:{s:i}}", "type", "result", "success", 1, "reward",
+    simenv_emit(json_pack("{s:s, s:b, s:f, s:O, s:s, s:{s:i}}", "type", "result", "success", 1, "reward",
                    reward, "results", results, "output",
                    reward > 0 ? "The fault was found" : "The fault was not found", "metrics",
                    "steps_taken", e.steps));

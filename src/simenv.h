@@ -17,6 +17,8 @@ int simenv_run(json_t *task);
 /* Shared by both modes of the simulated executor: a stable hash of a string (never 0),
  * and the AIOpsLab task type a problem id names (detection when it names none). */
 uint64_t simenv_hash(const char *s);
+/* simenv_emit: one protocol line on stdout, flushed; takes the reference (NULL-safe). */
+void simenv_emit(json_t *o);
 const char *simenv_task_type(const char *problem_id);
 
 #endif

@@ -33,22 +33,9 @@ static uint64_t next(struct sim *s)
     return s->rng * 2685821657736338717ULL;
 }
 
-static void out_line(json_t *o)
-{
-    char *text = json_dumps(o, JSON_COMPACT);
-
-    if (text) {
-        fputs(text, stdout);
-        fputc('\n', stdout);
-        fflush(stdout);
-        free(text);
-    }
-    json_decref(o);
-}
-
 static void log_line(const char *level, const char *message, json_t *context)
 {
-    out_line(json_pack("{s:s, s:s, s:s, s:o}", "type", "log", "level", level, "message", message,
+    simenv_emit(json_pack("{s:s, s:s, s:s, s:o}", "type", "log", "level", level, "message", message,
                        "context", context ? context : json_object()));
 }
 
@@ -66,7 +53,7 @@ static void message(struct sim *s, int step, const char *role, const char *conte
                                                   "completion_tokens", out, "total_tokens",
                                                   in + out));
     }
-    out_line(o);
+    simenv_emit(o);
 }
 
 static void pause_seconds(double sec)
@@ -223,7 +210,7 @@ int simulate_main(void)
                       s.in_tokens, "out_tokens", s.out_tokens, "results", results);
         if (!ok)
             json_object_set_new(r, "error", json_string("the agent's submission was wrong"));
-        out_line(r);
+        simenv_emit(r);
     }
     json_decref(task);
     return 0;
