@@ -21,7 +21,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps
+.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps check-aiopslab
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -80,6 +80,7 @@ export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/py
 
 # An OpenAPI validator from npm, for the test that checks /openapi.json.
 NPM_VALIDATOR = build/npm/node_modules/@apidevtools/swagger-parser/package.json
@@ -95,6 +96,16 @@ $(NPM_PLAYWRIGHT): | $(NPM_VALIDATOR)
 it: build/asan/taskexec $(NPM_VALIDATOR) $(NPM_PLAYWRIGHT)
 	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec NODE_PATH=$(CURDIR)/build/npm/node_modules \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/it
+
+# The aiopslab tests against a real AIOpsLab checkout instead of the stand-in (not in CI:
+# it needs Docker, kind, kubectl, helm and AIOpsLab's Python dependencies; each worker's
+# Kind cluster is created on the way). AIOPSLAB_PYTHON: a Python that has them.
+check-aiopslab: build/asan/taskexec
+	@test -n "$(AIOPSLAB_DIR)" || { echo "usage: make check-aiopslab AIOPSLAB_DIR=/path/to/AIOpsLab [AIOPSLAB_PYTHON=/path/to/python]"; exit 2; }
+	@test -f "$(AIOPSLAB_DIR)/aiopslab/config.yml" || { echo "$(AIOPSLAB_DIR)/aiopslab/config.yml is missing: copy config.yml.example and set k8s_host: kind"; exit 2; }
+	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec AIOPSLAB_REAL_DIR=$(abspath $(AIOPSLAB_DIR)) \
+	  AIOPSLAB_REAL_PYTHON=$(or $(AIOPSLAB_PYTHON),python3) \
+	  /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/it/test_aiopslab.py
 
 test: build/taskexec
 	$(MAKE) unit

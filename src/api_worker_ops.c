@@ -185,13 +185,19 @@ int api_worker_heartbeat(struct request *req)
         task_free(t);
     }
     /* A worker that holds no running task is idle, whatever its row said (a task
-     * cancelled under it leaves the row busy until now). */
+     * cancelled under it leaves the row busy until now), unless it says it is offline
+     * (repairing its cluster), with why in its metadata. */
     {
         struct task_filter f = {.status = TASK_RUNNING, .worker_id = id, .limit = 1};
         struct task_page page;
+        json_t *want = json_object_get(body, "status"), *meta = json_object_get(body, "metadata");
+        bool offline = json_is_string(want) && !strcmp(json_string_value(want), "offline");
+
         if (st->ops->task_list(st, &f, &page) == 0) {
-            if (page.total == 0 && st->ops->worker_set_status(st, id, WORKER_IDLE, NULL) < 0)
-                log_warn("%s: could not mark it idle", id);
+            if (page.total == 0 &&
+                st->ops->worker_set_status(st, id, offline ? WORKER_OFFLINE : WORKER_IDLE,
+                                           json_is_object(meta) ? meta : NULL) < 0)
+                log_warn("%s: could not record its status", id);
             store_task_page_reset(&page);
         }
     }

@@ -10,8 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
-enum kind { K_STR, K_INT, K_BOOL };
+/* K_PATH: a file or directory, made absolute at load (tasks run in directories of
+ * their own, so a relative path would name a different file there); K_PROG: a program,
+ * made absolute only when it names a path ("./venv/bin/python", not "python3"). */
+enum kind { K_STR, K_PATH, K_PROG, K_INT, K_BOOL };
 
 struct param {
     const char *name;       /* environment variable; the flag is --name-in-lower-case */
@@ -82,23 +86,29 @@ static const struct param params[] = {
      "memory for one request's line and headers; larger requests are refused"},
     {"POLL_INTERVAL_MS", K_INT, S(poll_interval_ms), "1000", 10, 60000,
      "idle worker's fallback poll interval"},
-    {"EXEC_GRACE_SECONDS", K_INT, S(exec_grace_seconds), "5", 0, 3600,
-     "SIGTERM to SIGKILL grace for a stopped executor"},
+    {"EXEC_GRACE_SECONDS", K_INT, S(exec_grace_seconds), NULL, 0, 3600,
+     "SIGTERM to SIGKILL grace for a stopped executor (default 5; 300 with EXECUTOR=aiopslab, "
+     "whose clean-up deletes namespaces)"},
     {"MAX_OUTPUT_BYTES", K_INT, S(max_output_bytes), "67108864", 4096, INT_MAX,
      "executor output kept per task; the rest is dropped and noted"},
-    {"AIOPSLAB_PYTHON", K_STR, S(aiopslab_python), "python3", 0, 0,
+    {"AIOPSLAB_PYTHON", K_PROG, S(aiopslab_python), "python3", 0, 0,
      "Python that runs the aiopslab executor (one that can import aiopslab)"},
-    {"AIOPSLAB_DIR", K_STR, S(aiopslab_dir), NULL, 0, 0,
+    {"AIOPSLAB_DIR", K_PATH, S(aiopslab_dir), NULL, 0, 0,
      "AIOpsLab checkout added to PYTHONPATH; {worker} becomes the worker's name"},
-    {"KIND_CONFIG", K_STR, S(kind_config), NULL, 0, 0,
+    {"KIND_CONFIG", K_PATH, S(kind_config), NULL, 0, 0,
      "config file for `kind create cluster` (BACKEND_PROVISION=kind)"},
     {"KIND_CREATE_TIMEOUT_SECONDS", K_INT, S(kind_create_timeout_seconds), "300", 10, 3600,
      "how long a cluster may take to come up"},
     {"PROVISION_RETRY_SECONDS", K_INT, S(provision_retry_seconds), "30", 1, 3600,
      "a worker whose cluster failed tries again after this"},
-    {"WORK_DIR", K_STR, S(work_dir), "./data/work", 0, 0,
+    {"CLUSTER_CHECK", K_BOOL, S(cluster_check), "true", 0, 0,
+     "after each run on an aiopslab or Kind-provisioned worker, delete what the problem left "
+     "and check the nodes before claiming again"},
+    {"CLUSTER_RECYCLE_AFTER_RUNS", K_INT, S(cluster_recycle_after_runs), "0", 0, 1000000,
+     "recreate a worker's Kind cluster after this many runs (0: never; BACKEND_PROVISION=kind)"},
+    {"WORK_DIR", K_PATH, S(work_dir), "./data/work", 0, 0,
      "parent of each task's working directory"},
-    {"PROBLEMS_FILE", K_STR, S(problems_file), NULL, 0, 0,
+    {"PROBLEMS_FILE", K_PATH, S(problems_file), NULL, 0, 0,
      "problem ids known to the executor, one a line (default: the built-in AIOpsLab list)"},
 };
 #undef S
@@ -110,7 +120,9 @@ static int set_value(struct config *cfg, const struct param *p, const char *valu
     char *base = (char *)cfg;
 
     switch (p->kind) {
-    case K_STR: {
+    case K_STR:
+    case K_PATH:
+    case K_PROG: {
         char **slot = (char **)(void *)(base + p->offset);
         char *copy = value ? strdup(value) : NULL;
 
@@ -232,11 +244,50 @@ static int load_dotenv(struct config *cfg, const char *path)
     return rc;
 }
 
+/* Makes *slot absolute against the working directory at start-up. */
+static int absolutize(char **slot)
+{
+    char cwd[PATH_MAX], *abs;
+
+    if (!*slot || !**slot || **slot == '/')
+        return 0;
+    if (!getcwd(cwd, sizeof(cwd)))
+        return ERR_IO;
+    if (asprintf(&abs, "%s/%s", cwd, !strncmp(*slot, "./", 2) ? *slot + 2 : *slot) < 0)
+        return ERR_NOMEM;
+    free(*slot);
+    *slot = abs;
+    return 0;
+}
+
+/* Settings whose value depends on others, and paths made absolute once. */
+static int finish(struct config *cfg)
+{
+    char *base = (char *)cfg;
+
+    if (cfg->exec_grace_seconds < 0)
+        cfg->exec_grace_seconds = cfg->executor && !strcmp(cfg->executor, "aiopslab") ? 300 : 5;
+    for (size_t i = 0; i < N_PARAMS; i++) {
+        char **slot = (char **)(void *)(base + params[i].offset);
+        int rc = 0;
+
+        if (params[i].kind == K_PATH || (params[i].kind == K_PROG && *slot && strchr(*slot, '/')))
+            rc = absolutize(slot);
+        if (rc < 0) {
+            fprintf(stderr, "taskexec: cannot make %s absolute: %s\n", params[i].name,
+                    err_str(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
 int config_load(struct config *cfg, int argc, char **argv)
 {
     int rc;
 
     memset(cfg, 0, sizeof(*cfg));
+    cfg->exec_grace_seconds = -1; /* unset: finish() picks the executor's default */
     for (size_t i = 0; i < N_PARAMS; i++) {
         if (!params[i].def)
             continue;
@@ -284,7 +335,7 @@ int config_load(struct config *cfg, int argc, char **argv)
         if (rc < 0)
             return rc;
     }
-    return 0;
+    return finish(cfg);
 }
 
 void config_reset(struct config *cfg)
@@ -292,7 +343,7 @@ void config_reset(struct config *cfg)
     char *base = (char *)cfg;
 
     for (size_t i = 0; i < N_PARAMS; i++) {
-        if (params[i].kind == K_STR) {
+        if (params[i].kind == K_STR || params[i].kind == K_PATH || params[i].kind == K_PROG) {
             char **slot = (char **)(void *)(base + params[i].offset);
             free(*slot);
             *slot = NULL;

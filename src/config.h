@@ -44,7 +44,9 @@ struct config {
     char *kind_config;           /* `kind create cluster --config` file */
     int kind_create_timeout_seconds;
     int provision_retry_seconds;
-    char *work_dir;              /* parent of each task's working directory */
+    bool cluster_check;          /* check and clean the worker's cluster after each run */
+    int cluster_recycle_after_runs; /* recreate the Kind cluster after N runs; 0: never */
+    char *work_dir;              /* parent of each task's working directory (absolute) */
     char *problems_file;         /* catalog of known problem ids */
 };
 

@@ -311,6 +311,9 @@ int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
         if (why != EXEC_STOP_NONE && !out->stopped) {
             out->stopped = why;
             term_at = now;
+            /* End of input too: a session's environment waiting for its next action
+             * learns it is over even if it handles SIGTERM by cleaning up first. */
+            close_fd(&in_fd);
             kill(-pid, SIGTERM);
         }
         if (out->stopped && !killed && now - term_at >= spec->grace_ms) {

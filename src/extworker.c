@@ -15,6 +15,7 @@
 #include "config.h"
 #include "err.h"
 #include "log.h"
+#include "catalog.h"
 #include "provision.h"
 #include "runner.h"
 #include "worker.h"
@@ -47,6 +48,8 @@ struct extworker {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     char current_task[TASK_ID_LEN + 1];   /* guarded by lock */
+    char cluster_error[600];              /* "" when usable, else why; guarded by lock */
+    json_t *clean_namespaces;             /* what a run may leave on the cluster */
     atomic_int stop_task;                 /* enum exec_stop for the current run */
     atomic_bool shutdown;
     atomic_bool fatal;                    /* our token was taken over */
@@ -127,8 +130,15 @@ static void *heartbeat_main(void *arg)
         pthread_mutex_lock(&ew->lock);
         memcpy(task, ew->current_task, sizeof(task));
         pthread_mutex_unlock(&ew->lock);
-        body = json_pack("{s:s, s:o}", "status", task[0] ? "busy" : "idle", "current_task_id",
-                         task[0] ? json_string(task) : json_null());
+        pthread_mutex_lock(&ew->lock);
+        if (ew->cluster_error[0] && !task[0])
+            body = json_pack("{s:s, s:n, s:{s:s, s:s}}", "status", "offline",
+                             "current_task_id", "metadata", "cluster_check", "repairing",
+                             "cluster_error", ew->cluster_error);
+        else
+            body = json_pack("{s:s, s:o}", "status", task[0] ? "busy" : "idle",
+                             "current_task_id", task[0] ? json_string(task) : json_null());
+        pthread_mutex_unlock(&ew->lock);
         snprintf(path, sizeof(path), "/api/v1/workers/%s/heartbeat", ew->id);
         if (client_call(&c, "POST", path, body, &status, &reply) == 0) {
             if (status == 401) {
@@ -448,8 +458,49 @@ static void *signal_main(void *arg)
     return NULL;
 }
 
+static void set_cluster_error(struct extworker *ew, const char *why)
+{
+    pthread_mutex_lock(&ew->lock);
+    snprintf(ew->cluster_error, sizeof(ew->cluster_error), "%s", why ? why : "");
+    pthread_mutex_unlock(&ew->lock);
+}
+
+static void on_repairing(void *ctx, const char *why)
+{
+    set_cluster_error(ctx, why);
+}
+
+/* After a run: the cluster must be clean and ready before this worker claims again;
+ * meanwhile its heartbeats say it is offline and why. */
+static void cluster_after_run(struct extworker *ew, struct cluster_care *care)
+{
+    char error[600];
+    bool counted = false;
+
+    while (!atomic_load(&ew->shutdown)) {
+        int rc = provision_after_run(care, !counted, error, sizeof(error));
+
+        counted = true;
+        if (rc == 0)
+            break;
+        log_error("%s: %s; it claims nothing until it is fixed (next check in %d s)", ew->id,
+                  error, ew->cfg.provision_retry_seconds);
+        set_cluster_error(ew, error);
+        nap(ew, ew->cfg.provision_retry_seconds * 1000);
+    }
+    set_cluster_error(ew, NULL);
+}
+
 static void claim_loop(struct extworker *ew, struct client *c)
 {
+    bool kind = !strcmp(ew->cfg.backend_provision, "kind");
+    struct cluster_care care = {
+        .spec = {.cluster = ew->id, .kubeconfig = ew->kubeconfig,
+                 .kind_config = ew->cfg.kind_config,
+                 .create_timeout_seconds = ew->cfg.kind_create_timeout_seconds},
+        .can_recreate = kind, .recycle_after = ew->cfg.cluster_recycle_after_runs,
+        .namespaces = ew->clean_namespaces, .repairing = on_repairing, .ctx = ew};
+    bool check = ew->cfg.cluster_check && (kind || !strcmp(ew->cfg.executor, "aiopslab"));
     char path[300];
     int wait = 200;
 
@@ -467,6 +518,8 @@ static void claim_loop(struct extworker *ew, struct client *c)
         wait = 200;
         if (status == 200) {
             run_one(ew, c, reply);
+            if (check)
+                cluster_after_run(ew, &care);
         } else if (status == 204) {
             nap(ew, ew->cfg.poll_interval_ms);
         } else if (status == 404) {
@@ -625,6 +678,13 @@ int extworker_main(int argc, char **argv)
         goto out_curl;
     if (do_register(&ew, &c) < 0 || client_set_token(&c, ew.token) < 0)
         goto out_curl;
+    {
+        json_t *catalog = catalog_load(ew.cfg.problems_file);
+        ew.clean_namespaces = catalog ? catalog_namespaces(catalog) : NULL;
+        json_decref(catalog);
+        if (!ew.clean_namespaces)
+            goto out_curl;
+    }
     if (pthread_create(&hb, NULL, heartbeat_main, &ew) != 0)
         goto out_curl;
     has_hb = true;
@@ -645,6 +705,7 @@ out:
     if (ew.has_command)
         wordfree(&ew.command);
     json_decref(ew.capabilities);
+    json_decref(ew.clean_namespaces);
     config_reset(&ew.cfg);
     free(rest);
     return code;

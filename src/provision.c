@@ -64,22 +64,59 @@ static int export_and_check(const struct provision_spec *s, char *why, size_t si
     return code == 0 ? 0 : ERR_IO;
 }
 
-int provision_kind(const struct provision_spec *s, char *error, size_t size)
+/* Creates the cluster (it must not exist) and checks it answers. */
+static int create(const struct provision_spec *s, char *error, size_t size)
 {
-    char *get[] = {"kind", "get", "clusters", NULL};
-    char *del[] = {"kind", "delete", "cluster", "--name", (char *)(uintptr_t)s->cluster, NULL};
     char wait[32], why[400] = "";
-    char *create[10] = {"kind", "create", "cluster", "--name", (char *)(uintptr_t)s->cluster,
-                        "--wait", wait, NULL};
+    char *argv[10] = {"kind", "create", "cluster", "--name", (char *)(uintptr_t)s->cluster,
+                      "--wait", wait, NULL};
     char *out = NULL;
     int code;
 
     snprintf(wait, sizeof(wait), "%ds", s->create_timeout_seconds);
     if (s->kind_config) {
-        create[7] = "--config";
-        create[8] = (char *)(uintptr_t)s->kind_config;
-        create[9] = NULL;
+        argv[7] = "--config";
+        argv[8] = (char *)(uintptr_t)s->kind_config;
+        argv[9] = NULL;
     }
+    log_info("provision: creating cluster %s", s->cluster);
+    code = run(argv, s->create_timeout_seconds + 120, &out);
+    if (code != 0) {
+        last_line(out, why, sizeof(why));
+        snprintf(error, size, "`kind create cluster --name %s` failed: %s", s->cluster, why);
+        free(out);
+        return ERR_IO;
+    }
+    free(out);
+    if (export_and_check(s, why, sizeof(why)) < 0) {
+        snprintf(error, size, "cluster %s was created but does not answer: %s", s->cluster, why);
+        return ERR_IO;
+    }
+    log_info("provision: cluster %s is ready", s->cluster);
+    return 0;
+}
+
+static int delete_cluster(const struct provision_spec *s, char *error, size_t size)
+{
+    char *argv[] = {"kind", "delete", "cluster", "--name", (char *)(uintptr_t)s->cluster, NULL};
+    char why[400], *out = NULL;
+    int code = run(argv, 300, &out);
+
+    if (code != 0) {
+        last_line(out, why, sizeof(why));
+        snprintf(error, size, "cannot delete the cluster %s: %s", s->cluster, why);
+    }
+    free(out);
+    return code == 0 ? 0 : ERR_IO;
+}
+
+int provision_kind(const struct provision_spec *s, char *error, size_t size)
+{
+    char *get[] = {"kind", "get", "clusters", NULL};
+    char why[400] = "";
+    char *out = NULL;
+    int code;
+
     code = run(get, 60, &out);
     if (code != 0) {
         last_line(out, why, sizeof(why));
@@ -95,28 +132,159 @@ int provision_kind(const struct provision_spec *s, char *error, size_t size)
             return 0;
         }
         log_warn("provision: cluster %s is unhealthy (%s); recreating it", s->cluster, why);
-        code = run(del, 300, &out);
+        if (delete_cluster(s, error, size) < 0)
+            return ERR_IO;
+    } else {
+        free(out);
+    }
+    return create(s, error, size);
+}
+
+/* ---- after each run ---- */
+
+/* kubectl against the worker's cluster: argv[0..n) of the verb, NULL-terminated. */
+static int kubectl(const struct provision_spec *s, const char *const *verb, int timeout_s,
+                   char **out)
+{
+    char ctx[300];
+    const char *argv[24];
+    size_t n = 0;
+
+    snprintf(ctx, sizeof(ctx), "kind-%s", s->cluster);
+    argv[n++] = "kubectl";
+    if (s->kubeconfig && *s->kubeconfig) {
+        argv[n++] = "--kubeconfig";
+        argv[n++] = s->kubeconfig;
+    }
+    argv[n++] = "--context";
+    argv[n++] = ctx;
+    for (size_t i = 0; verb[i] && n < 23; i++)
+        argv[n++] = verb[i];
+    argv[n] = NULL;
+    return run((char *const *)(uintptr_t)argv, timeout_s, out);
+}
+
+static bool wanted(const json_t *namespaces, const char *ns)
+{
+    size_t i;
+    json_t *v;
+
+    json_array_foreach(namespaces, i, v)
+        if (!strcmp(json_string_value(v), ns))
+            return true;
+    return false;
+}
+
+/* Deletes the namespaces of c->namespaces still present. */
+static int delete_leftovers(struct cluster_care *c, char *why, size_t size)
+{
+    const char *list[] = {"get", "namespaces", "-o", "name", NULL};
+    char *out = NULL, *line, *next;
+    int code = kubectl(&c->spec, list, 60, &out);
+
+    if (code != 0) {
+        last_line(out ? out : "", why, size);
+        free(out);
+        return ERR_IO;
+    }
+    for (line = out; line && *line; line = next) {
+        const char *ns = line;
+        char *gone = NULL, tail[300];
+        const char *del[] = {"delete", "namespace", NULL, "--wait=true", "--timeout=300s",
+                             NULL};
+
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (!strncmp(ns, "namespace/", 10))
+            ns += 10;
+        if (!*ns || !wanted(c->namespaces, ns))
+            continue;
+        log_warn("%s: namespace %s was left on the cluster by the last run; deleting it",
+                 c->spec.cluster, ns);
+        del[2] = ns;
+        code = kubectl(&c->spec, del, 330, &gone);
         if (code != 0) {
-            last_line(out, why, sizeof(why));
-            snprintf(error, size, "cannot delete the unhealthy cluster %s: %s", s->cluster, why);
+            last_line(gone ? gone : "", tail, sizeof(tail));
+            snprintf(why, size, "namespace %s left by the last run cannot be deleted: %s", ns,
+                     tail);
+            free(gone);
+            free(out);
+            return ERR_IO;
+        }
+        free(gone);
+        c->n_deleted++;
+    }
+    free(out);
+    return 0;
+}
+
+/* Every node Ready (kubectl's STATUS column, the second). */
+static int nodes_ready(struct cluster_care *c, char *why, size_t size)
+{
+    const char *verb[] = {"get", "nodes", "--no-headers", NULL};
+    char *out = NULL, *line, *next, name[200], status[64];
+    int code = kubectl(&c->spec, verb, 60, &out), n = 0;
+
+    if (code != 0) {
+        last_line(out ? out : "", why, size);
+        free(out);
+        return ERR_IO;
+    }
+    for (line = out; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (sscanf(line, "%199s %63s", name, status) != 2)
+            continue;
+        n++;
+        if (strcmp(status, "Ready")) {
+            snprintf(why, size, "node %s is %s", name, status);
             free(out);
             return ERR_IO;
         }
     }
     free(out);
-    log_info("provision: creating cluster %s", s->cluster);
-    code = run(create, s->create_timeout_seconds + 120, &out);
-    if (code != 0) {
-        last_line(out, why, sizeof(why));
-        snprintf(error, size, "`kind create cluster --name %s` failed: %s", s->cluster, why);
-        free(out);
+    if (n == 0) {
+        snprintf(why, size, "the cluster lists no nodes");
         return ERR_IO;
     }
-    free(out);
-    if (export_and_check(s, why, sizeof(why)) < 0) {
-        snprintf(error, size, "cluster %s was created but does not answer: %s", s->cluster, why);
-        return ERR_IO;
-    }
-    log_info("provision: cluster %s is ready", s->cluster);
     return 0;
+}
+
+static int recreate(struct cluster_care *c, const char *why, char *error, size_t size)
+{
+    int rc;
+
+    if (c->repairing)
+        c->repairing(c->ctx, why);
+    log_warn("%s: recreating its cluster: %s", c->spec.cluster, why);
+    rc = delete_cluster(&c->spec, error, size);
+    if (rc == 0)
+        rc = create(&c->spec, error, size);
+    if (rc == 0) {
+        c->runs = 0;
+        c->n_recreated++;
+    }
+    return rc;
+}
+
+int provision_after_run(struct cluster_care *c, bool count_run, char *error, size_t size)
+{
+    char why[500] = "";
+
+    if (count_run)
+        c->runs++;
+    if (c->can_recreate && c->recycle_after > 0 && c->runs >= c->recycle_after) {
+        snprintf(why, sizeof(why), "recycled after %d runs (CLUSTER_RECYCLE_AFTER_RUNS)",
+                 c->runs);
+        return recreate(c, why, error, size);
+    }
+    if (delete_leftovers(c, why, sizeof(why)) == 0 && nodes_ready(c, why, sizeof(why)) == 0)
+        return 0;
+    if (!c->can_recreate) {
+        snprintf(error, size, "cluster %s is not usable: %s", c->spec.cluster, why);
+        return ERR_IO;
+    }
+    return recreate(c, why, error, size);
 }

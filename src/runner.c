@@ -321,33 +321,15 @@ static enum exec_stop should_stop(void *ctx)
     return r->sink->check(r->sink->ctx);
 }
 
-/* Environment of the child: ours, minus the names we set, plus the task's. */
-static char **child_env(const struct runner *rn, const struct task *t)
+#define ENV_ITEM 1100
+
+/* Our environment with each NAME=value of `ours` replacing the variable of that name.
+ * Returns a NULL-terminated array (caller frees with free_env), NULL without memory. */
+static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours)
 {
-    const char *keys[] = {"TASK_ID=", "PROBLEM_ID=", "MAX_STEPS=", "WORKER_ID=",
-                          "BACKEND_NAME=", "KUBE_CONTEXT=", "AIOPSLAB_CLUSTER=", "KUBECONFIG=",
-                          "PYTHONPATH="};
-    const char *worker = rn->worker_id, *pp = getenv("PYTHONPATH");
-    char ours[9][1100];
-    size_t n = 0, k = 0, n_ours = 7;
+    size_t n = 0, k = 0;
     char **env;
 
-    snprintf(ours[0], sizeof(ours[0]), "TASK_ID=%s", t->id);
-    snprintf(ours[1], sizeof(ours[1]), "PROBLEM_ID=%s", t->problem_id);
-    snprintf(ours[2], sizeof(ours[2]), "MAX_STEPS=%d", t->max_steps);
-    snprintf(ours[3], sizeof(ours[3]), "WORKER_ID=%s", worker);
-    snprintf(ours[4], sizeof(ours[4]), "BACKEND_NAME=%s", worker);
-    snprintf(ours[5], sizeof(ours[5]), "KUBE_CONTEXT=kind-%s", worker);
-    snprintf(ours[6], sizeof(ours[6]), "AIOPSLAB_CLUSTER=%s", worker);
-    if (rn->kubeconfig)
-        snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", rn->kubeconfig);
-    else if (getenv("KUBECONFIG"))
-        snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", getenv("KUBECONFIG"));
-    if (rn->pythonpath)
-        snprintf(ours[n_ours++], sizeof(ours[0]), "PYTHONPATH=%s%s%s", rn->pythonpath,
-                 pp ? ":" : "", pp ? pp : "");
-    else if (pp)
-        snprintf(ours[n_ours++], sizeof(ours[0]), "PYTHONPATH=%s", pp);
     while (environ[n])
         n++;
     env = calloc(n + n_ours + 1, sizeof(*env));
@@ -355,8 +337,10 @@ static char **child_env(const struct runner *rn, const struct task *t)
         return NULL;
     for (size_t i = 0; i < n; i++) {
         bool mine = false;
-        for (size_t j = 0; j < sizeof(keys) / sizeof(keys[0]); j++)
-            mine |= !strncmp(environ[i], keys[j], strlen(keys[j]));
+        for (size_t j = 0; j < n_ours && !mine; j++) {
+            size_t len = strcspn(ours[j], "=") + 1;
+            mine = !strncmp(environ[i], ours[j], len);
+        }
         if (!mine && !(env[k++] = strdup(environ[i])))
             goto fail;
     }
@@ -371,12 +355,52 @@ fail:
     return NULL;
 }
 
-static void free_env(char **env)
+/* PYTHONPATH=dir, ahead of the one we were given (which is kept, not replaced). */
+static void pythonpath_item(char *dst, const char *dir)
+{
+    const char *pp = getenv("PYTHONPATH");
+
+    snprintf(dst, ENV_ITEM, "PYTHONPATH=%s%s%s", dir, pp && *pp ? ":" : "", pp ? pp : "");
+}
+
+/* Environment of the child: ours plus the task's. */
+static char **child_env(const struct runner *rn, const struct task *t)
+{
+    const char *worker = rn->worker_id;
+    char ours[9][ENV_ITEM];
+    size_t n_ours = 7;
+
+    snprintf(ours[0], sizeof(ours[0]), "TASK_ID=%s", t->id);
+    snprintf(ours[1], sizeof(ours[1]), "PROBLEM_ID=%s", t->problem_id);
+    snprintf(ours[2], sizeof(ours[2]), "MAX_STEPS=%d", t->max_steps);
+    snprintf(ours[3], sizeof(ours[3]), "WORKER_ID=%s", worker);
+    snprintf(ours[4], sizeof(ours[4]), "BACKEND_NAME=%s", worker);
+    snprintf(ours[5], sizeof(ours[5]), "KUBE_CONTEXT=kind-%s", worker);
+    snprintf(ours[6], sizeof(ours[6]), "AIOPSLAB_CLUSTER=%s", worker);
+    if (rn->kubeconfig)
+        snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", rn->kubeconfig);
+    if (rn->pythonpath)
+        pythonpath_item(ours[n_ours++], rn->pythonpath);
+    return env_with(ours, n_ours);
+}
+
+char **runner_python_env(const char *pythonpath)
+{
+    char ours[1][ENV_ITEM];
+
+    if (!pythonpath)
+        return env_with(ours, 0);
+    pythonpath_item(ours[0], pythonpath);
+    return env_with(ours, 1);
+}
+
+void runner_env_free(char **env)
 {
     for (size_t i = 0; env && env[i]; i++)
         free(env[i]);
     free(env);
 }
+
 
 /* Decides how the task ends from the executor's outcome. */
 static enum task_status verdict(struct run_ctx *r, const struct exec_outcome *o, char *buf,
@@ -510,7 +534,7 @@ static void run_child(struct run_ctx *r, struct exec_outcome *o)
 out:
     json_decref(tj);
     free(line);
-    free_env(env);
+    runner_env_free(env);
 }
 
 void runner_init(struct runner *rn, const struct config *cfg, const char *worker_id,

@@ -86,5 +86,10 @@ int runner_write_aiopslab(const char *dir, char *path, size_t size)
 
 /* runner_result_reset: frees what the result owns. */
 void runner_result_reset(struct runner_result *r);
+/* runner_python_env: this process's environment with pythonpath (NULL: none) ahead of
+ * its PYTHONPATH, for the aiopslab runner's helper calls. Caller frees with
+ * runner_env_free; NULL without memory. */
+char **runner_python_env(const char *pythonpath);
+void runner_env_free(char **env);
 
 #endif

@@ -67,12 +67,18 @@ static int check_config(const struct config *cfg)
     return 0;
 }
 
-/* After the first signal: a second one, or a shutdown that takes too long, ends
- * the process at once. Tasks left running are recovered at the next start. */
+/* After the first signal: a second one, or a shutdown that takes longer than its
+ * limit, ends the process at once. Tasks left running are recovered at the next start. */
+struct watch {
+    sigset_t *set;
+    int limit_seconds;
+};
+
 static void *watchdog(void *arg)
 {
-    sigset_t *set = arg;
-    struct timespec limit = {.tv_sec = SHUTDOWN_LIMIT_SECONDS};
+    struct watch *w = arg;
+    sigset_t *set = w->set;
+    struct timespec limit = {.tv_sec = w->limit_seconds};
     int sig;
 
     do {
@@ -83,15 +89,15 @@ static void *watchdog(void *arg)
     return NULL;
 }
 
-/* The problem catalog: what AIOpsLab's registry lists when the aiopslab executor can
- * import it, else PROBLEMS_FILE or the built-in list. */
+/* The problem catalog: what AIOpsLab's registry lists (with each problem's application
+ * and namespace) when the aiopslab executor can import it, else PROBLEMS_FILE or the
+ * built-in table. */
 static json_t *load_problems(const struct config *cfg, const char *script)
 {
-    extern char **environ;
-    char pp[PATH_MAX], *out = NULL;
+    char pp[PATH_MAX], *out = NULL, **env;
     char *argv[] = {cfg->aiopslab_python, (char *)(uintptr_t)script, "--list-problems", NULL};
     json_t *listed = NULL, *catalog = NULL;
-    int code;
+    int code = -1;
 
     if (!script[0] || cfg->problems_file)
         return catalog_load(cfg->problems_file);
@@ -99,15 +105,15 @@ static json_t *load_problems(const struct config *cfg, const char *script)
         char first[160];
         snprintf(first, sizeof(first), "%sworker-001-kind", cfg->worker_name_prefix);
         worker_expand(cfg->aiopslab_dir, first, pp, sizeof(pp));
-        setenv("PYTHONPATH", pp, 1); /* before any thread: only the lister reads it */
     }
-    code = exec_capture(argv, environ, 120, &out);
-    if (cfg->aiopslab_dir)
-        unsetenv("PYTHONPATH");
+    env = runner_python_env(cfg->aiopslab_dir ? pp : NULL);
+    if (env)
+        code = exec_capture(argv, env, 120, &out);
+    runner_env_free(env);
     if (code == 0 && out)
         listed = json_loads(out, JSON_DECODE_ANY, NULL);
     if (json_is_array(json_object_get(listed, "problems")))
-        catalog = catalog_from_ids(json_object_get(listed, "problems"));
+        catalog = catalog_from_list(json_object_get(listed, "problems"));
     else
         log_warn("the aiopslab runner could not list AIOpsLab's problems (%s); using the "
                  "built-in list", out && *out ? out : "no output");
@@ -125,6 +131,7 @@ int server_run(int argc, char **argv)
 {
     struct server srv;
     sigset_t set;
+    struct watch watch = {.set = &set};
     pthread_t dog;
     int sig = 0, rc, code = 1, n_failed = 0, prev;
     bool has_dog = false;
@@ -199,7 +206,10 @@ int server_run(int argc, char **argv)
     while (sigwait(&set, &sig) != 0)
         ;
     log_info("signal %d: shutting down (a second signal forces it)", sig);
-    has_dog = pthread_create(&dog, NULL, watchdog, &set) == 0;
+    /* Executors get their grace to clean up (AIOpsLab deletes namespaces) before the
+     * limit: their children die with us. */
+    watch.limit_seconds = SHUTDOWN_LIMIT_SECONDS + srv.cfg.exec_grace_seconds;
+    has_dog = pthread_create(&dog, NULL, watchdog, &watch) == 0;
     http_quiesce(srv.http);
     code = 0;
 out:

@@ -116,12 +116,44 @@ static void shell(const struct env *e, const char *cmd, char *out, size_t size)
     }
 }
 
+/* An action in AIOpsLab's form is one fenced block ("```" and a newline, the call, a
+ * newline and "```"): its call is copied into buf. Without any fence the action is taken
+ * as it is (for trying the environment by hand). Returns NULL, with AIOpsLab's complaint
+ * in out, when the fences are not exactly one block. */
+static const char *unfence(const char *action, char *buf, size_t bsize, char *out, size_t size)
+{
+    const char *open = strstr(action, "```"), *body, *close;
+    size_t n;
+
+    if (!open)
+        return action;
+    body = open + 3;
+    body += strspn(body, " \t\r");
+    close = *body == '\n' ? strstr(body + 1, "\n```") : NULL;
+    if (!close || strstr(close + 4, "```")) {
+        snprintf(out, size, "Error parsing response: Format validation failure. Only have one "
+                            "pair of three ticks in your block: ```\nexec_shell(\"ls\")\n```");
+        return NULL;
+    }
+    body++;
+    n = (size_t)(close - body);
+    snprintf(buf, bsize, "%.*s", (int)(n < bsize - 1 ? n : bsize - 1), body);
+    return buf;
+}
+
 /* One action to its observation; done and reward are set when the episode ends. */
-static void step(struct env *e, const char *action, char *out, size_t size, bool *done,
+static void step(struct env *e, const char *fenced, char *out, size_t size, bool *done,
                  double *reward, json_t *results)
 {
-    char a0[512], a1[128];
-    const char *open = strchr(action, '(');
+    char a0[512], a1[128], call[2048];
+    const char *action = unfence(fenced, call, sizeof(call), out, size);
+    const char *open;
+
+    *done = false;
+    if (!action)
+        return;
+    action += strspn(action, " \t\r\n");
+    open = strchr(action, '(');
     size_t name_len = open ? (size_t)(open - action) : strlen(action);
     char name[32];
 
@@ -130,7 +162,6 @@ static void step(struct env *e, const char *action, char *out, size_t size, bool
     snprintf(name, sizeof(name), "%.*s", (int)(name_len < sizeof(name) - 1 ? name_len : sizeof(name) - 1), action);
     quoted_arg(action, 0, a0, sizeof(a0));
     quoted_arg(action, 1, a1, sizeof(a1));
-    *done = false;
     if (!open || !strchr(open, ')')) {
         snprintf(out, size, "Error: could not parse \"%s\"; an action is a call such as "
                             "exec_shell(\"kubectl get pods -n " NS "\")", action);
@@ -207,7 +238,9 @@ int simenv_run(json_t *task)
                                           : "Which service is faulty? Submit its name.");
     simenv_emit(json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "type", "ready",
                    "task_description", desc, "instructions",
-                   "You are an SRE agent. Answer each observation with exactly one API call.",
+                   "You are an SRE agent. Answer each observation with exactly one API call, "
+                   "in one markdown code block:\n```\nexec_shell(\"kubectl get pods -n " NS
+                   "\")\n```",
                    "actions", "exec_shell", "exec_shell(command): run a shell command (kubectl)",
                    "get_logs", "get_logs(namespace, service): recent logs of a service",
                    "get_metrics", "get_metrics(namespace, duration): CPU and error rates",

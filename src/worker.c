@@ -1,6 +1,7 @@
 /* worker: internal workers (see worker.h for the DESIGN and locking rules). */
 #include "worker.h"
 #include "session.h"
+#include "catalog.h"
 #include "clock.h"
 #include "err.h"
 #include "exec.h"
@@ -39,6 +40,8 @@ struct slot {
     char kubeconfig[PATH_MAX]; /* its cluster's kubeconfig, "" when none; worker thread only */
     char pythonpath[PATH_MAX]; /* AIOPSLAB_DIR with {worker} expanded; read-only */
     atomic_int stop;           /* enum exec_stop asked for the current run */
+    json_t *meta;              /* the worker row's metadata as last set; worker thread only */
+    struct cluster_care care;  /* its cluster between runs; worker thread only */
 };
 
 struct worker_manager {
@@ -59,6 +62,7 @@ struct worker_manager {
     json_t *capabilities;      /* registered with each worker row; read-only */
     wordexp_t command;         /* EXECUTOR_COMMAND split like a shell would, no $( ) */
     bool has_command;
+    json_t *clean_namespaces;  /* what a run may leave on a cluster; read-only */
 };
 
 /* ---- one run ---- */
@@ -280,8 +284,70 @@ static bool provision(struct slot *slot)
     if (st->ops->worker_set_status(st, slot->name, rc < 0 ? WORKER_OFFLINE : WORKER_IDLE,
                                    meta) < 0)
         log_warn("%s: could not record its provisioning state", slot->name);
-    json_decref(meta);
+    json_decref(slot->meta);
+    slot->meta = meta; /* the slot keeps it: later states add to it */
     return rc == 0;
+}
+
+/* Records the cluster's state on the worker row: offline (ready false, so no heartbeat
+ * revives it) with the reason, or idle again. */
+static void cluster_state(struct slot *slot, const char *state, const char *why)
+{
+    struct worker_manager *wm = slot->wm;
+    struct store *st = wm->srv->store;
+    bool usable = !strcmp(state, "clean");
+
+    if (!slot->meta)
+        slot->meta = json_object();
+    json_object_set_new(slot->meta, "cluster_check", json_string(state));
+    json_object_set_new(slot->meta, "cluster_runs", json_integer(slot->care.runs));
+    if (why)
+        json_object_set_new(slot->meta, "cluster_error", json_string(why));
+    else
+        json_object_del(slot->meta, "cluster_error");
+    pthread_mutex_lock(&wm->lock);
+    slot->ready = usable;
+    pthread_mutex_unlock(&wm->lock);
+    if (st->ops->worker_set_status(st, slot->name, usable ? WORKER_IDLE : WORKER_OFFLINE,
+                                   slot->meta) < 0)
+        log_warn("%s: could not record its cluster's state", slot->name);
+}
+
+static void on_repairing(void *ctx, const char *why)
+{
+    cluster_state(ctx, "repairing", why);
+}
+
+/* After a run: the cluster must be clean and ready before the worker claims again.
+ * Returns false when the worker is told to leave meanwhile. */
+static bool cluster_after_run(struct slot *slot)
+{
+    struct worker_manager *wm = slot->wm;
+    char error[600];
+    bool counted = false, leave;
+
+    for (;;) {
+        int rc = provision_after_run(&slot->care, !counted, error, sizeof(error));
+
+        counted = true;
+        if (rc == 0)
+            break;
+        log_error("%s: %s; it claims nothing until it is fixed (next check in %d s)",
+                  slot->name, error, wm->srv->cfg.provision_retry_seconds);
+        cluster_state(slot, "failed", error);
+        pthread_mutex_lock(&wm->lock);
+        if (slot->state == SLOT_ACTIVE && !wm->shutdown)
+            wait_locked(wm, (int64_t)wm->srv->cfg.provision_retry_seconds * 1000);
+        leave = slot->state != SLOT_ACTIVE || wm->shutdown;
+        pthread_mutex_unlock(&wm->lock);
+        if (leave)
+            return false;
+    }
+    /* One more write a run (runs of these workers take minutes): the row says the
+     * cluster was checked, and how many runs it has had. */
+    slot->care.n_recreated = 0;
+    cluster_state(slot, "clean", NULL);
+    return true;
 }
 
 static void *worker_main(void *arg)
@@ -291,7 +357,18 @@ static void *worker_main(void *arg)
     struct server *srv = wm->srv;
     struct store *st = srv->store;
     bool need_cluster = !strcmp(srv->cfg.backend_provision, "kind");
+    /* An aiopslab or Kind worker checks its cluster after each run, so it cannot claim
+     * its next task in the same transaction. */
+    bool check = srv->cfg.cluster_check && (need_cluster || !strcmp(srv->cfg.executor,
+                                                                      "aiopslab"));
     char lease[TASK_ID_LEN + 1], next_lease[TASK_ID_LEN + 1];
+
+    slot->care = (struct cluster_care){
+        .spec = {.cluster = slot->name, .kubeconfig = slot->kubeconfig,
+                 .kind_config = srv->cfg.kind_config,
+                 .create_timeout_seconds = srv->cfg.kind_create_timeout_seconds},
+        .can_recreate = need_cluster, .recycle_after = srv->cfg.cluster_recycle_after_runs,
+        .namespaces = wm->clean_namespaces, .repairing = on_repairing, .ctx = slot};
 
     while (need_cluster && !provision(slot)) {
         pthread_mutex_lock(&wm->lock);
@@ -339,13 +416,15 @@ static void *worker_main(void *arg)
             pthread_mutex_unlock(&wm->lock);
             uuidgen(next_lease);
             next_req.lease_token = next_lease;
-            run_task(slot, t, &next_req, &next);
+            run_task(slot, t, check ? NULL : &next_req, &next);
             pthread_mutex_lock(&wm->lock);
             slot->task_id[0] = '\0';
             pthread_mutex_unlock(&wm->lock);
             task_free(t);
             t = next;
             rc = t ? 0 : ERR_NOTFOUND; /* t keeps its own copy of its lease */
+            if (check && !cluster_after_run(slot))
+                goto out;
         }
         if (rc != ERR_NOTFOUND)
             log_warn("%s: claim failed: %s", slot->name, err_str(rc));
@@ -357,6 +436,8 @@ static void *worker_main(void *arg)
 out:
     if (st->ops->worker_set_status(st, slot->name, WORKER_OFFLINE, NULL) < 0)
         log_warn("%s: could not mark itself offline", slot->name);
+    json_decref(slot->meta);
+    slot->meta = NULL;
     log_info("%s: stopped", slot->name);
     pthread_mutex_lock(&wm->lock);
     slot->ready = false;
@@ -523,7 +604,8 @@ int worker_manager_new(struct server *srv, struct worker_manager **out)
             worker_expand(srv->cfg.aiopslab_dir, wm->slots[i].name, wm->slots[i].pythonpath,
                           sizeof(wm->slots[i].pythonpath));
     }
-    if (parse_patterns(wm, srv->cfg.worker_supported_problems) < 0) {
+    wm->clean_namespaces = catalog_namespaces(srv->problems);
+    if (!wm->clean_namespaces || parse_patterns(wm, srv->cfg.worker_supported_problems) < 0) {
         worker_manager_free(wm);
         return ERR_INVALID;
     }
@@ -732,6 +814,7 @@ void worker_manager_free(struct worker_manager *wm)
         free(wm->patterns[i]);
     free(wm->patterns);
     json_decref(wm->capabilities);
+    json_decref(wm->clean_namespaces);
     pthread_mutex_destroy(&wm->lock);
     pthread_cond_destroy(&wm->wake);
     pthread_cond_destroy(&wm->hk_wake);

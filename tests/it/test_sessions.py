@@ -239,6 +239,26 @@ def test_a_step_sent_to_the_other_server(make_server):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_simulated_incident_reads_actions_as_aiopslab_does(make_server):
+    """One fenced block is an action (AIOpsLab's form); two blocks, or an open fence, get
+    the format error; a bare call is still taken, for trying it by hand."""
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    sid = open_session(s, max_steps=10)
+    g = wait_ready(s, sid)
+    assert "```" in g["instructions"]
+    pods = 'exec_shell("kubectl get pods -n test-hotel-reservation")'
+    a = step(s, sid, f"I should look:\n```\n{pods}\n```").json()
+    assert "CrashLoopBackOff" in a["observation"]
+    for bad in (f"```\n{pods}\n```\n```\n{pods}\n```", f"```\n{pods}", f"```{pods}```"):
+        a = step(s, sid, bad).json()
+        assert "Format validation failure" in a["observation"] and not a["done"], a
+    a = step(s, sid, pods).json()
+    assert "CrashLoopBackOff" in a["observation"]
+    a = step(s, sid, f'```\nsubmit("{faulty_service(a["observation"])}")\n```').json()
+    assert a["done"] is True and a["reward"] == 1.0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_the_session_command_line(make_server):
     import subprocess
     s = make_server(NUM_INTERNAL_WORKERS=1)
