@@ -12,8 +12,9 @@ CFLAGS = -std=c17 -O2 -g $(WARN)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)
 
-SRC = $(filter-out src/main.c, $(wildcard src/*.c))
-HDR = $(wildcard src/*.h)
+# Folders are layers (see README, Layout; `make lint` checks the include direction).
+SRC = $(filter-out src/main.c, $(shell find src -name '*.c' | sort))
+HDR = $(shell find src -name '*.h')
 GEN = catalog_builtin aiopslab_runner openapi_doc docs_page dashboard_page
 OBJ = $(SRC:src/%.c=build/obj/%.o) $(GEN:%=build/obj/%.o)
 OBJ_SAN = $(SRC:src/%.c=build/asan/obj/%.o) $(GEN:%=build/asan/obj/%.o)
@@ -21,7 +22,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps check-aiopslab
+.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps check-aiopslab lint
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -69,6 +70,10 @@ build/asan/taskexec: build/asan/obj/main.o $(OBJ_SAN)
 
 build/asan/test_%: tests/test_%.c $(OBJ_SAN) $(HDR) | $(DEPS)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS_SAN) $< $(OBJ_SAN) $(PKG_LIBS) -lcmocka -o $@
+
+# Folders are layers: no file includes one of a layer above, no include cycle.
+lint:
+	/usr/bin/python3 scripts/lint-layers.py
 
 run: build/taskexec
 	./build/taskexec serve

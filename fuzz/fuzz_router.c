@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
-#include "clock.h"
-#include "router.h"
-#include "webhook.h"
+#include "http/api.h"
+#include "core/clock.h"
+#include "http/router.h"
+#include "service/webhook.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

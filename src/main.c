@@ -1,12 +1,12 @@
 /* main: the taskexec command: subcommands and their dispatch. */
-#include "cli.h"
-#include "config.h"
-#include "err.h"
-#include "store.h"
-#include "extworker.h"
-#include "server.h"
-#include "simulate.h"
-#include "version.h"
+#include "cli/cli.h"
+#include "core/config.h"
+#include "core/err.h"
+#include "store/store.h"
+#include "worker/extworker.h"
+#include "http/server.h"
+#include "exec/simulate.h"
+#include "core/version.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -24,7 +24,7 @@ static int migrate_main(int argc, char **argv)
     }
     rc = store_open(cfg.database_url, &st);
     if (rc == 0)
-        printf("taskexec: the %s schema of %s is up to date\n", st->ops->name,
+        printf("taskexec: the %s schema of %s is up to date\n", store_name(st),
                cfg.database_url);
     else
         fprintf(stderr, "taskexec: migrating %s failed: %s\n", cfg.database_url, err_str(rc));

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "catalog.h"
-#include "config.h"
+#include "model/catalog.h"
+#include "core/config.h"
 
 static const char *field(const json_t *catalog, const char *id, const char *key)
 {

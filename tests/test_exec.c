@@ -10,9 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "err.h"
-#include "exec.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "exec/exec.h"
 
 extern char **environ;
 

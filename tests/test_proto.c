@@ -6,7 +6,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "proto.h"
+#include "model/proto.h"
 
 static struct proto_event parse(const char *line, enum proto_stream s)
 {

@@ -8,7 +8,7 @@
 #include <strings.h>
 #include <jansson.h>
 
-#include "router.h"
+#include "http/router.h"
 
 struct rcase {
     const char *method, *path;

@@ -10,11 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "err.h"
-#include "proto.h"
-#include "store.h"
-#include "uuidgen.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "model/proto.h"
+#include "store/store.h"
+#include "core/uuidgen.h"
 
 struct fx {
     char dir[64];
@@ -66,7 +66,7 @@ static void add(struct store *st, const char *problem, int priority, const char 
     t->max_steps = 5;
     t->timeout_seconds = 60;
     t->created_at = t->updated_at = clock_now_us();
-    assert_int_equal(st->ops->task_insert(st, t, &existing), 0);
+    assert_int_equal(store_task_insert(st, t, &existing), 0);
     if (existing) {
         strcpy(out, existing->id);
         task_free(existing);
@@ -84,7 +84,7 @@ static int claim(struct store *st, const char *worker, const char *backend,
                             .n_patterns = n, .lease_token = lease, .now = clock_now_us()};
 
     uuidgen(lease);
-    return st->ops->task_claim(st, &req, out);
+    return store_task_claim(st, &req, out);
 }
 
 static int finish(struct store *st, const char *id, const char *lease, enum task_status status,
@@ -92,14 +92,14 @@ static int finish(struct store *st, const char *id, const char *lease, enum task
 {
     struct task_end end = {.status = status, .result = result, .error = error,
                            .now = clock_now_us()};
-    return st->ops->task_finish(st, id, lease, &end);
+    return store_task_finish(st, id, lease, &end);
 }
 
 static void register_worker(struct store *st, const char *id, const char *prefix)
 {
     struct worker_reg reg = {.id = id, .backend_type = "default", .name_prefix = prefix,
                              .now = clock_now_us()};
-    assert_int_equal(st->ops->worker_register(st, &reg), 0);
+    assert_int_equal(store_worker_register(st, &reg), 0);
 }
 
 static void claims_by_priority_then_fifo(void **state)
@@ -164,14 +164,14 @@ static void finish_needs_the_lease(void **state)
     /* terminal states never change again */
     assert_int_equal(finish(f->st, a, t->lease_token, TASK_FAILED, NULL, "x"),
                      ERR_CONFLICT);
-    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(store_task_get(f->st, a, &g), 0);
     assert_int_equal(g->status, TASK_COMPLETED);
     assert_true(json_is_true(json_object_get(g->result, "success")));
     assert_true(g->completed_at >= g->started_at);
     task_free(g);
     g = NULL;
     json_t *w = NULL;
-    assert_int_equal(f->st->ops->worker_get(f->st, "w1", &w), 0);
+    assert_int_equal(store_worker_get(f->st, "w1", &w), 0);
     assert_int_equal(json_integer_value(json_object_get(w, "tasks_completed")), 1);
     assert_string_equal(json_string_value(json_object_get(w, "status")), "idle");
     json_decref(w);
@@ -194,22 +194,22 @@ static void cancel_pending_running_and_terminal(void **state)
     add(f->st, "p", 0, "default", NULL, b);
     assert_int_equal(claim(f->st, "w1", "default", NULL, 0, &t), 0);
     assert_string_equal(t->id, a);
-    assert_int_equal(f->st->ops->task_cancel(f->st, b, clock_now_us(), &c), 0);
+    assert_int_equal(store_task_cancel(f->st, b, clock_now_us(), &c), 0);
     assert_int_equal(c->status, TASK_CANCELLED);
     task_free(c);
-    assert_int_equal(f->st->ops->task_cancel(f->st, a, clock_now_us(), &c), 0);
+    assert_int_equal(store_task_cancel(f->st, a, clock_now_us(), &c), 0);
     assert_int_equal(c->status, TASK_CANCELLED);
     task_free(c);
     /* the worker sees it lost the task and cannot overwrite the cancel */
-    assert_int_equal(f->st->ops->task_lease_status(f->st, a, t->lease_token, &s), 0);
+    assert_int_equal(store_task_lease_status(f->st, a, t->lease_token, &s), 0);
     assert_int_equal(s, TASK_CANCELLED);
     assert_int_equal(finish(f->st, a, t->lease_token, TASK_COMPLETED, NULL, NULL),
                      ERR_CONFLICT);
-    assert_int_equal(f->st->ops->task_cancel(f->st, a, clock_now_us(), &c), ERR_CONFLICT);
+    assert_int_equal(store_task_cancel(f->st, a, clock_now_us(), &c), ERR_CONFLICT);
     assert_int_equal(c->status, TASK_CANCELLED);
     task_free(c);
     c = NULL;
-    assert_int_equal(f->st->ops->task_cancel(f->st, "00000000-0000-0000-0000-000000000000",
+    assert_int_equal(store_task_cancel(f->st, "00000000-0000-0000-0000-000000000000",
                                              clock_now_us(), &c),
                      ERR_NOTFOUND);
     /* a cancelled pending task is never claimed */
@@ -217,11 +217,11 @@ static void cancel_pending_running_and_terminal(void **state)
     struct task_stats ts;
     struct task_page page;
     struct task_filter only = {.status = TASK_CANCELLED, .limit = 10};
-    assert_int_equal(f->st->ops->task_stats(f->st, false, &ts), 0);
+    assert_int_equal(store_task_stats(f->st, false, &ts), 0);
     assert_int_equal(ts.counts[TASK_CANCELLED], 2);
     assert_int_equal(ts.counts[TASK_RUNNING], 0);
     assert_int_equal(ts.total, 2);
-    assert_int_equal(f->st->ops->task_list(f->st, &only, &page), 0);
+    assert_int_equal(store_task_list(f->st, &only, &page), 0);
     assert_int_equal(page.total, 2);
     store_task_page_reset(&page);
     task_free(t);
@@ -237,7 +237,7 @@ static void idempotency_key_returns_existing(void **state)
     add(f->st, "p", 0, "default", "k1", a);
     add(f->st, "p", 0, "default", "k1", b);
     assert_string_equal(a, b);
-    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(store_task_list(f->st, &filter, &page), 0);
     assert_int_equal(page.total, 1);
     store_task_page_reset(&page);
 }
@@ -251,19 +251,19 @@ static void list_filters_and_pages(void **state)
 
     for (int i = 0; i < 5; i++)
         add(f->st, i % 2 ? "odd" : "even", 0, "default", NULL, ids[i]);
-    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(store_task_list(f->st, &filter, &page), 0);
     assert_int_equal(page.total, 5);
     assert_int_equal(page.n, 2);
     assert_string_equal(page.items[0]->id, ids[3]); /* newest first, skipping one */
     store_task_page_reset(&page);
     filter = (struct task_filter){.status = -1, .problem_id = "odd", .limit = 10,
                                   .oldest_first = true};
-    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(store_task_list(f->st, &filter, &page), 0);
     assert_int_equal(page.total, 2);
     assert_string_equal(page.items[0]->id, ids[1]);
     store_task_page_reset(&page);
     filter = (struct task_filter){.status = TASK_RUNNING, .limit = 10};
-    assert_int_equal(f->st->ops->task_list(f->st, &filter, &page), 0);
+    assert_int_equal(store_task_list(f->st, &filter, &page), 0);
     assert_int_equal(page.total, 0);
     store_task_page_reset(&page);
 }
@@ -284,20 +284,20 @@ static void logs_and_messages(void **state)
     int64_t total;
 
     add(f->st, "p", 0, "default", NULL, a);
-    assert_int_equal(f->st->ops->logs_append(f->st, a, le, 3), 0);
-    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_INFO, 100, 0, &logs, &total), 0);
+    assert_int_equal(store_logs_append(f->st, a, le, 3), 0);
+    assert_int_equal(store_logs_list(f->st, a, LEVEL_INFO, 100, 0, &logs, &total), 0);
     assert_int_equal(total, 2);
     assert_int_equal(json_array_size(logs), 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(logs, 0), "message")),
                         "i");
     json_decref(logs);
-    assert_int_equal(f->st->ops->logs_list(f->st, a, LEVEL_DEBUG, 1, 0, &logs, &total), 0);
+    assert_int_equal(store_logs_list(f->st, a, LEVEL_DEBUG, 1, 0, &logs, &total), 0);
     assert_int_equal(json_array_size(logs), 1);
     assert_int_equal(total, 3);
     json_decref(logs);
 
-    assert_int_equal(f->st->ops->messages_append(f->st, a, me, 2), 0);
-    assert_int_equal(f->st->ops->task_conversations(f->st, a, &convs), 0);
+    assert_int_equal(store_messages_append(f->st, a, me, 2), 0);
+    assert_int_equal(store_task_conversations(f->st, a, &convs), 0);
     assert_int_equal(json_array_size(convs), 1);
     json_t *c = json_array_get(convs, 0);
     assert_string_equal(json_string_value(json_object_get(c, "session_id")), a);
@@ -327,13 +327,13 @@ static void reaper_fails_tasks_of_silent_workers(void **state)
     add(f->st, "p", 0, "default", NULL, a);
     assert_int_equal(claim(f->st, "ghost", "default", NULL, 0, &t), 0);
     /* alive: nothing happens */
-    assert_int_equal(f->st->ops->reap(f->st, now, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(store_reap(f->st, now, 60 * 1000000LL, &rr), 0);
     assert_int_equal(rr.tasks_failed, 0);
     /* 2 minutes later, silent for more than 60 s */
-    assert_int_equal(f->st->ops->reap(f->st, now + 120 * 1000000LL, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(store_reap(f->st, now + 120 * 1000000LL, 60 * 1000000LL, &rr), 0);
     assert_int_equal(rr.tasks_failed, 1);
     assert_int_equal(rr.workers_offline, 1);
-    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(store_task_get(f->st, a, &g), 0);
     assert_int_equal(g->status, TASK_FAILED);
     assert_non_null(strstr(g->error, "ghost"));
     task_free(g);
@@ -355,13 +355,13 @@ static void recover_fails_tasks_of_own_prefix_only(void **state)
     task_free(t);
     assert_int_equal(claim(f->st, "b-worker-001-kind", "default", NULL, 0, &t), 0);
     task_free(t);
-    assert_int_equal(f->st->ops->recover(f->st, "a-", clock_now_us(), &n), 0);
+    assert_int_equal(store_recover(f->st, "a-", clock_now_us(), &n), 0);
     assert_int_equal(n, 1);
-    assert_int_equal(f->st->ops->task_get(f->st, a, &g), 0);
+    assert_int_equal(store_task_get(f->st, a, &g), 0);
     assert_int_equal(g->status, TASK_FAILED);
     assert_non_null(strstr(g->error, "restarted"));
     task_free(g);
-    assert_int_equal(f->st->ops->task_get(f->st, b, &g), 0);
+    assert_int_equal(store_task_get(f->st, b, &g), 0);
     assert_int_equal(g->status, TASK_RUNNING);
     task_free(g);
 }
@@ -418,7 +418,7 @@ static void concurrent_claims_are_exclusive(void **state)
     assert_int_equal(total, N);
     /* the counts kept by triggers agree with what happened */
     struct task_stats ts;
-    assert_int_equal(f->st->ops->task_stats(f->st, true, &ts), 0);
+    assert_int_equal(store_task_stats(f->st, true, &ts), 0);
     assert_int_equal(ts.total, N);
     assert_int_equal(ts.counts[TASK_RUNNING], N);
     assert_int_equal(ts.counts[TASK_PENDING], 0);

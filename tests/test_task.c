@@ -6,8 +6,8 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "err.h"
-#include "task.h"
+#include "core/err.h"
+#include "model/task.h"
 
 static const struct task_defaults defs = {.max_steps = 30, .timeout_minutes = 30};
 

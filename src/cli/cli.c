@@ -1,0 +1,842 @@
+/* cli: the client subcommands (see cli.h). */
+#include "cli/cli.h"
+#include "worker/client.h"
+#include "core/crypto.h"
+#include "core/err.h"
+#include "model/task.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { EXIT_OK = 0, EXIT_TASK = 1, EXIT_USAGE = 2, EXIT_SERVER = 3 };
+
+struct opts {
+    const char *api;
+    bool json;
+    const char *positional;    /* the task id of status/logs/cancel */
+    /* submit */
+    const char *problem_id, *parameters, *file, *agent_config, *backend_type;
+    const char *params[64];    /* --param a.b=value */
+    int n_params;
+    const char *priority, *max_steps, *timeout_minutes;
+    bool wait;
+    /* list, logs, export */
+    const char *status, *level, *limit, *output, *format, *since, *until;
+    /* session */
+    const char *action;
+    bool follow, skip_logs, skip_conversations;
+};
+
+static int usage(const char *msg)
+{
+    if (msg)
+        fprintf(stderr, "taskexec: %s\n", msg);
+    fprintf(stderr,
+            "usage:\n"
+            "  taskexec submit --problem-id ID [--param a.b=VALUE]... [--parameters JSON]\n"
+            "                  [--agent-config JSON] [--max-steps N] [--timeout-minutes N]\n"
+            "                  [--priority N] [--backend-type T] [--wait]\n"
+            "  taskexec submit --file runs.jsonl      (one request body a line)\n"
+            "  taskexec status ID\n"
+            "  taskexec list [--status S] [--problem-id ID] [--limit N]\n"
+            "  taskexec logs ID [--level L] [--follow]\n"
+            "  taskexec cancel ID\n"
+            "  taskexec export --output FILE [--format json|jsonl] [--status S]\n"
+            "                  [--problem-id ID] [--since T] [--until T]\n"
+            "                  [--skip-logs] [--skip-conversations]\n"
+            "  taskexec session open --problem-id ID [--max-steps N] [--timeout-minutes N]\n"
+            "                  [--backend-type T]     (waits until the environment is ready)\n"
+            "  taskexec session step ID --action 'exec_shell(\"kubectl get pods\")'\n"
+            "  taskexec session show ID | close ID\n"
+            "  taskexec session play --problem-id ID [...]   (actions from stdin, one a line)\n"
+            "every command: --api URL (default $TASKEXEC_API, then http://127.0.0.1:8000), "
+            "--json\n");
+    return EXIT_USAGE;
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    static const struct { const char *flag; size_t off; } values[] = {
+#define V(f, m) {f, offsetof(struct opts, m)}
+        V("--api", api), V("--problem-id", problem_id), V("--parameters", parameters),
+        V("--file", file), V("--agent-config", agent_config), V("--backend-type", backend_type),
+        V("--priority", priority), V("--max-steps", max_steps),
+        V("--timeout-minutes", timeout_minutes), V("--status", status), V("--level", level),
+        V("--limit", limit), V("--output", output), V("--format", format), V("--since", since),
+        V("--until", until), V("--action", action),
+#undef V
+    };
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool done = false;
+
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+            continue;
+        }
+        if (!strcmp(a, "--wait") || !strcmp(a, "--follow") || !strcmp(a, "--skip-logs") ||
+            !strcmp(a, "--skip-conversations")) {
+            *(a[2] == 'w' ? &o->wait : a[2] == 'f' ? &o->follow
+                                      : a[7] == 'l' ? &o->skip_logs : &o->skip_conversations) = true;
+            continue;
+        }
+        if (!strcmp(a, "--param")) {
+            if (i + 1 >= argc || o->n_params == 64 || !strchr(argv[i + 1], '='))
+                return usage("--param needs KEY=VALUE (e.g. agent_config.model=gpt-4o)");
+            o->params[o->n_params++] = argv[++i];
+            continue;
+        }
+        for (size_t k = 0; k < sizeof(values) / sizeof(values[0]) && !done; k++) {
+            if (strcmp(a, values[k].flag))
+                continue;
+            if (i + 1 >= argc) {
+                fprintf(stderr, "taskexec: %s needs a value\n", a);
+                return EXIT_USAGE;
+            }
+            *(const char **)(void *)((char *)o + values[k].off) = argv[++i];
+            done = true;
+        }
+        if (done)
+            continue;
+        if (a[0] == '-' || o->positional) {
+            fprintf(stderr, "taskexec: unexpected argument '%s'\n", a);
+            return usage(NULL);
+        }
+        o->positional = a;
+    }
+    if (!o->api)
+        o->api = getenv("TASKEXEC_API") ? getenv("TASKEXEC_API") : "http://127.0.0.1:8000";
+    return EXIT_OK;
+}
+
+/* The server's error, as its detail; never a raw dump. */
+static int server_error(const char *what, long status, json_t *reply)
+{
+    const char *detail = json_string_value(json_object_get(reply, "detail"));
+
+    fprintf(stderr, "taskexec: %s: %s (HTTP %ld)\n", what, detail ? detail : "the server failed",
+            status);
+    return status >= 500 || status == 0 ? EXIT_SERVER : EXIT_USAGE;
+}
+
+static int call(struct client *c, const char *method, const char *path, json_t *body,
+                long *status, json_t **reply)
+{
+    if (client_call(c, method, path, body, status, reply) < 0) {
+        fprintf(stderr, "taskexec: cannot reach %s: %s\n", c->base, c->error);
+        return EXIT_SERVER;
+    }
+    return EXIT_OK;
+}
+
+static void print_json(json_t *v)
+{
+    char *t = json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
+
+    if (t)
+        puts(t);
+    free(t);
+}
+
+/* --param a.b=value: value is JSON when it parses as JSON, else a string. */
+static int set_param(json_t *body, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    char *path = strndup(spec, (size_t)(eq - spec)), *key, *dot;
+    json_t *node = body, *v = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+
+    if (!v)
+        v = json_string(eq + 1);
+    for (key = path; (dot = strchr(key, '.')); key = dot + 1) {
+        json_t *next;
+        *dot = '\0';
+        next = json_object_get(node, key);
+        if (!json_is_object(next)) {
+            next = json_object();
+            json_object_set_new(node, key, next);
+        }
+        node = next;
+    }
+    json_object_set_new(node, key, v);
+    free(path);
+    return 0;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "-";
+}
+
+static int wait_for(struct client *c, const char *id, bool json)
+{
+    char path[128], last[32] = "";
+    bool tty = isatty(STDERR_FILENO);
+    int delay_ms = 200;
+
+    snprintf(path, sizeof(path), "/api/v1/tasks/%s", id);
+    for (;;) {
+        json_t *t = NULL;
+        long status;
+        int rc = call(c, "GET", path, NULL, &status, &t);
+        const char *st;
+
+        if (rc)
+            return rc;
+        if (status != 200) {
+            rc = server_error("status", status, t);
+            json_decref(t);
+            return rc;
+        }
+        st = str(t, "status");
+        if (strcmp(st, last)) {
+            fprintf(stderr, tty ? "\r\033[K%s %s (%s)" : "%s %s (%s)\n", id, st,
+                    str(t, "worker_id"));
+            snprintf(last, sizeof(last), "%s", st);
+        }
+        if (task_status_parse(st) >= TASK_COMPLETED) {
+            if (tty)
+                fputc('\n', stderr);
+            if (json)
+                print_json(t);
+            else if (strcmp(st, "completed"))
+                fprintf(stderr, "taskexec: task %s ended %s: %s\n", id, st, str(t, "error"));
+            rc = strcmp(st, "completed") ? EXIT_TASK : EXIT_OK;
+            json_decref(t);
+            return rc;
+        }
+        json_decref(t);
+        usleep((useconds_t)delay_ms * 1000);
+        delay_ms = delay_ms < 2000 ? delay_ms * 2 : 2000;
+    }
+}
+
+/* Submits body with key as its idempotency key, unless the line names its own. */
+static int submit_one(struct client *c, json_t *body, const char *key, long *status,
+                      json_t **reply)
+{
+    if (!json_object_get(body, "idempotency_key"))
+        json_object_set_new(body, "idempotency_key", json_string(key));
+    return call(c, "POST", "/api/v1/tasks", body, status, reply);
+}
+
+static void progress(const char *what, long done, long total)
+{
+    if (!isatty(STDERR_FILENO))
+        return;
+    int width = 30, filled = total ? (int)(width * done / total) : width;
+    fprintf(stderr, "\r%s [%.*s%*s] %ld/%ld", what, filled,
+            "##############################", width - filled, "", done, total);
+}
+
+static int submit_file(struct client *c, const struct opts *o)
+{
+    FILE *f = strcmp(o->file, "-") ? fopen(o->file, "r") : stdin;
+    char *line = NULL;
+    size_t cap = 0;
+    long total = 0, n = 0, created = 0, existing = 0, failed = 0;
+    int rc = EXIT_OK;
+
+    if (!f) {
+        fprintf(stderr, "taskexec: cannot read %s: %s\n", o->file, strerror(errno));
+        return EXIT_USAGE;
+    }
+    while (getline(&line, &cap, f) > 0)
+        total++;
+    rewind(f);
+    while (getline(&line, &cap, f) > 0) {
+        char key[CRYPTO_HEX_SHA256 + 8];
+        json_t *body, *reply = NULL;
+        long status = 0;
+
+        line[strcspn(line, "\r\n")] = '\0';
+        n++;
+        if (!*line)
+            continue;
+        body = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(body)) {
+            fprintf(stderr, "\ntaskexec: %s line %ld is not a JSON object\n", o->file, n);
+            json_decref(body);
+            failed++;
+            continue;
+        }
+        /* A rerun of the same file creates nothing new. */
+        crypto_sha256_hex(line, key + 5);
+        memcpy(key, "line-", 5);
+        if (submit_one(c, body, key, &status, &reply)) {
+            json_decref(body);
+            rc = EXIT_SERVER;
+            break;
+        }
+        if (status == 201)
+            created++;
+        else if (status == 200)
+            existing++;
+        else {
+            failed++;
+            fprintf(stderr, "\ntaskexec: line %ld: %s\n", n,
+                    json_string_value(json_object_get(reply, "detail")) ?: "refused");
+        }
+        if (o->json && reply)
+            printf("%s\n", str(reply, "id"));
+        json_decref(reply);
+        json_decref(body);
+        progress("submitting", n, total);
+    }
+    if (isatty(STDERR_FILENO))
+        fputc('\n', stderr);
+    fprintf(stderr, "created %ld, already there %ld, refused %ld\n", created, existing, failed);
+    free(line);
+    if (f != stdin)
+        fclose(f);
+    return rc ? rc : failed ? EXIT_USAGE : EXIT_OK;
+}
+
+static int do_submit(struct client *c, const struct opts *o)
+{
+    json_t *body, *reply = NULL;
+    long status = 0;
+    int rc;
+
+    if (o->file)
+        return submit_file(c, o);
+    if (!o->problem_id)
+        return usage("submit needs --problem-id (or --file)");
+    body = json_pack("{s:s}", "problem_id", o->problem_id);
+    if (o->parameters) {
+        json_t *p = json_loads(o->parameters, 0, NULL);
+        if (!json_is_object(p)) {
+            json_decref(p);
+            json_decref(body);
+            return usage("--parameters must be a JSON object");
+        }
+        json_object_set_new(body, "parameters", p);
+    }
+    if (o->agent_config) {
+        json_t *a = json_loads(o->agent_config, 0, NULL);
+        if (!json_is_object(a)) {
+            json_decref(a);
+            json_decref(body);
+            return usage("--agent-config must be a JSON object");
+        }
+        json_object_set_new(body, "agent_config", a);
+    }
+    if (o->priority)
+        json_object_set_new(body, "priority", json_integer(atoll(o->priority)));
+    if (o->max_steps)
+        json_object_set_new(body, "max_steps", json_integer(atoll(o->max_steps)));
+    if (o->timeout_minutes)
+        json_object_set_new(body, "timeout_minutes", json_integer(atoll(o->timeout_minutes)));
+    if (o->backend_type)
+        json_object_set_new(body, "backend_type", json_string(o->backend_type));
+    for (int i = 0; i < o->n_params; i++)
+        set_param(body, o->params[i]);
+    rc = call(c, "POST", "/api/v1/tasks", body, &status, &reply);
+    json_decref(body);
+    if (rc == EXIT_OK && status != 201 && status != 200)
+        rc = server_error("submit", status, reply);
+    if (rc == EXIT_OK) {
+        char id[TASK_ID_LEN + 1];
+        snprintf(id, sizeof(id), "%s", str(reply, "id"));
+        if (o->wait) {
+            rc = wait_for(c, id, o->json);
+        } else if (o->json) {
+            print_json(reply);
+        } else {
+            printf("%s\n", id);
+        }
+    }
+    json_decref(reply);
+    return rc;
+}
+
+static int simple_get(struct client *c, const char *path, const char *what, json_t **out)
+{
+    long status = 0;
+    int rc = call(c, "GET", path, NULL, &status, out);
+
+    if (rc == EXIT_OK && status != 200) {
+        rc = server_error(what, status, *out);
+        json_decref(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+static int do_status(struct client *c, const struct opts *o)
+{
+    char path[200];
+    json_t *t = NULL;
+    int rc;
+
+    if (!o->positional)
+        return usage("status needs a task id");
+    snprintf(path, sizeof(path), "/api/v1/tasks/%s", o->positional);
+    rc = simple_get(c, path, "status", &t);
+    if (rc)
+        return rc;
+    if (o->json) {
+        print_json(t);
+    } else {
+        printf("id         %s\nproblem    %s\nstatus     %s\nworker     %s\ncreated    %s\n"
+               "started    %s\ncompleted  %s\n", str(t, "id"), str(t, "problem_id"),
+               str(t, "status"), str(t, "worker_id"), str(t, "created_at"), str(t, "started_at"),
+               str(t, "completed_at"));
+        if (json_is_string(json_object_get(t, "error")))
+            printf("error      %s\n", str(t, "error"));
+    }
+    json_decref(t);
+    return EXIT_OK;
+}
+
+static int do_list(struct client *c, const struct opts *o)
+{
+    char path[600], *esc_s = NULL, *esc_p = NULL;
+    CURL *h = curl_easy_init();
+    json_t *r = NULL, *t;
+    size_t i;
+    int rc;
+
+    if (o->status)
+        esc_s = curl_easy_escape(h, o->status, 0);
+    if (o->problem_id)
+        esc_p = curl_easy_escape(h, o->problem_id, 0);
+    snprintf(path, sizeof(path), "/api/v1/tasks?limit=%s%s%s%s%s", o->limit ? o->limit : "50",
+             esc_s ? "&status=" : "", esc_s ? esc_s : "", esc_p ? "&problem_id=" : "",
+             esc_p ? esc_p : "");
+    curl_free(esc_s);
+    curl_free(esc_p);
+    curl_easy_cleanup(h);
+    rc = simple_get(c, path, "list", &r);
+    if (rc)
+        return rc;
+    if (o->json) {
+        print_json(r);
+    } else {
+        printf("%-36s  %-9s  %-40s  %-18s  %s\n", "ID", "STATUS", "PROBLEM", "WORKER", "CREATED");
+        json_array_foreach(json_object_get(r, "tasks"), i, t)
+            printf("%-36s  %-9s  %-40.40s  %-18.18s  %.19s\n", str(t, "id"), str(t, "status"),
+                   str(t, "problem_id"), str(t, "worker_id"), str(t, "created_at"));
+        printf("(%lld of %lld)\n", (long long)json_array_size(json_object_get(r, "tasks")),
+               (long long)json_integer_value(json_object_get(r, "total")));
+    }
+    json_decref(r);
+    return EXIT_OK;
+}
+
+static int do_logs(struct client *c, const struct opts *o)
+{
+    long long offset = 0;
+    int delay = 200;
+
+    if (!o->positional)
+        return usage("logs needs a task id");
+    for (;;) {
+        char path[300];
+        json_t *r = NULL, *e, *t = NULL;
+        size_t i;
+        int rc;
+
+        snprintf(path, sizeof(path), "/api/v1/tasks/%s/logs?limit=10000&offset=%lld%s%s",
+                 o->positional, offset, o->level ? "&level=" : "", o->level ? o->level : "");
+        rc = simple_get(c, path, "logs", &r);
+        if (rc)
+            return rc;
+        json_array_foreach(json_object_get(r, "logs"), i, e) {
+            if (o->json) {
+                char *line = json_dumps(e, JSON_COMPACT);
+                puts(line ? line : "{}");
+                free(line);
+            } else {
+                printf("%.23s  %-8s %s\n", str(e, "timestamp"), str(e, "level"),
+                       str(e, "message"));
+            }
+        }
+        offset += (long long)json_array_size(json_object_get(r, "logs"));
+        fflush(stdout);
+        if (!o->follow || json_array_size(json_object_get(r, "logs")) == 10000) {
+            json_decref(r);
+            if (!o->follow)
+                return EXIT_OK;
+            continue;
+        }
+        json_decref(r);
+        /* --follow: until the task has ended and its last lines are out */
+        snprintf(path, sizeof(path), "/api/v1/tasks/%s", o->positional);
+        rc = simple_get(c, path, "logs", &t);
+        if (rc)
+            return rc;
+        bool ended = task_status_parse(str(t, "status")) >= TASK_COMPLETED;
+        json_decref(t);
+        if (ended && delay < 0)
+            return EXIT_OK;
+        if (ended)
+            delay = -1; /* one more read picks up the last lines */
+        else
+            usleep(500 * 1000);
+    }
+}
+
+static int do_cancel(struct client *c, const struct opts *o)
+{
+    char path[200];
+    json_t *r = NULL;
+    long status = 0;
+    int rc;
+
+    if (!o->positional)
+        return usage("cancel needs a task id");
+    snprintf(path, sizeof(path), "/api/v1/tasks/%s/cancel", o->positional);
+    rc = call(c, "POST", path, NULL, &status, &r);
+    if (rc == EXIT_OK && status != 200)
+        rc = server_error("cancel", status, r);
+    else if (rc == EXIT_OK)
+        o->json ? print_json(r) : (void)printf("%s cancelled\n", o->positional);
+    json_decref(r);
+    return rc;
+}
+
+struct download {
+    FILE *f;
+    long long bytes;
+    int64_t last_shown;
+};
+
+static size_t on_bytes(char *p, size_t size, size_t n, void *ud)
+{
+    struct download *d = ud;
+    size_t w = fwrite(p, size, n, d->f);
+    struct timespec ts;
+
+    d->bytes += (long long)(w * size);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (isatty(STDERR_FILENO) && ts.tv_sec != d->last_shown) {
+        d->last_shown = ts.tv_sec;
+        fprintf(stderr, "\rexporting: %.1f MB", (double)d->bytes / 1e6);
+    }
+    return w * size;
+}
+
+static int do_export(struct client *c, const struct opts *o)
+{
+    char url[2048], tmp[4200];
+    struct download d = {0};
+    CURL *h;
+    CURLcode cc;
+    long status = 0;
+    int rc = EXIT_OK;
+
+    if (!o->output)
+        return usage("export needs --output FILE");
+    if (o->format && strcmp(o->format, "json") && strcmp(o->format, "jsonl"))
+        return usage("--format is json or jsonl");
+    h = curl_easy_init();
+    snprintf(url, sizeof(url),
+             "%s/api/v1/export?format=%s&include_logs=%s&include_conversations=%s%s%s%s%s%s%s%s%s",
+             c->base, o->format ? o->format : "json", o->skip_logs ? "false" : "true",
+             o->skip_conversations ? "false" : "true", o->status ? "&status=" : "",
+             o->status ? o->status : "", o->problem_id ? "&problem_id=" : "",
+             o->problem_id ? o->problem_id : "", o->since ? "&since=" : "",
+             o->since ? o->since : "", o->until ? "&until=" : "", o->until ? o->until : "");
+    /* Written to a temp file and renamed at the end: a cut export never looks whole. */
+    snprintf(tmp, sizeof(tmp), "%s.part.%d", o->output, (int)getpid());
+    d.f = fopen(tmp, "w");
+    if (!d.f) {
+        curl_easy_cleanup(h);
+        fprintf(stderr, "taskexec: cannot write %s: %s\n", tmp, strerror(errno));
+        return EXIT_USAGE;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_bytes);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+    if (fclose(d.f) != 0 && cc == CURLE_OK)
+        cc = CURLE_WRITE_ERROR;
+    if (isatty(STDERR_FILENO))
+        fputc('\n', stderr);
+    if (cc != CURLE_OK || status != 200) {
+        fprintf(stderr, "taskexec: export failed: %s\n",
+                cc != CURLE_OK ? curl_easy_strerror(cc) : "the server refused it (see the file)");
+        unlink(tmp);
+        return cc != CURLE_OK ? EXIT_SERVER : EXIT_USAGE;
+    }
+    if (rename(tmp, o->output) < 0) {
+        fprintf(stderr, "taskexec: cannot rename %s: %s\n", tmp, strerror(errno));
+        unlink(tmp);
+        return EXIT_USAGE;
+    }
+    fprintf(stderr, "exported %.1f MB to %s\n", (double)d.bytes / 1e6, o->output);
+    return rc;
+}
+
+/* ---- sessions ---- */
+
+/* Polls the session until it is no longer starting; *out is its JSON. */
+static int session_wait_ready(struct client *c, const char *id, json_t **out)
+{
+    char path[200];
+
+    snprintf(path, sizeof(path), "/api/v1/sessions/%s", id);
+    for (;;) {
+        json_t *r = NULL;
+        long status = 0;
+        const char *st;
+        int rc = call(c, "GET", path, NULL, &status, &r);
+
+        if (rc != EXIT_OK || status != 200) {
+            rc = rc != EXIT_OK ? rc : server_error("session", status, r);
+            json_decref(r);
+            return rc;
+        }
+        st = json_string_value(json_object_get(r, "status"));
+        if (st && strcmp(st, "starting")) {
+            *out = r;
+            return EXIT_OK;
+        }
+        json_decref(r);
+        usleep(100 * 1000);
+    }
+}
+
+static void print_session(const struct opts *o, json_t *s)
+{
+    const char *k;
+    json_t *v;
+
+    if (o->json) {
+        print_json(s);
+        return;
+    }
+    printf("session %s: %s\n", json_string_value(json_object_get(s, "id")),
+           json_string_value(json_object_get(s, "status")));
+    if (json_is_string(json_object_get(s, "task_description")))
+        printf("\n%s\n\n%s\n\nactions:\n",
+               json_string_value(json_object_get(s, "task_description")),
+               json_string_value(json_object_get(s, "instructions")));
+    json_object_foreach(json_object_get(s, "actions"), k, v)
+        printf("  %s\n", json_string_value(v) ? json_string_value(v) : k);
+    if (json_is_string(json_object_get(s, "error")))
+        printf("error: %s\n", json_string_value(json_object_get(s, "error")));
+}
+
+static int session_open(struct client *c, const struct opts *o, json_t **session)
+{
+    json_t *body, *r = NULL;
+    long status = 0;
+    int rc;
+
+    if (!o->problem_id)
+        return usage("session open needs --problem-id");
+    body = json_pack("{s:s}", "problem_id", o->problem_id);
+    if (o->max_steps)
+        json_object_set_new(body, "max_steps", json_integer(atoi(o->max_steps)));
+    if (o->timeout_minutes)
+        json_object_set_new(body, "timeout_minutes", json_integer(atoi(o->timeout_minutes)));
+    if (o->backend_type)
+        json_object_set_new(body, "backend_type", json_string(o->backend_type));
+    rc = call(c, "POST", "/api/v1/sessions", body, &status, &r);
+    json_decref(body);
+    if (rc == EXIT_OK && status != 201 && status != 200)
+        rc = server_error("session open", status, r);
+    if (rc == EXIT_OK) {
+        if (!o->json && isatty(STDERR_FILENO))
+            fprintf(stderr, "session %s: waiting for the environment...\n",
+                    json_string_value(json_object_get(r, "id")));
+        rc = session_wait_ready(c, json_string_value(json_object_get(r, "id")), session);
+    }
+    json_decref(r);
+    return rc;
+}
+
+/* One step, following 202s until the answer comes. *answer: the answer's JSON. */
+static int session_step(struct client *c, const char *id, const char *action, json_t **answer)
+{
+    char path[200];
+    json_t *body = json_pack("{s:s, s:i}", "action", action, "wait_seconds", 20), *r = NULL;
+    long status = 0;
+    int rc, step;
+
+    snprintf(path, sizeof(path), "/api/v1/sessions/%s/step", id);
+    rc = call(c, "POST", path, body, &status, &r);
+    json_decref(body);
+    if (rc != EXIT_OK || (status != 200 && status != 202)) {
+        rc = rc != EXIT_OK ? rc : server_error("step", status, r);
+        json_decref(r);
+        return rc;
+    }
+    step = (int)json_integer_value(json_object_get(r, "step"));
+    while (status == 202) { /* still working: wait on the session itself */
+        json_t *s = NULL;
+        json_decref(r);
+        r = NULL;
+        usleep(200 * 1000);
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s", id);
+        rc = call(c, "GET", path, NULL, &status, &s);
+        if (rc != EXIT_OK || status != 200) {
+            rc = rc != EXIT_OK ? rc : server_error("session", status, s);
+            json_decref(s);
+            return rc;
+        }
+        if (json_integer_value(json_object_get(s, "step")) >= step ||
+            json_is_true(json_object_get(s, "done"))) {
+            r = json_pack("{s:i, s:O, s:O, s:O, s:O}", "step", step, "observation",
+                          json_object_get(s, "observation"), "done", json_object_get(s, "done"),
+                          "reward", json_object_get(s, "reward"), "results",
+                          json_object_get(s, "results"));
+            status = 200;
+        } else {
+            status = 202;
+            r = json_object();
+        }
+        json_decref(s);
+    }
+    *answer = r;
+    return EXIT_OK;
+}
+
+static void print_answer(const struct opts *o, json_t *a)
+{
+    if (o->json) {
+        print_json(a);
+        return;
+    }
+    printf("[step %lld]\n%s\n", (long long)json_integer_value(json_object_get(a, "step")),
+           json_string_value(json_object_get(a, "observation"))
+               ? json_string_value(json_object_get(a, "observation"))
+               : "");
+    if (json_is_true(json_object_get(a, "done")))
+        printf("done: reward %g\n", json_number_value(json_object_get(a, "reward")));
+}
+
+static int do_session(struct client *c, const char *sub, const struct opts *o)
+{
+    char path[200];
+    json_t *s = NULL, *a = NULL;
+    long status = 0;
+    int rc;
+
+    if (!sub)
+        return usage("session needs open, step, show, close or play");
+    if (!strcmp(sub, "open") || !strcmp(sub, "play")) {
+        rc = session_open(c, o, &s);
+        if (rc == EXIT_OK)
+            print_session(o, s);
+        if (rc == EXIT_OK && !strcmp(sub, "play")) {
+            char line[65536];
+            const char *id = json_string_value(json_object_get(s, "id"));
+            bool done = strcmp(json_string_value(json_object_get(s, "status")), "ready") != 0;
+            while (!done) {
+                if (isatty(STDIN_FILENO)) {
+                    fputs("action> ", stdout);
+                    fflush(stdout);
+                }
+                if (!fgets(line, sizeof(line), stdin))
+                    break;
+                line[strcspn(line, "\r\n")] = '\0';
+                if (!line[0])
+                    continue;
+                rc = session_step(c, id, line, &a);
+                if (rc != EXIT_OK)
+                    break;
+                print_answer(o, a);
+                done = json_is_true(json_object_get(a, "done"));
+                json_decref(a);
+                a = NULL;
+            }
+            if (!done) { /* stdin ended first: give the environment back */
+                snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", id);
+                json_t *r = NULL;
+                if (call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
+                    fprintf(stderr, "session %s closed\n", id);
+                json_decref(r);
+            }
+        }
+        json_decref(s);
+        return rc;
+    }
+    if (!o->positional)
+        return usage("this session command needs a session id");
+    if (!strcmp(sub, "show")) {
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s", o->positional);
+        rc = call(c, "GET", path, NULL, &status, &s);
+        if (rc == EXIT_OK && status != 200)
+            rc = server_error("session", status, s);
+        else if (rc == EXIT_OK)
+            print_session(o, s);
+        json_decref(s);
+        return rc;
+    }
+    if (!strcmp(sub, "step")) {
+        if (!o->action)
+            return usage("session step needs --action");
+        rc = session_step(c, o->positional, o->action, &a);
+        if (rc == EXIT_OK)
+            print_answer(o, a);
+        json_decref(a);
+        return rc;
+    }
+    if (!strcmp(sub, "close")) {
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", o->positional);
+        rc = call(c, "POST", path, NULL, &status, &s);
+        if (rc == EXIT_OK && status != 200)
+            rc = server_error("close", status, s);
+        else if (rc == EXIT_OK)
+            o->json ? print_json(s)
+                    : (void)printf("session %s: %s\n", o->positional,
+                                   json_string_value(json_object_get(s, "status")));
+        json_decref(s);
+        return rc;
+    }
+    return usage("session needs open, step, show, close or play");
+}
+
+int cli_main(int argc, char **argv)
+{
+    struct opts o = {0};
+    struct client c;
+    const char *cmd = argv[0], *sub;
+    int rc;
+
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(NULL);
+        return EXIT_OK;
+    }
+    /* `session SUB ...`: the sub-command is not an argument of its own */
+    sub = !strcmp(cmd, "session") && argc > 1 ? argv[1] : NULL;
+    rc = sub ? parse(argc - 1, argv + 1, &o) : parse(argc, argv, &o);
+    if (rc)
+        return rc;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (client_init(&c, o.api) < 0) {
+        curl_global_cleanup();
+        return EXIT_SERVER;
+    }
+    if (!strcmp(cmd, "submit"))
+        rc = do_submit(&c, &o);
+    else if (!strcmp(cmd, "status"))
+        rc = do_status(&c, &o);
+    else if (!strcmp(cmd, "list"))
+        rc = do_list(&c, &o);
+    else if (!strcmp(cmd, "logs"))
+        rc = do_logs(&c, &o);
+    else if (!strcmp(cmd, "cancel"))
+        rc = do_cancel(&c, &o);
+    else if (!strcmp(cmd, "export"))
+        rc = do_export(&c, &o);
+    else if (!strcmp(cmd, "session"))
+        rc = do_session(&c, sub, &o);
+    else
+        rc = usage("unknown command");
+    client_reset(&c);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,8 +1,0 @@
-/* export: GET /api/v1/export, every matching task with its logs and conversations,
- * streamed in constant memory (CONTRACT.md "Export"). */
-#ifndef TASKEXEC_EXPORT_H
-#define TASKEXEC_EXPORT_H
-
-#include "api.h"
-
-#endif

@@ -1,0 +1,133 @@
+/* api: the request context handlers see, reply helpers, and the handlers. */
+#ifndef TASKEXEC_API_H
+#define TASKEXEC_API_H
+
+#include "core/buf.h"
+#include "http/server.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct MHD_Connection;
+
+#define API_MAX_PARAMS 4
+
+/* A body produced piece by piece (chunked), for answers too large to build in memory. */
+struct api_stream {
+    void *ctx;
+    /* Fills up to max bytes; returns how many (> 0), 0 at the end, < 0 on an error
+     * (the connection is then closed, so the client sees the answer is cut), or
+     * API_STREAM_WAIT after calling http_stream_suspend: nothing now, and whoever has
+     * more later calls http_stream_resume. */
+    long (*read)(void *ctx, char *out, size_t max);
+    void (*free)(void *ctx);
+    void *conn;                      /* the HTTP connection, set by http.c when sending */
+};
+#define API_STREAM_WAIT (-2)
+
+/* One HTTP request, owned by http.c and freed when MHD completes it. */
+struct request {
+    struct server *srv;
+    struct MHD_Connection *conn;
+    const char *method;              /* borrowed from MHD */
+    char path[1024];                 /* normalized: aliases mapped to /api/v1 */
+    char request_id[48];
+    struct buf body;                 /* capped at MAX_BODY_BYTES */
+    bool body_too_big;
+    const char *params[API_MAX_PARAMS]; /* path captures, borrowed from path_copy */
+    size_t n_params;
+    char path_copy[1024];            /* path split for captures */
+    int64_t started_ms;
+    int64_t started_us;              /* for the latency histogram */
+    /* the answer */
+    int status;
+    json_t *reply;                   /* owned; NULL: no body (204) */
+    char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
+    const char *content_type;        /* of reply_raw or stream */
+    struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
+    bool deferred;                   /* answered later, from another thread (http_request_defer) */
+    const char *route;               /* route template, for logs and metrics */
+};
+
+typedef int (*api_handler)(struct request *req);
+
+/* reply: sets the answer; takes the reference to body (may be NULL). Returns 0. */
+int api_reply(struct request *req, int status, json_t *body);
+/* api_reply_text: a non-JSON answer; takes body (malloc'd). Returns 0. */
+int api_reply_text(struct request *req, int status, const char *content_type, char *body);
+/* api_fail: the error shape {"detail","type","request_id"} with status; returns 0. */
+int api_fail(struct request *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* api_reply_error: maps an err.h code to its status (the one place that does). */
+int api_reply_error(struct request *req, int rc, const char *what);
+/* api_invalid: 422 with an "errors" list of {"field","message"}; takes errors. */
+int api_invalid(struct request *req, json_t *errors);
+/* api_invalid_field: 422 for one field. */
+int api_invalid_field(struct request *req, const char *field, const char *message);
+
+/* api_query: a query-string value (decoded) or NULL; borrowed from MHD. */
+const char *api_query(struct request *req, const char *name);
+/* api_header: a request header or NULL; borrowed. */
+const char *api_header(struct request *req, const char *name);
+/* api_query_int: parses an optional integer argument within [lo, hi]; replies 422
+ * and returns ERR_INVALID when malformed. *out keeps def when absent. */
+int api_query_int(struct request *req, const char *name, long long lo, long long hi,
+                  long long def, long long *out) __attribute__((warn_unused_result));
+/* api_query_bool: "true/false/1/0"; same contract as api_query_int. */
+int api_query_bool(struct request *req, const char *name, bool def, bool *out)
+    __attribute__((warn_unused_result));
+/* api_body_json: parses the body (duplicate keys rejected). On a malformed body
+ * replies 400 and returns ERR_INVALID. An empty body gives *out = NULL. The
+ * caller owns *out. */
+int api_body_json(struct request *req, json_t **out) __attribute__((warn_unused_result));
+/* api_valid_uuid: 36 characters of a canonical UUID. */
+bool api_valid_uuid(const char *s);
+
+/* Handlers (api_*.c). */
+int api_health(struct request *req);
+int api_metrics(struct request *req);
+int api_export(struct request *req);
+int api_openapi(struct request *req);
+int api_docs(struct request *req);
+int api_dashboard(struct request *req);
+int api_task_timeseries(struct request *req);
+int api_ready(struct request *req);
+int api_task_create(struct request *req);
+struct task;
+/* api_task_create_from: creates a task from a parsed body (takes the reference); shape,
+ * when not NULL, gives the answer's JSON instead of the task's (sessions). */
+int api_task_create_from(struct request *req, json_t *body,
+                         json_t *(*shape)(const struct task *t));
+int api_task_list(struct request *req);
+int api_task_stats(struct request *req);
+int api_task_get(struct request *req);
+int api_task_cancel(struct request *req);
+int api_task_logs(struct request *req);
+int api_task_conversations(struct request *req);
+int api_problems(struct request *req);
+int api_conv_list(struct request *req);
+int api_conv_stats(struct request *req);
+int api_conv_for_task(struct request *req);
+int api_conv_get(struct request *req);
+int api_conv_messages(struct request *req);
+int api_worker_list(struct request *req);
+int api_worker_get(struct request *req);
+int api_worker_stats(struct request *req);
+int api_internal_status(struct request *req);
+int api_internal_scale(struct request *req);
+int api_internal_stop(struct request *req);
+int api_internal_start(struct request *req);
+int api_worker_register(struct request *req);
+int api_worker_session_ready(struct request *req);
+int api_worker_session_next(struct request *req);
+int api_worker_session_answer(struct request *req);
+int api_worker_session_end(struct request *req);
+int api_worker_heartbeat(struct request *req);
+int api_worker_claim(struct request *req);
+int api_worker_task_logs(struct request *req);
+int api_worker_task_conversations(struct request *req);
+int api_worker_task_complete(struct request *req);
+int api_worker_task_fail(struct request *req);
+
+#endif

@@ -1,0 +1,335 @@
+/* http: libmicrohttpd with an internal thread pool (epoll), see http.h. */
+#include "http/http.h"
+#include "http/api.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "service/metrics.h"
+#include "http/router.h"
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+struct http {
+    struct MHD_Daemon *daemon;
+    struct server *srv;
+    atomic_ullong next_id;     /* request id counter */
+    unsigned long long boot;   /* distinguishes ids across restarts */
+    int port;
+};
+
+static void stream_free(void *cls)
+{
+    struct api_stream *st = cls;
+
+    if (st) {
+        st->free(st->ctx);
+        free(st);
+    }
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct api_stream *st = cls;
+    long n = st->read(st->ctx, buf, max);
+
+    (void)pos;
+    if (n == API_STREAM_WAIT)
+        return 0; /* suspended: MHD calls again once resumed */
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
+void http_stream_suspend(void *conn)
+{
+    MHD_suspend_connection(conn);
+}
+
+void http_stream_resume(void *conn)
+{
+    MHD_resume_connection(conn);
+}
+
+void http_request_defer(struct request *req)
+{
+    req->deferred = true;
+    MHD_suspend_connection(req->conn);
+}
+
+void http_request_resume(struct request *req)
+{
+    MHD_resume_connection(req->conn); /* MHD calls on_request again: see "deferred" there */
+}
+
+static void request_free(struct request *req)
+{
+    if (!req)
+        return;
+    stream_free(req->stream);
+    buf_reset(&req->body);
+    json_decref(req->reply);
+    free(req->reply_raw);
+    free(req);
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    request_free(*con_cls);
+    *con_cls = NULL;
+}
+
+static enum MHD_Result send_reply(struct request *req)
+{
+    struct MHD_Response *resp;
+    char *text = NULL;
+    size_t len = 0;
+    enum MHD_Result ret;
+    int64_t ms;
+
+    if (req->stream) {
+        req->stream->conn = req->conn;
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read,
+                                                 req->stream, stream_free);
+        if (!resp)
+            return MHD_NO;
+        req->stream = NULL; /* the response owns it now */
+        MHD_add_response_header(resp, "X-Request-ID", req->request_id);
+        MHD_add_response_header(resp, "Content-Type", req->content_type);
+        if (!strcmp(req->content_type, "text/event-stream"))
+            MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+        MHD_destroy_response(resp);
+        metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
+                     req->status, (double)(clock_now_us() - req->started_us) / 1e6);
+        log_request(req->request_id, req->method, req->path, req->route, req->status,
+                    (double)(clock_now_us() - req->started_us) / 1000.0);
+        return ret;
+    }
+    if (req->reply_raw) {
+        text = req->reply_raw;
+        req->reply_raw = NULL;
+        len = strlen(text);
+    } else if (req->reply) {
+        text = json_dumps(req->reply, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
+        if (!text) {
+            req->status = 500;
+        } else {
+            len = strlen(text);
+        }
+    }
+    resp = MHD_create_response_from_buffer(len, text ? text : (char *)"", 
+                                           text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "X-Request-ID", req->request_id);
+    if (text)
+        MHD_add_response_header(resp, "Content-Type",
+                                req->content_type ? req->content_type : "application/json");
+    if (req->status == 405)
+        MHD_add_response_header(resp, "Allow", "GET, POST, PUT");
+    ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+    MHD_destroy_response(resp);
+    ms = clock_mono_ms() - req->started_ms;
+    metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
+                 req->status, (double)(clock_now_us() - req->started_us) / 1e6);
+    (void)ms;
+    log_request(req->request_id, req->method, req->path, req->route, req->status,
+                (double)(clock_now_us() - req->started_us) / 1000.0);
+    return ret;
+}
+
+static void dispatch(struct request *req)
+{
+    const struct route *route = NULL;
+    enum router_result rr;
+    int rc;
+
+    rr = router_match(req->method, req->path, req->path_copy, &route, req->params,
+                      &req->n_params);
+    if (rr == ROUTER_NO_PATH) {
+        api_fail(req, 404, "no route for %s", req->path);
+        return;
+    }
+    if (rr == ROUTER_NO_METHOD) {
+        api_fail(req, 405, "%s is not allowed on %s", req->method, req->path);
+        return;
+    }
+    req->route = route->pattern;
+    rc = route->handler(req);
+    if (req->deferred)
+        return; /* another thread answers it (and may be doing so now) */
+    if (rc < 0 && req->status == 0)
+        api_reply_error(req, rc, "the request");
+    if (req->status == 0)
+        api_fail(req, 500, "the handler gave no answer");
+}
+
+/* An id the client sent is kept if it is short and printable, else we make one. */
+static void set_request_id(struct http *h, struct request *req)
+{
+    const char *given = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-ID");
+    size_t n = given ? strlen(given) : 0;
+    bool ok = n > 0 && n < sizeof(req->request_id);
+
+    for (size_t i = 0; ok && i < n; i++)
+        ok = given[i] > ' ' && given[i] < 0x7f;
+    if (ok)
+        memcpy(req->request_id, given, n + 1);
+    else
+        snprintf(req->request_id, sizeof(req->request_id), "req_%llx_%llx", h->boot,
+                 (unsigned long long)atomic_fetch_add(&h->next_id, 1));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct http *h = cls;
+    struct request *req = *con_cls;
+
+    (void)version;
+    if (!req) {
+        const char *cl;
+
+        req = calloc(1, sizeof(*req));
+        if (!req)
+            return MHD_NO;
+        req->srv = h->srv;
+        req->conn = conn;
+        req->method = method;
+        req->started_ms = clock_mono_ms();
+        req->started_us = clock_now_us();
+        buf_init(&req->body, (size_t)h->srv->cfg.max_body_bytes);
+        router_normalize(url, req->path, sizeof(req->path));
+        set_request_id(h, req);
+        *con_cls = req;
+        /* Refuse a declared oversized body before reading any of it. */
+        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)h->srv->cfg.max_body_bytes) {
+            api_fail(req, 413, "the request body is larger than %d bytes",
+                     h->srv->cfg.max_body_bytes);
+            return send_reply(req);
+        }
+        if (strlen(url) >= sizeof(req->path) - 8) {
+            api_fail(req, 414, "the request path is too long");
+            return send_reply(req);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!req->body_too_big && buf_append(&req->body, upload_data, *upload_data_size) < 0)
+            req->body_too_big = true;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (req->deferred) {
+        req->deferred = false; /* resumed: the answer is set */
+        return send_reply(req);
+    }
+    if (req->status)
+        return MHD_YES; /* answered already (413 above) */
+    if (req->body_too_big)
+        api_fail(req, 413, "the request body is larger than %d bytes",
+                 h->srv->cfg.max_body_bytes);
+    else
+        dispatch(req);
+    if (req->deferred)
+        return MHD_YES; /* parked; answered when resumed */
+    return send_reply(req);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+
+    (void)cls;
+    vsnprintf(line, sizeof(line), fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    log_debug("libmicrohttpd: %s", line);
+}
+
+int http_start(struct server *srv, struct http **out)
+{
+    struct http *h = calloc(1, sizeof(*h));
+    struct sockaddr_in6 a6 = {0};
+    struct sockaddr_in a4 = {0};
+    struct sockaddr *addr;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+                     MHD_USE_SUSPEND_RESUME;
+    const union MHD_DaemonInfo *info;
+
+    if (!h)
+        return ERR_NOMEM;
+    h->srv = srv;
+    h->boot = (unsigned long long)(clock_now_us() / 1000000) & 0xffffff;
+    if (inet_pton(AF_INET, srv->cfg.host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)srv->cfg.port);
+        addr = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, srv->cfg.host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)srv->cfg.port);
+        addr = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        log_error("HOST must be an IPv4 or IPv6 address, not '%s'", srv->cfg.host);
+        free(h);
+        return ERR_INVALID;
+    }
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.http_threads,
+        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)srv->cfg.http_timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)srv->cfg.http_max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)srv->cfg.http_max_header_bytes, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    if (!h->daemon) {
+        log_error("cannot listen on %s:%d (in use, or not an address of this machine)",
+                  srv->cfg.host, srv->cfg.port);
+        free(h);
+        return ERR_IO;
+    }
+    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : srv->cfg.port;
+    *out = h;
+    return 0;
+}
+
+int http_port(const struct http *h)
+{
+    return h->port;
+}
+
+void http_quiesce(struct http *h)
+{
+    if (h && h->daemon) {
+        MHD_socket s = MHD_quiesce_daemon(h->daemon);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);
+    }
+}
+
+void http_stop(struct http *h)
+{
+    if (!h)
+        return;
+    if (h->daemon)
+        MHD_stop_daemon(h->daemon);
+    free(h);
+}

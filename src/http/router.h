@@ -1,0 +1,31 @@
+/* router: the static route table and path matching. */
+#ifndef TASKEXEC_ROUTER_H
+#define TASKEXEC_ROUTER_H
+
+#include "http/api.h"
+
+#include <stddef.h>
+
+struct route {
+    const char *method;
+    const char *pattern;   /* "/api/v1/tasks/{id}": {name} captures one segment */
+    api_handler handler;
+};
+
+enum router_result { ROUTER_FOUND, ROUTER_NO_PATH, ROUTER_NO_METHOD };
+
+/* router_match: finds the route for method and path. On ROUTER_FOUND, *route is
+ * set and the captures are pointers into scratch (a copy of path the caller
+ * provides, at least strlen(path)+1 bytes), in order. */
+enum router_result router_match(const char *method, const char *path, char *scratch,
+                                const struct route **route, const char **params,
+                                size_t *n_params);
+
+/* router_normalize: maps the unprefixed aliases (/tasks..., /workers...) onto
+ * /api/v1 and drops a trailing slash; writes into out. */
+void router_normalize(const char *path, char *out, size_t size);
+
+/* router_table: the routes, for the OpenAPI document and tests. */
+const struct route *router_table(size_t *n);
+
+#endif

@@ -1,0 +1,38 @@
+/* server: the one server context. Everything `serve` shares between threads
+ * hangs off struct server; there is no other mutable global state. */
+#ifndef TASKEXEC_SERVER_H
+#define TASKEXEC_SERVER_H
+
+#include "core/config.h"
+#include "store/store.h"
+
+#include <jansson.h>
+#include <limits.h>
+#include <stdint.h>
+
+struct worker_manager;
+struct http;
+struct metrics;
+struct webhook_sender;
+
+struct server {
+    struct config cfg;              /* read-only once serving */
+    struct store *store;
+    struct worker_manager *workers;
+    struct http *http;
+    struct metrics *metrics;
+    struct webhook_sender *webhooks;
+    struct event_bus *events;       /* live streams */
+    struct session_hub *sessions;   /* interactive sessions: parked steps, hosts */
+    json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
+    char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
+    char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
+    int64_t started_at;             /* us */
+};
+
+/* server_run: `taskexec serve`: opens the store, recovers, starts workers and
+ * HTTP, and serves until SIGTERM/SIGINT (a second one forces exit).
+ * Returns the process exit code. */
+int server_run(int argc, char **argv);
+
+#endif

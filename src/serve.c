@@ -1,0 +1,236 @@
+/* server: `taskexec serve`, wiring the modules together and shutting down in order. */
+#include "http/server.h"
+#include "model/catalog.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "exec/exec.h"
+#include "exec/runner.h"
+#include "http/events.h"
+#include "service/session.h"
+#include "http/http.h"
+#include "core/log.h"
+#include "service/metrics.h"
+#include "core/version.h"
+#include "service/webhook.h"
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SHUTDOWN_LIMIT_SECONDS 30
+
+static int check_config(const struct config *cfg)
+{
+    int lvl = log_parse_level(cfg->log_level);
+
+    if (lvl < 0) {
+        log_error("LOG_LEVEL must be debug, info, warning or error, not '%s'", cfg->log_level);
+        return ERR_INVALID;
+    }
+    log_set_level((enum log_level)lvl);
+    if (strcmp(cfg->log_format, "text") && strcmp(cfg->log_format, "json")) {
+        log_error("LOG_FORMAT must be text or json, not '%s'", cfg->log_format);
+        return ERR_INVALID;
+    }
+    log_set_json(!strcmp(cfg->log_format, "json"));
+    if (strcmp(cfg->executor, "simulated") && strcmp(cfg->executor, "command") &&
+        strcmp(cfg->executor, "aiopslab") && strcmp(cfg->executor, "noop")) {
+        log_error("EXECUTOR must be simulated, command, aiopslab or noop, not '%s'",
+                  cfg->executor);
+        return ERR_INVALID;
+    }
+    if (strcmp(cfg->problem_validation, "lenient") && strcmp(cfg->problem_validation, "strict")) {
+        log_error("PROBLEM_VALIDATION must be lenient or strict");
+        return ERR_INVALID;
+    }
+    if (strcmp(cfg->backend_provision, "none") && strcmp(cfg->backend_provision, "kind")) {
+        log_error("BACKEND_PROVISION must be none or kind, not '%s'", cfg->backend_provision);
+        return ERR_INVALID;
+    }
+    if (cfg->num_internal_workers > cfg->max_internal_workers) {
+        log_error("NUM_INTERNAL_WORKERS (%d) is above MAX_INTERNAL_WORKERS (%d)",
+                  cfg->num_internal_workers, cfg->max_internal_workers);
+        return ERR_INVALID;
+    }
+    if (!task_valid_name(cfg->worker_backend_type, 64)) {
+        log_error("WORKER_BACKEND_TYPE must be 1 to 64 characters from [A-Za-z0-9_.:-]");
+        return ERR_INVALID;
+    }
+    return 0;
+}
+
+/* After the first signal: a second one, or a shutdown that takes longer than its
+ * limit, ends the process at once. Tasks left running are recovered at the next start. */
+struct watch {
+    sigset_t *set;
+    int limit_seconds;
+};
+
+static void *watchdog(void *arg)
+{
+    struct watch *w = arg;
+    sigset_t *set = w->set;
+    struct timespec limit = {.tv_sec = w->limit_seconds};
+    int sig;
+
+    do {
+        sig = sigtimedwait(set, NULL, &limit); /* a cancellation point: main cancels us */
+    } while (sig < 0 && errno == EINTR);
+    log_warn("%s: forcing exit", sig > 0 ? "second signal" : "shutdown took too long");
+    _exit(1);
+    return NULL;
+}
+
+/* The problem catalog: what AIOpsLab's registry lists (with each problem's application
+ * and namespace) when the aiopslab executor can import it, else PROBLEMS_FILE or the
+ * built-in table. */
+static json_t *load_problems(const struct config *cfg, const char *script)
+{
+    char pp[PATH_MAX], *out = NULL, **env;
+    char *argv[] = {cfg->aiopslab_python, (char *)(uintptr_t)script, "--list-problems", NULL};
+    json_t *listed = NULL, *catalog = NULL;
+    int code = -1;
+
+    if (!script[0] || cfg->problems_file)
+        return catalog_load(cfg->problems_file);
+    if (cfg->aiopslab_dir) {
+        char first[160];
+        snprintf(first, sizeof(first), "%sworker-001-kind", cfg->worker_name_prefix);
+        worker_expand(cfg->aiopslab_dir, first, pp, sizeof(pp));
+    }
+    env = runner_python_env(cfg->aiopslab_dir ? pp : NULL);
+    if (env)
+        code = exec_capture(argv, env, 120, &out);
+    runner_env_free(env);
+    if (code == 0 && out)
+        listed = json_loads(out, JSON_DECODE_ANY, NULL);
+    if (json_is_array(json_object_get(listed, "problems")))
+        catalog = catalog_from_list(json_object_get(listed, "problems"));
+    else
+        log_warn("the aiopslab runner could not list AIOpsLab's problems (%s); using the "
+                 "built-in list", out && *out ? out : "no output");
+    json_decref(listed);
+    free(out);
+    return catalog ? catalog : catalog_load(NULL);
+}
+
+static void wake_workers(void *ctx)
+{
+    worker_manager_notify(ctx);
+}
+
+int server_run(int argc, char **argv)
+{
+    struct server srv;
+    sigset_t set;
+    struct watch watch = {.set = &set};
+    pthread_t dog;
+    int sig = 0, rc, code = 1, n_failed = 0, prev;
+    bool has_dog = false;
+
+    memset(&srv, 0, sizeof(srv));
+    srv.started_at = clock_now_us();
+    if (config_load(&srv.cfg, argc, argv) < 0 || check_config(&srv.cfg) < 0) {
+        config_reset(&srv.cfg);
+        return 2;
+    }
+    /* Signals go to the main thread only: block them before any thread exists. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    ssize_t n = readlink("/proc/self/exe", srv.self_exe, sizeof(srv.self_exe) - 1);
+    if (n <= 0) {
+        log_error("cannot find this program's path in /proc/self/exe");
+        goto out;
+    }
+    srv.self_exe[n] = '\0';
+    if (!strcmp(srv.cfg.executor, "aiopslab") &&
+        runner_write_aiopslab(srv.cfg.work_dir, srv.aiopslab_script,
+                              sizeof(srv.aiopslab_script)) < 0) {
+        log_error("cannot write the aiopslab runner into WORK_DIR %s", srv.cfg.work_dir);
+        goto out;
+    }
+    if (metrics_new(&srv.metrics) < 0)
+        goto out;
+    srv.problems = load_problems(&srv.cfg, srv.aiopslab_script);
+    if (!srv.problems)
+        goto out;
+    rc = store_open(srv.cfg.database_url, &srv.store);
+    if (rc < 0) {
+        log_error("cannot open the database %s: %s", srv.cfg.database_url, err_str(rc));
+        goto out;
+    }
+    rc = store_recover(srv.store, srv.cfg.worker_name_prefix, clock_now_us(),
+                                 &n_failed);
+    if (rc < 0)
+        goto out;
+    if (n_failed)
+        log_warn("recovery: %d tasks left running by the previous process ended failed",
+                 n_failed);
+    if (worker_manager_new(&srv, &srv.workers) < 0 ||
+        worker_manager_housekeeping(srv.workers) < 0)
+        goto out;
+    if (session_hub_start(&srv, &srv.sessions) < 0)
+        goto out;
+    /* Steps and answers of sessions hosted or awaited elsewhere arrive as notifications. */
+    store_listen_sessions(srv.store, session_hub_on_notify, srv.sessions);
+    /* Tasks queued by other servers wake our idle workers at once. */
+    rc = store_listen(srv.store, wake_workers, srv.workers);
+    if (rc < 0 && rc != ERR_UNSUPPORTED)
+        log_warn("cannot listen for new tasks; idle workers poll every %d ms",
+                 srv.cfg.poll_interval_ms);
+    if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
+        worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
+        goto out;
+    if (webhook_start(&srv, &srv.webhooks) < 0)
+        goto out;
+    if (events_start(&srv, &srv.events) < 0)
+        goto out;
+    if (http_start(&srv, &srv.http) < 0)
+        goto out;
+    log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
+             TASKEXEC_VERSION, srv.cfg.host, http_port(srv.http), store_name(srv.store),
+             srv.cfg.executor, srv.cfg.auto_start_workers ? srv.cfg.num_internal_workers : 0);
+    while (sigwait(&set, &sig) != 0)
+        ;
+    log_info("signal %d: shutting down (a second signal forces it)", sig);
+    /* Executors get their grace to clean up (AIOpsLab deletes namespaces) before the
+     * limit: their children die with us. */
+    watch.limit_seconds = SHUTDOWN_LIMIT_SECONDS + srv.cfg.exec_grace_seconds;
+    has_dog = pthread_create(&dog, NULL, watchdog, &watch) == 0;
+    http_quiesce(srv.http);
+    code = 0;
+out:
+    store_unlisten(srv.store);
+    /* Workers first: they stop their children and record why; then HTTP; then webhooks
+     * (the endings just recorded are delivered by the next start); then the store. */
+    worker_manager_free(srv.workers);
+    events_close_streams(srv.events); /* live streams end cleanly; parked ones wake */
+    session_hub_close_waits(srv.sessions); /* parked steps are answered 503 */
+    http_stop(srv.http);
+    events_stop(srv.events);
+    session_hub_stop(srv.sessions);
+    webhook_stop(srv.webhooks);
+    store_close(srv.store);
+    metrics_free(srv.metrics);
+    json_decref(srv.problems);
+    config_reset(&srv.cfg);
+    if (has_dog) {
+        pthread_cancel(dog);
+        pthread_join(dog, NULL);
+    }
+    if (code == 0)
+        log_info("stopped");
+    return code;
+}
