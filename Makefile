@@ -113,6 +113,7 @@ check-aiopslab: build/asan/taskexec
 	  /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/it/test_aiopslab.py
 
 test: build/taskexec
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) fuzz-smoke
 	$(MAKE) it

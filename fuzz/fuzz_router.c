@@ -12,6 +12,22 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static int hex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Whether the path (before '?') percent-decodes to something with a NUL, as MHD decodes
+ * it: then router_raw_path_has_nul must say so (else the cut path reroutes). */
+static int decodes_to_nul(const char *raw)
+{
+    for (const char *p = raw; *p && *p != '?'; p++)
+        if (p[0] == '%' && hex(p[1]) >= 0 && hex(p[2]) >= 0 && hex(p[1]) * 16 + hex(p[2]) == 0)
+            return 1;
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char *const methods[] = {"GET", "POST", "PUT", "DELETE", "HEAD"};
@@ -26,6 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     n = size - 1 < sizeof(path) - 1 ? size - 1 : sizeof(path) - 1;
     memcpy(path, data + 1, n);
     path[n] = '\0';
+    if (decodes_to_nul(path) && !router_raw_path_has_nul(path))
+        abort();
     router_normalize(path, norm, sizeof(norm));
     if (router_match(methods[data[0] % 5], norm, scratch, &r, params, &n_params) ==
         ROUTER_FOUND) {

@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "exec/exec.h"
+#include "exec/executor.h"
 #include "exec/runner.h"
 #include "http/events.h"
 #include "service/session.h"
@@ -29,32 +30,10 @@
 
 static int check_config(const struct config *cfg)
 {
-    int lvl = log_parse_level(cfg->log_level);
-
-    if (lvl < 0) {
-        log_error("LOG_LEVEL must be debug, info, warning or error, not '%s'", cfg->log_level);
-        return ERR_INVALID;
-    }
-    log_set_level((enum log_level)lvl);
-    if (strcmp(cfg->log_format, "text") && strcmp(cfg->log_format, "json")) {
-        log_error("LOG_FORMAT must be text or json, not '%s'", cfg->log_format);
-        return ERR_INVALID;
-    }
+    /* LOG_LEVEL, LOG_FORMAT, EXECUTOR, PROBLEM_VALIDATION and BACKEND_PROVISION are
+     * checked by the settings table; what is left relates settings to each other. */
+    log_set_level((enum log_level)log_parse_level(cfg->log_level));
     log_set_json(!strcmp(cfg->log_format, "json"));
-    if (strcmp(cfg->executor, "simulated") && strcmp(cfg->executor, "command") &&
-        strcmp(cfg->executor, "aiopslab") && strcmp(cfg->executor, "noop")) {
-        log_error("EXECUTOR must be simulated, command, aiopslab or noop, not '%s'",
-                  cfg->executor);
-        return ERR_INVALID;
-    }
-    if (strcmp(cfg->problem_validation, "lenient") && strcmp(cfg->problem_validation, "strict")) {
-        log_error("PROBLEM_VALIDATION must be lenient or strict");
-        return ERR_INVALID;
-    }
-    if (strcmp(cfg->backend_provision, "none") && strcmp(cfg->backend_provision, "kind")) {
-        log_error("BACKEND_PROVISION must be none or kind, not '%s'", cfg->backend_provision);
-        return ERR_INVALID;
-    }
     if (cfg->num_internal_workers > cfg->max_internal_workers) {
         log_error("NUM_INTERNAL_WORKERS (%d) is above MAX_INTERNAL_WORKERS (%d)",
                   cfg->num_internal_workers, cfg->max_internal_workers);
@@ -127,6 +106,11 @@ static void wake_workers(void *ctx)
     worker_manager_notify(ctx);
 }
 
+static bool stop_run(void *ctx, const char *task_id)
+{
+    return worker_manager_cancel(ctx, task_id);
+}
+
 int server_run(int argc, char **argv)
 {
     struct server srv;
@@ -155,7 +139,7 @@ int server_run(int argc, char **argv)
         goto out;
     }
     srv.self_exe[n] = '\0';
-    if (!strcmp(srv.cfg.executor, "aiopslab") &&
+    if (executor_find(srv.cfg.executor)->start == EXECUTOR_START_RUNNER &&
         runner_write_aiopslab(srv.cfg.work_dir, srv.aiopslab_script,
                               sizeof(srv.aiopslab_script)) < 0) {
         log_error("cannot write the aiopslab runner into WORK_DIR %s", srv.cfg.work_dir);
@@ -178,10 +162,27 @@ int server_run(int argc, char **argv)
     if (n_failed)
         log_warn("recovery: %d tasks left running by the previous process ended failed",
                  n_failed);
-    if (worker_manager_new(&srv, &srv.workers) < 0 ||
-        worker_manager_housekeeping(srv.workers) < 0)
+    srv.queue = (struct queue){
+        .store = srv.store, .metrics = srv.metrics,
+        .defaults = {.max_steps = srv.cfg.default_max_steps,
+                     .timeout_minutes = srv.cfg.default_timeout_minutes},
+        .webhook_allowed_hosts = srv.cfg.webhook_allowed_hosts,
+        .strict_problems = !strcmp(srv.cfg.problem_validation, "strict"),
+        .problems = srv.problems};
+    if (session_hub_new(srv.store, &srv.queue, srv.cfg.session_idle_minutes,
+                        &srv.sessions) < 0)
         goto out;
-    if (session_hub_start(&srv, &srv.sessions) < 0)
+    struct worker_deps wd = {.cfg = &srv.cfg, .store = srv.store, .queue = &srv.queue,
+                             .metrics = srv.metrics, .sessions = srv.sessions,
+                             .problems = srv.problems, .self_exe = srv.self_exe,
+                             .aiopslab_script = srv.aiopslab_script};
+    if (worker_manager_new(&wd, &srv.workers) < 0)
+        goto out;
+    /* Submitting wakes a worker; cancelling stops the run if one of ours has it. */
+    srv.queue.wake_workers = wake_workers;
+    srv.queue.stop_run = stop_run;
+    srv.queue.workers = srv.workers;
+    if (worker_manager_housekeeping(srv.workers) < 0 || session_hub_start(srv.sessions) < 0)
         goto out;
     /* Steps and answers of sessions hosted or awaited elsewhere arrive as notifications. */
     store_listen_sessions(srv.store, session_hub_on_notify, srv.sessions);
@@ -193,7 +194,12 @@ int server_run(int argc, char **argv)
     if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
         worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
         goto out;
-    if (webhook_start(&srv, &srv.webhooks) < 0)
+    struct webhook_settings ws = {.secret = srv.cfg.webhook_secret,
+                                  .allowed_hosts = srv.cfg.webhook_allowed_hosts,
+                                  .max_attempts = srv.cfg.webhook_max_attempts,
+                                  .retry_base_ms = srv.cfg.webhook_retry_base_ms,
+                                  .timeout_seconds = srv.cfg.webhook_timeout_seconds};
+    if (webhook_start(srv.store, &ws, &srv.webhooks) < 0)
         goto out;
     if (events_start(&srv, &srv.events) < 0)
         goto out;

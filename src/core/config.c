@@ -15,16 +15,23 @@
 /* K_PATH: a file or directory, made absolute at load (tasks run in directories of
  * their own, so a relative path would name a different file there); K_PROG: a program,
  * made absolute only when it names a path ("./venv/bin/python", not "python3"). */
-enum kind { K_STR, K_PATH, K_PROG, K_INT, K_BOOL };
+enum kind { K_STR, K_PATH, K_PROG, K_INT, K_BOOL, K_ENUM };
 
 struct param {
     const char *name;       /* environment variable; the flag is --name-in-lower-case */
     enum kind kind;
     size_t offset;          /* into struct config */
     const char *def;        /* default as text; NULL: unset */
-    long min, max;          /* for K_INT */
+    long min, max;          /* for K_INT; for K_ENUM, min 1: matched in any case */
     const char *help;
+    const char *const *choices; /* K_ENUM: the values allowed, NULL-terminated; kept as text */
 };
+
+static const char *const log_levels[] = {"debug", "info", "warning", "warn", "error", NULL};
+static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const executors[] = {"simulated", "command", "aiopslab", "noop", NULL};
+static const char *const validations[] = {"lenient", "strict", NULL};
+static const char *const provisions[] = {"none", "kind", NULL};
 
 #define S(f) offsetof(struct config, f)
 static const struct param params[] = {
@@ -40,10 +47,12 @@ static const struct param params[] = {
      "task timeout when the request gives none"},
     {"DEFAULT_MAX_STEPS", K_INT, S(default_max_steps), "30", 1, 1000,
      "max_steps when the request gives none"},
-    {"LOG_LEVEL", K_STR, S(log_level), "info", 0, 0, "debug, info, warning, error"},
-    {"LOG_FORMAT", K_STR, S(log_format), "text", 0, 0,
-     "text, or json: one JSON object a line"},
-    {"EXECUTOR", K_STR, S(executor), "simulated", 0, 0, "simulated, command, aiopslab, noop"},
+    {"LOG_LEVEL", K_ENUM, S(log_level), "info", 1, 0, "debug, info, warning, error",
+     log_levels},
+    {"LOG_FORMAT", K_ENUM, S(log_format), "text", 0, 0,
+     "text, or json: one JSON object a line", log_formats},
+    {"EXECUTOR", K_ENUM, S(executor), "simulated", 0, 0, "simulated, command, aiopslab, noop",
+     executors},
     {"EXECUTOR_COMMAND", K_STR, S(executor_command), NULL, 0, 0,
      "argv of the command executor, split on blanks"},
     {"WORKER_BACKEND_TYPE", K_STR, S(worker_backend_type), "default", 0, 0,
@@ -58,9 +67,10 @@ static const struct param params[] = {
      "scaling beyond it is a 422"},
     {"MAX_BODY_BYTES", K_INT, S(max_body_bytes), "1048576", 64, INT_MAX,
      "larger request bodies get 413"},
-    {"PROBLEM_VALIDATION", K_STR, S(problem_validation), "lenient", 0, 0,
-     "lenient or strict (unknown problem_id is a 422)"},
-    {"BACKEND_PROVISION", K_STR, S(backend_provision), "none", 0, 0, "none or kind"},
+    {"PROBLEM_VALIDATION", K_ENUM, S(problem_validation), "lenient", 0, 0,
+     "lenient or strict (unknown problem_id is a 422)", validations},
+    {"BACKEND_PROVISION", K_ENUM, S(backend_provision), "none", 0, 0, "none or kind",
+     provisions},
     {"WEBHOOK_SECRET", K_STR, S(webhook_secret), NULL, 0, 0, "HMAC key for webhook signatures"},
     {"WEBHOOK_ALLOWED_HOSTS", K_STR, S(webhook_allowed_hosts), NULL, 0, 0,
      "hosts callback_url may name (default any)"},
@@ -114,12 +124,32 @@ static const struct param params[] = {
 #undef S
 #define N_PARAMS (sizeof(params) / sizeof(params[0]))
 
+/* Whether value is one of p's choices; prints what is allowed when not. */
+static bool valid_choice(const struct param *p, const char *value, const char *source)
+{
+    char list[256] = "";
+
+    for (const char *const *c = p->choices; *c; c++) {
+        if (p->min ? !strcasecmp(value, *c) : !strcmp(value, *c))
+            return true;
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 c == p->choices ? "" : c[1] ? ", " : " or ", *c);
+    }
+    fprintf(stderr, "taskexec: %s (from %s) must be %s, not '%s'\n", p->name, source, list,
+            value);
+    return false;
+}
+
 static int set_value(struct config *cfg, const struct param *p, const char *value,
                      const char *source)
 {
     char *base = (char *)cfg;
 
     switch (p->kind) {
+    case K_ENUM:
+        if (!valid_choice(p, value, source))
+            return ERR_INVALID;
+        __attribute__((fallthrough)); /* kept as text */
     case K_STR:
     case K_PATH:
     case K_PROG: {
@@ -343,7 +373,7 @@ void config_reset(struct config *cfg)
     char *base = (char *)cfg;
 
     for (size_t i = 0; i < N_PARAMS; i++) {
-        if (params[i].kind == K_STR || params[i].kind == K_PATH || params[i].kind == K_PROG) {
+        if (params[i].kind != K_INT && params[i].kind != K_BOOL) {
             char **slot = (char **)(void *)(base + params[i].offset);
             free(*slot);
             *slot = NULL;

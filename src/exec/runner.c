@@ -1,5 +1,6 @@
 /* runner: one task through its executor (see runner.h for the DESIGN). */
 #include "exec/runner.h"
+#include "exec/executor.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -513,9 +514,9 @@ static void run_child(struct run_ctx *r, struct exec_outcome *o)
     len = strlen(line);
     line[len] = '\n'; /* replaces the NUL: the task goes as one line */
     struct exec_spec spec = {
-        .argv = !strcmp(rn->executor, "command")    ? rn->command
-                : !strcmp(rn->executor, "aiopslab") ? py_argv
-                                                    : sim_argv,
+        .argv = rn->executor->start == EXECUTOR_START_COMMAND  ? rn->command
+                : rn->executor->start == EXECUTOR_START_RUNNER ? py_argv
+                                                               : sim_argv,
         .envp = env,
         .cwd = dir,
         .input = line,
@@ -542,7 +543,8 @@ void runner_init(struct runner *rn, const struct config *cfg, const char *worker
                  const char *pythonpath, const char *kubeconfig)
 {
     *rn = (struct runner){
-        .executor = cfg->executor,
+        .executor = executor_find(cfg->executor) ? executor_find(cfg->executor)
+                                                 : executor_find("simulated"),
         .command = command,
         .python = cfg->aiopslab_python,
         .script = script,
@@ -569,13 +571,13 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
     r.msgs = json_array();
     r.last_flush = clock_mono_ms();
     snprintf(text, sizeof(text), "worker %s started the task (executor %s)", rn->worker_id,
-             rn->executor);
+             rn->executor->name);
     note(&r, LEVEL_INFO, text);
-    r.interactive = !strcmp(t->mode, "interactive");
+    r.interactive = task_mode_of(t) == TASK_INTERACTIVE;
     if (r.interactive && (!sink->session_ready || !sink->session_next || !sink->session_answer)) {
         memset(&o, 0, sizeof(o));
         snprintf(o.error, sizeof(o.error), "this worker cannot host interactive sessions");
-    } else if (!strcmp(rn->executor, "noop")) {
+    } else if (rn->executor->start == EXECUTOR_START_NONE) {
         memset(&o, 0, sizeof(o));
         o.started = o.exited = true;
         r.result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",

@@ -37,8 +37,10 @@ struct runner_sink {
     int wake_fd;                  /* readable when a step may have arrived; -1: poll only */
 };
 
+struct executor;
+
 struct runner {
-    const char *executor;         /* "simulated", "command", "aiopslab" or "noop" */
+    const struct executor *executor; /* from the table (exec/executor.h) */
     char *const *command;         /* argv of the command executor */
     const char *python;           /* aiopslab: the interpreter */
     const char *script;           /* aiopslab: the runner script (runner_write_aiopslab) */

@@ -6,6 +6,7 @@
  * an assistant action and a tool observation per step, and a result. */
 #include "exec/simulate.h"
 #include "exec/simenv.h"
+#include "model/task.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -107,7 +108,7 @@ int simulate_main(void)
         return 2;
     }
     v = json_object_get(task, "mode");
-    if (json_is_string(v) && !strcmp(json_string_value(v), "interactive")) {
+    if (json_is_string(v) && task_mode_parse(json_string_value(v)) == TASK_INTERACTIVE) {
         int code = simenv_run(task);
         json_decref(task);
         return code;

@@ -94,11 +94,6 @@ int api_dashboard(struct request *req);
 int api_task_timeseries(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
-struct task;
-/* api_task_create_from: creates a task from a parsed body (takes the reference); shape,
- * when not NULL, gives the answer's JSON instead of the task's (sessions). */
-int api_task_create_from(struct request *req, json_t *body,
-                         json_t *(*shape)(const struct task *t));
 int api_task_list(struct request *req);
 int api_task_stats(struct request *req);
 int api_task_get(struct request *req);
@@ -129,5 +124,13 @@ int api_worker_task_logs(struct request *req);
 int api_worker_task_conversations(struct request *req);
 int api_worker_task_complete(struct request *req);
 int api_worker_task_fail(struct request *req);
+/* api_sessions.c */
+int api_session_create(struct request *req);
+int api_session_get(struct request *req);
+int api_session_step(struct request *req);
+int api_session_close(struct request *req);
+/* events.c: GET /api/v1/events?types=task,log,worker and GET /api/v1/tasks/{id}/events */
+int api_events(struct request *req);
+int api_task_events(struct request *req);
 
 #endif

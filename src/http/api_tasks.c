@@ -1,14 +1,9 @@
 /* api_tasks: the task routes (CONTRACT.md "Tasks"). */
 #include "http/api.h"
-#include "model/catalog.h"
 #include "core/clock.h"
 #include "core/err.h"
-#include "core/log.h"
-#include "service/metrics.h"
 #include "model/proto.h"
-#include "core/uuidgen.h"
-#include "service/webhook.h"
-#include "worker/worker.h"
+#include "service/queue.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +39,10 @@ static int reply_task(struct request *req, int status, const struct task *t)
 
 int api_task_create(struct request *req)
 {
-    json_t *body = NULL;
+    struct task *t = NULL;
+    json_t *body = NULL, *errors = NULL;
+    bool created = false;
+    int rc;
 
     if (api_body_json(req, &body) < 0)
         return 0;
@@ -52,60 +50,15 @@ int api_task_create(struct request *req)
         api_invalid_field(req, "body", "is required: a JSON object with problem_id");
         return 0;
     }
-    return api_task_create_from(req, body, NULL);
-}
-
-int api_task_create_from(struct request *req, json_t *body,
-                         json_t *(*shape)(const struct task *t))
-{
-    struct server *srv = req->srv;
-    struct store *st = srv->store;
-    struct task_defaults defs = {.max_steps = srv->cfg.default_max_steps,
-                                 .timeout_minutes = srv->cfg.default_timeout_minutes};
-    struct task *t = NULL, *existing = NULL;
-    json_t *errors = NULL;
-    int rc;
-
-    rc = task_request_parse(body, api_header(req, "Idempotency-Key"), &defs, &t, &errors);
+    rc = queue_submit(&req->srv->queue, body, api_header(req, "Idempotency-Key"), &t, &created,
+                      &errors);
     json_decref(body);
     if (rc == ERR_INVALID)
         return api_invalid(req, errors);
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
-    if (t->callback_url && !webhook_host_allowed(t->callback_url, srv->cfg.webhook_allowed_hosts)) {
-        api_invalid_field(req, "callback_url", "names a host that WEBHOOK_ALLOWED_HOSTS does not "
-                                               "allow");
-        task_free(t);
-        return 0;
-    }
-    if (!strcmp(srv->cfg.problem_validation, "strict") &&
-        !catalog_contains(srv->problems, t->problem_id)) {
-        char msg[600];
-        catalog_suggest(srv->problems, t->problem_id, msg, sizeof(msg));
-        api_invalid_field(req, "problem_id", msg);
-        task_free(t);
-        return 0;
-    }
-    uuidgen(t->id);
-    t->created_at = t->updated_at = clock_now_us();
-    rc = store_task_insert(st, t, &existing);
-    if (rc < 0) {
-        api_reply_error(req, rc, "the task");
-    } else if (existing) {
-        if (shape)
-            api_reply(req, 200, shape(existing));
-        else
-            reply_task(req, 200, existing);
-    } else {
-        if (shape)
-            api_reply(req, 201, shape(t));
-        else
-            reply_task(req, 201, t);
-        metrics_task_created(srv->metrics);
-        worker_manager_notify(srv->workers);
-    }
+    reply_task(req, created ? 201 : 200, t);
     task_free(t);
-    task_free(existing);
     return 0;
 }
 
@@ -248,14 +201,13 @@ int api_task_get(struct request *req)
 
 int api_task_cancel(struct request *req)
 {
-    struct store *st = req->srv->store;
     struct task *t = NULL;
     const char *id = req->params[0];
     int rc;
 
     if (!api_valid_uuid(id))
         return api_invalid_field(req, "task_id", "must be a UUID");
-    rc = store_task_cancel(st, id, clock_now_us(), &t);
+    rc = queue_cancel(&req->srv->queue, id, 0, NULL, &t);
     if (rc == ERR_CONFLICT) {
         api_fail(req, 409, "task %s is already %s and cannot be cancelled", id,
                  task_status_name(t->status));
@@ -264,10 +216,6 @@ int api_task_cancel(struct request *req)
     } else if (rc < 0) {
         api_reply_error(req, rc, "the task");
     } else {
-        /* If one of our workers runs it, stop the child now; other servers' workers
-         * notice the cancelled state at their next lease check. */
-        worker_manager_cancel(req->srv->workers, id);
-        metrics_task_finished(req->srv->metrics, TASK_CANCELLED, -1, -1);
         api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task cancelled successfully",
                                       "task_id", id, "status", "cancelled"));
     }

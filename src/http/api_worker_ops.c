@@ -9,7 +9,7 @@
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
-#include "service/metrics.h"
+#include "service/queue.h"
 #include "model/proto.h"
 #include "core/uuidgen.h"
 
@@ -238,7 +238,7 @@ int api_worker_claim(struct request *req)
     uuidgen(lease);
     cr.now = clock_now_us();
     rc = store_task_claim(st, &cr, &t);
-    metrics_claim(srv->metrics, (double)(clock_now_us() - cr.now) / 1e6);
+    queue_claimed(&srv->queue, (double)(clock_now_us() - cr.now) / 1e6);
     json_decref(w);
     if (rc == ERR_NOTFOUND)
         return api_reply(req, 204, NULL);
@@ -384,19 +384,15 @@ int api_worker_task_conversations(struct request *req)
 static int finish(struct request *req, struct task *t, enum task_status status, json_t *result,
                   const char *error)
 {
-    struct store *st = req->srv->store;
     struct task_end end = {.status = status, .result = result, .error = error,
                            .now = clock_now_us()};
-    int rc = store_task_finish(st, t->id, t->lease_token, &end);
+    int rc = queue_finish(&req->srv->queue, t, &end);
 
     if (rc == ERR_CONFLICT)
         return api_fail(req, 409, "task %s has already ended", t->id);
     if (rc < 0)
         return api_reply_error(req, rc, "the task");
     log_info("%s: task %s %s", t->worker_id, t->id, task_status_name(status));
-    metrics_task_finished(req->srv->metrics, status,
-                          t->started_at ? (double)(t->started_at - t->created_at) / 1e6 : -1,
-                          t->started_at ? (double)(end.now - t->started_at) / 1e6 : -1);
     return api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task updated", "task_id",
                                          t->id, "status", task_status_name(status)));
 }

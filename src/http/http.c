@@ -80,13 +80,26 @@ static void request_free(struct request *req)
     free(req);
 }
 
+/* What on_uri hands on_request for a path with an encoded NUL (no request exists yet). */
+static char path_has_nul;
+
+/* Sees the request target before MHD decodes it (a decoded "%00" would cut the path):
+ * marks a path with an encoded NUL, for on_request to refuse. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls;
+    (void)conn;
+    return router_raw_path_has_nul(uri) ? &path_has_nul : NULL;
+}
+
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
     (void)conn;
     (void)toe;
-    request_free(*con_cls);
+    if (*con_cls != &path_has_nul) /* the marker, when on_request never ran */
+        request_free(*con_cls);
     *con_cls = NULL;
 }
 
@@ -203,7 +216,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct request *req = *con_cls;
 
     (void)version;
-    if (!req) {
+    if (!req || req == (void *)&path_has_nul) {
+        bool nul = req != NULL;
         const char *cl;
 
         req = calloc(1, sizeof(*req));
@@ -227,6 +241,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (strlen(url) >= sizeof(req->path) - 8) {
             api_fail(req, 414, "the request path is too long");
+            return send_reply(req);
+        }
+        if (nul) {
+            api_fail(req, 400, "the request path contains a NUL character (%%00)");
             return send_reply(req);
         }
         return MHD_YES;
@@ -294,7 +312,8 @@ int http_start(struct server *srv, struct http **out)
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.http_threads,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)srv->cfg.http_timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)srv->cfg.http_max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)srv->cfg.http_max_header_bytes, MHD_OPTION_EXTERNAL_LOGGER,

@@ -1,7 +1,5 @@
 /* router: one table of routes, matched segment by segment (see router.h). */
 #include "http/router.h"
-#include "http/events.h"
-#include "service/session.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -125,6 +123,14 @@ enum router_result router_match(const char *method, const char *path, char *scra
         }
     }
     return path_seen ? ROUTER_NO_METHOD : ROUTER_NO_PATH;
+}
+
+bool router_raw_path_has_nul(const char *raw)
+{
+    for (const char *p = raw; *p && *p != '?'; p++)
+        if (p[0] == '%' && p[1] == '0' && p[2] == '0')
+            return true;
+    return false;
 }
 
 void router_normalize(const char *path, char *out, size_t size)

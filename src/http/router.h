@@ -4,6 +4,7 @@
 
 #include "http/api.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct route {
@@ -24,6 +25,12 @@ enum router_result router_match(const char *method, const char *path, char *scra
 /* router_normalize: maps the unprefixed aliases (/tasks..., /workers...) onto
  * /api/v1 and drops a trailing slash; writes into out. */
 void router_normalize(const char *path, char *out, size_t size);
+
+/* router_raw_path_has_nul: whether the path of a raw request target (as sent, before
+ * percent-decoding; the query string after '?' is not looked at) encodes a NUL ("%00").
+ * The decoded path would be cut there and match another route, so such a request is
+ * refused (400) before routing. */
+bool router_raw_path_has_nul(const char *raw);
 
 /* router_table: the routes, for the OpenAPI document and tests. */
 const struct route *router_table(size_t *n);

@@ -4,6 +4,7 @@
 #define TASKEXEC_SERVER_H
 
 #include "core/config.h"
+#include "service/queue.h"
 #include "store/store.h"
 
 #include <jansson.h>
@@ -18,6 +19,7 @@ struct webhook_sender;
 struct server {
     struct config cfg;              /* read-only once serving */
     struct store *store;
+    struct queue queue;             /* the state changes' rules: submit, cancel, finish */
     struct worker_manager *workers;
     struct http *http;
     struct metrics *metrics;

@@ -77,6 +77,27 @@ static json_t *obj_or_null(json_t *v)
     return v ? json_incref(v) : json_null();
 }
 
+static const char *const mode_names[] = {"batch", "interactive"};
+
+enum task_mode task_mode_of(const struct task *t)
+{
+    return t->mode && !strcmp(t->mode, mode_names[TASK_INTERACTIVE]) ? TASK_INTERACTIVE
+                                                                      : TASK_BATCH;
+}
+
+const char *task_mode_name(enum task_mode m)
+{
+    return mode_names[m == TASK_INTERACTIVE];
+}
+
+int task_mode_parse(const char *name)
+{
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(name, mode_names[i]))
+            return i;
+    return -1;
+}
+
 json_t *task_to_json(const struct task *t)
 {
     json_t *o = json_object();
@@ -88,7 +109,7 @@ json_t *task_to_json(const struct task *t)
         json_object_set_new(o, "status", json_string(task_status_name(t->status))) ||
         json_object_set_new(o, "priority", json_integer(t->priority)) ||
         json_object_set_new(o, "backend_type", str_or_null(t->backend_type)) ||
-        json_object_set_new(o, "mode", json_string(t->mode ? t->mode : "batch")) ||
+        json_object_set_new(o, "mode", json_string(task_mode_name(task_mode_of(t)))) ||
         json_object_set_new(o, "parameters", obj_or_empty(t->parameters)) ||
         json_object_set_new(o, "metadata", obj_or_empty(t->metadata)) ||
         json_object_set_new(o, "callback_url", str_or_null(t->callback_url)) ||
@@ -326,8 +347,7 @@ int task_request_parse(json_t *body, const char *idempotency_header,
                  &t->backend_type);
     v = field(&c, body, params, "mode");
     if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || (strcmp(json_string_value(v), "batch") &&
-                                   strcmp(json_string_value(v), "interactive")))
+        if (!json_is_string(v) || task_mode_parse(json_string_value(v)) < 0)
             fail(&c, "mode", "must be \"batch\" or \"interactive\"");
         else
             t->mode = strdup(json_string_value(v));
@@ -345,7 +365,7 @@ check:
      * resolved values, so an executor reads one object. */
     eff = params ? json_deep_copy(params) : json_object();
     if (!eff || (!t->backend_type && !(t->backend_type = strdup("default"))) ||
-        (!t->mode && !(t->mode = strdup("batch"))))
+        (!t->mode && !(t->mode = strdup(task_mode_name(TASK_BATCH)))))
         goto out;
     json_object_foreach(body, key, v) {
         if (!is_task_field(key) && json_object_set(eff, key, v))

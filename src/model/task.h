@@ -48,6 +48,16 @@ struct task_defaults {
     int timeout_minutes;
 };
 
+/* How a task runs: to its end on its own, or step by step (a session). The text form is
+ * the "mode" field of the API and of struct task. */
+enum task_mode { TASK_BATCH = 0, TASK_INTERACTIVE };
+
+/* task_mode_of: t's mode (a NULL or unknown mode is batch). */
+enum task_mode task_mode_of(const struct task *t);
+const char *task_mode_name(enum task_mode m);
+/* task_mode_parse: name to mode; -1 when it names none. */
+int task_mode_parse(const char *name);
+
 const char *task_status_name(enum task_status s);
 /* task_status_parse: name to status; -1 when it names none. */
 int task_status_parse(const char *name);

@@ -1,15 +1,11 @@
 /* session: see session.h. */
 #include "service/session.h"
-#include "http/api.h"
 #include "core/clock.h"
 #include "core/err.h"
-#include "http/http.h"
 #include "core/log.h"
 #include "model/proto.h"
-#include "http/server.h"
+#include "service/queue.h"
 #include "store/store.h"
-#include "model/task.h"
-#include "worker/worker.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -26,7 +22,7 @@
 /* A parked step request. Owned by the hub's list until answered. */
 struct wait {
     struct wait *next;
-    struct request *req;          /* parked; resumed exactly once, by whoever unlinks us */
+    struct session_waiter waiter; /* answered exactly once, by whoever unlinks us */
     char task_id[TASK_ID_LEN + 1];
     int step;
     int64_t deadline_ms;
@@ -43,65 +39,20 @@ struct host {
 };
 
 struct session_hub {
-    struct server *srv;
+    struct store *store;          /* borrowed */
+    struct queue *queue;          /* borrowed: closing a session is a cancel */
+    int idle_minutes;             /* SESSION_IDLE_MINUTES */
     pthread_mutex_t lock;         /* guards everything below */
     pthread_cond_t wake;
     pthread_t thread;
+    bool started;                 /* thread runs; set before it exists, read at stop */
     bool stop, closing, kick;
     struct wait *waits;
     struct host *hosts;
     int64_t last_idle_check;
 };
 
-/* ---- the JSON a session is shown as ---- */
-
-static const char *session_status(const struct task *t, json_t *row)
-{
-    const char *state = json_string_value(json_object_get(row, "state"));
-
-    switch (t->status) {
-    case TASK_PENDING:
-        return "starting";
-    case TASK_RUNNING:
-        return !state ? "starting" : !strcmp(state, "ready") ? "ready" : "done";
-    case TASK_COMPLETED:
-        return "done";
-    default:
-        return task_status_name(t->status);
-    }
-}
-
-static json_t *session_json(const struct task *t, json_t *row)
-{
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:O?}", "id", t->id, "task_id", t->id,
-                          "problem_id", t->problem_id, "status", session_status(t, row),
-                          "max_steps", t->max_steps, "metadata", t->metadata);
-    json_t *none = json_null();
-    const char *keys[] = {"task_description", "instructions", "actions", "observation",
-                          "reward", "results"};
-
-    if (!o)
-        return NULL;
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        json_t *v = row ? json_object_get(row, keys[i]) : NULL;
-        json_object_set(o, keys[i], v ? v : none);
-    }
-    json_decref(none);
-    json_object_set_new(o, "step", json_integer(row ? json_integer_value(json_object_get(row, "answered")) : 0));
-    json_object_set_new(o, "step_in_flight",
-                        json_boolean(row && json_integer_value(json_object_get(row, "step")) >
-                                                json_integer_value(json_object_get(row, "answered"))));
-    json_object_set_new(o, "done", json_boolean(task_status_terminal(t->status) ||
-                                                (row && json_is_true(json_object_get(row, "done")))));
-    json_object_set_new(o, "error", t->error ? json_string(t->error) : json_null());
-    json_object_set_new(o, "task", task_to_json(t));
-    return o;
-}
-
-static json_t *session_json_new(const struct task *t)
-{
-    return session_json(t, NULL);
-}
+/* ---- answers ---- */
 
 /* The answer to step `step` from the row, or NULL when it is not there yet. */
 static json_t *answer_of(json_t *row, int step)
@@ -114,7 +65,8 @@ static json_t *answer_of(json_t *row, int step)
                      json_object_get(row, "results"));
 }
 
-static void finish(struct session_hub *h, struct wait *w, int status, json_t *body);
+static void finish(struct session_hub *h, struct wait *w, enum session_outcome how,
+                   json_t *answer, const struct task *ended);
 
 /* ---- notifications ---- */
 
@@ -191,12 +143,15 @@ void session_hub_answered(struct session_hub *h, const char *task_id, int step, 
         /* The answer is at hand: reply to this server's waits for it without reading it back. */
         for (struct wait *w = h->waits, *next; w; w = next) {
             next = w->next;
-            if (w->step == step && !strcmp(w->task_id, task_id))
-                finish(h, w, 200, json_pack("{s:i, s:O?, s:O?, s:O?, s:O?}", "step", step,
-                                            "observation", json_object_get(answer, "observation"),
-                                            "done", json_object_get(answer, "done"), "reward",
-                                            json_object_get(answer, "reward"), "results",
-                                            json_object_get(answer, "results")));
+            if (w->step == step && !strcmp(w->task_id, task_id)) {
+                json_t *a = json_pack("{s:i, s:O?, s:O?, s:O?, s:O?}", "step", step,
+                                      "observation", json_object_get(answer, "observation"),
+                                      "done", json_object_get(answer, "done"), "reward",
+                                      json_object_get(answer, "reward"), "results",
+                                      json_object_get(answer, "results"));
+                finish(h, w, SESSION_ANSWERED, a, NULL);
+                json_decref(a);
+            }
         }
     }
     mark_waits(h, task_id);
@@ -244,8 +199,9 @@ bool session_hub_take_action(struct session_hub *h, const char *task_id, int aft
 
 /* ---- the hub's thread: answers parked steps ---- */
 
-/* Unlinks w (hub lock held) and answers it. */
-static void finish(struct session_hub *h, struct wait *w, int status, json_t *body)
+/* Unlinks w (hub lock held) and answers it; answer and ended stay the caller's. */
+static void finish(struct session_hub *h, struct wait *w, enum session_outcome how,
+                   json_t *answer, const struct task *ended)
 {
     for (struct wait **p = &h->waits; *p; p = &(*p)->next) {
         if (*p == w) {
@@ -253,67 +209,48 @@ static void finish(struct session_hub *h, struct wait *w, int status, json_t *bo
             break;
         }
     }
-    api_reply(w->req, status, body);
-    http_request_resume(w->req);
+    w->waiter.answer(w->waiter.ctx, how, w->step, answer, ended);
     free(w);
 }
 
 /* Looks at one wait: answered, ended, expired, or still waiting. Hub lock held. */
 static void check_wait(struct session_hub *h, struct wait *w, int64_t now)
 {
-    struct store *st = h->srv->store;
+    struct store *st = h->store;
     json_t *row = NULL, *ans;
     struct task *t = NULL;
 
     if (store_session_get(st, w->task_id, &row) == 0 && (ans = answer_of(row, w->step))) {
         json_decref(row);
-        finish(h, w, 200, ans);
+        finish(h, w, SESSION_ANSWERED, ans, NULL);
+        json_decref(ans);
         return;
     }
     json_decref(row);
     if (store_task_get(st, w->task_id, &t) == 0 && task_status_terminal(t->status)) {
-        char msg[700];
-        snprintf(msg, sizeof(msg), "the session ended (%s%s%s) before answering step %d",
-                 task_status_name(t->status), t->error ? ": " : "", t->error ? t->error : "",
-                 w->step);
-        finish(h, w, 409, json_pack("{s:s, s:s, s:i}", "detail", msg, "type", "conflict", "step",
-                                    w->step));
+        finish(h, w, SESSION_ENDED, NULL, t);
         task_free(t);
         return;
     }
     task_free(t);
     if (now >= w->deadline_ms)
-        finish(h, w, 202, json_pack("{s:i, s:s, s:s}", "step", w->step, "status", "working",
-                                    "detail", "the environment is still working on this step; "
-                                              "GET the session for its answer"));
+        finish(h, w, SESSION_WORKING, NULL, NULL);
 }
 
 static void close_idle(struct session_hub *h)
 {
-    struct server *srv = h->srv;
-    struct store *st = srv->store;
     char ids[IDLE_BATCH][37];
     size_t n = 0;
-    int64_t idle_us = (int64_t)srv->cfg.session_idle_minutes * 60 * 1000000;
+    int64_t idle_us = (int64_t)h->idle_minutes * 60 * 1000000;
+    char msg[200];
 
-    if (store_session_idle(st, clock_now_us() - idle_us, ids, IDLE_BATCH, &n) < 0)
+    if (store_session_idle(h->store, clock_now_us() - idle_us, ids, IDLE_BATCH, &n) < 0)
         return;
-    for (size_t i = 0; i < n; i++) {
-        struct task *t = NULL;
-        struct log_entry e = {.ts = clock_now_us(), .level = LEVEL_WARNING};
-        char msg[200];
-
-        snprintf(msg, sizeof(msg), "session closed: no step for %d minutes (SESSION_IDLE_MINUTES)",
-                 srv->cfg.session_idle_minutes);
-        e.message = msg;
-        if (store_task_cancel(st, ids[i], clock_now_us(), &t) == 0) {
-            if (store_logs_append(st, ids[i], &e, 1) < 0)
-                log_warn("sessions: could not log the idle close of %s", ids[i]);
-            worker_manager_cancel(srv->workers, ids[i]);
+    snprintf(msg, sizeof(msg), "session closed: no step for %d minutes (SESSION_IDLE_MINUTES)",
+             h->idle_minutes);
+    for (size_t i = 0; i < n; i++)
+        if (queue_cancel(h->queue, ids[i], LEVEL_WARNING, msg, NULL) == 0)
             log_info("session %s closed: idle", ids[i]);
-        }
-        task_free(t);
-    }
 }
 
 static void *hub_main(void *arg)
@@ -349,23 +286,28 @@ static void *hub_main(void *arg)
     return NULL;
 }
 
-int session_hub_start(struct server *srv, struct session_hub **out)
+int session_hub_new(struct store *store, struct queue *queue, int idle_minutes,
+                    struct session_hub **out)
 {
     struct session_hub *h = calloc(1, sizeof(*h));
 
     if (!h)
         return ERR_NOMEM;
-    h->srv = srv;
-    h->last_idle_check = clock_mono_ms();
+    h->store = store;
+    h->queue = queue;
+    h->idle_minutes = idle_minutes;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
-    if (pthread_create(&h->thread, NULL, hub_main, h) != 0) {
-        pthread_mutex_destroy(&h->lock);
-        pthread_cond_destroy(&h->wake);
-        free(h);
-        return ERR_IO;
-    }
     *out = h;
+    return 0;
+}
+
+int session_hub_start(struct session_hub *h)
+{
+    h->last_idle_check = clock_mono_ms();
+    if (pthread_create(&h->thread, NULL, hub_main, h) != 0)
+        return ERR_IO;
+    h->started = true;
     return 0;
 }
 
@@ -376,9 +318,7 @@ void session_hub_close_waits(struct session_hub *h)
     pthread_mutex_lock(&h->lock);
     h->closing = true;
     while (h->waits)
-        finish(h, h->waits, 503, json_pack("{s:s, s:s}", "detail", "the server is shutting down; "
-                                           "GET the session for the step's answer", "type",
-                                           "unavailable"));
+        finish(h, h->waits, SESSION_CLOSING, NULL, NULL);
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -390,7 +330,8 @@ void session_hub_stop(struct session_hub *h)
     h->stop = true;
     pthread_cond_signal(&h->wake);
     pthread_mutex_unlock(&h->lock);
-    pthread_join(h->thread, NULL);
+    if (h->started)
+        pthread_join(h->thread, NULL);
     while (h->hosts) {
         struct host *x = h->hosts;
         h->hosts = x->next;
@@ -402,213 +343,50 @@ void session_hub_stop(struct session_hub *h)
     free(h);
 }
 
-/* ---- the API ---- */
+/* ---- steps and closing ---- */
 
-/* Loads the session's task; replies 404 (and returns < 0) for an unknown id or a task
- * that is not a session. */
-static int load_session(struct request *req, struct task **out)
+int session_hub_step(struct session_hub *h, const char *task_id, const char *action,
+                     int wait_seconds, const struct session_waiter *waiter, int *step,
+                     bool *parked)
 {
-    const char *id = req->params[0];
-    struct store *st = req->srv->store;
-    int rc;
-
-    if (!api_valid_uuid(id)) {
-        api_fail(req, 404, "Session %s not found", id);
-        return ERR_NOTFOUND;
-    }
-    rc = store_task_get(st, id, out);
-    if (rc == 0 && strcmp((*out)->mode, "interactive")) {
-        task_free(*out);
-        *out = NULL;
-        rc = ERR_NOTFOUND;
-    }
-    if (rc == ERR_NOTFOUND)
-        api_fail(req, 404, "Session %s not found", id);
-    else if (rc < 0)
-        api_reply_error(req, rc, "the session");
-    return rc;
-}
-
-int api_session_create(struct request *req)
-{
-    json_t *body = NULL;
-
-    if (api_body_json(req, &body) < 0)
-        return 0;
-    if (!body) {
-        api_invalid_field(req, "body", "is required: a JSON object with problem_id");
-        return 0;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return api_invalid_field(req, "body", "must be a JSON object");
-    }
-    json_object_set_new(body, "mode", json_string("interactive"));
-    return api_task_create_from(req, body, session_json_new);
-}
-
-int api_session_get(struct request *req)
-{
-    struct store *st = req->srv->store;
-    struct task *t = NULL;
-    json_t *row = NULL;
-    int rc;
-
-    if (load_session(req, &t) < 0)
-        return 0;
-    rc = store_session_get(st, t->id, &row);
-    if (rc < 0 && rc != ERR_NOTFOUND)
-        api_reply_error(req, rc, "the session");
-    else
-        api_reply(req, 200, session_json(t, row));
-    json_decref(row);
-    task_free(t);
-    return 0;
-}
-
-/* Why a step is refused, in words, from the session as it is now. */
-static void refuse_step(struct request *req, const struct task *t, json_t *row)
-{
-    const char *status = session_status(t, row);
-
-    if (!strcmp(status, "starting"))
-        api_fail(req, 409, "Session %s is not ready yet (status starting): wait until GET shows "
-                           "status ready", t->id);
-    else if (row && !strcmp(status, "ready") &&
-             json_integer_value(json_object_get(row, "step")) >
-                 json_integer_value(json_object_get(row, "answered")))
-        api_fail(req, 409, "Session %s already has step %lld in flight: steps are strictly "
-                           "ordered", t->id,
-                 (long long)json_integer_value(json_object_get(row, "step")));
-    else if (row && !strcmp(status, "ready") &&
-             json_integer_value(json_object_get(row, "step")) >= t->max_steps)
-        api_fail(req, 409, "Session %s has used its %d steps", t->id, t->max_steps);
-    else if (row && !strcmp(status, "ready"))
-        api_fail(req, 409, "Session %s had a step in flight when this one came (answered "
-                           "since): steps are strictly ordered; send it again", t->id);
-    else
-        api_fail(req, 409, "Session %s is %s: no more steps", t->id, status);
-}
-
-int api_session_step(struct request *req)
-{
-    struct server *srv = req->srv;
-    struct session_hub *h = srv->sessions;
-    struct store *st = srv->store;
-    struct task *t = NULL;
-    json_t *body = NULL, *row = NULL;
-    const char *action;
     char id[TASK_ID_LEN + 1];
-    long long wait_s = 60;
-    int step = 0, rc;
     struct wait *w;
+    int n = 0, rc;
 
-    if (api_body_json(req, &body) < 0)
-        return 0;
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return api_invalid_field(req, "body", "is required: {\"action\": \"...\"}");
-    }
-    action = json_string_value(json_object_get(body, "action"));
-    if (!action || !*action || strlen(action) > MAX_ACTION_BYTES) {
-        json_decref(body);
-        return api_invalid_field(req, "action", "must be a non-empty string of at most 65536 "
-                                                "bytes, e.g. exec_shell(\"kubectl get pods\")");
-    }
-    if (json_object_get(body, "wait_seconds")) {
-        json_t *v = json_object_get(body, "wait_seconds");
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 300) {
-            json_decref(body);
-            return api_invalid_field(req, "wait_seconds", "must be an integer from 0 to 300");
-        }
-        wait_s = json_integer_value(v);
-    }
-    if (!api_valid_uuid(req->params[0])) {
-        json_decref(body);
-        return api_fail(req, 404, "Session %s not found", req->params[0]);
-    }
     /* The happy path is one statement: it takes the step only for a running session that
      * is ready with nothing in flight; anything else is looked at only when refused. */
-    rc = store_session_step(st, req->params[0], action, clock_now_us(), &step);
-    if (rc == ERR_CONFLICT || rc == ERR_NOTFOUND) {
-        if (load_session(req, &t) == 0) {
-            if (store_session_get(st, t->id, &row) < 0)
-                row = NULL;
-            refuse_step(req, t, row);
-            json_decref(row);
-            task_free(t);
+    rc = store_session_step(h->store, task_id, action, clock_now_us(), &n);
+    if (rc < 0)
+        return rc;
+    *step = n;
+    *parked = false;
+    snprintf(id, sizeof(id), "%s", task_id);
+    w = wait_seconds > 0 ? calloc(1, sizeof(*w)) : NULL;
+    if (w) {
+        snprintf(w->task_id, sizeof(w->task_id), "%s", id);
+        w->waiter = *waiter;
+        w->step = n;
+        w->deadline_ms = clock_mono_ms() + (int64_t)wait_seconds * 1000;
+        /* Parked before its host is woken, so no answer can come before anyone waits. */
+        pthread_mutex_lock(&h->lock);
+        if (h->closing) {
+            free(w);
+        } else {
+            w->next = h->waits;
+            h->waits = w;
+            waiter->park(waiter->ctx); /* under the lock: finish() cannot answer before */
+            *parked = true;
         }
-        goto out;
-    }
-    if (rc < 0) {
-        api_reply_error(req, rc, "the step");
-        goto out;
-    }
-    snprintf(id, sizeof(id), "%s", req->params[0]);
-    w = wait_s > 0 ? calloc(1, sizeof(*w)) : NULL;
-    if (!w) {
-        /* wait_seconds 0 (or no memory to wait): the step is taken, answered later */
-        wake_local_host(h, id, step, action);
-        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
-        goto out;
-    }
-    snprintf(w->task_id, sizeof(w->task_id), "%s", id);
-    w->req = req;
-    w->step = step;
-    w->deadline_ms = clock_mono_ms() + wait_s * 1000;
-    /* Parked before its host is woken, so no answer can come before anyone waits for it. */
-    pthread_mutex_lock(&h->lock);
-    if (h->closing) {
         pthread_mutex_unlock(&h->lock);
-        free(w);
-        wake_local_host(h, id, step, action);
-        api_reply(req, 202, json_pack("{s:i, s:s}", "step", step, "status", "working"));
-        goto out;
     }
-    w->next = h->waits;
-    h->waits = w;
-    http_request_defer(req); /* under the lock: finish() cannot resume it before this */
-    pthread_mutex_unlock(&h->lock);
-    /* From here req and w belong to the hub: only locals (id, step, body) are used. */
-    wake_local_host(h, id, step, action);
-out:
-    json_decref(body); /* action pointed into it */
+    /* From here a parked waiter belongs to the hub: only locals are used. */
+    wake_local_host(h, id, n, action);
     return 0;
 }
 
-int api_session_close(struct request *req)
+int session_hub_close(struct session_hub *h, const char *task_id)
 {
-    struct server *srv = req->srv;
-    struct store *st = srv->store;
-    struct task *t = NULL, *after = NULL;
-    int rc;
-
-    if (load_session(req, &t) < 0)
-        return 0;
-    if (!task_status_terminal(t->status)) {
-        rc = store_task_cancel(st, t->id, clock_now_us(), &after);
-        if (rc == 0) {
-            struct log_entry e = {.ts = clock_now_us(), .level = LEVEL_INFO,
-                                  .message = "session closed by the client"};
-            if (store_logs_append(st, t->id, &e, 1) < 0)
-                log_warn("sessions: could not log the close of %s", t->id);
-            /* The host stops the child and cleans up; another server's host sees the
-             * cancelled state at its next lease check. */
-            worker_manager_cancel(srv->workers, t->id);
-        } else if (rc != ERR_CONFLICT) {
-            task_free(t);
-            return api_reply_error(req, rc, "the session");
-        }
-        task_free(after);
-        after = NULL;
-        task_free(t);
-        t = NULL;
-        if (store_task_get(st, req->params[0], &t) < 0) {
-            return api_reply_error(req, ERR_STORE, "the session");
-        }
-    }
-    api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Session closed", "id", t->id,
-                                  "status", session_status(t, NULL)));
-    task_free(t);
-    return 0;
+    /* The host stops the child and cleans up; another server's host sees the cancelled
+     * state at its next lease check. */
+    return queue_cancel(h->queue, task_id, LEVEL_INFO, "session closed by the client", NULL);
 }

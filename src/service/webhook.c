@@ -4,7 +4,7 @@
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
-#include "http/server.h"
+#include "store/store.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -18,7 +18,8 @@
 #define LEASE_US (120 * 1000000LL)
 
 struct webhook_sender {
-    struct server *srv;
+    struct store *store;       /* borrowed */
+    struct webhook_settings set;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -63,7 +64,7 @@ static size_t discard(char *p, size_t size, size_t n, void *ud)
 }
 
 /* One POST. Returns the HTTP status, or 0 with the reason in why. */
-static long post(CURL *h, const struct config *cfg, const struct webhook_job *job,
+static long post(CURL *h, const struct webhook_settings *cfg, const struct webhook_job *job,
                  const char *body, char *why, size_t size)
 {
     struct curl_slist *hdr = NULL;
@@ -77,15 +78,15 @@ static long post(CURL *h, const struct config *cfg, const struct webhook_job *jo
     hdr = curl_slist_append(hdr, "X-Taskexec-Event: task.finished");
     snprintf(line, sizeof(line), "X-Taskexec-Delivery: %.36s-%d", job->task_id, job->attempts + 1);
     hdr = curl_slist_append(hdr, line);
-    if (cfg->webhook_secret && *cfg->webhook_secret) {
-        crypto_hmac_sha256_hex(cfg->webhook_secret, body, strlen(body), sig);
+    if (cfg->secret && *cfg->secret) {
+        crypto_hmac_sha256_hex(cfg->secret, body, strlen(body), sig);
         snprintf(line, sizeof(line), "X-Taskexec-Signature: sha256=%.64s", sig);
         hdr = curl_slist_append(hdr, line);
     }
     curl_easy_setopt(h, CURLOPT_URL, job->url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)cfg->webhook_timeout_seconds);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)cfg->timeout_seconds);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
     /* The allowed-hosts rule must not be sidestepped by a redirect. */
@@ -102,9 +103,8 @@ static long post(CURL *h, const struct config *cfg, const struct webhook_job *jo
 
 static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
 {
-    struct server *srv = w->srv;
-    struct store *st = srv->store;
-    const struct config *cfg = &srv->cfg;
+    struct store *st = w->store;
+    const struct webhook_settings *cfg = &w->set;
     struct task *t = NULL;
     json_t *o = NULL;
     char *body = NULL, why[300] = "";
@@ -112,7 +112,7 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
     long status = 0;
     int64_t delay;
 
-    if (!webhook_host_allowed(job->url, cfg->webhook_allowed_hosts)) {
+    if (!webhook_host_allowed(job->url, cfg->allowed_hosts)) {
         if (store_webhook_result(st, job->task_id, "failed", job->attempts, clock_now_us(),
                                     "callback_url's host is not in WEBHOOK_ALLOWED_HOSTS") < 0)
             log_warn("webhook %s: could not record the refusal", job->task_id);
@@ -135,10 +135,10 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
     } else {
         if (status)
             snprintf(why, sizeof(why), "HTTP %ld", status);
-        delay = (int64_t)cfg->webhook_retry_base_ms * 1000 << (attempts - 1 < 20 ? attempts - 1 : 20);
+        delay = (int64_t)cfg->retry_base_ms * 1000 << (attempts - 1 < 20 ? attempts - 1 : 20);
         if (delay > 3600 * 1000000LL || delay <= 0)
             delay = 3600 * 1000000LL;
-        bool last = attempts >= cfg->webhook_max_attempts;
+        bool last = attempts >= cfg->max_attempts;
         log_warn("webhook %s: attempt %d to %s failed (%s)%s", job->task_id, attempts, job->url,
                  why, last ? "; giving up" : "");
         if (store_webhook_result(st, job->task_id, last ? "failed" : "pending", attempts,
@@ -153,7 +153,7 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
 static void *sender_main(void *arg)
 {
     struct webhook_sender *w = arg;
-    struct store *st = w->srv->store;
+    struct store *st = w->store;
     CURL *h = NULL;
     bool failed = false;
 
@@ -193,13 +193,15 @@ static void *sender_main(void *arg)
     return NULL;
 }
 
-int webhook_start(struct server *srv, struct webhook_sender **out)
+int webhook_start(struct store *store, const struct webhook_settings *set,
+                  struct webhook_sender **out)
 {
     struct webhook_sender *w = calloc(1, sizeof(*w));
 
     if (!w)
         return ERR_NOMEM;
-    w->srv = srv;
+    w->store = store;
+    w->set = *set;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->wake, NULL);
     if (pthread_create(&w->thread, NULL, sender_main, w) != 0) {

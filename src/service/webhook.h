@@ -12,11 +12,22 @@
 
 #include <stdbool.h>
 
-struct server;
+struct store;
 struct webhook_sender;
 
-int webhook_start(struct server *srv, struct webhook_sender **out)
-    __attribute__((warn_unused_result));
+/* The settings a sender uses (WEBHOOK_*); the strings are borrowed and must outlive it. */
+struct webhook_settings {
+    const char *secret;          /* WEBHOOK_SECRET; NULL or "": deliveries are not signed */
+    const char *allowed_hosts;   /* WEBHOOK_ALLOWED_HOSTS; NULL or "": every host */
+    int max_attempts;            /* WEBHOOK_MAX_ATTEMPTS */
+    int retry_base_ms;           /* WEBHOOK_RETRY_BASE_MS */
+    int timeout_seconds;         /* WEBHOOK_TIMEOUT_SECONDS */
+};
+
+/* webhook_start: starts the sender's thread over store (borrowed; it must outlive the
+ * sender). set is copied. Caller stops with webhook_stop. ERR_NOMEM, ERR_IO. */
+int webhook_start(struct store *store, const struct webhook_settings *set,
+                  struct webhook_sender **out) __attribute__((warn_unused_result));
 /* webhook_stop: stops the thread (a delivery under way finishes) and frees; NULL-safe. */
 void webhook_stop(struct webhook_sender *w);
 /* webhook_host_allowed: whether url's host is in the comma-separated allowed list

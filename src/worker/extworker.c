@@ -16,6 +16,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "model/catalog.h"
+#include "exec/executor.h"
 #include "exec/provision.h"
 #include "exec/runner.h"
 #include "worker/worker.h"
@@ -384,7 +385,7 @@ static struct task *task_of(json_t *o)
     memcpy(t->id, id, sizeof(t->id));
     t->problem_id = strdup(pid);
     t->backend_type = strdup(json_string_value(json_object_get(o, "backend_type")) ?: "default");
-    t->mode = strdup(json_string_value(json_object_get(o, "mode")) ?: "batch");
+    t->mode = strdup(json_string_value(json_object_get(o, "mode")) ?: task_mode_name(TASK_BATCH));
     t->status = TASK_RUNNING;
     t->parameters = json_incref(params);
     t->metadata = json_incref(json_object_get(o, "metadata"));
@@ -500,7 +501,8 @@ static void claim_loop(struct extworker *ew, struct client *c)
                  .create_timeout_seconds = ew->cfg.kind_create_timeout_seconds},
         .can_recreate = kind, .recycle_after = ew->cfg.cluster_recycle_after_runs,
         .namespaces = ew->clean_namespaces, .repairing = on_repairing, .ctx = ew};
-    bool check = ew->cfg.cluster_check && (kind || !strcmp(ew->cfg.executor, "aiopslab"));
+    bool check = ew->cfg.cluster_check &&
+                 (kind || executor_find(ew->cfg.executor)->touches_cluster);
     char path[300];
     int wait = 200;
 
@@ -635,21 +637,16 @@ int extworker_main(int argc, char **argv)
         goto out;
     if (!ew.backend_type)
         ew.backend_type = ew.cfg.worker_backend_type;
-    if (log_parse_level(ew.cfg.log_level) >= 0)
-        log_set_level((enum log_level)log_parse_level(ew.cfg.log_level));
-    if (strcmp(ew.cfg.executor, "simulated") && strcmp(ew.cfg.executor, "command") &&
-        strcmp(ew.cfg.executor, "aiopslab") && strcmp(ew.cfg.executor, "noop")) {
-        log_error("EXECUTOR must be simulated, command, aiopslab or noop");
-        goto out;
-    }
-    if (!strcmp(ew.cfg.executor, "aiopslab") &&
+    /* The settings table has checked LOG_LEVEL, EXECUTOR and the other enumerations. */
+    log_set_level((enum log_level)log_parse_level(ew.cfg.log_level));
+    if (executor_find(ew.cfg.executor)->start == EXECUTOR_START_RUNNER &&
         runner_write_aiopslab(ew.cfg.work_dir, ew.script, sizeof(ew.script)) < 0) {
         log_error("cannot write the aiopslab runner into WORK_DIR %s", ew.cfg.work_dir);
         goto out;
     }
     if (ew.cfg.aiopslab_dir)
         worker_expand(ew.cfg.aiopslab_dir, ew.id, ew.pythonpath, sizeof(ew.pythonpath));
-    if (!strcmp(ew.cfg.executor, "command")) {
+    if (executor_find(ew.cfg.executor)->start == EXECUTOR_START_COMMAND) {
         if (!ew.cfg.executor_command ||
             wordexp(ew.cfg.executor_command, &ew.command, WRDE_NOCMD) != 0) {
             log_error("EXECUTOR=command needs EXECUTOR_COMMAND, a command line without $(...)");

@@ -3,18 +3,21 @@
 #include "service/session.h"
 #include "model/catalog.h"
 #include "core/clock.h"
+#include "core/config.h"
 #include "core/err.h"
 #include "exec/exec.h"
+#include "exec/executor.h"
 #include "core/log.h"
 #include "service/metrics.h"
 #include "model/proto.h"
 #include "exec/provision.h"
 #include "exec/runner.h"
-#include "http/server.h"
+#include "service/queue.h"
 #include "store/store.h"
 #include "core/uuidgen.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <stdatomic.h>
@@ -45,7 +48,7 @@ struct slot {
 };
 
 struct worker_manager {
-    struct server *srv;
+    struct worker_deps d;       /* what it uses; read-only */
     pthread_mutex_t lock;
     pthread_cond_t wake;       /* new task (signal) or state change (broadcast) */
     unsigned long generation;  /* bumped by every notify */
@@ -120,7 +123,7 @@ static int sink_session_next(void *ctx, const char *task_id, int after, int *ste
 {
     struct store_sink *s = ctx;
 
-    if (session_hub_take_action(s->slot->wm->srv->sessions, task_id, after, step, action))
+    if (session_hub_take_action(s->slot->wm->d.sessions, task_id, after, step, action))
         return 0; /* sent through this server: no need to read it back */
     return store_session_next(s->store, task_id, after, step, action);
 }
@@ -133,7 +136,7 @@ static int sink_session_answer(void *ctx, const char *task_id, int step, json_t 
                                            clock_now_us());
 
     if (rc == 0)
-        session_hub_answered(s->slot->wm->srv->sessions, task_id, step, answer);
+        session_hub_answered(s->slot->wm->d.sessions, task_id, step, answer);
     return rc;
 }
 
@@ -143,7 +146,7 @@ static void sink_session_end(void *ctx, const char *task_id)
 
     if (store_session_end(s->store, task_id) < 0)
         log_warn("task %s: could not mark its session ended", task_id);
-    session_hub_answered(s->slot->wm->srv->sessions, task_id, 0, NULL); /* waits see the end */
+    session_hub_answered(s->slot->wm->d.sessions, task_id, 0, NULL); /* waits see the end */
 }
 
 /* Records the end, retrying while the database is unreachable; the lease guard
@@ -152,7 +155,7 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
                        const struct claim_req *claim_next, struct task **next)
 {
     struct worker_manager *wm = slot->wm;
-    struct store *st = wm->srv->store;
+    struct store *st = wm->d.store;
     int rc, wait_ms = 100;
 
     for (;;) {
@@ -170,7 +173,7 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
         pthread_mutex_unlock(&wm->lock);
         cn.now = end.now;
         end.claim_next = may_chain ? &cn : NULL;
-        rc = store_task_finish(st, t->id, t->lease_token, &end);
+        rc = queue_finish(wm->d.queue, t, &end);
         if (rc != ERR_UNAVAILABLE && rc != ERR_STORE)
             break;
         if (atomic_load(&slot->stop) == EXEC_STOP_SHUTDOWN) {
@@ -191,10 +194,8 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
     } else {
         log_task(LOG_INFO, t->id, "%s: task %s %s", slot->name, t->id,
                  task_status_name(res->status));
-        metrics_task_finished(wm->srv->metrics, res->status,
-                              (double)(t->started_at - t->created_at) / 1e6, res->seconds);
     }
-    metrics_exec_exit(wm->srv->metrics, res->cause);
+    metrics_exec_exit(wm->d.metrics, res->cause);
 }
 
 /* Runs t and records its end; with claim_next, *next is the task claimed in the same
@@ -203,15 +204,15 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
                      struct task **next)
 {
     struct worker_manager *wm = slot->wm;
-    struct server *srv = wm->srv;
-    struct store_sink ss = {.slot = slot, .store = srv->store, .task = t,
+    const struct worker_deps *d = &wm->d;
+    struct store_sink ss = {.slot = slot, .store = d->store, .task = t,
                             .last_lease_check = clock_mono_ms()};
     struct runner_sink sink = {.ctx = &ss, .logs = sink_logs, .messages = sink_messages,
                                .check = sink_check, .session_ready = sink_session_ready,
                                .session_next = sink_session_next,
                                .session_answer = sink_session_answer,
                                .session_end = sink_session_end, .wake_fd = -1};
-    bool interactive = !strcmp(t->mode, "interactive");
+    bool interactive = task_mode_of(t) == TASK_INTERACTIVE;
     struct runner rn;
     struct runner_result res;
 
@@ -219,15 +220,15 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
     if (interactive) {
         sink.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (sink.wake_fd >= 0)
-            session_hub_attach(srv->sessions, t->id, sink.wake_fd);
+            session_hub_attach(d->sessions, t->id, sink.wake_fd);
     }
-    runner_init(&rn, &srv->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
-                srv->self_exe, srv->aiopslab_script, slot->pythonpath, slot->kubeconfig);
+    runner_init(&rn, d->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
+                d->self_exe, d->aiopslab_script, slot->pythonpath, slot->kubeconfig);
     rn.keep_final_logs = true; /* stored with the task's end, in one transaction */
     log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);
     if (sink.wake_fd >= 0) {
-        session_hub_detach(srv->sessions, t->id);
+        session_hub_detach(d->sessions, t->id);
         close(sink.wake_fd);
     }
     record_end(slot, t, &res, claim_next, next);
@@ -250,16 +251,16 @@ static void wait_locked(struct worker_manager *wm, int64_t ms)
  * again every PROVISION_RETRY_SECONDS. Returns true when ready. */
 static bool provision(struct slot *slot)
 {
-    struct server *srv = slot->wm->srv;
-    struct store *st = srv->store;
+    const struct worker_deps *d = &slot->wm->d;
+    struct store *st = d->store;
     char dir[PATH_MAX - 256], error[600];
     struct provision_spec spec = {.cluster = slot->name, .kubeconfig = slot->kubeconfig,
-                                  .kind_config = srv->cfg.kind_config,
-                                  .create_timeout_seconds = srv->cfg.kind_create_timeout_seconds};
+                                  .kind_config = d->cfg->kind_config,
+                                  .create_timeout_seconds = d->cfg->kind_create_timeout_seconds};
     json_t *meta;
     int rc;
 
-    snprintf(dir, sizeof(dir), "%.3000s/kube", srv->cfg.work_dir);
+    snprintf(dir, sizeof(dir), "%.3000s/kube", d->cfg->work_dir);
     if (runner_mkdirs(dir) < 0)
         log_warn("%s: cannot create %s", slot->name, dir);
     snprintf(slot->kubeconfig, sizeof(slot->kubeconfig), "%s/%s.yaml", dir, slot->name);
@@ -272,7 +273,7 @@ static bool provision(struct slot *slot)
         char now[40];
         clock_format(clock_now_us(), now, sizeof(now));
         log_error("%s: its cluster is not usable: %s; retrying in %d s", slot->name, error,
-                  srv->cfg.provision_retry_seconds);
+                  d->cfg->provision_retry_seconds);
         meta = json_pack("{s:s, s:s, s:s, s:s}", "provision", "failed", "cluster", slot->name,
                          "provision_error", error, "provision_failed_at", now);
         slot->kubeconfig[0] = '\0';
@@ -294,7 +295,7 @@ static bool provision(struct slot *slot)
 static void cluster_state(struct slot *slot, const char *state, const char *why)
 {
     struct worker_manager *wm = slot->wm;
-    struct store *st = wm->srv->store;
+    struct store *st = wm->d.store;
     bool usable = !strcmp(state, "clean");
 
     if (!slot->meta)
@@ -333,11 +334,11 @@ static bool cluster_after_run(struct slot *slot)
         if (rc == 0)
             break;
         log_error("%s: %s; it claims nothing until it is fixed (next check in %d s)",
-                  slot->name, error, wm->srv->cfg.provision_retry_seconds);
+                  slot->name, error, wm->d.cfg->provision_retry_seconds);
         cluster_state(slot, "failed", error);
         pthread_mutex_lock(&wm->lock);
         if (slot->state == SLOT_ACTIVE && !wm->shutdown)
-            wait_locked(wm, (int64_t)wm->srv->cfg.provision_retry_seconds * 1000);
+            wait_locked(wm, (int64_t)wm->d.cfg->provision_retry_seconds * 1000);
         leave = slot->state != SLOT_ACTIVE || wm->shutdown;
         pthread_mutex_unlock(&wm->lock);
         if (leave)
@@ -354,26 +355,26 @@ static void *worker_main(void *arg)
 {
     struct slot *slot = arg;
     struct worker_manager *wm = slot->wm;
-    struct server *srv = wm->srv;
-    struct store *st = srv->store;
-    bool need_cluster = !strcmp(srv->cfg.backend_provision, "kind");
+    const struct worker_deps *d = &wm->d;
+    struct store *st = d->store;
+    bool need_cluster = !strcmp(d->cfg->backend_provision, "kind");
     /* An aiopslab or Kind worker checks its cluster after each run, so it cannot claim
      * its next task in the same transaction. */
-    bool check = srv->cfg.cluster_check && (need_cluster || !strcmp(srv->cfg.executor,
-                                                                      "aiopslab"));
+    bool check = d->cfg->cluster_check &&
+                 (need_cluster || executor_find(d->cfg->executor)->touches_cluster);
     char lease[TASK_ID_LEN + 1], next_lease[TASK_ID_LEN + 1];
 
     slot->care = (struct cluster_care){
         .spec = {.cluster = slot->name, .kubeconfig = slot->kubeconfig,
-                 .kind_config = srv->cfg.kind_config,
-                 .create_timeout_seconds = srv->cfg.kind_create_timeout_seconds},
-        .can_recreate = need_cluster, .recycle_after = srv->cfg.cluster_recycle_after_runs,
+                 .kind_config = d->cfg->kind_config,
+                 .create_timeout_seconds = d->cfg->kind_create_timeout_seconds},
+        .can_recreate = need_cluster, .recycle_after = d->cfg->cluster_recycle_after_runs,
         .namespaces = wm->clean_namespaces, .repairing = on_repairing, .ctx = slot};
 
     while (need_cluster && !provision(slot)) {
         pthread_mutex_lock(&wm->lock);
         if (slot->state == SLOT_ACTIVE && !wm->shutdown)
-            wait_locked(wm, (int64_t)srv->cfg.provision_retry_seconds * 1000);
+            wait_locked(wm, (int64_t)d->cfg->provision_retry_seconds * 1000);
         bool leave = slot->state != SLOT_ACTIVE || wm->shutdown;
         pthread_mutex_unlock(&wm->lock);
         if (leave)
@@ -384,7 +385,7 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&wm->lock);
     for (;;) {
         struct claim_req req = {.worker_id = slot->name,
-                                .backend_type = srv->cfg.worker_backend_type,
+                                .backend_type = d->cfg->worker_backend_type,
                                 .patterns = (const char *const *)wm->patterns,
                                 .n_patterns = wm->n_patterns,
                                 .lease_token = lease};
@@ -403,7 +404,7 @@ static void *worker_main(void *arg)
         uuidgen(lease);
         req.now = clock_now_us();
         rc = store_task_claim(st, &req, &t);
-        metrics_claim(srv->metrics, (double)(clock_now_us() - req.now) / 1e6);
+        queue_claimed(d->queue, (double)(clock_now_us() - req.now) / 1e6);
         while (rc == 0) {
             /* The next task is claimed in the transaction that records this one's end
              * (record_end leaves it out once the slot is told to leave). */
@@ -430,7 +431,7 @@ static void *worker_main(void *arg)
             log_warn("%s: claim failed: %s", slot->name, err_str(rc));
         pthread_mutex_lock(&wm->lock);
         if (slot->state == SLOT_ACTIVE && !wm->shutdown && gen == wm->generation)
-            wait_locked(wm, srv->cfg.poll_interval_ms);
+            wait_locked(wm, d->cfg->poll_interval_ms);
         pthread_mutex_unlock(&wm->lock);
     }
 out:
@@ -459,19 +460,19 @@ static int heartbeat_interval_ms(const struct config *cfg)
 /* The queue gauges of /metrics, read here so that a scrape never waits on the database. */
 static void refresh_gauges(struct worker_manager *wm)
 {
-    struct store *st = wm->srv->store;
+    struct store *st = wm->d.store;
     struct task_stats ts;
     int64_t w[3];
     bool ok = store_task_stats(st, false, &ts) == 0 && store_worker_counts(st, w) == 0;
 
-    metrics_set_queue(wm->srv->metrics, ok, &ts, w);
+    metrics_set_queue(wm->d.metrics, ok, &ts, w);
 }
 
 static void *housekeeper_main(void *arg)
 {
     struct worker_manager *wm = arg;
-    struct store *st = wm->srv->store;
-    const struct config *cfg = &wm->srv->cfg;
+    struct store *st = wm->d.store;
+    const struct config *cfg = wm->d.cfg;
     const char **ids = calloc((size_t)wm->n_slots, sizeof(*ids));
     char (*names)[192] = calloc((size_t)wm->n_slots, sizeof(*names));
     int beat_ms = heartbeat_interval_ms(cfg), tick_ms = beat_ms < GAUGE_INTERVAL_MS
@@ -578,10 +579,10 @@ fail:
     return ERR_INVALID;
 }
 
-int worker_manager_new(struct server *srv, struct worker_manager **out)
+int worker_manager_new(const struct worker_deps *d, struct worker_manager **out)
 {
     struct worker_manager *wm = calloc(1, sizeof(*wm));
-    int n = srv->cfg.max_internal_workers;
+    int n = d->cfg->max_internal_workers;
 
     if (!wm)
         return ERR_NOMEM;
@@ -590,27 +591,27 @@ int worker_manager_new(struct server *srv, struct worker_manager **out)
         free(wm);
         return ERR_NOMEM;
     }
-    wm->srv = srv;
+    wm->d = *d;
     wm->n_slots = n;
-    wm->last_count = srv->cfg.num_internal_workers;
+    wm->last_count = d->cfg->num_internal_workers;
     pthread_mutex_init(&wm->lock, NULL);
     pthread_cond_init(&wm->wake, NULL);
     pthread_cond_init(&wm->hk_wake, NULL);
     for (int i = 0; i < n; i++) {
         wm->slots[i].wm = wm;
         snprintf(wm->slots[i].name, sizeof(wm->slots[i].name), "%sworker-%03d-kind",
-                 srv->cfg.worker_name_prefix, i + 1);
-        if (srv->cfg.aiopslab_dir)
-            worker_expand(srv->cfg.aiopslab_dir, wm->slots[i].name, wm->slots[i].pythonpath,
+                 d->cfg->worker_name_prefix, i + 1);
+        if (d->cfg->aiopslab_dir)
+            worker_expand(d->cfg->aiopslab_dir, wm->slots[i].name, wm->slots[i].pythonpath,
                           sizeof(wm->slots[i].pythonpath));
     }
-    wm->clean_namespaces = catalog_namespaces(srv->problems);
-    if (!wm->clean_namespaces || parse_patterns(wm, srv->cfg.worker_supported_problems) < 0) {
+    wm->clean_namespaces = catalog_namespaces(d->problems);
+    if (!wm->clean_namespaces || parse_patterns(wm, d->cfg->worker_supported_problems) < 0) {
         worker_manager_free(wm);
         return ERR_INVALID;
     }
-    if (!strcmp(srv->cfg.executor, "command")) {
-        const char *cmd = srv->cfg.executor_command;
+    if (executor_find(d->cfg->executor)->start == EXECUTOR_START_COMMAND) {
+        const char *cmd = d->cfg->executor_command;
         if (!cmd || wordexp(cmd, &wm->command, WRDE_NOCMD) != 0 || wm->command.we_wordc == 0) {
             log_error("EXECUTOR=command needs EXECUTOR_COMMAND, a command line without $(...)");
             if (cmd)
@@ -679,10 +680,10 @@ static int scale_locked(struct worker_manager *wm, int n)
  * worker list is right as soon as scaling returns. Runs without wm->lock. */
 static int register_slots(struct worker_manager *wm, int n)
 {
-    struct server *srv = wm->srv;
-    struct worker_reg reg = {.backend_type = srv->cfg.worker_backend_type,
+    const struct worker_deps *d = &wm->d;
+    struct worker_reg reg = {.backend_type = d->cfg->worker_backend_type,
                              .capabilities = wm->capabilities,
-                             .name_prefix = srv->cfg.worker_name_prefix};
+                             .name_prefix = d->cfg->worker_name_prefix};
 
     for (int i = 0; i < n; i++) {
         bool live;
@@ -694,7 +695,7 @@ static int register_slots(struct worker_manager *wm, int n)
             continue;
         reg.id = wm->slots[i].name;
         reg.now = clock_now_us();
-        if (store_worker_register(srv->store, &reg) < 0) {
+        if (store_worker_register(d->store, &reg) < 0) {
             log_error("%s: could not register in the database", reg.id);
             return ERR_STORE;
         }

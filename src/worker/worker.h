@@ -18,11 +18,28 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-struct server;
+struct config;
+struct store;
+struct queue;
+struct metrics;
+struct session_hub;
 struct worker_manager;
 
-/* worker_manager_new: prepared, with no threads. Caller frees with worker_manager_free. */
-int worker_manager_new(struct server *srv, struct worker_manager **out)
+/* What the manager uses; every pointer is borrowed and must outlive it. */
+struct worker_deps {
+    const struct config *cfg;        /* read-only once serving */
+    struct store *store;
+    struct queue *queue;             /* records ends and counts claims */
+    struct metrics *metrics;         /* executor exits, the queue gauges */
+    struct session_hub *sessions;    /* sessions hosted here */
+    json_t *problems;                /* the catalog; read-only */
+    const char *self_exe;            /* this binary, for the simulated executor */
+    const char *aiopslab_script;     /* the aiopslab runner written out; "" if unused */
+};
+
+/* worker_manager_new: prepared, with no threads; deps is copied. Caller frees with
+ * worker_manager_free. */
+int worker_manager_new(const struct worker_deps *deps, struct worker_manager **out)
     __attribute__((warn_unused_result));
 /* worker_manager_free: stops every thread (running tasks are stopped and failed
  * with the reason) and frees; NULL-safe. */

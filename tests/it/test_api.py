@@ -145,6 +145,25 @@ def test_oversized_body_is_413_without_reading_it(make_server):
     assert count(server) == 0
 
 
+def test_nul_in_a_path_is_400_never_another_route(server):
+    """A decoded %00 used to cut the path, so /api/v1/tasks/%00 was answered as the task list."""
+    tid = server.post("/api/v1/tasks", json={"problem_id": PROBLEM}).json()["id"]
+    for path in ("/api/v1/tasks/%00", "/api/v1/tasks/" + tid + "%00", "/api/v1/tasks/%00/logs",
+                 "/tasks/%00", "/api/v1/tasks%00", "/%00", "/api/v1/tasks/%00?status=pending",
+                 "/api/v1/sessions/%00x"):
+        r = server.get(path)
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        e = r.json()
+        assert set(e) == {"detail", "type", "request_id"}, e
+        assert e["request_id"] == r.headers["X-Request-ID"] and "NUL" in e["detail"]
+    r = server.post("/api/v1/tasks/%00/cancel")
+    assert r.status_code == 400
+    # A NUL in the query string is not the path's: the route is still the task list.
+    assert server.get("/api/v1/tasks?problem_id=%00").status_code == 200
+    assert server.get("/api/v1/tasks/" + tid).json()["status"] in ("pending", "running",
+                                                                   "completed")
+
+
 def test_unknown_routes_and_methods(server):
     assert server.get("/api/v1/nothing").status_code == 404
     r = requests.delete(server.api + "/tasks", timeout=5)

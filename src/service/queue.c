@@ -1,0 +1,111 @@
+/* queue: see queue.h. */
+#include "service/queue.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/uuidgen.h"
+#include "model/catalog.h"
+#include "service/metrics.h"
+#include "service/webhook.h"
+
+#include <stdio.h>
+
+/* The rules a parsed request must also meet: hosts WEBHOOK_ALLOWED_HOSTS allows, and,
+ * with PROBLEM_VALIDATION=strict, a problem the catalog knows. A new errors array or
+ * NULL when it meets them. */
+static json_t *check_rules(const struct queue *q, const struct task *t)
+{
+    char msg[600];
+
+    if (t->callback_url && !webhook_host_allowed(t->callback_url, q->webhook_allowed_hosts))
+        return json_pack("[{s:s, s:s}]", "field", "callback_url", "message",
+                         "names a host that WEBHOOK_ALLOWED_HOSTS does not allow");
+    if (q->strict_problems && !catalog_contains(q->problems, t->problem_id)) {
+        catalog_suggest(q->problems, t->problem_id, msg, sizeof(msg));
+        return json_pack("[{s:s, s:s}]", "field", "problem_id", "message", msg);
+    }
+    return NULL;
+}
+
+int queue_submit(struct queue *q, json_t *body, const char *idempotency_key,
+                 struct task **out, bool *created, json_t **errors)
+{
+    struct task *t = NULL, *existing = NULL;
+    json_t *errs = NULL;
+    int rc;
+
+    rc = task_request_parse(body, idempotency_key, &q->defaults, &t, &errs);
+    if (rc == ERR_INVALID) {
+        *errors = errs;
+        return rc;
+    }
+    if (rc < 0)
+        return rc;
+    errs = check_rules(q, t);
+    if (errs) {
+        task_free(t);
+        *errors = errs;
+        return ERR_INVALID;
+    }
+    uuidgen(t->id);
+    t->created_at = t->updated_at = clock_now_us();
+    rc = store_task_insert(q->store, t, &existing);
+    if (rc < 0) {
+        task_free(t);
+        return rc;
+    }
+    if (existing) {
+        task_free(t);
+        *out = existing;
+        *created = false;
+        return 0;
+    }
+    metrics_task_created(q->metrics);
+    if (q->wake_workers)
+        q->wake_workers(q->workers);
+    *out = t;
+    *created = true;
+    return 0;
+}
+
+int queue_cancel(struct queue *q, const char *task_id, int level, const char *reason,
+                 struct task **out)
+{
+    struct task *t = NULL;
+    int rc = store_task_cancel(q->store, task_id, clock_now_us(), &t);
+
+    if (rc == 0) {
+        if (reason) {
+            struct log_entry e = {.ts = clock_now_us(), .level = level, .message = reason};
+            if (store_logs_append(q->store, task_id, &e, 1) < 0)
+                log_warn("task %s: could not log why it was cancelled", task_id);
+        }
+        /* If one of our workers runs it, stop the child now; other servers' workers
+         * notice the cancelled state at their next lease check. */
+        if (q->stop_run)
+            q->stop_run(q->workers, task_id);
+        metrics_task_finished(q->metrics, TASK_CANCELLED, -1, -1);
+    }
+    if (out)
+        *out = t;
+    else
+        task_free(t);
+    return rc;
+}
+
+int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
+{
+    int rc = store_task_finish(q->store, t->id, t->lease_token, end);
+
+    if (rc < 0)
+        return rc;
+    metrics_task_finished(q->metrics, end->status,
+                          t->started_at ? (double)(t->started_at - t->created_at) / 1e6 : -1,
+                          t->started_at ? (double)(end->now - t->started_at) / 1e6 : -1);
+    return 0;
+}
+
+void queue_claimed(struct queue *q, double seconds)
+{
+    metrics_claim(q->metrics, seconds);
+}

@@ -1,0 +1,62 @@
+/* queue: the rules of a task's state changes and their side effects, written once.
+ *
+ * DESIGN
+ * Handlers, the internal workers and the external workers' routes all change a task's
+ * state through these functions, so each change has one set of side effects: a submit
+ * counts the task and wakes a worker; a cancel stops the run if a worker of this process
+ * has it, logs why when a reason is given, and counts the end; a finish counts the end
+ * with one formula (queue wait: created to started; run: started to ended). The worker
+ * layer sits above this one, so waking workers and stopping a run come in as callbacks
+ * (set by serve.c once the worker manager exists; NULL: nothing to wake or stop).
+ * Every function is thread-safe as far as the store and metrics are. */
+#ifndef TASKEXEC_QUEUE_H
+#define TASKEXEC_QUEUE_H
+
+#include "store/store.h"
+#include "model/task.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+
+struct metrics;
+
+/* What the queue uses; filled by serve.c, read-only once serving. */
+struct queue {
+    struct store *store;
+    struct metrics *metrics;            /* NULL: nothing counted */
+    struct task_defaults defaults;      /* DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_MINUTES */
+    const char *webhook_allowed_hosts;  /* borrowed from the config; NULL: every host */
+    bool strict_problems;               /* PROBLEM_VALIDATION=strict */
+    json_t *problems;                   /* the catalog, borrowed; read-only */
+    void (*wake_workers)(void *ctx);    /* a task was queued */
+    bool (*stop_run)(void *ctx, const char *task_id); /* stop the run of task_id if here */
+    void *workers;                      /* ctx of both callbacks */
+};
+
+/* queue_submit: validates a create request (body is borrowed; idempotency_key may be
+ * NULL), gives it an id and queues it. On success *out is the new task, or, when the
+ * Idempotency-Key names an earlier one, that task with *created false (caller frees).
+ * ERR_INVALID: *errors is a new array of {"field","message"} (caller json_decref's).
+ * Other codes come from the store. Outputs are untouched on error. */
+int queue_submit(struct queue *q, json_t *body, const char *idempotency_key,
+                 struct task **out, bool *created, json_t **errors)
+    __attribute__((warn_unused_result));
+
+/* queue_cancel: cancels task_id (pending or running): stops its run if a worker of this
+ * process has it (another server's worker sees the state at its next lease check), logs
+ * reason at level when reason is not NULL, and counts the end. *out (may be NULL) gets
+ * the task as stored (caller frees), also on ERR_CONFLICT (it has already ended) so the
+ * caller can say how. ERR_NOTFOUND, ERR_STORE as the store says. */
+int queue_cancel(struct queue *q, const char *task_id, int level, const char *reason,
+                 struct task **out) __attribute__((warn_unused_result));
+
+/* queue_finish: records t's end under its lease (store_task_finish, end->now set by the
+ * caller) and counts it. ERR_CONFLICT: it had already ended (nothing counted); other
+ * codes from the store. */
+int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
+    __attribute__((warn_unused_result));
+
+/* queue_claimed: counts a claim that took seconds (internal and external workers). */
+void queue_claimed(struct queue *q, double seconds);
+
+#endif
