@@ -24,7 +24,6 @@ struct param {
     const char *def;        /* default as text; NULL: unset */
     long min, max;          /* for K_INT; for K_ENUM, min 1: matched in any case */
     const char *help;
-    const char *const *choices; /* K_ENUM: the values allowed, NULL-terminated; kept as text */
 };
 
 static const char *const log_levels[] = {"debug", "info", "warning", "warn", "error", NULL};
@@ -47,12 +46,10 @@ static const struct param params[] = {
      "task timeout when the request gives none"},
     {"DEFAULT_MAX_STEPS", K_INT, S(default_max_steps), "30", 1, 1000,
      "max_steps when the request gives none"},
-    {"LOG_LEVEL", K_ENUM, S(log_level), "info", 1, 0, "debug, info, warning, error",
-     log_levels},
+    {"LOG_LEVEL", K_ENUM, S(log_level), "info", 1, 0, "debug, info, warning, error"},
     {"LOG_FORMAT", K_ENUM, S(log_format), "text", 0, 0,
-     "text, or json: one JSON object a line", log_formats},
-    {"EXECUTOR", K_ENUM, S(executor), "simulated", 0, 0, "simulated, command, aiopslab, noop",
-     executors},
+     "text, or json: one JSON object a line"},
+    {"EXECUTOR", K_ENUM, S(executor), "simulated", 0, 0, "simulated, command, aiopslab, noop"},
     {"EXECUTOR_COMMAND", K_STR, S(executor_command), NULL, 0, 0,
      "argv of the command executor, split on blanks"},
     {"WORKER_BACKEND_TYPE", K_STR, S(worker_backend_type), "default", 0, 0,
@@ -68,9 +65,8 @@ static const struct param params[] = {
     {"MAX_BODY_BYTES", K_INT, S(max_body_bytes), "1048576", 64, INT_MAX,
      "larger request bodies get 413"},
     {"PROBLEM_VALIDATION", K_ENUM, S(problem_validation), "lenient", 0, 0,
-     "lenient or strict (unknown problem_id is a 422)", validations},
-    {"BACKEND_PROVISION", K_ENUM, S(backend_provision), "none", 0, 0, "none or kind",
-     provisions},
+     "lenient or strict (unknown problem_id is a 422)"},
+    {"BACKEND_PROVISION", K_ENUM, S(backend_provision), "none", 0, 0, "none or kind"},
     {"WEBHOOK_SECRET", K_STR, S(webhook_secret), NULL, 0, 0, "HMAC key for webhook signatures"},
     {"WEBHOOK_ALLOWED_HOSTS", K_STR, S(webhook_allowed_hosts), NULL, 0, 0,
      "hosts callback_url may name (default any)"},
@@ -121,19 +117,38 @@ static const struct param params[] = {
     {"PROBLEMS_FILE", K_PATH, S(problems_file), NULL, 0, 0,
      "problem ids known to the executor, one a line (default: the built-in AIOpsLab list)"},
 };
+/* The values each K_ENUM setting allows, by its field (beside the table rather than a
+ * column of it, so the table's rows stay short). */
+static const struct {
+    size_t offset;
+    const char *const *choices;  /* NULL-terminated */
+} enum_choices[] = {
+    {S(log_level), log_levels},   {S(log_format), log_formats},
+    {S(executor), executors},     {S(problem_validation), validations},
+    {S(backend_provision), provisions},
+};
 #undef S
 #define N_PARAMS (sizeof(params) / sizeof(params[0]))
+
+static const char *const *choices_of(const struct param *p)
+{
+    for (size_t i = 0; i < sizeof(enum_choices) / sizeof(enum_choices[0]); i++)
+        if (enum_choices[i].offset == p->offset)
+            return enum_choices[i].choices;
+    abort(); /* a K_ENUM row without its choices: a broken table */
+}
 
 /* Whether value is one of p's choices; prints what is allowed when not. */
 static bool valid_choice(const struct param *p, const char *value, const char *source)
 {
+    const char *const *choices = choices_of(p);
     char list[256] = "";
 
-    for (const char *const *c = p->choices; *c; c++) {
+    for (const char *const *c = choices; *c; c++) {
         if (p->min ? !strcasecmp(value, *c) : !strcmp(value, *c))
             return true;
         snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
-                 c == p->choices ? "" : c[1] ? ", " : " or ", *c);
+                 c == choices ? "" : c[1] ? ", " : " or ", *c);
     }
     fprintf(stderr, "taskexec: %s (from %s) must be %s, not '%s'\n", p->name, source, list,
             value);

@@ -41,12 +41,6 @@ struct sse_client {
     int64_t from_event, from_log; /* where the client's stream starts (Last-Event-ID) */
 };
 
-/* A cursor over one id-ordered table, with the wait for ids committed out of order. */
-struct cursor {
-    int64_t at;
-    int64_t gap_since_ms;        /* 0: no gap being waited for */
-};
-
 struct event_bus {
     struct server *srv;
     pthread_mutex_t lock;        /* guards clients, cursors, stop */
@@ -57,7 +51,7 @@ struct event_bus {
     size_t n_clients;
     bool closing;                /* shutting down: no new clients */
     bool primed;
-    struct cursor ev, log;
+    struct events_cursor ev, log;
     int64_t last_ping_ms, last_prune_ms;
 };
 
@@ -137,13 +131,7 @@ static void deliver(struct sse_client *c, const char *text, size_t len)
 }
 
 /* One merged batch: journal rows and log lines, in time order (each list is in id order). */
-struct batch {
-    json_t *events, *logs;
-    size_t n_ev, n_log;           /* rows of each accepted (gap rule) */
-};
-
-/* Walks the batch in time order, calling emit for each row with the cursor after it. */
-static void batch_walk(const struct batch *bt, int64_t ev0, int64_t log0,
+void events_batch_walk(const struct events_batch *bt, int64_t ev0, int64_t log0,
                        void (*emit)(void *ud, unsigned type, const char *kind, json_t *row,
                                     int64_t ev, int64_t log),
                        void *ud)
@@ -172,7 +160,7 @@ static void batch_walk(const struct batch *bt, int64_t ev0, int64_t log0,
 
 /* How many rows of arr (id order) the cursor may step over now: contiguous ids, or past
  * a gap that has lasted GAP_WAIT_MS (an id whose insert was rolled back). */
-static size_t accept_rows(struct cursor *cur, json_t *arr, int64_t now_ms)
+static size_t accept_rows(struct events_cursor *cur, json_t *arr, int64_t now_ms)
 {
     size_t n = 0;
     int64_t at = cur->at;
@@ -204,6 +192,25 @@ static size_t rows_until(json_t *arr, size_t n, int64_t ts)
     while (k < n && ts_of(arr, k) <= ts)
         k++;
     return k;
+}
+
+void events_batch_accept(struct events_batch *bt, struct events_cursor *ev,
+                         struct events_cursor *log, size_t batch_max, int64_t now_ms)
+{
+    bt->n_ev = accept_rows(ev, bt->events, now_ms);
+    bt->n_log = bt->logs ? accept_rows(log, bt->logs, now_ms) : 0;
+    /* A table with more rows than one batch holds back the other's later rows, so a task's
+     * "completed" never overtakes its own last log lines. */
+    if (bt->logs && json_array_size(bt->logs) == batch_max && bt->n_log)
+        bt->n_ev = rows_until(bt->events, bt->n_ev, ts_of(bt->logs, bt->n_log - 1));
+    if (json_array_size(bt->events) == batch_max && bt->n_ev && bt->logs)
+        bt->n_log = rows_until(bt->logs, bt->n_log, ts_of(bt->events, bt->n_ev - 1));
+    if (bt->n_ev)
+        ev->at = json_integer_value(
+            json_object_get(json_array_get(bt->events, bt->n_ev - 1), "id"));
+    if (bt->n_log)
+        log->at = json_integer_value(
+            json_object_get(json_array_get(bt->logs, bt->n_log - 1), "id"));
 }
 
 struct live_ctx {
@@ -245,7 +252,7 @@ static bool wants_logs(const struct event_bus *b)
 static void catch_up(struct event_bus *b, struct sse_client *c, int64_t to_ev, int64_t to_log)
 {
     struct store *st = b->srv->store;
-    struct batch bt = {0};
+    struct events_batch bt = {0};
     struct live_ctx x = {b};
     int64_t ev = c->from_event < to_ev ? c->from_event : to_ev;
     int64_t log = (c->types & T_LOG) && c->from_log < to_log ? c->from_log : to_log;
@@ -276,7 +283,7 @@ static void catch_up(struct event_bus *b, struct sse_client *c, int64_t to_ev, i
         b->clients = c;
         c->next = NULL;
         c->attached = true;
-        batch_walk(&bt, ev, log, emit_live, &x);
+        events_batch_walk(&bt, ev, log, emit_live, &x);
         c->next = next;
         b->clients = saved;
     }
@@ -297,7 +304,7 @@ static void ping_all(struct event_bus *b)
 static bool pump_once(struct event_bus *b)
 {
     struct store *st = b->srv->store;
-    struct batch bt = {0};
+    struct events_batch bt = {0};
     struct live_ctx x = {b};
     int64_t now = clock_mono_ms(), ev0 = b->ev.at, log0 = b->log.at, head_ev, head_log;
     bool logs = wants_logs(b), more;
@@ -305,8 +312,8 @@ static bool pump_once(struct event_bus *b)
     if (!b->primed) {
         if (store_events_head(st, &head_ev, &head_log) < 0)
             return false;
-        b->ev = (struct cursor){head_ev, 0};
-        b->log = (struct cursor){head_log, 0};
+        b->ev = (struct events_cursor){head_ev, 0};
+        b->log = (struct events_cursor){head_log, 0};
         b->primed = true;
         ev0 = head_ev;
         log0 = head_log;
@@ -321,23 +328,10 @@ static bool pump_once(struct event_bus *b)
     } else {
         /* Nobody wants log lines: skip them rather than read them. */
         if (store_events_head(st, &head_ev, &head_log) == 0)
-            b->log = (struct cursor){head_log, 0};
+            b->log = (struct events_cursor){head_log, 0};
         log0 = b->log.at;
     }
-    bt.n_ev = accept_rows(&b->ev, bt.events, now);
-    bt.n_log = bt.logs ? accept_rows(&b->log, bt.logs, now) : 0;
-    /* A table with more rows than one batch holds back the other's later rows, so a task's
-     * "completed" never overtakes its own last log lines. */
-    if (bt.logs && json_array_size(bt.logs) == BATCH && bt.n_log)
-        bt.n_ev = rows_until(bt.events, bt.n_ev, ts_of(bt.logs, bt.n_log - 1));
-    if (json_array_size(bt.events) == BATCH && bt.n_ev && bt.logs)
-        bt.n_log = rows_until(bt.logs, bt.n_log, ts_of(bt.events, bt.n_ev - 1));
-    if (bt.n_ev)
-        b->ev.at = json_integer_value(
-            json_object_get(json_array_get(bt.events, bt.n_ev - 1), "id"));
-    if (bt.n_log)
-        b->log.at = json_integer_value(
-            json_object_get(json_array_get(bt.logs, bt.n_log - 1), "id"));
+    events_batch_accept(&bt, &b->ev, &b->log, BATCH, now);
     /* Clients that arrived since the last poll: caught up to where this batch starts
      * (Last-Event-ID), or live from here. */
     for (struct sse_client *c = b->clients; c; c = c->next) {
@@ -346,7 +340,7 @@ static bool pump_once(struct event_bus *b)
         catch_up(b, c, ev0, log0);
         c->attached = true;
     }
-    batch_walk(&bt, ev0, log0, emit_live, &x);
+    events_batch_walk(&bt, ev0, log0, emit_live, &x);
     more = json_array_size(bt.events) == BATCH || (bt.logs && json_array_size(bt.logs) == BATCH);
     json_decref(bt.events);
     json_decref(bt.logs);
