@@ -453,7 +453,8 @@ def test_however_a_run_is_stopped_the_cluster_is_left_clean(make_server, llm, la
         assert s.post(f"/api/v1/sessions/{tid}/close").json()["status"] == "cancelled"
         end = s.wait_status(tid, "cancelled", timeout=60)
     elif how == "timeout":
-        tid = start_mid_run(s, llm, lab, False, parameters={"timeout": 4})
+        # long enough for the run to reach its model on a loaded machine first
+        tid = start_mid_run(s, llm, lab, False, parameters={"timeout": 15})
         end = s.wait_status(tid, "timeout", timeout=120)
     else:
         tid = start_mid_run(s, llm, lab, False)
