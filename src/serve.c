@@ -220,11 +220,13 @@ int server_run(int argc, char **argv)
 out:
     store_unlisten(srv.store);
     /* Workers first: they stop their children and record why; then HTTP; then webhooks
-     * (the endings just recorded are delivered by the next start); then the store. */
-    worker_manager_free(srv.workers);
+     * (the endings just recorded are delivered by the next start); then the store. The
+     * manager is freed after HTTP: a request still in flight may cancel or scale. */
+    worker_manager_shutdown(srv.workers);
     events_close_streams(srv.events); /* live streams end cleanly; parked ones wake */
     session_hub_close_waits(srv.sessions); /* parked steps are answered 503 */
     http_stop(srv.http);
+    worker_manager_free(srv.workers);
     events_stop(srv.events);
     session_hub_stop(srv.sessions);
     webhook_stop(srv.webhooks);

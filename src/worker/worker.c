@@ -713,6 +713,10 @@ int worker_manager_scale(struct worker_manager *wm, int n, int *previous)
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&wm->lock);
+    if (wm->shutdown) { /* no new thread once shutdown has joined them */
+        pthread_mutex_unlock(&wm->lock);
+        return ERR_UNAVAILABLE;
+    }
     *previous = count_active(wm);
     rc = scale_locked(wm, n);
     if (rc == 0) {
@@ -789,7 +793,7 @@ json_t *worker_manager_status(struct worker_manager *wm)
     return o;
 }
 
-void worker_manager_free(struct worker_manager *wm)
+void worker_manager_shutdown(struct worker_manager *wm)
 {
     if (!wm)
         return;
@@ -804,11 +808,21 @@ void worker_manager_free(struct worker_manager *wm)
     pthread_cond_broadcast(&wm->wake);
     pthread_cond_broadcast(&wm->hk_wake);
     pthread_mutex_unlock(&wm->lock);
-    for (int i = 0; i < wm->n_slots; i++)
+    for (int i = 0; i < wm->n_slots; i++) {
         if (wm->slots[i].has_thread)
             pthread_join(wm->slots[i].thread, NULL);
+        wm->slots[i].has_thread = false;
+    }
     if (wm->has_housekeeper)
         pthread_join(wm->housekeeper, NULL);
+    wm->has_housekeeper = false;
+}
+
+void worker_manager_free(struct worker_manager *wm)
+{
+    if (!wm)
+        return;
+    worker_manager_shutdown(wm);
     if (wm->has_command)
         wordfree(&wm->command);
     for (size_t i = 0; wm->patterns && wm->patterns[i]; i++)

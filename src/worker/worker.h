@@ -41,6 +41,10 @@ struct worker_deps {
  * worker_manager_free. */
 int worker_manager_new(const struct worker_deps *deps, struct worker_manager **out)
     __attribute__((warn_unused_result));
+/* worker_manager_shutdown: stops every thread (running tasks are stopped and failed
+ * with the reason) and waits for them; the manager stays valid (a late request that
+ * cancels or scales finds nothing to do) until worker_manager_free. */
+void worker_manager_shutdown(struct worker_manager *wm);
 /* worker_manager_free: stops every thread (running tasks are stopped and failed
  * with the reason) and frees; NULL-safe. */
 void worker_manager_free(struct worker_manager *wm);
