@@ -15,65 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const sql_text[Q_N] = {
-    [Q_TASK_INSERT] =
-        "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, "
-        "parameters, metadata, callback_url, idempotency_key, max_steps, timeout_seconds, "
-        "created_at, updated_at) VALUES ($1, $2, 'pending', $3, $4, $5, $6::jsonb, $7::jsonb, "
-        "$8, $9, $10, $11, te_ts($12), te_ts($12)) ON CONFLICT (idempotency_key) DO NOTHING "
-        "RETURNING backend_type) SELECT pg_notify('taskexec_task', backend_type) FROM ins",
-    [Q_TASK_BY_ID] = "SELECT " TASK_COLS " FROM tasks WHERE id = $1",
-    [Q_TASK_BY_KEY] = "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = $1",
-    [Q_TASK_CANCEL] =
-        "UPDATE tasks SET status = 'cancelled', completed_at = te_ts($2), updated_at = "
-        "te_ts($2), error = COALESCE(error, CASE status WHEN 'running' THEN "
-        "'cancelled by request while running' ELSE 'cancelled by request' END) "
-        "WHERE id = $1 AND status IN ('pending', 'running') RETURNING " TASK_COLS,
-    [Q_TASK_EXISTS] = "SELECT 1 FROM tasks WHERE id = $1",
-    [Q_TASK_CLAIM] =
-        "WITH next AS MATERIALIZED (SELECT seq FROM tasks WHERE status = 'pending' AND "
-        "backend_type = $4 AND (cardinality($5::text[]) = 0 OR problem_id ~ ANY ($5::text[])) "
-        "ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED), "
-        "claimed AS (UPDATE tasks t SET status = 'running', worker_id = $1, lease_token = $2, "
-        "started_at = GREATEST(te_ts($3), t.created_at), updated_at = GREATEST(te_ts($3), "
-        "t.created_at), deadline_at = GREATEST(te_ts($3), t.created_at) + t.timeout_seconds * "
-        "interval '1 second' FROM next WHERE t.seq = next.seq RETURNING "
-        TASK_COLS_T "), "
-        "busy AS (UPDATE workers SET status = 'busy', current_task_id = (SELECT id FROM "
-        "claimed), last_heartbeat = te_ts($3) WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)) "
-        "SELECT * FROM claimed",
-    [Q_TASK_FINISH] =
-        "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context) SELECT $1, "
-        "te_ts(u.ts), u.level, u.message, u.context::jsonb FROM unnest($8::bigint[], "
-        "$9::int[], $10::text[], $11::text[]) AS u(ts, level, message, context)), "
-        "t AS (UPDATE tasks SET status = $3, result = $4::jsonb, error = $5, completed_at "
-        "= te_ts($6), updated_at = te_ts($6) WHERE id = $1 AND status = 'running' AND "
-        "lease_token = $2 RETURNING worker_id), "
-        "w AS (UPDATE workers SET status = CASE WHEN workers.status = 'offline' THEN 'offline' "
-        "ELSE 'idle' END, current_task_id = NULL, tasks_completed = tasks_completed + "
-        "($3 = 'completed')::int, tasks_failed = tasks_failed + ($3 <> 'completed')::int "
-        "FROM t WHERE workers.id = t.worker_id), "
-        "c AS (UPDATE llm_conversations SET ended_at = COALESCE(ended_at, te_ts($6)), metadata "
-        "= jsonb_set(metadata, '{success}', $7::jsonb) WHERE task_id = $1 AND EXISTS "
-        "(SELECT 1 FROM t)) "
-        "SELECT (SELECT count(*) FROM t), EXISTS (SELECT 1 FROM tasks WHERE id = $1)",
-    [Q_TASK_LEASE] = "SELECT status, lease_token FROM tasks WHERE id = $1",
-    [Q_LOG_INSERT] = "INSERT INTO task_logs (task_id, ts, level, message, context) SELECT $1, "
-                     "te_ts(u.ts), u.level, u.message, u.context::jsonb FROM unnest($2::bigint[], "
-                     "$3::int[], $4::text[], $5::text[]) AS u(ts, level, message, context)",
-    [Q_CONV_UPSERT] =
-        "INSERT INTO llm_conversations (id, task_id, session_id, model_config, started_at) "
-        "VALUES ($1, $2, $3, COALESCE((SELECT parameters->'agent_config' FROM tasks WHERE id = "
-        "$2), '{}'), te_ts($4)) ON CONFLICT (task_id, session_id) DO UPDATE SET task_id = "
-        "EXCLUDED.task_id RETURNING seq",
-    [Q_MSG_INSERT] =
-        "WITH m AS (INSERT INTO llm_messages (conversation_seq, ts, role, content, step, "
-        "metadata) VALUES ($1, te_ts($2), $3, $4::jsonb, $5, $6::jsonb)) "
-        "UPDATE llm_conversations SET total_messages = total_messages + 1, total_tokens = CASE "
-        "WHEN $7::bigint IS NULL THEN total_tokens ELSE COALESCE(total_tokens, 0) + $7 END, "
-        "ended_at = te_ts($2), model_name = COALESCE(model_name, $8) WHERE seq = $1",
-};
-
 static struct pg_store *owner_of(struct pgconn *pc)
 {
     return pc->owner;
@@ -128,7 +69,7 @@ struct pgconn *pg_conn_get(struct pg_store *s)
         if (pc->c)
             PQfinish(pc->c);
         pc->c = NULL;
-        memset(pc->prepared, 0, sizeof(pc->prepared));
+        pc->n_prepared = 0;
         pthread_mutex_lock(&s->lock);
         try_now = now >= s->retry_at_ms;
         pthread_mutex_unlock(&s->lock);
@@ -177,41 +118,63 @@ static bool reconnect_after_loss(struct pg_store *s, struct pgconn *pc)
     if (!pc->c || PQstatus(pc->c) == CONNECTION_OK)
         return false;
     PQfinish(pc->c);
-    memset(pc->prepared, 0, sizeof(pc->prepared));
+    pc->n_prepared = 0;
     pc->c = connect_db(s->conninfo, true);
     return pc->c != NULL;
 }
 
-/* Runs prepared statement q. Returns the result (caller PQclear's) or NULL with *rc set. */
-static PGresult *run_once(struct pgconn *pc, enum q q, int n, const char *const *vals, int *rc,
-                          bool *lost)
+/* The name a connection prepared q under, preparing it on first use: 1 with name set,
+ * 0 when the connection holds PG_CACHE statements already (q then runs unprepared),
+ * or the error with *lost set. */
+static int prepared_name(struct pgconn *pc, const struct pg_query *q, char *name, size_t cap,
+                         bool *lost)
+{
+    int i = 0, rc = 1;
+    PGresult *r;
+
+    while (i < pc->n_prepared && pc->prepared[i] != q)
+        i++;
+    snprintf(name, cap, "te_%d", i);
+    if (i < pc->n_prepared)
+        return 1;
+    if (i == PG_CACHE)
+        return 0;
+    r = PQprepare(pc->c, name, q->sql, 0, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        *lost = PQstatus(pc->c) != CONNECTION_OK;
+        rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q->what);
+    } else {
+        pc->prepared[pc->n_prepared++] = q;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* Runs q (prepared once per connection) or, when q is NULL, the SQL text sql. Returns
+ * the result (caller PQclear's) or NULL with *rc set. */
+static PGresult *run_once(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+                          const char *const *vals, int *rc, bool *lost)
 {
     char name[16];
     PGresult *r;
     ExecStatusType st;
+    int prep = 0;
 
     *lost = false;
     if (!pc->c) {
         *rc = ERR_UNAVAILABLE;
         return NULL;
     }
-    snprintf(name, sizeof(name), "te_%d", (int)q);
-    if (!pc->prepared[q]) {
-        r = PQprepare(pc->c, name, sql_text[q], 0, NULL);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            *lost = PQstatus(pc->c) != CONNECTION_OK;
-            *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, "prepare");
-            PQclear(r);
-            return NULL;
-        }
-        PQclear(r);
-        pc->prepared[q] = true;
+    if (q && (prep = prepared_name(pc, q, name, sizeof(name), lost)) < 0) {
+        *rc = prep;
+        return NULL;
     }
-    r = PQexecPrepared(pc->c, name, n, vals, NULL, NULL, 0);
+    r = prep ? PQexecPrepared(pc->c, name, n, vals, NULL, NULL, 0)
+             : PQexecParams(pc->c, q ? q->sql : sql, n, NULL, vals, NULL, NULL, 0);
     st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
         *lost = PQstatus(pc->c) != CONNECTION_OK;
-        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, sql_text[q]);
+        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q ? q->what : sql);
         PQclear(r);
         return NULL;
     }
@@ -219,59 +182,18 @@ static PGresult *run_once(struct pgconn *pc, enum q q, int n, const char *const 
     return r;
 }
 
-static PGresult *run_sql_once(struct pgconn *pc, const char *sql, int n,
-                              const char *const *vals, int *rc, bool *lost)
-{
-    PGresult *r;
-    ExecStatusType st;
-
-    *lost = false;
-    if (!pc->c) {
-        *rc = ERR_UNAVAILABLE;
-        return NULL;
-    }
-    r = PQexecParams(pc->c, sql, n, NULL, vals, NULL, NULL, 0);
-    st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        *lost = PQstatus(pc->c) != CONNECTION_OK;
-        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, sql);
-        PQclear(r);
-        return NULL;
-    }
-    *rc = 0;
-    return r;
-}
-
-/* The pool a connection belongs to, for the retry after a lost connection. */
-static struct pg_store *owner_of(struct pgconn *pc);
-
-/* run / run_sql: one statement; when the connection turns out to have been lost
- * before it (a server restart), once more on a fresh connection. A statement is
- * one transaction, so a lost connection means it did not commit (except in the
- * instant between commit and reply, which a retried insert without an idempotency
- * key would repeat). */
-PGresult *pg_run(struct pgconn *pc, enum q q, int n, const char *const *vals, int *rc)
+/* One statement; when the connection turns out to have been lost before it (a server
+ * restart), once more on a fresh connection. A statement is one transaction, so a
+ * lost connection means it did not commit (except in the instant between commit and
+ * reply, which a retried insert without an idempotency key would repeat). */
+static PGresult *run_any(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+                         const char *const *vals, int *rc)
 {
     bool lost;
-    PGresult *r = run_once(pc, q, n, vals, rc, &lost);
+    PGresult *r = run_once(pc, q, sql, n, vals, rc, &lost);
 
     if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
-        r = run_once(pc, q, n, vals, rc, &lost);
-    if (!r && lost)
-        log_warn("postgresql: the database is unreachable");
-    return r;
-}
-
-PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                         int *rc)
-{
-    bool lost, begin = !strcmp(sql, "BEGIN");
-    PGresult *r = run_sql_once(pc, sql, n, vals, rc, &lost);
-
-    if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
-        r = run_sql_once(pc, sql, n, vals, rc, &lost);
-    if (begin || !strcmp(sql, "COMMIT") || !strcmp(sql, "ROLLBACK"))
-        pc->in_tx = begin && r;
+        r = run_once(pc, q, sql, n, vals, rc, &lost);
     if (lost && !r)
         pc->in_tx = false; /* the transaction died with the connection */
     if (!r && lost)
@@ -279,7 +201,169 @@ PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *cons
     return r;
 }
 
-/* JSON text of v (caller frees) or NULL for NULL. *ok false when out of memory. */
+PGresult *pg_run(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
+                 int *rc)
+{
+    return run_any(pc, q, NULL, n, vals, rc);
+}
+
+PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals, int *rc)
+{
+    return run_any(pc, NULL, sql, n, vals, rc);
+}
+
+int pg_tx(struct pgconn *pc, const char *verb)
+{
+    int rc;
+
+    PQclear(pg_run_sql(pc, verb, 0, NULL, &rc));
+    pc->in_tx = !strcmp(verb, "BEGIN") && rc == 0;
+    return rc;
+}
+
+/* ---- the cursor and its rows ---- */
+
+static PGresult *result_of(const struct store_row *r)
+{
+    return r->impl;
+}
+
+static bool col_is_null(const struct store_row *r, int col)
+{
+    return PQgetisnull(result_of(r), r->i, col);
+}
+
+static const char *col_text(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? NULL : PQgetvalue(result_of(r), r->i, col);
+}
+
+static int64_t col_i64(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? 0 : strtoll(PQgetvalue(result_of(r), r->i, col), NULL, 10);
+}
+
+static double col_f64(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? 0 : strtod(PQgetvalue(result_of(r), r->i, col), NULL);
+}
+
+static bool col_bool(const struct store_row *r, int col)
+{
+    return !col_is_null(r, col) && PQgetvalue(result_of(r), r->i, col)[0] == 't';
+}
+
+static const struct store_row_ops row_ops = {
+    .is_null = col_is_null,
+    .text = col_text,
+    .i64 = col_i64,
+    .f64 = col_f64,
+    .boolean = col_bool,
+};
+
+static int cursor_next(struct store_cursor *base)
+{
+    return pg_next((struct pg_cursor *)base);
+}
+
+static void cursor_start(struct pg_cursor *cur, PGresult *r, int rc)
+{
+    memset(cur, 0, sizeof(*cur));
+    cur->base.row.ops = &row_ops;
+    cur->base.row.impl = r;
+    cur->base.row.i = -1;
+    cur->base.next = cursor_next;
+    cur->r = r;
+    cur->rc = rc;
+}
+
+int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q, int n,
+              const char *const *vals)
+{
+    int rc;
+    PGresult *r = pg_run(pc, q, n, vals, &rc);
+
+    cursor_start(cur, r, rc);
+    return rc;
+}
+
+int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
+                const char *const *vals)
+{
+    int rc;
+    PGresult *r = pg_run_sql(pc, sql, n, vals, &rc);
+
+    cursor_start(cur, r, rc);
+    return rc;
+}
+
+int pg_next(struct pg_cursor *cur)
+{
+    if (cur->rc < 0)
+        return cur->rc;
+    if (cur->base.row.i + 1 >= PQntuples(cur->r))
+        return STORE_DONE;
+    cur->base.row.i++;
+    return STORE_ROW;
+}
+
+int pg_changes(const struct pg_cursor *cur)
+{
+    const char *n = cur->r ? PQcmdTuples(cur->r) : "";
+
+    return (int)strtol(n, NULL, 10);
+}
+
+int pg_end(struct pg_cursor *cur, int rc)
+{
+    PQclear(cur->r);
+    cur->r = NULL;
+    return rc < 0 ? rc : cur->rc;
+}
+
+int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+             int *changes)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, q, n, vals);
+
+    if (rc == 0 && changes)
+        *changes = pg_changes(&cur);
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+/* The rows of q through build(): all of them into the array *out, or the first one
+ * as *out (ERR_NOTFOUND when none). */
+static int read_rows(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                     json_t *(*build)(const struct store_row *r), bool one, json_t **out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct pg_cursor cur;
+    json_t *v = NULL;
+    int rc = pg_open_q(&cur, pc, q, n, vals);
+
+    if (rc == 0)
+        rc = rows_build(&cur.base, build, one, &v);
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rows_give(rc, v, out);
+}
+
+int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+            json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, n, vals, build, false, out);
+}
+
+int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, n, vals, build, true, out);
+}
+
 char *pg_json_text(const json_t *v, bool *ok)
 {
     char *t;
@@ -292,42 +376,11 @@ char *pg_json_text(const json_t *v, bool *ok)
     return t;
 }
 
-char *pg_get_dup(PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
-}
 
-json_t *pg_get_json(PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col) ? NULL : json_loads(PQgetvalue(r, row, col), JSON_DECODE_ANY,
-                                                        NULL);
-}
 
-json_t *pg_get_json_or_null(PGresult *r, int row, int col)
-{
-    json_t *v = pg_get_json(r, row, col);
-    return v ? v : json_null();
-}
 
-int64_t pg_get_i64(PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
 
-json_t *pg_get_time(PGresult *r, int row, int col)
-{
-    char text[40];
 
-    if (PQgetisnull(r, row, col))
-        return json_null();
-    clock_format(pg_get_i64(r, row, col), text, sizeof(text));
-    return json_string(text);
-}
-
-json_t *pg_get_str(PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col) ? json_null() : json_string(PQgetvalue(r, row, col));
-}
 
 /* Appends one array element in PostgreSQL's literal syntax, quoted and escaped. */
 int pg_array_add(struct buf *b, const char *s, bool is_null)
@@ -348,7 +401,7 @@ int pg_array_add(struct buf *b, const char *s, bool is_null)
     return rc == 0 ? buf_append(b, "\"", 1) : rc;
 }
 
-/* ---- open, pg_migrate, close ---- */
+/* ---- open, migrate, close ---- */
 
 int pg_exec_simple(PGconn *c, const char *sql)
 {
@@ -510,61 +563,10 @@ static int pg_ping(struct store *st)
 
 /* ---- workers ---- */
 
-int pg_simple(struct store *st, const char *sql, int n, const char *const *v, int *changes)
-{
-    struct pgconn *pc = pg_conn_get(P(st));
-    int rc;
-    PGresult *r = pg_run_sql(pc, sql, n, v, &rc);
 
-    if (r && changes)
-        *changes = atoi(PQcmdTuples(r));
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    return rc;
-}
-
-/* Runs sql (two integer arguments) and maps each row to an array element. */
-int pg_rows(struct store *st, const char *sql, int64_t a1, int64_t a2,
-            json_t *(*row)(PGresult *r, int i), json_t **out)
-{
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct num n1, n2;
-    const char *v[2] = {num(&n1, a1), num(&n2, a2)};
-    json_t *arr = json_array();
-    int rc = arr ? 0 : ERR_NOMEM;
-    PGresult *r = NULL;
-
-    if (rc == 0)
-        r = pg_run_sql(pc, sql, 2, v, &rc);
-    for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
-        json_t *o = row(r, i);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-    }
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
-        *out = arr;
-    else
-        json_decref(arr);
-    return rc;
-}
 
 /* ---- interactive sessions ---- */
 
-int pg_exec_params(struct store *st, const char *sql, int n, const char *const *v,
-                   int *changes)
-{
-    struct pgconn *pc = pg_conn_get(P(st));
-    int rc;
-    PGresult *r = pg_run_sql(pc, sql, n, v, &rc);
-
-    if (r && rc == 0 && changes)
-        *changes = atoi(PQcmdTuples(r));
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    return rc;
-}
 
 static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, const char *payload),
                                void *ctx)

@@ -2,92 +2,85 @@
 #include "store/pg/pg_int.h"
 #include "core/err.h"
 #include "core/log.h"
-#include "model/proto.h"
 
 #include <stdlib.h>
 
-/* ---- the event journal (live streams, charts) ---- */
+enum {
+    E_HEAD,
+    E_AFTER,
+    E_LOGS_AFTER,
+    E_PRUNE,
+    E_SERIES,
+    E_N
+};
+
+static const struct pg_query event_q[E_N] = {
+    [E_HEAD] = {"reading the event head",
+                "SELECT (SELECT COALESCE(max(id), 0) FROM task_events), "
+                "(SELECT COALESCE(max(id), 0) FROM task_logs)"},
+    [E_AFTER] = {"reading events",
+                 "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM task_events "
+                 "WHERE id > $1 ORDER BY id LIMIT $2"},
+    [E_LOGS_AFTER] = {"reading new logs",
+                      "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
+                      "task_logs WHERE id > $1 ORDER BY id LIMIT $2"},
+    [E_PRUNE] = {"pruning events",
+                 "DELETE FROM task_events WHERE ts < $1 AND id < (SELECT max(id) FROM "
+                 "task_events)"},
+    [E_SERIES] = {"reading the time series",
+                  "SELECT ts / $2 * $2, count(*) FILTER (WHERE status = 'pending'), count(*) "
+                  "FILTER (WHERE status = 'running'), count(*) FILTER (WHERE status = "
+                  "'completed'), count(*) FILTER (WHERE status IN ('failed', 'timeout')), "
+                  "count(*) FILTER (WHERE status = 'cancelled'), avg(wait_us) FROM task_events "
+                  "WHERE ts >= $1 AND kind = 'task' GROUP BY 1 ORDER BY 1"},
+};
 
 int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
 {
     struct pgconn *pc = pg_conn_get(P(st));
-    int rc;
-    PGresult *r = pg_run_sql(pc, "SELECT (SELECT COALESCE(max(id), 0) FROM task_events), "
-                              "(SELECT COALESCE(max(id), 0) FROM task_logs)", 0, NULL, &rc);
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &event_q[E_HEAD], 0, NULL);
 
-    if (r && rc == 0) {
-        *event_id = pg_get_i64(r, 0, 0);
-        *log_id = pg_get_i64(r, 0, 1);
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        *event_id = cur.base.row.ops->i64(&cur.base.row, 0);
+        *log_id = cur.base.row.ops->i64(&cur.base.row, 1);
     }
-    PQclear(r);
+    rc = pg_end(&cur, rc);
     pg_conn_put(P(st), pc);
     return rc;
 }
 
-static json_t *row_event(PGresult *r, int i)
+/* q with two integer parameters, each row through build() into a new array. */
+static int read2(struct store *st, int q, int64_t a1, int64_t a2,
+                 json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)pg_get_i64(r, i, 0),
-                     "ts_us", (json_int_t)pg_get_i64(r, i, 1), "kind", pg_get_str(r, i, 2), "task_id",
-                     pg_get_str(r, i, 3), "worker_id", pg_get_str(r, i, 4), "status", pg_get_str(r, i, 5),
-                     "problem_id", pg_get_str(r, i, 6));
+    struct num n1, n2;
+    const char *v[2] = {num(&n1, a1), num(&n2, a2)};
+
+    return pg_read(st, &event_q[q], 2, v, build, out);
 }
 
 int pg_events_after(struct store *st, int64_t after, int limit, json_t **out)
 {
-    return pg_rows(st, "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM "
-                       "task_events WHERE id > $1 ORDER BY id LIMIT $2", after, limit, row_event,
-                   out);
-}
-
-static json_t *row_new_log(PGresult *r, int i)
-{
-    return json_pack("{s:I, s:o, s:I, s:s, s:o, s:o}", "id", (json_int_t)pg_get_i64(r, i, 0),
-                     "task_id", pg_get_str(r, i, 1), "ts_us", (json_int_t)pg_get_i64(r, i, 2), "level",
-                     proto_level_name((int)pg_get_i64(r, i, 3)), "message", pg_get_str(r, i, 4),
-                     "context", pg_get_json_or_null(r, i, 5));
+    return read2(st, E_AFTER, after, limit, rows_event, out);
 }
 
 int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out)
 {
-    return pg_rows(st, "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
-                       "task_logs WHERE id > $1 ORDER BY id LIMIT $2", after, limit, row_new_log,
-                   out);
+    return read2(st, E_LOGS_AFTER, after, limit, rows_new_log, out);
 }
 
 int pg_events_prune(struct store *st, int64_t before)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    char b[24];
-    const char *v[1] = {b};
-    int rc;
-    PGresult *r;
+    struct num b;
+    const char *v[1] = {num(&b, before)};
 
-    snprintf(b, sizeof(b), "%lld", (long long)before);
-    r = pg_run_sql(pc, "DELETE FROM task_events WHERE ts < $1 AND id < (SELECT max(id) FROM "
-                    "task_events)", 1, v, &rc);
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    return rc;
-}
-
-static json_t *row_bucket(PGresult *r, int i)
-{
-    json_t *wait = PQgetisnull(r, i, 6) ? json_null()
-                                        : json_real(strtod(PQgetvalue(r, i, 6), NULL) / 1000.0);
-
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "start_us",
-                     (json_int_t)pg_get_i64(r, i, 0), "submitted", (json_int_t)pg_get_i64(r, i, 1),
-                     "started", (json_int_t)pg_get_i64(r, i, 2), "completed",
-                     (json_int_t)pg_get_i64(r, i, 3), "failed", (json_int_t)pg_get_i64(r, i, 4),
-                     "cancelled", (json_int_t)pg_get_i64(r, i, 5), "queue_wait_ms", wait);
+    return pg_write(st, &event_q[E_PRUNE], 1, v, NULL);
 }
 
 int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out)
 {
-    return pg_rows(st, "SELECT ts / $2 * $2, count(*) FILTER (WHERE status = 'pending'), "
-                       "count(*) FILTER (WHERE status = 'running'), count(*) FILTER (WHERE "
-                       "status = 'completed'), count(*) FILTER (WHERE status IN ('failed', "
-                       "'timeout')), count(*) FILTER (WHERE status = 'cancelled'), "
-                       "avg(wait_us) FROM task_events WHERE ts >= $1 AND kind = 'task' "
-                       "GROUP BY 1 ORDER BY 1", since, bucket_us, row_bucket, out);
+    return read2(st, E_SERIES, since, bucket_us, rows_bucket, out);
 }

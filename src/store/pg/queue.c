@@ -1,5 +1,6 @@
 /* store/pg/queue: claim (FOR UPDATE SKIP LOCKED), finish, reap and recover. */
 #include "store/pg/pg_int.h"
+#include "store/rules.h"
 #include "core/err.h"
 #include "core/log.h"
 
@@ -7,90 +8,124 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* supported_problems globs as anchored POSIX regexes for "~ ANY". Caller frees. */
-static char *glob_array(const char *const *patterns, size_t n)
+enum {
+    Q_CLAIM,
+    Q_FINISH,
+    Q_REAP_SILENT,
+    Q_REAP_DEADLINES,
+    Q_RECOVER_TASKS,
+    Q_RECOVER_WORKERS,
+    Q_N
+};
+
+static const struct pg_query queue_q[Q_N] = {
+    /* $5: the supported_problems as one regular expression (store/rules.c), or NULL. */
+    [Q_CLAIM] = {"claiming",
+                 "WITH next AS MATERIALIZED (SELECT seq FROM tasks WHERE status = 'pending' AND "
+                 "backend_type = $4 AND ($5::text IS NULL OR problem_id ~ $5::text) ORDER BY "
+                 "priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED), "
+                 "claimed AS (UPDATE tasks t SET status = 'running', worker_id = $1, "
+                 "lease_token = $2, started_at = GREATEST(te_ts($3), t.created_at), updated_at "
+                 "= GREATEST(te_ts($3), t.created_at), deadline_at = GREATEST(te_ts($3), "
+                 "t.created_at) + t.timeout_seconds * interval '1 second' FROM next WHERE t.seq "
+                 "= next.seq RETURNING " TASK_COLS_T "), "
+                 "busy AS (UPDATE workers SET status = 'busy', current_task_id = (SELECT id "
+                 "FROM claimed), last_heartbeat = te_ts($3) WHERE id = $1 AND EXISTS (SELECT 1 "
+                 "FROM claimed)) SELECT * FROM claimed"},
+    [Q_FINISH] = {"finishing a task",
+                  "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context) "
+                  "SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb FROM "
+                  "unnest($8::bigint[], $9::int[], $10::text[], $11::text[]) AS u(ts, level, "
+                  "message, context)), "
+                  "t AS (UPDATE tasks SET status = $3, result = $4::jsonb, error = $5, "
+                  "completed_at = te_ts($6), updated_at = te_ts($6) WHERE id = $1 AND status = "
+                  "'running' AND lease_token = $2 RETURNING worker_id), "
+                  "w AS (UPDATE workers SET status = CASE WHEN workers.status = 'offline' THEN "
+                  "'offline' ELSE 'idle' END, current_task_id = NULL, tasks_completed = "
+                  "tasks_completed + ($3 = 'completed')::int, tasks_failed = tasks_failed + ($3 "
+                  "<> 'completed')::int FROM t WHERE workers.id = t.worker_id), "
+                  "c AS (UPDATE llm_conversations SET ended_at = COALESCE(ended_at, te_ts($6)), "
+                  "metadata = jsonb_set(metadata, '{success}', $7::jsonb) WHERE task_id = $1 AND "
+                  "EXISTS (SELECT 1 FROM t)) "
+                  "SELECT (SELECT count(*) FROM t), EXISTS (SELECT 1 FROM tasks WHERE id = $1)"},
+    /* One statement: silent workers go offline and their tasks fail together; SKIP
+     * LOCKED lets servers reaping at the same moment split the work, never double it. */
+    [Q_REAP_SILENT] = {"reaping",
+                       "WITH silent AS (SELECT id FROM workers WHERE status <> 'offline' AND "
+                       "last_heartbeat < te_ts($1::bigint - $2::bigint) FOR UPDATE SKIP "
+                       "LOCKED), failed AS (UPDATE tasks SET status = 'failed', completed_at = "
+                       "te_ts($1), updated_at = te_ts($1), error = " RULE_ERR_SILENT("$2::bigint")
+                       " WHERE status = 'running' AND worker_id IN (SELECT id FROM silent) "
+                       "RETURNING worker_id), off AS (UPDATE workers w SET status = 'offline', "
+                       "current_task_id = NULL, tasks_failed = w.tasks_failed + (SELECT "
+                       "count(*) FROM failed f WHERE f.worker_id = w.id) WHERE w.id IN (SELECT "
+                       "id FROM silent) RETURNING w.id) SELECT (SELECT count(*) FROM off), "
+                       "(SELECT count(*) FROM failed)"},
+    [Q_REAP_DEADLINES] = {"reaping",
+                          "UPDATE tasks SET status = 'timeout', completed_at = te_ts($1), "
+                          "updated_at = te_ts($1), error = " RULE_ERR_DEADLINE " WHERE status = "
+                          "'running' AND deadline_at < te_ts($1::bigint - $2::bigint)"},
+    [Q_RECOVER_TASKS] = {"recovering",
+                         "UPDATE tasks SET status = 'failed', completed_at = te_ts($2), "
+                         "updated_at = te_ts($2), error = " RULE_ERR_RESTARTED " WHERE status = "
+                         "'running' AND worker_id IN (SELECT id FROM workers WHERE name_prefix = "
+                         "$1)"},
+    [Q_RECOVER_WORKERS] = {"recovering",
+                           "UPDATE workers SET status = 'offline', current_task_id = NULL WHERE "
+                           "name_prefix = $1"},
+};
+
+/* The claim on pc: *out the claimed task (caller frees), or NULL when none waits. */
+static int claim_on(struct pgconn *pc, const struct claim_req *req, struct task **out)
 {
-    size_t cap = 16;
-    char *out;
+    struct num n;
+    char *re = NULL;
+    struct pg_cursor cur;
+    int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
+    const char *v[5] = {req->worker_id, req->lease_token, num(&n, req->now), req->backend_type,
+                        re};
 
-    for (size_t i = 0; i < n; i++)
-        cap += strlen(patterns[i]) * 2 + 8;
-    out = malloc(cap);
-    if (!out)
-        return NULL;
-    strcpy(out, "{");
-    for (size_t i = 0; i < n; i++) {
-        char *w = out + strlen(out);
-        const char *p = patterns[i];
-
-        if (i)
-            *w++ = ',';
-        *w++ = '"';
-        *w++ = '^';
-        for (; *p; p++) {
-            if (*p == '*') {
-                *w++ = '.';
-                *w++ = '*';
-            } else if (*p == '?') {
-                *w++ = '.';
-            } else if (*p == '[' || *p == ']') {
-                *w++ = *p;
-            } else if (*p == '!' && p > patterns[i] && p[-1] == '[') {
-                *w++ = '^';
-            } else if (*p == '.') {
-                /* "\\." inside an array literal is one backslash in the element */
-                *w++ = '\\';
-                *w++ = '\\';
-                *w++ = '.';
-            } else {
-                *w++ = *p;
-            }
-        }
-        *w++ = '$';
-        *w++ = '"';
-        *w = '\0';
+    *out = NULL;
+    if (rc < 0)
+        return rc;
+    rc = pg_open_q(&cur, pc, &queue_q[Q_CLAIM], 5, v);
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        *out = rows_task(&cur.base.row);
+        rc = *out ? 0 : ERR_NOMEM;
+    } else if (rc == ERR_NOTFOUND) {
+        rc = 0;
     }
-    strcat(out, "}");
-    return out;
+    free(re);
+    return pg_end(&cur, rc);
 }
 
 int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out)
 {
     struct pgconn *pc = pg_conn_get(P(st));
-    struct num n;
-    char *globs = glob_array(req->patterns, req->n_patterns);
-    const char *v[5] = {req->worker_id, req->lease_token, num(&n, req->now), req->backend_type,
-                        globs};
-    int rc = ERR_NOMEM;
-    PGresult *r = NULL;
+    struct task *t = NULL;
+    int rc = claim_on(pc, req, &t);
 
-    if (globs)
-        r = pg_run(pc, Q_TASK_CLAIM, 5, v, &rc);
-    if (r) {
-        if (PQntuples(r) == 0) {
-            rc = ERR_NOTFOUND;
-        } else {
-            *out = pg_row_task(r, 0);
-            rc = *out ? 0 : ERR_NOMEM;
-        }
-    }
-    PQclear(r);
-    free(globs);
     pg_conn_put(P(st), pc);
+    if (rc == 0 && !t)
+        rc = ERR_NOTFOUND;
+    if (rc == 0)
+        *out = t;
     return rc;
 }
 
-int pg_task_finish(struct store *st, const char *id, const char *lease_token,
-                   const struct task_end *end)
+/* The end on pc: 0, ERR_CONFLICT (lease not held) or ERR_NOTFOUND (no such task). */
+static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
+                     const struct task_end *end)
 {
-    struct pgconn *pc = NULL;
     struct log_arrays a;
     struct num n;
+    struct pg_cursor cur;
     bool ok = true;
     char *res = pg_json_text(end->result, &ok);
     json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
     int rc = pg_log_arrays_build(&a, end->logs, end->n_logs);
-    PGresult *r = NULL;
 
     if (rc == 0 && ok) {
         const char *v[11] = {id, lease_token, task_status_name(end->status), res, end->error,
@@ -98,41 +133,38 @@ int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                              json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
                                                       : "null",
                              a.ts.data, a.lv.data, a.msg.data, a.ctx.data};
-        pc = pg_conn_get(P(st));
-        /* With claim_next: the end and the next claim commit together. */
-        if (end->claim_next)
-            PQclear(pg_run_sql(pc, "BEGIN", 0, NULL, &rc));
+        rc = pg_open_q(&cur, pc, &queue_q[Q_FINISH], 11, v);
         if (rc == 0)
-            r = pg_run(pc, Q_TASK_FINISH, 11, v, &rc);
+            rc = rows_one(&cur.base);
+        if (rc == 0 && cur.base.row.ops->i64(&cur.base.row, 0) != 1)
+            rc = cur.base.row.ops->boolean(&cur.base.row, 1) ? ERR_CONFLICT : ERR_NOTFOUND;
+        rc = pg_end(&cur, rc);
     } else {
         rc = ERR_NOMEM;
     }
-    if (r) {
-        if (pg_get_i64(r, 0, 0) == 1)
-            rc = 0;
-        else
-            rc = !strcmp(PQgetvalue(r, 0, 1), "t") ? ERR_CONFLICT : ERR_NOTFOUND;
-    }
-    PQclear(r);
-    if (pc && end->claim_next) {
-        struct task *t = NULL;
-        int rc2;
-        if (rc == 0) {
-            struct num cn;
-            char *globs = glob_array(end->claim_next->patterns, end->claim_next->n_patterns);
-            const char *cv[5] = {end->claim_next->worker_id, end->claim_next->lease_token,
-                                 num(&cn, end->claim_next->now), end->claim_next->backend_type,
-                                 globs};
-            PGresult *cr = globs ? pg_run(pc, Q_TASK_CLAIM, 5, cv, &rc) : NULL;
-            if (cr && rc == 0 && PQntuples(cr) > 0 && !(t = pg_row_task(cr, 0)))
-                rc = ERR_NOMEM;
-            PQclear(cr);
-            free(globs);
-        }
+    pg_log_arrays_reset(&a);
+    free(res);
+    return rc;
+}
+
+int pg_task_finish(struct store *st, const char *id, const char *lease_token,
+                   const struct task_end *end)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct task *t = NULL;
+    int rc = 0, rc2;
+
+    /* With claim_next: the end and the next claim commit together. */
+    if (end->claim_next)
+        rc = pg_tx(pc, "BEGIN");
+    if (rc == 0)
+        rc = finish_on(pc, id, lease_token, end);
+    if (end->claim_next) {
+        if (rc == 0)
+            rc = claim_on(pc, end->claim_next, &t);
         /* ERR_CONFLICT/NOTFOUND: the end was refused; still commit (logs are kept). */
-        PQclear(pg_run_sql(pc, rc == 0 || rc == ERR_CONFLICT || rc == ERR_NOTFOUND ? "COMMIT"
-                                                                                 : "ROLLBACK",
-                        0, NULL, &rc2));
+        rc2 = pg_tx(pc, rc == 0 || rc == ERR_CONFLICT || rc == ERR_NOTFOUND ? "COMMIT"
+                                                                            : "ROLLBACK");
         if (rc2 < 0 && rc == 0)
             rc = rc2;
         if (rc == 0 && t)
@@ -140,14 +172,9 @@ int pg_task_finish(struct store *st, const char *id, const char *lease_token,
         else
             task_free(t);
     }
-    if (pc)
-        pg_conn_put(P(st), pc);
-    pg_log_arrays_reset(&a);
-    free(res);
+    pg_conn_put(P(st), pc);
     return rc;
 }
-
-/* ---- recovery ---- */
 
 int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
             struct reap_result *out)
@@ -155,38 +182,20 @@ int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
     struct pgconn *pc = pg_conn_get(P(st));
     struct num a, b;
     const char *v[2] = {num(&a, now), num(&b, heartbeat_timeout_us)};
-    int rc;
-    PGresult *r;
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &queue_q[Q_REAP_SILENT], 2, v);
 
     memset(out, 0, sizeof(*out));
-    /* One statement: silent workers go offline and their tasks fail together; SKIP
-     * LOCKED lets servers reaping at the same moment split the work, never double it. */
-    r = pg_run_sql(pc,
-                "WITH silent AS (SELECT id FROM workers WHERE status <> 'offline' AND "
-                "last_heartbeat < te_ts($1::bigint - $2::bigint) FOR UPDATE SKIP LOCKED), "
-                "failed AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($1), "
-                "updated_at = te_ts($1), error = 'worker ' || worker_id || ' stopped sending "
-                "heartbeats (silent for more than ' || ($2::bigint / 1000000) || ' s); the run was lost' "
-                "WHERE status = 'running' AND worker_id IN (SELECT id FROM silent) RETURNING "
-                "worker_id), "
-                "off AS (UPDATE workers w SET status = 'offline', current_task_id = NULL, "
-                "tasks_failed = w.tasks_failed + (SELECT count(*) FROM failed f WHERE f.worker_id "
-                "= w.id) WHERE w.id IN (SELECT id FROM silent) RETURNING w.id) "
-                "SELECT (SELECT count(*) FROM off), (SELECT count(*) FROM failed)",
-                2, v, &rc);
-    if (r) {
-        out->workers_offline = (int)pg_get_i64(r, 0, 0);
-        out->tasks_failed = (int)pg_get_i64(r, 0, 1);
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        out->workers_offline = (int)cur.base.row.ops->i64(&cur.base.row, 0);
+        out->tasks_failed = (int)cur.base.row.ops->i64(&cur.base.row, 1);
     }
-    PQclear(r);
+    rc = pg_end(&cur, rc);
     pg_conn_put(P(st), pc);
     if (rc == 0)
-        rc = pg_simple(st,
-                    "UPDATE tasks SET status = 'timeout', completed_at = te_ts($1), updated_at = "
-                    "te_ts($1), error = 'timed out after ' || timeout_seconds || ' s; its worker "
-                    "did not stop it in time' WHERE status = 'running' AND deadline_at < "
-                    "te_ts($1::bigint - $2::bigint)",
-                    2, v, &out->tasks_timed_out);
+        rc = pg_write(st, &queue_q[Q_REAP_DEADLINES], 2, v, &out->tasks_timed_out);
     return rc;
 }
 
@@ -197,14 +206,8 @@ int pg_recover(struct store *st, const char *name_prefix, int64_t now, int *n_fa
     int rc;
 
     *n_failed = 0;
-    rc = pg_simple(st,
-                "UPDATE tasks SET status = 'failed', completed_at = te_ts($2), updated_at = "
-                "te_ts($2), error = 'the server restarted while internal worker ' || worker_id "
-                "|| ' was running this task; the run was lost' WHERE status = 'running' AND "
-                "worker_id IN (SELECT id FROM workers WHERE name_prefix = $1)",
-                2, v, n_failed);
+    rc = pg_write(st, &queue_q[Q_RECOVER_TASKS], 2, v, n_failed);
     if (rc == 0)
-        rc = pg_simple(st, "UPDATE workers SET status = 'offline', current_task_id = NULL WHERE "
-                        "name_prefix = $1", 1, v, NULL);
+        rc = pg_write(st, &queue_q[Q_RECOVER_WORKERS], 1, v, NULL);
     return rc;
 }

@@ -206,7 +206,7 @@ int pg_migrate(PGconn *c)
         rc = ERR_STORE;
         goto out;
     }
-    version = atoi(PQgetvalue(r, 0, 0));
+    version = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     if (version > N_MIGRATIONS) {
         log_error("postgresql: the database has schema version %d, newer than this build (%d)",

@@ -1,11 +1,58 @@
 /* store/pg/workers: worker rows (register, heartbeat, status, reads). */
 #include "store/pg/pg_int.h"
+#include "store/rules.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "core/buf.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#define WORKER_COLS                                                                        \
+    "id, backend_type, status, te_us(last_heartbeat), current_task_id, capabilities::text, " \
+    "metadata::text, tasks_completed, tasks_failed, te_us(registered_at), "                \
+    "name_prefix IS NOT NULL"
+
+enum {
+    W_REGISTER,
+    W_TOKEN,
+    W_HEARTBEAT,
+    W_STATUS,
+    W_LIST,
+    W_BY_ID,
+    W_COUNTS,
+    W_N
+};
+
+static const struct pg_query worker_q[W_N] = {
+    /* The upsert's WHERE keeps an internal row from being taken over by an external
+     * registration, and the other way round; an external worker registering again
+     * loses its running tasks in the same statement. */
+    [W_REGISTER] = {"registering a worker",
+                    "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
+                    "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, "
+                    "'idle', te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO "
+                    "UPDATE SET backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), "
+                    "capabilities = $4::jsonb, token_hash = $5, name_prefix = $6, "
+                    "current_task_id = NULL WHERE (workers.name_prefix IS NULL) = ($6::text IS "
+                    "NULL) RETURNING id), "
+                    "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), "
+                    "updated_at = te_ts($3), error = " RULE_ERR_REREGISTERED " WHERE status = "
+                    "'running' AND worker_id = $1 AND $5::text IS NOT NULL AND EXISTS (SELECT 1 "
+                    "FROM w)) SELECT 1 FROM w"},
+    [W_TOKEN] = {"reading a worker", "SELECT token_hash FROM workers WHERE id = $1"},
+    [W_HEARTBEAT] = {"heartbeat",
+                     "UPDATE workers SET last_heartbeat = te_ts($2), status = CASE WHEN status = "
+                     "'offline' THEN 'idle' ELSE status END WHERE id = ANY ($1::text[])"},
+    [W_STATUS] = {"worker status",
+                  "UPDATE workers SET status = $2, current_task_id = NULL, metadata = "
+                  "COALESCE($3::jsonb, metadata) WHERE id = $1"},
+    [W_LIST] = {"listing workers",
+                "SELECT " WORKER_COLS " FROM workers WHERE ($1::text IS NULL OR status = $1) "
+                "AND ($2::text IS NULL OR backend_type = $2) ORDER BY id"},
+    [W_BY_ID] = {"reading a worker", "SELECT " WORKER_COLS " FROM workers WHERE id = $1"},
+    [W_COUNTS] = {"counting workers", "SELECT status, count(*) FROM workers GROUP BY status"},
+};
 
 int pg_worker_register(struct store *st, const struct worker_reg *reg)
 {
@@ -20,22 +67,7 @@ int pg_worker_register(struct store *st, const struct worker_reg *reg)
         free(caps);
         return ERR_NOMEM;
     }
-    /* The upsert's WHERE keeps an internal row from being taken over by an external
-     * registration, and the other way round; an external worker registering again
-     * loses its running tasks in the same statement. */
-    rc = pg_simple(st,
-                "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
-                "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, 'idle', "
-                "te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO UPDATE SET "
-                "backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), capabilities = "
-                "$4::jsonb, token_hash = $5, name_prefix = $6, current_task_id = NULL WHERE "
-                "(workers.name_prefix IS NULL) = ($6::text IS NULL) RETURNING id), "
-                "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), updated_at "
-                "= te_ts($3), error = 'worker ' || worker_id || ' registered again while running "
-                "this task; the run was lost' WHERE status = 'running' AND worker_id = $1 AND "
-                "$5::text IS NOT NULL AND EXISTS (SELECT 1 FROM w)) "
-                "SELECT 1 FROM w",
-                6, v, &changed);
+    rc = pg_write(st, &worker_q[W_REGISTER], 6, v, &changed);
     free(caps);
     return rc == 0 && changed == 0 ? ERR_CONFLICT : rc;
 }
@@ -44,14 +76,14 @@ int pg_worker_token(struct store *st, const char *id, char **token_hash)
 {
     struct pgconn *pc = pg_conn_get(P(st));
     const char *v[1] = {id};
-    int rc;
-    PGresult *r = pg_run_sql(pc, "SELECT token_hash FROM workers WHERE id = $1", 1, v, &rc);
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &worker_q[W_TOKEN], 1, v);
 
-    if (r && PQntuples(r) == 0)
-        rc = ERR_NOTFOUND;
-    else if (r)
-        *token_hash = pg_get_dup(r, 0, 0);
-    PQclear(r);
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0)
+        *token_hash = rows_dup(&cur.base.row, 0);
+    rc = pg_end(&cur, rc);
     pg_conn_put(P(st), pc);
     return rc;
 }
@@ -60,7 +92,7 @@ int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int6
 {
     struct buf arr;
     struct num x;
-    int rc = 0;
+    int rc;
 
     if (n == 0)
         return 0;
@@ -72,9 +104,7 @@ int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int6
         rc = buf_append(&arr, "}", 1);
     if (rc == 0) {
         const char *v[2] = {arr.data, num(&x, now)};
-        rc = pg_simple(st, "UPDATE workers SET last_heartbeat = te_ts($2), status = CASE WHEN "
-                        "status = 'offline' THEN 'idle' ELSE status END WHERE id = ANY "
-                        "($1::text[])", 2, v, NULL);
+        rc = pg_write(st, &worker_q[W_HEARTBEAT], 2, v, NULL);
     }
     buf_reset(&arr);
     return rc;
@@ -86,90 +116,42 @@ int pg_worker_set_status(struct store *st, const char *id, const char *status,
     bool ok = true;
     char *meta = pg_json_text(metadata, &ok);
     const char *v[3] = {id, status, meta};
-    int rc = ok ? pg_simple(st, "UPDATE workers SET status = $2, current_task_id = NULL, metadata = "
-                             "COALESCE($3::jsonb, metadata) WHERE id = $1", 3, v, NULL)
-                : ERR_NOMEM;
+    int rc = ok ? pg_write(st, &worker_q[W_STATUS], 3, v, NULL) : ERR_NOMEM;
 
     free(meta);
     return rc;
 }
 
-#define WORKER_COLS                                                                        \
-    "id, backend_type, status, te_us(last_heartbeat), current_task_id, capabilities::text, " \
-    "metadata::text, tasks_completed, tasks_failed, te_us(registered_at), "                \
-    "name_prefix IS NOT NULL"
-
-static json_t *row_worker(PGresult *r, int i)
-{
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:b}", "id",
-                     pg_get_str(r, i, 0), "backend_type", pg_get_str(r, i, 1), "status",
-                     pg_get_str(r, i, 2), "last_heartbeat", pg_get_time(r, i, 3), "current_task_id",
-                     pg_get_str(r, i, 4), "capabilities", pg_get_json_or_null(r, i, 5), "metadata",
-                     pg_get_json_or_null(r, i, 6), "tasks_completed",
-                     (json_int_t)pg_get_i64(r, i, 7), "tasks_failed", (json_int_t)pg_get_i64(r, i, 8),
-                     "registered_at", pg_get_time(r, i, 9), "internal",
-                     !strcmp(PQgetvalue(r, i, 10), "t"));
-}
-
 int pg_worker_list(struct store *st, const char *status, const char *backend_type,
                    json_t **out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     const char *v[2] = {status, backend_type};
-    json_t *arr = json_array();
-    int rc = arr ? 0 : ERR_NOMEM;
-    PGresult *r = NULL;
 
-    if (rc == 0)
-        r = pg_run_sql(pc, "SELECT " WORKER_COLS " FROM workers WHERE ($1::text IS NULL OR status "
-                        "= $1) AND ($2::text IS NULL OR backend_type = $2) ORDER BY id", 2, v,
-                    &rc);
-    for (int i = 0; r && rc == 0 && i < PQntuples(r); i++) {
-        json_t *o = row_worker(r, i);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-    }
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
-        *out = arr;
-    else
-        json_decref(arr);
-    return rc;
+    return pg_read(st, &worker_q[W_LIST], 2, v, rows_worker, out);
 }
 
 int pg_worker_get(struct store *st, const char *id, json_t **out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     const char *v[1] = {id};
-    int rc;
-    PGresult *r = pg_run_sql(pc, "SELECT " WORKER_COLS " FROM workers WHERE id = $1", 1, v, &rc);
 
-    if (r && PQntuples(r) == 0)
-        rc = ERR_NOTFOUND;
-    if (r && rc == 0) {
-        *out = row_worker(r, 0);
-        rc = *out ? 0 : ERR_NOMEM;
-    }
-    PQclear(r);
-    pg_conn_put(P(st), pc);
-    return rc;
+    return pg_read_one(st, &worker_q[W_BY_ID], 1, v, rows_worker, out);
 }
 
 int pg_worker_counts(struct store *st, int64_t counts[3])
 {
     struct pgconn *pc = pg_conn_get(P(st));
-    int rc;
-    PGresult *r = pg_run_sql(pc, "SELECT status, count(*) FROM workers GROUP BY status", 0, NULL,
-                          &rc);
+    struct pg_cursor cur;
+    int64_t n[3] = {0, 0, 0};
+    int rc = pg_open_q(&cur, pc, &worker_q[W_COUNTS], 0, NULL);
 
-    counts[0] = counts[1] = counts[2] = 0;
-    for (int i = 0; r && i < PQntuples(r); i++) {
-        const char *name = PQgetvalue(r, i, 0);
-        int k = !strcmp(name, WORKER_IDLE) ? 0 : !strcmp(name, WORKER_BUSY) ? 1 : 2;
-        counts[k] += pg_get_i64(r, i, 1);
+    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
+        n[rows_worker_slot(PQgetvalue(cur.r, cur.base.row.i, 0))] +=
+            cur.base.row.ops->i64(&cur.base.row, 1);
+        rc = 0;
     }
-    PQclear(r);
+    rc = pg_end(&cur, rc);
     pg_conn_put(P(st), pc);
+    if (rc == 0)
+        memcpy(counts, n, sizeof(n));
     return rc;
 }

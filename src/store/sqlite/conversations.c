@@ -7,81 +7,131 @@
 
 #include <stdlib.h>
 
-int sq_conversation_seq(struct conn *c, const char *task_id, const char *session,
-                     int64_t ts, int64_t *seq)
-{
-    sqlite3_stmt *s = sq_stmt(c, Q_CONV_FIND);
-    char id[TASK_ID_LEN + 1];
-    int rc = ERR_STORE, step;
+#define CONV_WHERE "WHERE (?1 IS NULL OR c.task_id = ?1) AND (?2 IS NULL OR c.model_name = ?2)"
 
-    if (!s)
-        return ERR_STORE;
-    sq_bind_text(s, 1, task_id);
-    sq_bind_text(s, 2, session);
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
-        *seq = sqlite3_column_int64(s, 0);
-        rc = 0;
-    } else if (step != SQLITE_DONE) {
-        rc = sq_fail_db(c->db, "finding a conversation");
-    }
-    sq_done(s);
-    if (step != SQLITE_DONE)
+enum {
+    C_FIND,
+    C_INSERT,
+    C_BUMP,
+    C_MSG_INSERT,
+    C_COUNT,
+    C_PAGE,
+    C_BY_ID,
+    C_OF_TASK,
+    C_MESSAGES,
+    C_STATS,
+    C_BY_MODEL,
+    C_N
+};
+
+static const struct sq_query conv_q[C_N] = {
+    [C_FIND] = {"finding a conversation",
+                "SELECT seq FROM llm_conversations WHERE task_id = ?1 AND session_id = ?2"},
+    [C_INSERT] = {"creating a conversation",
+                  "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
+                  "started_at) VALUES (?1, ?2, ?3, COALESCE((SELECT json_extract(parameters, "
+                  "'$.agent_config') FROM tasks WHERE id = ?2), '{}'), ?4) RETURNING seq"},
+    [C_BUMP] = {"updating a conversation",
+                "UPDATE llm_conversations SET total_messages = total_messages + 1, "
+                "total_tokens = CASE WHEN ?2 IS NULL THEN total_tokens ELSE "
+                "COALESCE(total_tokens, 0) + ?2 END, ended_at = ?3, model_name = "
+                "COALESCE(model_name, ?4) WHERE seq = ?1"},
+    [C_MSG_INSERT] = {"inserting a message",
+                      "INSERT INTO llm_messages (conversation_seq, ts, role, content, step, "
+                      "metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
+    [C_COUNT] = {"counting conversations",
+                 "SELECT count(*) FROM llm_conversations c " CONV_WHERE},
+    [C_PAGE] = {"listing conversations",
+                "SELECT " CONV_COLS " FROM llm_conversations c " CONV_WHERE " ORDER BY "
+                "c.started_at DESC, c.seq DESC LIMIT ?3 OFFSET ?4"},
+    [C_BY_ID] = {"reading a conversation",
+                 "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.id = ?1"},
+    [C_OF_TASK] = {"reading conversations",
+                   "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.task_id = ?1 "
+                   "ORDER BY c.seq"},
+    [C_MESSAGES] = {"reading messages",
+                    "SELECT ts, role, content, step, metadata FROM llm_messages "
+                    "WHERE conversation_seq = ?1 ORDER BY id"},
+    [C_STATS] = {"conversation stats",
+                 "SELECT count(*), COALESCE(avg(total_messages), 0), "
+                 "COALESCE(sum(total_tokens), 0), COALESCE(sum(json_extract(metadata, "
+                 "'$.success') = 1), 0) FROM llm_conversations"},
+    [C_BY_MODEL] = {"conversation stats",
+                    "SELECT model_name, count(*) FROM llm_conversations "
+                    "WHERE model_name IS NOT NULL GROUP BY model_name"},
+};
+
+/* The conversation of (task, session), made on its first message. */
+/* The conversation of (task, session), made on its first message. */
+static int conversation_seq(struct conn *c, const char *task_id, const char *session,
+                            int64_t ts, int64_t *seq)
+{
+    char id[TASK_ID_LEN + 1];
+    int rc = sq_one_i64(c, &conv_q[C_FIND], (struct sq_arg[]){SQ_T(task_id), SQ_T(session)}, 2,
+                        seq);
+
+    if (rc != ERR_NOTFOUND)
         return rc;
-    s = sq_stmt(c, Q_CONV_INSERT);
-    if (!s)
-        return ERR_STORE;
     uuidgen(id);
-    sq_bind_text(s, 1, id);
-    sq_bind_text(s, 2, task_id);
-    sq_bind_text(s, 3, session);
-    sqlite3_bind_int64(s, 4, ts);
-    if (sqlite3_step(s) == SQLITE_ROW) {
-        *seq = sqlite3_column_int64(s, 0);
-        rc = 0;
-    } else {
-        rc = sq_fail_db(c->db, "creating a conversation");
+    rc = sq_one_i64(c, &conv_q[C_INSERT],
+                    (struct sq_arg[]){SQ_T(id), SQ_T(task_id), SQ_T(session), SQ_I(ts)}, 4, seq);
+    return rc == ERR_NOTFOUND ? sq_fail_db(c->db, conv_q[C_INSERT].what) : rc;
+}
+
+static int insert_row(struct conn *c, int64_t seq, const struct msg_entry *e)
+{
+    json_t *m = e->msg, *step = json_object_get(m, "step");
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &conv_q[C_MSG_INSERT]);
+
+    if (rc == 0) {
+        sqlite3_bind_int64(cur.s, 1, seq);
+        sqlite3_bind_int64(cur.s, 2, e->ts);
+        sq_bind_text(cur.s, 3, json_string_value(json_object_get(m, "role")));
+        rc = sq_bind_json(cur.s, 4, json_object_get(m, "content"));
     }
-    sq_done(s);
-    return rc;
+    if (rc == 0 && json_is_integer(step))
+        sqlite3_bind_int64(cur.s, 5, json_integer_value(step));
+    if (rc == 0)
+        rc = sq_bind_object(cur.s, 6, json_object_get(m, "metadata"));
+    if (rc == 0)
+        rc = sq_exec(&cur);
+    return sq_end(&cur, rc);
 }
 
 int sq_insert_message(struct conn *c, const char *task_id, const struct msg_entry *e)
 {
-    json_t *m = e->msg, *sid = json_object_get(m, "session_id"), *step = json_object_get(m, "step");
+    json_t *m = e->msg, *sid = json_object_get(m, "session_id");
     json_t *meta = json_object_get(m, "metadata"), *model = json_object_get(meta, "model");
-    sqlite3_stmt *s;
-    int64_t seq, tokens = proto_message_tokens(meta);
+    int64_t seq = 0, tokens = proto_message_tokens(meta);
+    struct sq_cursor cur;
     int rc;
 
-    rc = sq_conversation_seq(c, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,
+    rc = conversation_seq(c, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,
                           e->ts, &seq);
+    if (rc == 0)
+        rc = insert_row(c, seq, e);
     if (rc < 0)
         return rc;
-    s = sq_stmt(c, Q_MSG_INSERT);
-    if (!s)
-        return ERR_STORE;
-    sqlite3_bind_int64(s, 1, seq);
-    sqlite3_bind_int64(s, 2, e->ts);
-    sq_bind_text(s, 3, json_string_value(json_object_get(m, "role")));
-    rc = sq_bind_json(s, 4, json_object_get(m, "content"));
-    if (json_is_integer(step))
-        sqlite3_bind_int64(s, 5, json_integer_value(step));
-    if (rc == 0)
-        rc = sq_bind_object(s, 6, meta);
-    if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
-        rc = sq_fail_db(c->db, "inserting a message");
-    sq_done(s);
-    if (rc < 0 || !(s = sq_stmt(c, Q_CONV_BUMP)))
-        return rc < 0 ? rc : ERR_STORE;
-    sqlite3_bind_int64(s, 1, seq);
-    if (tokens >= 0)
-        sqlite3_bind_int64(s, 2, tokens);
-    sqlite3_bind_int64(s, 3, e->ts);
-    sq_bind_text(s, 4, json_is_string(model) ? json_string_value(model) : NULL);
-    if (sqlite3_step(s) != SQLITE_DONE)
-        rc = sq_fail_db(c->db, "updating a conversation");
-    sq_done(s);
+    rc = sq_open_q(&cur, c, &conv_q[C_BUMP]);
+    if (rc == 0) {
+        sqlite3_bind_int64(cur.s, 1, seq);
+        if (tokens >= 0)
+            sqlite3_bind_int64(cur.s, 2, tokens);
+        sqlite3_bind_int64(cur.s, 3, e->ts);
+        sq_bind_text(cur.s, 4, json_is_string(model) ? json_string_value(model) : NULL);
+        rc = sq_exec(&cur);
+    }
+    return sq_end(&cur, rc);
+}
+
+int sq_insert_messages(struct conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n)
+{
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = sq_insert_message(c, task_id, &e[i]);
     return rc;
 }
 
@@ -90,56 +140,25 @@ int sq_messages_append(struct store *st, const char *task_id, const struct msg_e
 {
     struct sqlite_store *ss = S(st);
     struct conn *c = sq_writer_begin(ss);
-    int rc = 0;
 
     if (!c)
         return ERR_STORE;
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = sq_insert_message(c, task_id, &e[i]);
-    return sq_writer_end(ss, rc);
+    return sq_writer_end(ss, sq_insert_messages(c, task_id, e, n));
 }
 
-static json_t *row_conversation(sqlite3_stmt *s)
+/* Sets conv's "messages" to the messages of conversation seq. */
+static int add_messages(struct conn *c, int64_t seq, json_t *conv)
 {
-    json_t *tokens = sqlite3_column_type(s, 9) == SQLITE_NULL
-                         ? json_null()
-                         : json_integer(sqlite3_column_int64(s, 9));
-    json_t *meta = sq_col_json_or_null(s, 10);
-    json_t *success = json_object_get(meta, "success");
-    json_t *cfg = sq_col_json_or_null(s, 5);
-
-    return json_pack("{s:o, s:o, s:o, s:o, s:O, s:o, s:o, s:o, s:I, s:o, s:o, s:O}", "id",
-                     sq_col_str(s, 1), "task_id", sq_col_str(s, 2), "session_id", sq_col_str(s, 3),
-                     "model_name", sq_col_str(s, 4), "model_config", cfg, "llm_config", cfg,
-                     "started_at", sq_col_time(s, 6), "ended_at", sq_col_time(s, 7),
-                     "total_messages", (json_int_t)sqlite3_column_int64(s, 8), "total_tokens",
-                     tokens, "metadata", meta, "success", success ? success : json_null());
-}
-
-static int load_messages(struct conn *c, int64_t seq, json_t *conv)
-{
-    sqlite3_stmt *s = NULL;
+    struct sq_cursor cur;
     json_t *arr = json_array();
-    int rc = 0;
+    int rc = arr ? sq_open_q(&cur, c, &conv_q[C_MESSAGES]) : ERR_NOMEM;
 
-    if (!arr)
-        return ERR_NOMEM;
-    if (!(s = sq_stmt(c, Q_CONV_MSGS))) {
-        json_decref(arr);
-        return sq_fail_db(c->db, "reading messages");
+    if (rc == 0) {
+        sqlite3_bind_int64(cur.s, 1, seq);
+        rc = rows_collect(&cur.base, rows_message, arr);
     }
-    sqlite3_bind_int64(s, 1, seq);
-    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
-        json_t *step = sqlite3_column_type(s, 3) == SQLITE_NULL
-                           ? json_null()
-                           : json_integer(sqlite3_column_int64(s, 3));
-        json_t *m = json_pack("{s:o, s:o, s:o, s:o, s:o}", "timestamp", sq_col_time(s, 0), "role",
-                              sq_col_str(s, 1), "content", sq_col_json_or_null(s, 2), "step", step,
-                              "metadata", sq_col_json_or_null(s, 4));
-        if (!m || json_array_append_new(arr, m))
-            rc = ERR_NOMEM;
-    }
-    sq_done(s);
+    if (arr)
+        rc = sq_end(&cur, rc);
     if (rc == 0 && json_object_set_new(conv, "messages", arr))
         return ERR_NOMEM;
     if (rc < 0)
@@ -147,174 +166,137 @@ static int load_messages(struct conn *c, int64_t seq, json_t *conv)
     return rc;
 }
 
+/* A cursor on q with the list's filters bound (?1 task, ?2 model). */
+static int open_filtered(struct sq_cursor *cur, struct conn *c, int q, const char *task_id,
+                         const char *model_name)
+{
+    int rc = sq_open_q(cur, c, &conv_q[q]);
+
+    if (rc == 0) {
+        sq_bind_text(cur->s, 1, task_id);
+        sq_bind_text(cur->s, 2, model_name);
+    }
+    return rc;
+}
+
 int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
                           int64_t limit, int64_t offset, json_t **items, int64_t *total)
 {
     struct rd r = sq_rd_get(st);
-    sqlite3_stmt *s = NULL;
+    struct sq_cursor cur;
     json_t *arr = json_array();
-    int rc = 0;
-    const char *where = "WHERE (?1 IS NULL OR c.task_id = ?1) AND (?2 IS NULL OR "
-                        "c.model_name = ?2)";
-    char sql[1024];
+    int64_t n = 0;
+    int rc = arr ? sq_one_i64(r.c, &conv_q[C_COUNT],
+                              (struct sq_arg[]){SQ_T(task_id), SQ_T(model_name)}, 2, &n)
+                 : ERR_NOMEM;
 
-    if (!arr) {
-        rc = ERR_NOMEM;
-        goto out;
+    if (rc == 0)
+        rc = open_filtered(&cur, r.c, C_PAGE, task_id, model_name);
+    if (rc == 0) {
+        sqlite3_bind_int64(cur.s, 3, limit);
+        sqlite3_bind_int64(cur.s, 4, offset);
+        rc = sq_end(&cur, rows_collect(&cur.base, rows_conversation, arr));
     }
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM llm_conversations c %s", where);
-    if (sqlite3_prepare_v2(r.c->db, sql, -1, &s, NULL) != SQLITE_OK) {
-        rc = sq_fail_db(r.c->db, "counting conversations");
-        goto out;
-    }
-    sq_bind_text(s, 1, task_id);
-    sq_bind_text(s, 2, model_name);
-    *total = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    sqlite3_finalize(s);
-    snprintf(sql, sizeof(sql),
-             "SELECT " CONV_COLS " FROM llm_conversations c %s ORDER BY c.started_at DESC, "
-             "c.seq DESC LIMIT ?3 OFFSET ?4", where);
-    if (sqlite3_prepare_v2(r.c->db, sql, -1, &s, NULL) != SQLITE_OK) {
-        s = NULL;
-        rc = sq_fail_db(r.c->db, "listing conversations");
-        goto out;
-    }
-    sq_bind_text(s, 1, task_id);
-    sq_bind_text(s, 2, model_name);
-    sqlite3_bind_int64(s, 3, limit);
-    sqlite3_bind_int64(s, 4, offset);
-    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
-        json_t *o = row_conversation(s);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-    }
+    sq_rd_put(&r);
     if (rc == 0) {
         *items = arr;
-        arr = NULL;
+        *total = n;
+    } else {
+        json_decref(arr);
     }
-out:
-    sqlite3_finalize(s);
-    json_decref(arr);
-    sq_rd_put(&r);
     return rc;
 }
 
-int sq_conversation_get(struct store *st, const char *id, bool with_messages,
-                        json_t **out)
+int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out)
 {
     struct rd r = sq_rd_get(st);
-    sqlite3_stmt *s = NULL;
+    struct sq_cursor cur;
     json_t *o = NULL;
-    int rc;
+    int rc = sq_open_q(&cur, r.c, &conv_q[C_BY_ID]);
 
-    if (sqlite3_prepare_v2(r.c->db, "SELECT " CONV_COLS " FROM llm_conversations c "
-                                    "WHERE c.id = ?1", -1, &s, NULL) != SQLITE_OK) {
-        rc = sq_fail_db(r.c->db, "reading a conversation");
-        goto out;
-    }
-    sq_bind_text(s, 1, id);
-    if (sqlite3_step(s) != SQLITE_ROW) {
-        rc = ERR_NOTFOUND;
-        goto out;
-    }
-    o = row_conversation(s);
-    rc = o ? 0 : ERR_NOMEM;
-    if (rc == 0 && with_messages)
-        rc = load_messages(r.c, sqlite3_column_int64(s, 0), o);
     if (rc == 0) {
-        *out = o;
-        o = NULL;
+        sq_bind_text(cur.s, 1, id);
+        rc = rows_one(&cur.base);
     }
-out:
-    sqlite3_finalize(s);
-    json_decref(o);
+    if (rc == 0) {
+        o = rows_conversation(&cur.base.row);
+        rc = o ? 0 : ERR_NOMEM;
+    }
+    if (rc == 0 && with_messages)
+        rc = add_messages(r.c, sqlite3_column_int64(cur.s, 0), o);
+    rc = sq_end(&cur, rc);
     sq_rd_put(&r);
-    return rc;
+    return rows_give(rc, o, out);
 }
 
 int sq_task_conversations(struct store *st, const char *task_id, json_t **out)
 {
     struct rd r = sq_rd_get(st);
-    sqlite3_stmt *s = NULL;
+    struct sq_cursor cur;
     json_t *arr = json_array();
-    int rc = 0;
+    int rc = arr ? sq_open_q(&cur, r.c, &conv_q[C_OF_TASK]) : ERR_NOMEM;
 
-    if (!arr) {
-        rc = ERR_NOMEM;
-        goto out;
-    }
-    if (!(s = sq_stmt(r.c, Q_TASK_CONVS))) {
-        rc = sq_fail_db(r.c->db, "reading conversations");
-        goto out;
-    }
-    sq_bind_text(s, 1, task_id);
-    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
-        json_t *o = row_conversation(s);
-        if (!o || json_array_append_new(arr, o)) {
+    if (rc == 0)
+        sq_bind_text(cur.s, 1, task_id);
+    while (rc == 0 && (rc = sq_next(&cur)) == STORE_ROW) {
+        json_t *o = rows_conversation(&cur.base.row);
+        if (!o || json_array_append_new(arr, o))
             rc = ERR_NOMEM;
-            break;
-        }
-        rc = load_messages(r.c, sqlite3_column_int64(s, 0), o);
+        else
+            rc = add_messages(r.c, sqlite3_column_int64(cur.s, 0), o);
     }
-    if (rc == 0) {
-        *out = arr;
-        arr = NULL;
-    }
-out:
-    sq_done(s);
-    json_decref(arr);
+    if (arr)
+        rc = sq_end(&cur, rc);
     sq_rd_put(&r);
-    return rc;
+    return rows_give(rc, arr, out);
+}
+
+/* The figures of every conversation. */
+static int stats_totals(struct conn *c, int64_t *total, double *avg, int64_t *tokens,
+                        int64_t *ok)
+{
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &conv_q[C_STATS]);
+
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        *total = sqlite3_column_int64(cur.s, 0);
+        *avg = sqlite3_column_double(cur.s, 1);
+        *tokens = sqlite3_column_int64(cur.s, 2);
+        *ok = sqlite3_column_int64(cur.s, 3);
+    }
+    return sq_end(&cur, rc);
+}
+
+static int stats_by_model(struct conn *c, json_t *by_model)
+{
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &conv_q[C_BY_MODEL]);
+
+    while (rc == 0 && (rc = sq_next(&cur)) == STORE_ROW)
+        rc = json_object_set_new(by_model, (const char *)sqlite3_column_text(cur.s, 0),
+                                 json_integer(sqlite3_column_int64(cur.s, 1)))
+                 ? ERR_NOMEM
+                 : 0;
+    return sq_end(&cur, rc);
 }
 
 int sq_conversation_stats(struct store *st, json_t **out)
 {
     struct rd r = sq_rd_get(st);
-    sqlite3_stmt *s = NULL;
-    json_t *by_model = json_object(), *o = NULL;
+    json_t *by_model = json_object();
     int64_t total = 0, tokens = 0, ok = 0;
     double avg = 0;
-    int rc = 0;
+    int rc = by_model ? stats_totals(r.c, &total, &avg, &tokens, &ok) : ERR_NOMEM;
 
-    if (!by_model) {
-        rc = ERR_NOMEM;
-        goto out;
-    }
-    if (sqlite3_prepare_v2(r.c->db,
-                           "SELECT count(*), COALESCE(avg(total_messages), 0), "
-                           "COALESCE(sum(total_tokens), 0), COALESCE(sum(json_extract(metadata, "
-                           "'$.success') = 1), 0) FROM llm_conversations", -1, &s,
-                           NULL) != SQLITE_OK ||
-        sqlite3_step(s) != SQLITE_ROW) {
-        rc = sq_fail_db(r.c->db, "conversation stats");
-        goto out;
-    }
-    total = sqlite3_column_int64(s, 0);
-    avg = sqlite3_column_double(s, 1);
-    tokens = sqlite3_column_int64(s, 2);
-    ok = sqlite3_column_int64(s, 3);
-    sqlite3_finalize(s);
-    s = NULL;
-    if (sqlite3_prepare_v2(r.c->db, "SELECT model_name, count(*) FROM llm_conversations "
-                                    "WHERE model_name IS NOT NULL GROUP BY model_name", -1, &s,
-                           NULL) != SQLITE_OK) {
-        rc = sq_fail_db(r.c->db, "conversation stats");
-        goto out;
-    }
-    while (sqlite3_step(s) == SQLITE_ROW)
-        json_object_set_new(by_model, (const char *)sqlite3_column_text(s, 0),
-                            json_integer(sqlite3_column_int64(s, 1)));
-    o = json_pack("{s:I, s:O, s:f, s:I, s:f, s:I}", "total_conversations", (json_int_t)total,
-                  "conversations_by_model", by_model, "avg_messages_per_conversation", avg,
-                  "total_tokens_consumed", (json_int_t)tokens, "success_rate",
-                  total ? (double)ok / (double)total : 0.0, "successful_conversations",
-                  (json_int_t)ok);
-    if (!o)
-        rc = ERR_NOMEM;
-    *out = o;
-out:
-    sqlite3_finalize(s);
-    json_decref(by_model);
+    if (rc == 0)
+        rc = stats_by_model(r.c, by_model);
     sq_rd_put(&r);
+    if (rc == 0) {
+        *out = rows_conversation_stats(total, avg, tokens, ok, by_model);
+        rc = *out ? 0 : ERR_NOMEM;
+    }
+    json_decref(by_model);
     return rc;
 }

@@ -6,84 +6,10 @@
 #include "core/log.h"
 #include "core/clock.h"
 
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static const char export_logs_sql[] =
-    "SELECT json_group_array(json_object('timestamp', " SQ_TIME("ts") ", 'level', CASE level "
-    "WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 THEN 'warning' WHEN 3 THEN 'error' WHEN 4 "
-    "THEN 'critical' ELSE 'info' END, 'message', message, 'context', json(context))) FROM "
-    "(SELECT ts, level, message, context FROM task_logs WHERE task_id = ?1 ORDER BY id)";
-
-static const char export_convs_sql[] =
-    "SELECT json_group_array(json_object('id', c.id, 'task_id', c.task_id, 'session_id', "
-    "c.session_id, 'model_name', c.model_name, 'model_config', json(c.model_config), "
-    "'llm_config', json(c.model_config), 'started_at', " SQ_TIME("c.started_at") ", "
-    "'ended_at', CASE WHEN c.ended_at IS NULL THEN NULL ELSE " SQ_TIME("c.ended_at") " END, "
-    "'total_messages', c.total_messages, 'total_tokens', c.total_tokens, 'metadata', "
-    "json(c.metadata), 'success', json(c.metadata -> '$.success'), 'messages', "
-    "(SELECT json_group_array(json_object('timestamp', " SQ_TIME("m.ts") ", 'role', m.role, "
-    "'content', json(m.content), 'step', m.step, 'metadata', json(m.metadata))) FROM (SELECT "
-    "ts, role, content, step, metadata FROM llm_messages WHERE conversation_seq = c.seq "
-    "ORDER BY id) m), 'chat', (SELECT json_group_array(json_object('role', m.role, 'content', "
-    "CASE WHEN json_type(m.content) = 'text' THEN m.content ->> '$' ELSE m.content END)) FROM "
-    "(SELECT role, content FROM llm_messages WHERE conversation_seq = c.seq ORDER BY id) m))) "
-    "FROM (SELECT * FROM llm_conversations WHERE task_id = ?1 ORDER BY seq) c";
-
-/* Reads on the export path are cached too: one prepare per connection, not per task. */
-static const char *const sql_text[Q_N] = {
-    [Q_TASK_INSERT] =
-        "INSERT INTO tasks (" TASK_INSERT_COLS ") VALUES (?1,?2,'pending',?3,?4,?5,?6,?7,?8,?9,"
-        "NULL,NULL,NULL,NULL,?10,?11,?12,?12,NULL,NULL,NULL)",
-    [Q_TASK_BY_ID] = "SELECT " TASK_COLS " FROM tasks WHERE id = ?1",
-    [Q_TASK_BY_KEY] = "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = ?1",
-    [Q_TASK_CANCEL] =
-        "UPDATE tasks SET status = 'cancelled', completed_at = ?2, updated_at = ?2, "
-        "error = COALESCE(error, CASE status WHEN 'running' THEN "
-        "'cancelled by request while running' ELSE 'cancelled by request' END) "
-        "WHERE id = ?1 AND status IN ('pending', 'running') RETURNING " TASK_COLS,
-    [Q_TASK_CLAIM_ANY] =
-        "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
-        "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), deadline_at = "
-        "MAX(?3, created_at) + timeout_seconds * 1000000 "
-        "WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' AND backend_type = ?4 "
-        "ORDER BY priority DESC, seq LIMIT 1) RETURNING " TASK_COLS,
-    [Q_TASK_FINISH] =
-        "UPDATE tasks SET status = ?3, result = ?4, error = ?5, completed_at = ?6, "
-        "updated_at = ?6 WHERE id = ?1 AND status = 'running' AND lease_token = ?2 "
-        "RETURNING worker_id",
-    [Q_TASK_LEASE] = "SELECT status, lease_token FROM tasks WHERE id = ?1",
-    [Q_WORKER_BUSY] = "UPDATE workers SET status = 'busy', current_task_id = ?2, "
-                      "last_heartbeat = ?3 WHERE id = ?1",
-    [Q_WORKER_DONE] =
-        "UPDATE workers SET status = CASE WHEN status = 'offline' THEN 'offline' ELSE "
-        "'idle' END, current_task_id = NULL, tasks_completed = tasks_completed + ?2, "
-        "tasks_failed = tasks_failed + ?3 WHERE id = ?1",
-    [Q_CONV_FINISH] = "UPDATE llm_conversations SET ended_at = COALESCE(ended_at, ?2), "
-                      "metadata = json_set(metadata, '$.success', json(?3)) WHERE task_id = ?1",
-    [Q_LOG_INSERT] =
-        "INSERT INTO task_logs (task_id, ts, level, message, context) VALUES (?1,?2,?3,?4,?5)",
-    [Q_CONV_FIND] = "SELECT seq FROM llm_conversations WHERE task_id = ?1 AND session_id = ?2",
-    [Q_CONV_INSERT] =
-        "INSERT INTO llm_conversations (id, task_id, session_id, model_config, started_at) "
-        "VALUES (?1, ?2, ?3, COALESCE((SELECT json_extract(parameters, '$.agent_config') "
-        "FROM tasks WHERE id = ?2), '{}'), ?4) RETURNING seq",
-    [Q_CONV_BUMP] = "UPDATE llm_conversations SET total_messages = total_messages + 1, "
-                    "total_tokens = CASE WHEN ?2 IS NULL THEN total_tokens ELSE "
-                    "COALESCE(total_tokens, 0) + ?2 END, ended_at = ?3, "
-                    "model_name = COALESCE(model_name, ?4) WHERE seq = ?1",
-    [Q_MSG_INSERT] = "INSERT INTO llm_messages (conversation_seq, ts, role, content, step, "
-                     "metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [Q_LOGS_PAGE] = "SELECT ts, level, message, context FROM task_logs "
-                    "WHERE task_id = ?1 AND level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4",
-    [Q_TASK_CONVS] = "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.task_id = ?1 "
-                     "ORDER BY c.seq",
-    [Q_CONV_MSGS] = "SELECT ts, role, content, step, metadata FROM llm_messages "
-                    "WHERE conversation_seq = ?1 ORDER BY id",
-    [Q_EXPORT_LOGS] = export_logs_sql,
-    [Q_EXPORT_CONVS] = export_convs_sql,
-};
 
 int sq_fail_db(sqlite3 *db, const char *what)
 {
@@ -101,24 +27,6 @@ int sq_exec_sql(sqlite3 *db, const char *sql)
         return ERR_STORE;
     }
     return 0;
-}
-
-sqlite3_stmt *sq_stmt(struct conn *c, enum q q)
-{
-    if (!c->stmts[q] && sqlite3_prepare_v3(c->db, sql_text[q], -1, SQLITE_PREPARE_PERSISTENT,
-                                           &c->stmts[q], NULL) != SQLITE_OK) {
-        log_error("sqlite: prepare: %s", sqlite3_errmsg(c->db));
-        return NULL;
-    }
-    return c->stmts[q];
-}
-
-void sq_done(sqlite3_stmt *s)
-{
-    if (s) {
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-    }
 }
 
 void sq_bind_text(sqlite3_stmt *s, int i, const char *v)
@@ -155,41 +63,255 @@ int sq_bind_object(sqlite3_stmt *s, int i, const json_t *v)
     return sq_bind_json(s, i, v);
 }
 
-char *sq_col_dup(sqlite3_stmt *s, int i)
+/* ---- the cursor and its rows ---- */
+
+static const struct store_row_ops row_ops;
+
+static sqlite3_stmt *stmt_of(const struct store_row *r)
 {
-    const unsigned char *t = sqlite3_column_text(s, i);
-    return t ? strdup((const char *)t) : NULL;
+    return r->impl;
 }
 
-json_t *sq_col_json(sqlite3_stmt *s, int i)
+static bool col_is_null(const struct store_row *r, int col)
 {
-    const char *t = (const char *)sqlite3_column_text(s, i);
-    return t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
+    return sqlite3_column_type(stmt_of(r), col) == SQLITE_NULL;
 }
 
-json_t *sq_col_json_or_null(sqlite3_stmt *s, int i)
+static const char *col_text(const struct store_row *r, int col)
 {
-    json_t *v = sq_col_json(s, i);
-    return v ? v : json_null();
+    return (const char *)sqlite3_column_text(stmt_of(r), col);
 }
 
-json_t *sq_col_time(sqlite3_stmt *s, int i)
+static int64_t col_i64(const struct store_row *r, int col)
 {
-    char text[40];
-
-    if (sqlite3_column_type(s, i) == SQLITE_NULL)
-        return json_null();
-    clock_format(sqlite3_column_int64(s, i), text, sizeof(text));
-    return json_string(text);
+    return sqlite3_column_int64(stmt_of(r), col);
 }
 
-json_t *sq_col_str(sqlite3_stmt *s, int i)
+static double col_f64(const struct store_row *r, int col)
 {
-    const char *t = (const char *)sqlite3_column_text(s, i);
-    return t ? json_string(t) : json_null();
+    return sqlite3_column_double(stmt_of(r), col);
 }
 
-/* ---- connections ---- */
+static bool col_bool(const struct store_row *r, int col)
+{
+    return sqlite3_column_int(stmt_of(r), col) != 0;
+}
+
+static const struct store_row_ops row_ops = {
+    .is_null = col_is_null,
+    .text = col_text,
+    .i64 = col_i64,
+    .f64 = col_f64,
+    .boolean = col_bool,
+};
+
+static int cursor_next(struct store_cursor *base)
+{
+    return sq_next((struct sq_cursor *)base);
+}
+
+static void cursor_init(struct sq_cursor *cur, struct conn *c, const char *what)
+{
+    memset(cur, 0, sizeof(*cur));
+    cur->base.row.ops = &row_ops;
+    cur->base.next = cursor_next;
+    cur->c = c;
+    cur->what = what;
+}
+
+/* The one way statements are prepared. */
+static int prepare(struct sq_cursor *cur, const char *sql, unsigned flags)
+{
+    if (sqlite3_prepare_v3(cur->c->db, sql, -1, flags, &cur->s, NULL) != SQLITE_OK) {
+        cur->s = NULL;
+        cur->rc = sq_fail_db(cur->c->db, cur->what);
+        return cur->rc;
+    }
+    cur->base.row.impl = cur->s;
+    return 0;
+}
+
+int sq_open_q(struct sq_cursor *cur, struct conn *c, const struct sq_query *q)
+{
+    int rc;
+
+    cursor_init(cur, c, q->what);
+    cur->cached = true;
+    for (int i = 0; i < c->n_cached; i++) {
+        if (c->cache[i].q == q) {
+            cur->s = c->cache[i].s;
+            cur->base.row.impl = cur->s;
+            return 0;
+        }
+    }
+    rc = prepare(cur, q->sql, SQLITE_PREPARE_PERSISTENT);
+    if (rc == 0 && c->n_cached < SQ_CACHE) {
+        c->cache[c->n_cached].q = q;
+        c->cache[c->n_cached].s = cur->s;
+        c->n_cached++;
+    } else if (rc == 0) {
+        cur->cached = false; /* a full cache: this one is finalized after use */
+    }
+    return rc;
+}
+
+int sq_open_sql(struct sq_cursor *cur, struct conn *c, const char *what, const char *sql)
+{
+    cursor_init(cur, c, what);
+    return prepare(cur, sql, 0);
+}
+
+int sq_next(struct sq_cursor *cur)
+{
+    int step;
+
+    if (cur->rc < 0)
+        return cur->rc;
+    step = sqlite3_step(cur->s);
+    if (step == SQLITE_ROW)
+        return STORE_ROW;
+    if (step == SQLITE_DONE)
+        return STORE_DONE;
+    cur->rc = sq_fail_db(cur->c->db, cur->what);
+    return cur->rc;
+}
+
+int sq_exec(struct sq_cursor *cur)
+{
+    int rc;
+
+    while ((rc = sq_next(cur)) == STORE_ROW)
+        ;
+    return rc;
+}
+
+int sq_end(struct sq_cursor *cur, int rc)
+{
+    if (cur->s && cur->cached) {
+        sqlite3_reset(cur->s);
+        sqlite3_clear_bindings(cur->s);
+    } else if (cur->s) {
+        sqlite3_finalize(cur->s);
+    }
+    cur->s = NULL;
+    return rc < 0 ? rc : cur->rc;
+}
+
+void sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (args[i].is_int)
+            sqlite3_bind_int64(s, i + 1, args[i].i);
+        else
+            sq_bind_text(s, i + 1, args[i].text);
+    }
+}
+
+int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+           int *changes)
+{
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, q);
+
+    if (rc == 0) {
+        sq_bind(cur.s, args, n);
+        rc = sq_exec(&cur);
+    }
+    if (rc == 0 && changes)
+        *changes += sqlite3_changes(c->db);
+    return sq_end(&cur, rc);
+}
+
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+               int64_t *out)
+{
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, q);
+
+    if (rc == 0) {
+        sq_bind(cur.s, args, n);
+        rc = rows_one(&cur.base);
+    }
+    if (rc == 0)
+        *out = sqlite3_column_int64(cur.s, 0);
+    return sq_end(&cur, rc);
+}
+
+int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+             int *changes)
+{
+    struct sqlite_store *ss = S(st);
+    struct conn *c = sq_writer_begin(ss);
+
+    if (!c)
+        return ERR_STORE;
+    return sq_writer_end(ss, sq_run(c, q, args, n, changes));
+}
+
+/* The rows of q with args through build(): all of them into the array *out, or the
+ * first one as *out (ERR_NOTFOUND when none). */
+static int read_rows(struct store *st, const struct sq_query *q, const struct sq_arg *args,
+                     int n, json_t *(*build)(const struct store_row *r), bool one,
+                     json_t **out)
+{
+    struct rd r = sq_rd_get(st);
+    struct sq_cursor cur;
+    json_t *v = NULL;
+    int rc = sq_open_q(&cur, r.c, q);
+
+    if (rc == 0) {
+        sq_bind(cur.s, args, n);
+        rc = rows_build(&cur.base, build, one, &v);
+    }
+    rc = sq_end(&cur, rc);
+    sq_rd_put(&r);
+    return rows_give(rc, v, out);
+}
+
+int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+            json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, args, n, build, false, out);
+}
+
+int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+                json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, args, n, build, true, out);
+}
+
+/* regexp(pattern, text): SQLite's REGEXP operator, for the claim's supported_problems
+ * (the regular expression of store/rules.c). The compiled pattern is kept with the
+ * statement while the pattern argument stays the same. */
+static void regex_free(void *p)
+{
+    regfree(p);
+    free(p);
+}
+
+static void regexp_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    regex_t *re = sqlite3_get_auxdata(ctx, 0);
+    const char *text = (const char *)sqlite3_value_text(argv[1]);
+
+    (void)argc;
+    if (!re) {
+        const char *pattern = (const char *)sqlite3_value_text(argv[0]);
+        re = malloc(sizeof(*re));
+        if (!re || !pattern || regcomp(re, pattern, REG_EXTENDED | REG_NOSUB) != 0) {
+            free(re);
+            sqlite3_result_error(ctx, "regexp: bad pattern", -1);
+            return;
+        }
+        sqlite3_set_auxdata(ctx, 0, re, regex_free);
+        re = sqlite3_get_auxdata(ctx, 0);
+        if (!re) {
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+    }
+    sqlite3_result_int(ctx, text && regexec(re, text, 0, NULL, 0) == 0);
+}
 
 static int conn_open(struct conn *c, const char *path)
 {
@@ -203,6 +325,9 @@ static int conn_open(struct conn *c, const char *path)
         return rc;
     }
     sqlite3_busy_timeout(c->db, 10000);
+    if (sqlite3_create_function_v2(c->db, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                   NULL, regexp_fn, NULL, NULL, NULL) != SQLITE_OK)
+        return sq_fail_db(c->db, "adding regexp()");
     /* synchronous=FULL: a committed task survives a power cut, not just a crash. */
     return sq_exec_sql(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
                            "PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;");
@@ -210,8 +335,8 @@ static int conn_open(struct conn *c, const char *path)
 
 static void conn_close(struct conn *c)
 {
-    for (int i = 0; i < Q_N; i++)
-        sqlite3_finalize(c->stmts[i]);
+    for (int i = 0; i < c->n_cached; i++)
+        sqlite3_finalize(c->cache[i].s);
     sqlite3_close(c->db);
     memset(c, 0, sizeof(*c));
 }
@@ -226,17 +351,24 @@ struct conn *sq_writer_begin(struct sqlite_store *s)
     return &s->writer;
 }
 
+/* A rollback's own failure is logged; the caller's error is what is returned. */
+static void rollback(sqlite3 *db)
+{
+    if (sq_exec_sql(db, "ROLLBACK") < 0)
+        log_warn("sqlite: the rollback failed too");
+}
+
 /* Commits when rc >= 0, else rolls back; releases the writer; returns rc (or
  * ERR_STORE when the commit itself fails). */
 int sq_writer_end(struct sqlite_store *s, int rc)
 {
     if (rc >= 0) {
         if (sq_exec_sql(s->writer.db, "COMMIT") < 0) {
-            sq_exec_sql(s->writer.db, "ROLLBACK");
+            rollback(s->writer.db);
             rc = ERR_STORE;
         }
     } else if (!sqlite3_get_autocommit(s->writer.db)) {
-        sq_exec_sql(s->writer.db, "ROLLBACK");
+        rollback(s->writer.db);
     }
     pthread_mutex_unlock(&s->wlock);
     return rc;
@@ -309,7 +441,7 @@ static int sq_open(const char *path, struct store **out)
     rc = conn_open(&s->writer, path);
     if (rc < 0)
         goto fail;
-    rc = sq_migrate(s->writer.db);
+    rc = sq_migrate(&s->writer);
     if (rc < 0)
         goto fail;
     for (int i = 0; i < N_READERS; i++) {
@@ -370,27 +502,6 @@ static int sq_ping(struct store *st)
     int rc = sq_exec_sql(r.c->db, "SELECT 1");
 
     sq_rd_put(&r);
-    return rc;
-}
-
-/* ---- recovery ---- */
-
-int sq_run_update(struct conn *c, const char *sql, const char *t1, int64_t i2, int64_t i3,
-               int *changes)
-{
-    sqlite3_stmt *s = NULL;
-    int rc = 0;
-
-    if (sqlite3_prepare_v2(c->db, sql, -1, &s, NULL) != SQLITE_OK)
-        return sq_fail_db(c->db, "preparing an update");
-    sq_bind_text(s, 1, t1);
-    sqlite3_bind_int64(s, 2, i2);
-    sqlite3_bind_int64(s, 3, i3);
-    if (sqlite3_step(s) != SQLITE_DONE)
-        rc = sq_fail_db(c->db, "updating");
-    else if (changes)
-        *changes += sqlite3_changes(c->db);
-    sqlite3_finalize(s);
     return rc;
 }
 

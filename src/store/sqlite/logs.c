@@ -7,31 +7,77 @@
 
 #include <stdlib.h>
 
-/* ---- logs and conversations ---- */
+/* RFC 3339 with microseconds, as clock_format writes it. */
+#define SQ_TIME(col)                                                                       \
+    "(strftime('%Y-%m-%dT%H:%M:%S', " col " / 1000000, 'unixepoch') || "                    \
+    "printf('.%06dZ', " col " % 1000000))"
 
-int sq_insert_logs(struct conn *c, const char *task_id, const struct log_entry *e,
-                size_t n)
+enum {
+    L_INSERT,
+    L_PAGE,
+    L_COUNT,
+    L_EXPORT_LOGS,
+    L_EXPORT_CONVS,
+    L_N
+};
+
+static const struct sq_query log_q[L_N] = {
+    [L_INSERT] = {"inserting a log line",
+                  "INSERT INTO task_logs (task_id, ts, level, message, context) VALUES (?1,?2,"
+                  "?3,?4,?5)"},
+    [L_PAGE] = {"listing logs",
+                "SELECT ts, level, message, context FROM task_logs WHERE task_id = ?1 AND "
+                "level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4"},
+    [L_COUNT] = {"counting logs",
+                 "SELECT count(*) FROM task_logs WHERE task_id = ?1 AND level >= ?2"},
+    /* Reads on the export path are kept prepared too: one prepare per connection. */
+    [L_EXPORT_LOGS] = {
+        "exporting a task",
+        "SELECT json_group_array(json_object('timestamp', " SQ_TIME("ts") ", 'level', CASE "
+        "level WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 THEN 'warning' WHEN 3 THEN "
+        "'error' WHEN 4 THEN 'critical' ELSE 'info' END, 'message', message, 'context', "
+        "json(context))) FROM (SELECT ts, level, message, context FROM task_logs WHERE "
+        "task_id = ?1 ORDER BY id)"},
+    [L_EXPORT_CONVS] = {
+        "exporting a task",
+        "SELECT json_group_array(json_object('id', c.id, 'task_id', c.task_id, 'session_id', "
+        "c.session_id, 'model_name', c.model_name, 'model_config', json(c.model_config), "
+        "'llm_config', json(c.model_config), 'started_at', " SQ_TIME("c.started_at") ", "
+        "'ended_at', CASE WHEN c.ended_at IS NULL THEN NULL ELSE " SQ_TIME("c.ended_at") " "
+        "END, 'total_messages', c.total_messages, 'total_tokens', c.total_tokens, "
+        "'metadata', json(c.metadata), 'success', json(c.metadata -> '$.success'), "
+        "'messages', (SELECT json_group_array(json_object('timestamp', " SQ_TIME("m.ts") ", "
+        "'role', m.role, 'content', json(m.content), 'step', m.step, 'metadata', "
+        "json(m.metadata))) FROM (SELECT ts, role, content, step, metadata FROM llm_messages "
+        "WHERE conversation_seq = c.seq ORDER BY id) m), 'chat', (SELECT "
+        "json_group_array(json_object('role', m.role, 'content', CASE WHEN "
+        "json_type(m.content) = 'text' THEN m.content ->> '$' ELSE m.content END)) FROM "
+        "(SELECT role, content FROM llm_messages WHERE conversation_seq = c.seq ORDER BY id) "
+        "m))) FROM (SELECT * FROM llm_conversations WHERE task_id = ?1 ORDER BY seq) c"},
+};
+
+int sq_insert_logs(struct conn *c, const char *task_id, const struct log_entry *e, size_t n)
 {
-    sqlite3_stmt *s = n ? sq_stmt(c, Q_LOG_INSERT) : NULL;
-    int rc = 0;
+    struct sq_cursor cur;
+    int rc;
 
-    if (n && !s)
-        return ERR_STORE;
+    if (n == 0)
+        return 0;
+    rc = sq_open_q(&cur, c, &log_q[L_INSERT]);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        sq_bind_text(s, 1, task_id);
-        sqlite3_bind_int64(s, 2, e[i].ts);
-        sqlite3_bind_int(s, 3, e[i].level);
-        sq_bind_text(s, 4, e[i].message);
-        rc = sq_bind_object(s, 5, e[i].context);
-        if (rc == 0 && sqlite3_step(s) != SQLITE_DONE)
-            rc = sq_fail_db(c->db, "inserting a log line");
-        sq_done(s);
+        sq_bind_text(cur.s, 1, task_id);
+        sqlite3_bind_int64(cur.s, 2, e[i].ts);
+        sqlite3_bind_int(cur.s, 3, e[i].level);
+        sq_bind_text(cur.s, 4, e[i].message);
+        rc = sq_bind_object(cur.s, 5, e[i].context);
+        if (rc == 0)
+            rc = sq_exec(&cur);
+        sqlite3_reset(cur.s);
     }
-    return rc;
+    return sq_end(&cur, rc);
 }
 
-int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
-                   size_t n)
+int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n)
 {
     struct sqlite_store *ss = S(st);
     struct conn *c = sq_writer_begin(ss);
@@ -45,73 +91,56 @@ int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t l
                  int64_t offset, json_t **logs, int64_t *total)
 {
     struct rd r = sq_rd_get(st);
-    sqlite3_stmt *s = NULL;
+    struct sq_cursor cur;
     json_t *arr = json_array();
-    int rc = 0;
+    int64_t n = 0;
+    int rc = arr ? sq_open_q(&cur, r.c, &log_q[L_PAGE]) : ERR_NOMEM;
 
-    if (!arr) {
-        rc = ERR_NOMEM;
-        goto out;
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, task_id);
+        sqlite3_bind_int(cur.s, 2, min_level);
+        sqlite3_bind_int64(cur.s, 3, limit);
+        sqlite3_bind_int64(cur.s, 4, offset);
+        rc = rows_collect(&cur.base, rows_log, arr);
     }
-    if (!(s = sq_stmt(r.c, Q_LOGS_PAGE))) {
-        rc = sq_fail_db(r.c->db, "listing logs");
-        goto out;
-    }
-    sq_bind_text(s, 1, task_id);
-    sqlite3_bind_int(s, 2, min_level);
-    sqlite3_bind_int64(s, 3, limit);
-    sqlite3_bind_int64(s, 4, offset);
-    *total = 0;
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        json_t *o = json_pack("{s:o, s:s, s:o, s:o}", "timestamp", sq_col_time(s, 0), "level",
-                              proto_level_name(sqlite3_column_int(s, 1)), "message",
-                              sq_col_str(s, 2), "context", sq_col_json_or_null(s, 3));
-        if (!o || json_array_append_new(arr, o)) {
-            rc = ERR_NOMEM;
-            goto out;
-        }
-    }
+    if (arr)
+        rc = sq_end(&cur, rc);
     /* A short page ends the list, so its total is known; only a full or empty page (offset
      * past the end) needs counting. No window function: it would materialise every row. */
-    *total = offset + (int64_t)json_array_size(arr);
-    if (json_array_size(arr) == 0 || json_array_size(arr) >= (size_t)limit) {
-        sqlite3_stmt *c = NULL;
-        if (sqlite3_prepare_v2(r.c->db, "SELECT count(*) FROM task_logs WHERE task_id = ?1 "
-                                        "AND level >= ?2", -1, &c, NULL) == SQLITE_OK) {
-            sq_bind_text(c, 1, task_id);
-            sqlite3_bind_int(c, 2, min_level);
-            if (sqlite3_step(c) == SQLITE_ROW)
-                *total = sqlite3_column_int64(c, 0);
-        }
-        sqlite3_finalize(c);
+    if (rc == 0) {
+        n = offset + (int64_t)json_array_size(arr);
+        if (json_array_size(arr) == 0 || json_array_size(arr) >= (size_t)limit)
+            rc = sq_one_i64(r.c, &log_q[L_COUNT],
+                            (struct sq_arg[]){SQ_T(task_id), SQ_I(min_level)}, 2, &n);
     }
-    *logs = arr;
-    arr = NULL;
-out:
-    sq_done(s);
-    json_decref(arr);
     sq_rd_put(&r);
+    if (rc == 0) {
+        *logs = arr;
+        *total = n;
+    } else {
+        json_decref(arr);
+    }
     return rc;
 }
 
-/* ---- the export's logs and conversations, as JSON text made by SQLite ---- */
-
-static int export_part(struct conn *c, enum q q, const char *task_id, const char *key,
+/* Appends ,"key": and the JSON text statement q makes for task_id. */
+static int export_part(struct conn *c, int q, const char *task_id, const char *key,
                        struct buf *out)
 {
-    sqlite3_stmt *s = sq_stmt(c, q);
-    int rc = 0;
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &log_q[q]);
 
-    if (!s)
-        return ERR_STORE;
-    sq_bind_text(s, 1, task_id);
-    if (sqlite3_step(s) != SQLITE_ROW)
-        rc = sq_fail_db(c->db, "exporting a task");
-    else if (buf_appendf(out, ",\"%s\":", key) < 0 ||
-             buf_append(out, sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0)) < 0)
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, task_id);
+        rc = rows_one(&cur.base);
+    }
+    if (rc == ERR_NOTFOUND) /* an aggregate always has its row */
+        rc = sq_fail_db(c->db, cur.what);
+    if (rc == 0 && (buf_appendf(out, ",\"%s\":", key) < 0 ||
+                    buf_append(out, sqlite3_column_text(cur.s, 0),
+                               (size_t)sqlite3_column_bytes(cur.s, 0)) < 0))
         rc = ERR_NOMEM;
-    sq_done(s);
-    return rc;
+    return sq_end(&cur, rc);
 }
 
 int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
@@ -121,9 +150,9 @@ int sq_export_extras(struct store *st, const char *task_id, bool logs, bool conv
     int rc = 0;
 
     if (logs)
-        rc = export_part(r.c, Q_EXPORT_LOGS, task_id, "logs", out);
+        rc = export_part(r.c, L_EXPORT_LOGS, task_id, "logs", out);
     if (rc == 0 && convs)
-        rc = export_part(r.c, Q_EXPORT_CONVS, task_id, "conversations", out);
+        rc = export_part(r.c, L_EXPORT_CONVS, task_id, "conversations", out);
     sq_rd_put(&r);
     return rc;
 }

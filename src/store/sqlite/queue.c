@@ -1,6 +1,7 @@
 /* store/sqlite/queue: claim (pick and lease in one BEGIN IMMEDIATE), finish, reap
  * and recover. */
 #include "store/sqlite/sqlite_int.h"
+#include "store/rules.h"
 #include "core/err.h"
 #include "core/log.h"
 
@@ -8,82 +9,109 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* SQLite's GLOB has the * ? [...] of supported_problems patterns. */
-static int claim_matching(struct conn *c, const struct claim_req *req, struct task **out)
-{
-    char sql[4096];
-    size_t n;
-    sqlite3_stmt *s = NULL;
-    int rc, step;
+enum {
+    Q_CLAIM,
+    Q_WORKER_BUSY,
+    Q_FINISH,
+    Q_WORKER_DONE,
+    Q_CONV_FINISH,
+    Q_REAP_SILENT_TASKS,
+    Q_REAP_SILENT_WORKERS,
+    Q_REAP_DEADLINES,
+    Q_RECOVER_TASKS,
+    Q_RECOVER_WORKERS,
+    Q_N
+};
 
-    if (req->n_patterns > 64)
-        return ERR_INVALID;
-    n = (size_t)snprintf(sql, sizeof(sql),
-                         "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
-                         "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), "
-                         "deadline_at = MAX(?3, created_at) + timeout_seconds * 1000000 WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' "
-                         "AND backend_type = ?4 AND (0");
-    for (size_t i = 0; i < req->n_patterns; i++)
-        n += (size_t)snprintf(sql + n, sizeof(sql) - n, " OR problem_id GLOB ?%zu", i + 5);
-    snprintf(sql + n, sizeof(sql) - n,
-             ") ORDER BY priority DESC, seq LIMIT 1) RETURNING " TASK_COLS);
-    if (sqlite3_prepare_v2(c->db, sql, -1, &s, NULL) != SQLITE_OK)
-        return sq_fail_db(c->db, "preparing a claim");
-    sq_bind_text(s, 1, req->worker_id);
-    sq_bind_text(s, 2, req->lease_token);
-    sqlite3_bind_int64(s, 3, req->now);
-    sq_bind_text(s, 4, req->backend_type);
-    for (size_t i = 0; i < req->n_patterns; i++)
-        sq_bind_text(s, (int)i + 5, req->patterns[i]);
-    step = sqlite3_step(s);
-    if (step == SQLITE_ROW) {
-        *out = sq_row_task(s);
-        rc = *out ? 0 : ERR_NOMEM;
-    } else {
-        rc = step == SQLITE_DONE ? ERR_NOTFOUND : sq_fail_db(c->db, "claiming");
+static const struct sq_query queue_q[Q_N] = {
+    /* ?5: the supported_problems as one regular expression (store/rules.c), or NULL. */
+    [Q_CLAIM] = {"claiming",
+                 "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
+                 "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), "
+                 "deadline_at = MAX(?3, created_at) + timeout_seconds * 1000000 WHERE seq = "
+                 "(SELECT seq FROM tasks WHERE status = 'pending' AND backend_type = ?4 AND "
+                 "(?5 IS NULL OR problem_id REGEXP ?5) ORDER BY priority DESC, seq LIMIT 1) "
+                 "RETURNING " TASK_COLS},
+    [Q_WORKER_BUSY] = {"marking a worker busy",
+                       "UPDATE workers SET status = 'busy', current_task_id = ?2, "
+                       "last_heartbeat = ?3 WHERE id = ?1"},
+    [Q_FINISH] = {"finishing a task",
+                  "UPDATE tasks SET status = ?3, result = ?4, error = ?5, completed_at = ?6, "
+                  "updated_at = ?6 WHERE id = ?1 AND status = 'running' AND lease_token = ?2 "
+                  "RETURNING worker_id"},
+    [Q_WORKER_DONE] = {"counting a worker's task",
+                       "UPDATE workers SET status = CASE WHEN status = 'offline' THEN 'offline' "
+                       "ELSE 'idle' END, current_task_id = NULL, tasks_completed = "
+                       "tasks_completed + ?2, tasks_failed = tasks_failed + ?3 WHERE id = ?1"},
+    [Q_CONV_FINISH] = {"closing conversations",
+                       "UPDATE llm_conversations SET ended_at = COALESCE(ended_at, ?2), "
+                       "metadata = json_set(metadata, '$.success', json(?3)) WHERE task_id = ?1"},
+    /* Tasks of silent workers fail first, while the workers still read as alive. */
+    [Q_REAP_SILENT_TASKS] = {"reaping",
+                             "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at "
+                             "= ?2, error = " RULE_ERR_SILENT("?3") " WHERE status = 'running' "
+                             "AND worker_id IN (SELECT id FROM workers WHERE status != "
+                             "'offline' AND last_heartbeat < ?2 - ?3)"},
+    [Q_REAP_SILENT_WORKERS] = {"reaping",
+                               "UPDATE workers SET tasks_failed = tasks_failed + (SELECT "
+                               "count(*) FROM tasks t WHERE t.id = workers.current_task_id AND "
+                               "t.status = 'failed'), status = 'offline', current_task_id = "
+                               "NULL WHERE status != 'offline' AND last_heartbeat < ?2 - ?3"},
+    /* A running task past its deadline by more than the heartbeat timeout has no
+     * worker enforcing it (the worker's own timer fires first when it is alive). */
+    [Q_REAP_DEADLINES] = {"reaping",
+                          "UPDATE tasks SET status = 'timeout', completed_at = ?2, updated_at = "
+                          "?2, error = " RULE_ERR_DEADLINE " WHERE status = 'running' AND "
+                          "deadline_at < ?2 - ?3"},
+    [Q_RECOVER_TASKS] = {"recovering",
+                         "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at = ?2, "
+                         "error = " RULE_ERR_RESTARTED " WHERE status = 'running' AND worker_id "
+                         "IN (SELECT id FROM workers WHERE name_prefix = ?1)"},
+    [Q_RECOVER_WORKERS] = {"recovering",
+                           "UPDATE workers SET status = 'offline', current_task_id = NULL WHERE "
+                           "name_prefix = ?1"},
+};
+
+static int claim_row(struct conn *c, const struct claim_req *req, struct task **out)
+{
+    struct sq_cursor cur;
+    char *re = NULL;
+    int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
+
+    if (rc == 0)
+        rc = sq_open_q(&cur, c, &queue_q[Q_CLAIM]);
+    else
+        return rc;
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, req->worker_id);
+        sq_bind_text(cur.s, 2, req->lease_token);
+        sqlite3_bind_int64(cur.s, 3, req->now);
+        sq_bind_text(cur.s, 4, req->backend_type);
+        sq_bind_text(cur.s, 5, re);
+        rc = rows_one(&cur.base);
     }
-    sqlite3_finalize(s);
-    return rc;
+    if (rc == 0) {
+        *out = rows_task(&cur.base.row);
+        rc = *out ? 0 : ERR_NOMEM;
+    }
+    free(re);
+    return sq_end(&cur, rc);
 }
 
 /* The claim itself, inside the caller's write transaction. */
-static int claim_in(struct conn *c, const struct claim_req *req, struct task **out)
+int sq_claim_in(struct conn *c, const struct claim_req *req, struct task **out)
 {
-    sqlite3_stmt *s;
+    struct sq_cursor cur;
     struct task *t = NULL;
-    int rc, step;
+    int rc = claim_row(c, req, &t);
 
-    if (req->n_patterns) {
-        rc = claim_matching(c, req, &t);
-    } else {
-        s = sq_stmt(c, Q_TASK_CLAIM_ANY);
-        if (!s)
-            return ERR_STORE;
-        sq_bind_text(s, 1, req->worker_id);
-        sq_bind_text(s, 2, req->lease_token);
-        sqlite3_bind_int64(s, 3, req->now);
-        sq_bind_text(s, 4, req->backend_type);
-        step = sqlite3_step(s);
-        if (step == SQLITE_ROW) {
-            t = sq_row_task(s);
-            rc = t ? 0 : ERR_NOMEM;
-        } else {
-            rc = step == SQLITE_DONE ? ERR_NOTFOUND : sq_fail_db(c->db, "claiming");
-        }
-        sq_done(s);
-    }
+    if (rc == 0)
+        rc = sq_open_q(&cur, c, &queue_q[Q_WORKER_BUSY]);
     if (rc == 0) {
-        s = sq_stmt(c, Q_WORKER_BUSY);
-        if (!s) {
-            rc = ERR_STORE;
-        } else {
-            sq_bind_text(s, 1, req->worker_id);
-            sq_bind_text(s, 2, t->id);
-            sqlite3_bind_int64(s, 3, req->now);
-            if (sqlite3_step(s) != SQLITE_DONE)
-                rc = sq_fail_db(c->db, "marking a worker busy");
-            sq_done(s);
-        }
+        sq_bind_text(cur.s, 1, req->worker_id);
+        sq_bind_text(cur.s, 2, t->id);
+        sqlite3_bind_int64(cur.s, 3, req->now);
+        rc = sq_end(&cur, sq_exec(&cur));
     }
     if (rc == 0)
         *out = t;
@@ -101,7 +129,7 @@ int sq_task_claim(struct store *st, const struct claim_req *req, struct task **o
 
     if (!c)
         return ERR_STORE;
-    rc = sq_writer_end(ss, claim_in(c, req, &t));
+    rc = sq_writer_end(ss, sq_claim_in(c, req, &t));
     if (rc == 0)
         *out = t;
     else
@@ -109,64 +137,76 @@ int sq_task_claim(struct store *st, const struct claim_req *req, struct task **o
     return rc;
 }
 
+/* The end itself: ERR_CONFLICT when the lease is not held (or the task is not running);
+ * *worker is the worker that ran it (caller frees). */
+static int finish_row(struct conn *c, const char *id, const char *lease_token,
+                      const struct task_end *end, char **worker)
+{
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &queue_q[Q_FINISH]);
+
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, id);
+        sq_bind_text(cur.s, 2, lease_token);
+        sq_bind_text(cur.s, 3, task_status_name(end->status));
+        rc = sq_bind_json(cur.s, 4, end->result);
+    }
+    if (rc == 0) {
+        sq_bind_text(cur.s, 5, end->error);
+        sqlite3_bind_int64(cur.s, 6, end->now);
+        rc = rows_one(&cur.base);
+    }
+    if (rc == 0)
+        *worker = rows_dup(&cur.base.row, 0);
+    return sq_end(&cur, rc == ERR_NOTFOUND ? ERR_CONFLICT : rc);
+}
+
+/* What follows an accepted end: the worker's counts, its conversations closed. */
+static int finish_after(struct conn *c, const char *id, const struct task_end *end,
+                        const char *worker)
+{
+    json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
+    struct sq_cursor cur;
+    int rc = sq_open_q(&cur, c, &queue_q[Q_WORKER_DONE]);
+
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, worker);
+        sqlite3_bind_int(cur.s, 2, end->status == TASK_COMPLETED);
+        sqlite3_bind_int(cur.s, 3, end->status != TASK_COMPLETED);
+        rc = sq_end(&cur, sq_exec(&cur));
+    }
+    if (rc == 0)
+        rc = sq_open_q(&cur, c, &queue_q[Q_CONV_FINISH]);
+    if (rc == 0) {
+        sq_bind_text(cur.s, 1, id);
+        sqlite3_bind_int64(cur.s, 2, end->now);
+        sq_bind_text(cur.s, 3, json_is_boolean(success)
+                                   ? (json_is_true(success) ? "true" : "false")
+                                   : "null");
+        rc = sq_end(&cur, sq_exec(&cur));
+    }
+    return rc;
+}
+
 int sq_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end)
 {
-    enum task_status status = end->status;
-    json_t *result = end->result;
-    const char *error = end->error;
-    int64_t now = end->now;
     struct sqlite_store *ss = S(st);
     struct conn *c = sq_writer_begin(ss);
-    sqlite3_stmt *s;
     char *worker = NULL;
-    json_t *success;
-    int rc, step;
+    int rc;
 
     if (!c)
         return ERR_STORE;
     rc = sq_insert_logs(c, id, end->logs, end->n_logs);
-    if (rc < 0)
-        return sq_writer_end(ss, rc);
-    s = sq_stmt(c, Q_TASK_FINISH);
-    if (!s)
-        return sq_writer_end(ss, ERR_STORE);
-    sq_bind_text(s, 1, id);
-    sq_bind_text(s, 2, lease_token);
-    sq_bind_text(s, 3, task_status_name(status));
-    rc = sq_bind_json(s, 4, result);
-    sq_bind_text(s, 5, error);
-    sqlite3_bind_int64(s, 6, now);
-    if (rc == 0) {
-        step = sqlite3_step(s);
-        if (step == SQLITE_ROW)
-            worker = sq_col_dup(s, 0);
-        else
-            rc = step == SQLITE_DONE ? ERR_CONFLICT : sq_fail_db(c->db, "finishing a task");
-    }
-    sq_done(s);
-    if (rc == 0 && (s = sq_stmt(c, Q_WORKER_DONE))) {
-        sq_bind_text(s, 1, worker);
-        sqlite3_bind_int(s, 2, status == TASK_COMPLETED);
-        sqlite3_bind_int(s, 3, status != TASK_COMPLETED);
-        if (sqlite3_step(s) != SQLITE_DONE)
-            rc = sq_fail_db(c->db, "counting a worker's task");
-        sq_done(s);
-    }
-    if (rc == 0 && (s = sq_stmt(c, Q_CONV_FINISH))) {
-        success = result ? json_object_get(result, "success") : NULL;
-        sq_bind_text(s, 1, id);
-        sqlite3_bind_int64(s, 2, now);
-        sq_bind_text(s, 3, json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
-                                                 : "null");
-        if (sqlite3_step(s) != SQLITE_DONE)
-            rc = sq_fail_db(c->db, "closing conversations");
-        sq_done(s);
-    }
+    if (rc == 0)
+        rc = finish_row(c, id, lease_token, end, &worker);
+    if (rc == 0)
+        rc = finish_after(c, id, end, worker);
     free(worker);
     if (rc == 0 && end->claim_next) {
         struct task *t = NULL;
-        int crc = claim_in(c, end->claim_next, &t);
+        int crc = sq_claim_in(c, end->claim_next, &t);
         if (crc == 0) {
             rc = sq_writer_end(ss, 0);
             if (rc == 0)
@@ -181,7 +221,7 @@ int sq_task_finish(struct store *st, const char *id, const char *lease_token,
     if (rc == ERR_CONFLICT) {
         struct task *t = NULL;
         /* Distinguish a task that does not exist from one whose lease is gone. */
-        if (sq_load_task(c, Q_TASK_BY_ID, id, &t) == ERR_NOTFOUND)
+        if (sq_load_task(c, false, id, &t) == ERR_NOTFOUND)
             rc = ERR_NOTFOUND;
         task_free(t);
         /* The end is refused, the logs are kept. */
@@ -195,33 +235,17 @@ int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
 {
     struct sqlite_store *ss = S(st);
     struct conn *c = sq_writer_begin(ss);
+    const struct sq_arg args[3] = {SQ_T(NULL), SQ_I(now), SQ_I(heartbeat_timeout_us)};
     int rc;
 
     memset(out, 0, sizeof(*out));
     if (!c)
         return ERR_STORE;
-    /* Tasks of silent workers fail first, while the workers still read as alive. */
-    rc = sq_run_update(c,
-                    "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at = ?2, "
-                    "error = 'worker ' || worker_id || ' stopped sending heartbeats (silent "
-                    "for more than ' || (?3 / 1000000) || ' s); the run was lost' WHERE status "
-                    "= 'running' AND worker_id IN (SELECT id FROM workers WHERE status != "
-                    "'offline' AND last_heartbeat < ?2 - ?3)",
-                    NULL, now, heartbeat_timeout_us, &out->tasks_failed);
+    rc = sq_run(c, &queue_q[Q_REAP_SILENT_TASKS], args, 3, &out->tasks_failed);
     if (rc == 0)
-        rc = sq_run_update(c, "UPDATE workers SET tasks_failed = tasks_failed + (SELECT count(*) "
-                           "FROM tasks t WHERE t.id = workers.current_task_id AND t.status = "
-                           "'failed'), status = 'offline', current_task_id = NULL WHERE status "
-                           "!= 'offline' AND last_heartbeat < ?2 - ?3",
-                        NULL, now, heartbeat_timeout_us, &out->workers_offline);
-    /* A running task past its deadline by more than the heartbeat timeout has no
-     * worker enforcing it (the worker's own timer fires first when it is alive). */
+        rc = sq_run(c, &queue_q[Q_REAP_SILENT_WORKERS], args, 3, &out->workers_offline);
     if (rc == 0)
-        rc = sq_run_update(c,
-                        "UPDATE tasks SET status = 'timeout', completed_at = ?2, updated_at = "
-                        "?2, error = 'timed out after ' || timeout_seconds || ' s; its worker did "
-                        "not stop it in time' WHERE status = 'running' AND deadline_at < ?2 - ?3",
-                        NULL, now, heartbeat_timeout_us, &out->tasks_timed_out);
+        rc = sq_run(c, &queue_q[Q_REAP_DEADLINES], args, 3, &out->tasks_timed_out);
     return sq_writer_end(ss, rc);
 }
 
@@ -229,19 +253,14 @@ int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_fa
 {
     struct sqlite_store *ss = S(st);
     struct conn *c = sq_writer_begin(ss);
+    const struct sq_arg args[2] = {SQ_T(name_prefix), SQ_I(now)};
     int rc;
 
     *n_failed = 0;
     if (!c)
         return ERR_STORE;
-    rc = sq_run_update(c,
-                    "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at = ?2, "
-                    "error = 'the server restarted while internal worker ' || worker_id || ' "
-                    "was running this task; the run was lost' WHERE status = 'running' AND "
-                    "worker_id IN (SELECT id FROM workers WHERE name_prefix = ?1)",
-                    name_prefix, now, 0, n_failed);
+    rc = sq_run(c, &queue_q[Q_RECOVER_TASKS], args, 2, n_failed);
     if (rc == 0)
-        rc = sq_run_update(c, "UPDATE workers SET status = 'offline', current_task_id = NULL "
-                           "WHERE name_prefix = ?1", name_prefix, now, 0, NULL);
+        rc = sq_run(c, &queue_q[Q_RECOVER_WORKERS], args, 1, NULL);
     return sq_writer_end(ss, rc);
 }

@@ -141,42 +141,43 @@ static const char *const migrations[] = {
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 
-int sq_migrate(sqlite3 *db)
-{
-    sqlite3_stmt *q = NULL;
-    int version = 0, rc;
+static const struct sq_query schema_q[2] = {
+    {"reading schema version", "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"},
+    {"recording a migration", "INSERT INTO schema_migrations VALUES (?1, ?2)"},
+};
 
-    rc = sq_exec_sql(db, "BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS schema_migrations "
-                      "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);");
+/* Applies migrations from version on, inside the caller's transaction. */
+static int apply_from(struct conn *c, int64_t version)
+{
+    int rc = 0;
+
+    if (version > N_MIGRATIONS) {
+        log_error("sqlite: the database has schema version %lld, newer than this build (%d)",
+                  (long long)version, N_MIGRATIONS);
+        return ERR_STORE;
+    }
+    for (int v = (int)version; rc == 0 && v < N_MIGRATIONS; v++) {
+        rc = sq_exec_sql(c->db, migrations[v]);
+        if (rc == 0)
+            rc = sq_run(c, &schema_q[1], (struct sq_arg[]){SQ_I(v + 1), SQ_I(clock_now_us())},
+                        2, NULL);
+        if (rc == 0)
+            log_info("sqlite: applied migration %d", v + 1);
+    }
+    return rc;
+}
+
+int sq_migrate(struct conn *c)
+{
+    int64_t version = 0;
+    int rc;
+
+    rc = sq_exec_sql(c->db, "BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS schema_migrations "
+                            "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);");
     if (rc < 0)
         return rc;
-    if (sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", -1,
-                           &q, NULL) != SQLITE_OK ||
-        sqlite3_step(q) != SQLITE_ROW) {
-        rc = sq_fail_db(db, "reading schema version");
-        goto out;
-    }
-    version = sqlite3_column_int(q, 0);
-    if (version > N_MIGRATIONS) {
-        log_error("sqlite: the database has schema version %d, newer than this build (%d)",
-                  version, N_MIGRATIONS);
-        rc = ERR_STORE;
-        goto out;
-    }
-    for (int v = version; v < N_MIGRATIONS; v++) {
-        char sql[128];
-
-        rc = sq_exec_sql(db, migrations[v]);
-        if (rc < 0)
-            goto out;
-        snprintf(sql, sizeof(sql), "INSERT INTO schema_migrations VALUES (%d, %lld)", v + 1,
-                 (long long)clock_now_us());
-        rc = sq_exec_sql(db, sql);
-        if (rc < 0)
-            goto out;
-        log_info("sqlite: applied migration %d", v + 1);
-    }
-out:
-    sqlite3_finalize(q);
-    return sq_exec_sql(db, rc < 0 ? "ROLLBACK" : "COMMIT") < 0 ? ERR_STORE : rc;
+    rc = sq_one_i64(c, &schema_q[0], NULL, 0, &version);
+    if (rc == 0)
+        rc = apply_from(c, version);
+    return sq_exec_sql(c->db, rc < 0 ? "ROLLBACK" : "COMMIT") < 0 ? ERR_STORE : rc;
 }
