@@ -1,9 +1,14 @@
-/* Unit tests: the SQLite store's queue rules, on a temporary database file. */
+/* Unit tests: the store's queue rules and reads, on both backends: SQLite on a
+ * temporary database file, and PostgreSQL when TASKEXEC_TEST_PG_URL names a database
+ * (tests/it/test_store_unit.py runs this against a throwaway cluster); each case then
+ * starts on an empty schema. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,22 +23,59 @@
 
 struct fx {
     char dir[64];
-    char url[128];
+    char url[512];
+    bool pg;
     struct store *st;
 };
 
-static int setup(void **state)
+/* Runs SQL on the fixture's database behind the store's back (a fresh schema, or
+ * damage for the error cases). 0 when it ran. */
+static int raw_sql(struct fx *f, const char *sql)
+{
+    int rc = -1;
+
+    if (f->pg) {
+        PGconn *c = PQconnectdb(f->url);
+        PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+        if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
+            rc = 0;
+        PQclear(r);
+        PQfinish(c);
+    } else {
+        char path[128];
+        sqlite3 *db = NULL;
+        snprintf(path, sizeof(path), "%s/t.db", f->dir);
+        if (sqlite3_open(path, &db) == SQLITE_OK &&
+            sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK)
+            rc = 0;
+        sqlite3_close(db);
+    }
+    return rc;
+}
+
+static int setup_sqlite(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
 
-    strcpy(f->dir, "/tmp/taskexec-store-XXXXXX");
+    snprintf(f->dir, sizeof(f->dir), "/tmp/taskexec-store-XXXXXX");
     if (!mkdtemp(f->dir))
         return -1;
     snprintf(f->url, sizeof(f->url), "sqlite://%s/t.db", f->dir);
-    if (store_open(f->url, &f->st) < 0)
-        return -1;
     *state = f;
-    return 0;
+    return store_open(f->url, &f->st) < 0 ? -1 : 0;
+}
+
+static int setup_pg(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    f->pg = true;
+    snprintf(f->url, sizeof(f->url), "%s", getenv("TASKEXEC_TEST_PG_URL"));
+    *state = f;
+    if (raw_sql(f, "SET client_min_messages = warning; DROP SCHEMA public CASCADE; "
+                   "CREATE SCHEMA public") < 0)
+        return -1;
+    return store_open(f->url, &f->st) < 0 ? -1 : 0;
 }
 
 static int teardown(void **state)
@@ -42,9 +84,11 @@ static int teardown(void **state)
     char cmd[128];
 
     store_close(f->st);
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    if (system(cmd) != 0)
-        return -1;
+    if (!f->pg) {
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+        if (system(cmd) != 0)
+            return -1;
+    }
     free(f);
     return 0;
 }
@@ -428,20 +472,93 @@ static void concurrent_claims_are_exclusive(void **state)
     free(all);
 }
 
+/* A read that fails part way is an error, never a short list or "not found": the
+ * tables go away behind the store's back once its statements are prepared. */
+static void failed_reads_are_errors(void **state)
+{
+    struct fx *f = *state;
+    char a[37];
+    json_t *ctx = json_object(), *out = NULL;
+    struct log_entry le[1] = {{1, LEVEL_INFO, "i", ctx}};
+    struct task *t = NULL;
+    int64_t total = -1, counts[3];
+
+    register_worker(f->st, "w1", NULL);
+    add(f->st, "p", 0, "default", NULL, a);
+    assert_int_equal(store_logs_append(f->st, a, le, 1), 0);
+    assert_int_equal(store_logs_list(f->st, a, LEVEL_DEBUG, 10, 0, &out, &total), 0);
+    json_decref(out);
+    out = NULL;
+    assert_int_equal(store_worker_get(f->st, "w1", &out), 0);
+    json_decref(out);
+    out = NULL;
+    assert_int_equal(raw_sql(f, "ALTER TABLE task_logs RENAME TO task_logs_gone; "
+                                "ALTER TABLE workers RENAME TO workers_gone; "
+                                "ALTER TABLE tasks RENAME TO tasks_gone"), 0);
+    assert_true(store_logs_list(f->st, a, LEVEL_DEBUG, 10, 0, &out, &total) < 0);
+    assert_null(out);
+    assert_true(store_worker_get(f->st, "w1", &out) < 0);
+    assert_true(store_worker_list(f->st, NULL, NULL, &out) < 0);
+    assert_null(out);
+    assert_true(store_worker_counts(f->st, counts) < 0);
+    assert_true(store_task_get(f->st, a, &t) < 0);
+    assert_int_not_equal(store_task_get(f->st, a, &t), ERR_NOTFOUND);
+    assert_null(t);
+    json_decref(ctx);
+}
+
+/* supported_problems globs: * and ? and classes match as in a shell; every other
+ * character (a dot, a plus) is itself. */
+static void claim_globs_are_literal_but_for_wildcards(void **state)
+{
+    struct fx *f = *state;
+    char a[37], b[37], c[37];
+    const char *pats[] = {"a.b+*", "k[0-9]", "n[!x]"};
+    struct task *t = NULL;
+
+    register_worker(f->st, "w1", NULL);
+    add(f->st, "aXb+1", 9, "default", NULL, a);  /* the dot is no wildcard */
+    add(f->st, "a.b+1", 0, "default", NULL, b);
+    add(f->st, "kx", 8, "default", NULL, c);
+    add(f->st, "nx", 7, "default", NULL, c);
+    add(f->st, "k7", 0, "default", NULL, c);
+    assert_int_equal(claim(f->st, "w1", "default", pats, 3, &t), 0);
+    assert_string_equal(t->problem_id, "a.b+1");
+    task_free(t);
+    assert_int_equal(claim(f->st, "w1", "default", pats, 3, &t), 0);
+    assert_string_equal(t->problem_id, "k7");
+    task_free(t);
+    assert_int_equal(claim(f->st, "w1", "default", pats, 3, &t), ERR_NOTFOUND);
+}
+
+#define STORE_TESTS(setup)                                                                 \
+    {                                                                                      \
+        cmocka_unit_test_setup_teardown(claims_by_priority_then_fifo, setup, teardown),    \
+        cmocka_unit_test_setup_teardown(claims_only_matching_backend_and_problems, setup,  \
+                                        teardown),                                         \
+        cmocka_unit_test_setup_teardown(claim_globs_are_literal_but_for_wildcards, setup,  \
+                                        teardown),                                         \
+        cmocka_unit_test_setup_teardown(finish_needs_the_lease, setup, teardown),          \
+        cmocka_unit_test_setup_teardown(cancel_pending_running_and_terminal, setup,        \
+                                        teardown),                                         \
+        cmocka_unit_test_setup_teardown(idempotency_key_returns_existing, setup, teardown), \
+        cmocka_unit_test_setup_teardown(list_filters_and_pages, setup, teardown),          \
+        cmocka_unit_test_setup_teardown(logs_and_messages, setup, teardown),               \
+        cmocka_unit_test_setup_teardown(reaper_fails_tasks_of_silent_workers, setup,       \
+                                        teardown),                                         \
+        cmocka_unit_test_setup_teardown(recover_fails_tasks_of_own_prefix_only, setup,     \
+                                        teardown),                                         \
+        cmocka_unit_test_setup_teardown(concurrent_claims_are_exclusive, setup, teardown), \
+        cmocka_unit_test_setup_teardown(failed_reads_are_errors, setup, teardown),         \
+    }
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(claims_by_priority_then_fifo, setup, teardown),
-        cmocka_unit_test_setup_teardown(claims_only_matching_backend_and_problems, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(finish_needs_the_lease, setup, teardown),
-        cmocka_unit_test_setup_teardown(cancel_pending_running_and_terminal, setup, teardown),
-        cmocka_unit_test_setup_teardown(idempotency_key_returns_existing, setup, teardown),
-        cmocka_unit_test_setup_teardown(list_filters_and_pages, setup, teardown),
-        cmocka_unit_test_setup_teardown(logs_and_messages, setup, teardown),
-        cmocka_unit_test_setup_teardown(reaper_fails_tasks_of_silent_workers, setup, teardown),
-        cmocka_unit_test_setup_teardown(recover_fails_tasks_of_own_prefix_only, setup, teardown),
-        cmocka_unit_test_setup_teardown(concurrent_claims_are_exclusive, setup, teardown),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest sqlite_tests[] = STORE_TESTS(setup_sqlite);
+    const struct CMUnitTest pg_tests[] = STORE_TESTS(setup_pg);
+    int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, NULL, NULL);
+
+    if (getenv("TASKEXEC_TEST_PG_URL") && *getenv("TASKEXEC_TEST_PG_URL"))
+        failed += cmocka_run_group_tests_name("postgresql", pg_tests, NULL, NULL);
+    return failed;
 }

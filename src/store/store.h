@@ -1,5 +1,9 @@
-/* store: the storage interface. One vtable (struct store_ops), one file per
- * backend (store/sqlite/, store/pg/), and the store_* wrappers everyone calls.
+/* store: the storage interface. One vtable (struct store_ops), one folder per
+ * backend (store/sqlite/, store/pg/: a file per concern and a private header), and the
+ * store_* wrappers everyone calls (store.c). What the backends share is written once
+ * above them: store/rows.c turns rows into the API's values (through a cursor whose
+ * next() says row, done or error) and store/rules.[ch] holds the business rules (the
+ * failure texts the store writes, supported_problems globs).
  *
  * DESIGN
  * The queue rules live in the SQL of each backend so that they hold across
@@ -8,7 +12,16 @@
  * lease and it is still running, so a reaped, cancelled or re-leased task is never
  * overwritten. A claim's started_at is never before the task's created_at: callers
  * take "now" on different threads and servers. Every function is safe to call from any thread at the same time.
- * Reads that feed the API return jansson values built in the API's shapes. */
+ * Reads that feed the API return jansson values built in the API's shapes.
+ *
+ * ERRORS (every operation, unless its contract says more): 0 on success, else a
+ * negative code from core/err.h, logged where it happened: ERR_STORE (the database
+ * refused or failed), ERR_UNAVAILABLE (PostgreSQL unreachable; the API answers 503),
+ * ERR_NOMEM. A read that fails part way fails whole: it never returns a short list,
+ * and a failed read is never reported as ERR_NOTFOUND. On error the out-parameters are
+ * unchanged (or reset to empty, where a contract says so) and the caller owns nothing
+ * new. Values returned through json_t ** are new references the caller json_decref's;
+ * struct task ** the caller frees with task_free. */
 #ifndef TASKEXEC_STORE_H
 #define TASKEXEC_STORE_H
 
@@ -103,9 +116,13 @@ struct reap_result {
 };
 
 struct store_ops {
-    const char *name;
+    const char *name;              /* "sqlite" or "postgresql" */
+    /* open: url without the sqlite:// prefix for SQLite (a path, or ":memory:"), the
+     * whole URL for PostgreSQL; creates or upgrades the schema. */
     int (*open)(const char *url, struct store **out);
+    /* close: frees st and everything it holds (stops the listener first). */
     void (*close)(struct store *st);
+    /* ping: one trivial query; 0 when the database answers. */
     int (*ping)(struct store *st);
     /* listen (optional, NULL when the backend has no notifications): calls on_task
      * from a thread of the store whenever any server queues a task; listen(st, NULL,
@@ -117,10 +134,24 @@ struct store_ops {
     void (*listen_sessions)(struct store *st, void (*on_session)(void *ctx, const char *payload),
                             void *ctx);
 
+    /* task_insert: stores t as pending (t stays the caller's). When t has an
+     * idempotency_key that is already stored, nothing is inserted and *existing is that
+     * task (caller frees); else *existing is NULL. */
     int (*task_insert)(struct store *st, struct task *t, struct task **existing);
+    /* task_get: the task (caller frees); ERR_NOTFOUND for an unknown id. */
     int (*task_get)(struct store *st, const char *id, struct task **out);
+    /* task_list: a page of tasks in queue order (newest first unless oldest_first) and,
+     * unless no_total, how many match; *out is reset first and on error (free with
+     * store_task_page_reset). */
     int (*task_list)(struct store *st, const struct task_filter *f, struct task_page *out);
+    /* task_cancel: a pending or running task becomes cancelled (error "cancelled by
+     * request[ while running]"); *out is the task after it (caller frees). ERR_CONFLICT
+     * with *out the task when it had ended already; ERR_NOTFOUND for an unknown id. */
     int (*task_cancel)(struct store *st, const char *id, int64_t now, struct task **out);
+    /* task_claim: picks the next pending task of req->backend_type whose problem one
+     * of req->patterns matches (any, with none), by priority then queue order, leases
+     * it to req->worker_id with req->lease_token and marks the worker busy, atomically;
+     * *out the running task (caller frees). ERR_NOTFOUND when none is waiting. */
     int (*task_claim)(struct store *st, const struct claim_req *req, struct task **out);
     /* task_finish: ends a running task whose lease the caller holds (ERR_CONFLICT
      * otherwise, ERR_NOTFOUND for no such task). end->logs are stored in the same
@@ -128,22 +159,34 @@ struct store_ops {
      * of their own. */
     int (*task_finish)(struct store *st, const char *id, const char *lease_token,
                        const struct task_end *end);
+    /* task_lease_status: *status of the task; ERR_FORBIDDEN when lease_token is not
+     * its lease (status still set), ERR_NOTFOUND for an unknown id. */
     int (*task_lease_status)(struct store *st, const char *id, const char *lease_token,
                              enum task_status *status);
     /* task_stats: counts per state (kept by triggers: cheap); with_averages adds the mean
      * queue wait and run time, which read every started task. */
     int (*task_stats)(struct store *st, bool with_averages, struct task_stats *out);
 
+    /* logs_append: n log lines of task_id, in one transaction (e stays the caller's). */
     int (*logs_append)(struct store *st, const char *task_id, const struct log_entry *e,
                        size_t n);
+    /* logs_list: a page of task_id's lines at min_level or above, oldest first, as
+     * [{"timestamp","level","message","context"}], and *total of them. */
     int (*logs_list)(struct store *st, const char *task_id, int min_level, int64_t limit,
                      int64_t offset, json_t **logs, int64_t *total);
+    /* messages_append: n conversation messages of task_id in one transaction; each
+     * goes to the conversation of its session_id (the task's id when none), made on its
+     * first message, whose counts, tokens and model it updates. */
     int (*messages_append)(struct store *st, const char *task_id, const struct msg_entry *e,
                            size_t n);
+    /* conversations_list: a page of conversations (newest first), filtered by task and
+     * model when not NULL, without messages, and *total of them. */
     int (*conversations_list)(struct store *st, const char *task_id, const char *model_name,
                               int64_t limit, int64_t offset, json_t **items, int64_t *total);
+    /* conversation_get: one conversation, with "messages" when asked; ERR_NOTFOUND. */
     int (*conversation_get)(struct store *st, const char *id, bool with_messages,
                             json_t **out);
+    /* task_conversations: every conversation of a task, each with its "messages". */
     int (*task_conversations)(struct store *st, const char *task_id, json_t **out);
     /* export_extras (optional; NULL: the export builds them from logs_list and
      * task_conversations): appends ,"logs":[…] and/or ,"conversations":[…] (each with
@@ -151,6 +194,9 @@ struct store_ops {
      * without parsing it here. */
     int (*export_extras)(struct store *st, const char *task_id, bool logs, bool convs,
                          struct buf *out);
+    /* conversation_stats: {"total_conversations", "conversations_by_model",
+     * "avg_messages_per_conversation", "total_tokens_consumed", "success_rate",
+     * "successful_conversations"}. */
     int (*conversation_stats)(struct store *st, json_t **out);
 
     /* worker_register: creates or revives the row. An external worker (token_hash set)
@@ -160,22 +206,34 @@ struct store_ops {
     /* worker_token: the stored token hash of an external worker (caller frees; NULL
      * for an internal one). ERR_NOTFOUND for an unknown id. */
     int (*worker_token)(struct store *st, const char *id, char **token_hash);
+    /* worker_heartbeat: the workers' last heartbeat is now; offline ones are idle
+     * again. Unknown ids are ignored. */
     int (*worker_heartbeat)(struct store *st, const char *const *ids, size_t n, int64_t now);
     /* worker_set_status: status ("idle", "offline") with no current task; metadata,
      * when not NULL, replaces the row's metadata (provisioning state, errors). */
     int (*worker_set_status)(struct store *st, const char *id, const char *status,
                              json_t *metadata);
+    /* worker_list: the workers (filtered by status and backend when not NULL), by id,
+     * as API objects ("id", "status", "last_heartbeat", "internal", ...). */
     int (*worker_list)(struct store *st, const char *status, const char *backend_type,
                        json_t **out);
+    /* worker_get: one worker as worker_list shows it; ERR_NOTFOUND. */
     int (*worker_get)(struct store *st, const char *id, json_t **out);
+    /* worker_counts: workers idle, busy and offline (counts untouched on error). */
     int (*worker_counts)(struct store *st, int64_t counts[3]);
 
+    /* reap: workers silent for longer than heartbeat_timeout_us go offline and their
+     * running tasks fail; running tasks past their deadline by more than that time out.
+     * *out counts what changed (zeroed first). */
     int (*reap)(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
                 struct reap_result *out);
+    /* recover: at start-up, tasks left running by this server's internal workers
+     * (name_prefix) fail and those workers go offline; *n_failed of them. */
     int (*recover)(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
 
     /* webhooks_due: up to max deliveries due by now (tasks that ended with a
-     * callback_url), leased for lease_us so no other sender takes them meanwhile. */
+     * callback_url), leased for lease_us so no other sender takes them meanwhile;
+     * *n of them in jobs (each url malloc'd: the caller frees it; *n 0 on error). */
     int (*webhooks_due)(struct store *st, int64_t now, int64_t lease_us, size_t max,
                         struct webhook_job *jobs, size_t *n);
     /* webhook_result: state "delivered", "pending" (try again at next_at) or "failed". */
@@ -220,9 +278,11 @@ struct store_ops {
      * messages (one commit a step, not two). */
     int (*session_answer)(struct store *st, const char *task_id, int step, json_t *answer,
                           const struct msg_entry *msgs, size_t n_msgs, int64_t now);
-    /* session_end: the environment is gone (whatever the reason); no more steps. */
+    /* session_end: the environment is gone (whatever the reason); no more steps.
+     * Nothing for a task without a session. */
     int (*session_end)(struct store *st, const char *task_id);
-    /* session_idle: running sessions with no step since `before` (up to max ids). */
+    /* session_idle: running sessions with no step since `before` (up to max ids into
+     * ids, *n of them; 0 on error). */
     int (*session_idle)(struct store *st, int64_t before, char (*ids)[37], size_t max,
                         size_t *n);
 };
@@ -334,8 +394,9 @@ const char *store_name(const struct store *st);
 void store_unlisten(struct store *st);
 /* store_exports_text: whether store_export_extras is there. */
 bool store_exports_text(const struct store *st);
-/* store_close: NULL-safe. */
+/* store_close: closes and frees st (NULL-safe). */
 void store_close(struct store *st);
+/* store_task_page_reset: frees a page's tasks and empties it. */
 void store_task_page_reset(struct task_page *p);
 
 /* Status names of workers. */

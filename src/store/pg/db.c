@@ -1,0 +1,624 @@
+/* store/pg/db: the PostgreSQL backend's connection pool (lazy reconnects with
+ * back-off), running statements (prepared and ad hoc, retried once on a lost
+ * connection), reading values, open and close, the listener, and the ops table
+ * (store_pg_ops). See pg_int.h for the DESIGN. */
+#include "store/pg/pg_int.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/clock.h"
+#include "core/buf.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct pg_store *owner_of(struct pgconn *pc)
+{
+    return pc->owner;
+}
+
+/* ---- connections ---- */
+
+static PGconn *connect_db(const char *conninfo, bool quiet)
+{
+    /* A bounded connect, so an unreachable host does not hold a thread for minutes;
+     * a connect_timeout in the URL wins. */
+    const char *keys[] = {"connect_timeout", "dbname", NULL};
+    const char *vals[] = {"5", conninfo, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+
+    if (PQstatus(c) != CONNECTION_OK) {
+        if (!quiet)
+            log_error("postgresql: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(PQexec(c, "SET application_name = 'taskexec'"));
+    return c;
+}
+
+struct pgconn *pg_conn_get(struct pg_store *s)
+{
+    struct pgconn *pc = NULL;
+
+    pthread_mutex_lock(&s->lock);
+    while (!pc) {
+        for (int i = 0; i < POOL_SIZE && !pc; i++)
+            if (!s->conns[i].busy)
+                pc = &s->conns[i];
+        if (!pc)
+            pthread_cond_wait(&s->cond, &s->lock);
+    }
+    pc->busy = true;
+    pthread_mutex_unlock(&s->lock);
+    /* A server that restarted told its clients so; reading that (without blocking)
+     * marks the connection bad now, before a statement fails on it. */
+    if (pc->c && PQstatus(pc->c) == CONNECTION_OK && !PQconsumeInput(pc->c)) {
+        PQfinish(pc->c);
+        pc->c = NULL;
+    }
+    if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
+        /* (Re)connect lazily, with back-off: while the database is down, calls fail
+         * fast with ERR_UNAVAILABLE instead of each waiting on a connect. */
+        int64_t now = clock_mono_ms();
+        bool try_now;
+
+        if (pc->c)
+            PQfinish(pc->c);
+        pc->c = NULL;
+        pc->n_prepared = 0;
+        pthread_mutex_lock(&s->lock);
+        try_now = now >= s->retry_at_ms;
+        pthread_mutex_unlock(&s->lock);
+        if (try_now)
+            pc->c = connect_db(s->conninfo, true);
+        pthread_mutex_lock(&s->lock);
+        if (try_now && !pc->c) {
+            s->backoff_ms = s->backoff_ms ? (s->backoff_ms < 2000 ? s->backoff_ms * 2 : 2000)
+                                          : 50;
+            s->retry_at_ms = now + s->backoff_ms;
+        } else if (pc->c) {
+            s->backoff_ms = 0;
+            s->retry_at_ms = 0;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return pc;
+}
+
+void pg_conn_put(struct pg_store *s, struct pgconn *pc)
+{
+    pthread_mutex_lock(&s->lock);
+    pc->busy = false;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The error of a failed call: ERR_UNAVAILABLE when the connection is gone. */
+int pg_fail(struct pgconn *pc, PGresult *r, const char *what)
+{
+    bool lost = !pc->c || PQstatus(pc->c) != CONNECTION_OK;
+
+    if (lost) {
+        log_warn("postgresql: %s: the database is unreachable", what);
+        return ERR_UNAVAILABLE;
+    }
+    log_error("postgresql: %s: %s", what, r ? PQresultErrorMessage(r) : PQerrorMessage(pc->c));
+    return ERR_STORE;
+}
+
+/* After a statement failed on a connection that is now gone (the server restarted
+ * and this pooled connection had not noticed), reconnects once so the caller can run
+ * it again. True when there is a fresh connection. */
+static bool reconnect_after_loss(struct pg_store *s, struct pgconn *pc)
+{
+    if (!pc->c || PQstatus(pc->c) == CONNECTION_OK)
+        return false;
+    PQfinish(pc->c);
+    pc->n_prepared = 0;
+    pc->c = connect_db(s->conninfo, true);
+    return pc->c != NULL;
+}
+
+/* The name a connection prepared q under, preparing it on first use: 1 with name set,
+ * 0 when the connection holds PG_CACHE statements already (q then runs unprepared),
+ * or the error with *lost set. */
+static int prepared_name(struct pgconn *pc, const struct pg_query *q, char *name, size_t cap,
+                         bool *lost)
+{
+    int i = 0, rc = 1;
+    PGresult *r;
+
+    while (i < pc->n_prepared && pc->prepared[i] != q)
+        i++;
+    snprintf(name, cap, "te_%d", i);
+    if (i < pc->n_prepared)
+        return 1;
+    if (i == PG_CACHE)
+        return 0;
+    r = PQprepare(pc->c, name, q->sql, 0, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        *lost = PQstatus(pc->c) != CONNECTION_OK;
+        rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q->what);
+    } else {
+        pc->prepared[pc->n_prepared++] = q;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* Runs q (prepared once per connection) or, when q is NULL, the SQL text sql. Returns
+ * the result (caller PQclear's) or NULL with *rc set. */
+static PGresult *run_once(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+                          const char *const *vals, int *rc, bool *lost)
+{
+    char name[16];
+    PGresult *r;
+    ExecStatusType st;
+    int prep = 0;
+
+    *lost = false;
+    if (!pc->c) {
+        *rc = ERR_UNAVAILABLE;
+        return NULL;
+    }
+    if (q && (prep = prepared_name(pc, q, name, sizeof(name), lost)) < 0) {
+        *rc = prep;
+        return NULL;
+    }
+    r = prep ? PQexecPrepared(pc->c, name, n, vals, NULL, NULL, 0)
+             : PQexecParams(pc->c, q ? q->sql : sql, n, NULL, vals, NULL, NULL, 0);
+    st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        *lost = PQstatus(pc->c) != CONNECTION_OK;
+        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q ? q->what : sql);
+        PQclear(r);
+        return NULL;
+    }
+    *rc = 0;
+    return r;
+}
+
+/* One statement; when the connection turns out to have been lost before it (a server
+ * restart), once more on a fresh connection. A statement is one transaction, so a
+ * lost connection means it did not commit (except in the instant between commit and
+ * reply, which a retried insert without an idempotency key would repeat). */
+static PGresult *run_any(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+                         const char *const *vals, int *rc)
+{
+    bool lost;
+    PGresult *r = run_once(pc, q, sql, n, vals, rc, &lost);
+
+    if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
+        r = run_once(pc, q, sql, n, vals, rc, &lost);
+    if (lost && !r)
+        pc->in_tx = false; /* the transaction died with the connection */
+    if (!r && lost)
+        log_warn("postgresql: the database is unreachable");
+    return r;
+}
+
+PGresult *pg_run(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
+                 int *rc)
+{
+    return run_any(pc, q, NULL, n, vals, rc);
+}
+
+PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals, int *rc)
+{
+    return run_any(pc, NULL, sql, n, vals, rc);
+}
+
+int pg_tx(struct pgconn *pc, const char *verb)
+{
+    int rc;
+
+    PQclear(pg_run_sql(pc, verb, 0, NULL, &rc));
+    pc->in_tx = !strcmp(verb, "BEGIN") && rc == 0;
+    return rc;
+}
+
+/* ---- the cursor and its rows ---- */
+
+static PGresult *result_of(const struct store_row *r)
+{
+    return r->impl;
+}
+
+static bool col_is_null(const struct store_row *r, int col)
+{
+    return PQgetisnull(result_of(r), r->i, col);
+}
+
+static const char *col_text(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? NULL : PQgetvalue(result_of(r), r->i, col);
+}
+
+static int64_t col_i64(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? 0 : strtoll(PQgetvalue(result_of(r), r->i, col), NULL, 10);
+}
+
+static double col_f64(const struct store_row *r, int col)
+{
+    return col_is_null(r, col) ? 0 : strtod(PQgetvalue(result_of(r), r->i, col), NULL);
+}
+
+static bool col_bool(const struct store_row *r, int col)
+{
+    return !col_is_null(r, col) && PQgetvalue(result_of(r), r->i, col)[0] == 't';
+}
+
+static const struct store_row_ops row_ops = {
+    .is_null = col_is_null,
+    .text = col_text,
+    .i64 = col_i64,
+    .f64 = col_f64,
+    .boolean = col_bool,
+};
+
+static int cursor_next(struct store_cursor *base)
+{
+    return pg_next((struct pg_cursor *)base);
+}
+
+static void cursor_start(struct pg_cursor *cur, PGresult *r, int rc)
+{
+    memset(cur, 0, sizeof(*cur));
+    cur->base.row.ops = &row_ops;
+    cur->base.row.impl = r;
+    cur->base.row.i = -1;
+    cur->base.next = cursor_next;
+    cur->r = r;
+    cur->rc = rc;
+}
+
+int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q, int n,
+              const char *const *vals)
+{
+    int rc;
+    PGresult *r = pg_run(pc, q, n, vals, &rc);
+
+    cursor_start(cur, r, rc);
+    return rc;
+}
+
+int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
+                const char *const *vals)
+{
+    int rc;
+    PGresult *r = pg_run_sql(pc, sql, n, vals, &rc);
+
+    cursor_start(cur, r, rc);
+    return rc;
+}
+
+int pg_next(struct pg_cursor *cur)
+{
+    if (cur->rc < 0)
+        return cur->rc;
+    if (cur->base.row.i + 1 >= PQntuples(cur->r))
+        return STORE_DONE;
+    cur->base.row.i++;
+    return STORE_ROW;
+}
+
+int pg_changes(const struct pg_cursor *cur)
+{
+    const char *n = cur->r ? PQcmdTuples(cur->r) : "";
+
+    return (int)strtol(n, NULL, 10);
+}
+
+int pg_end(struct pg_cursor *cur, int rc)
+{
+    PQclear(cur->r);
+    cur->r = NULL;
+    return rc < 0 ? rc : cur->rc;
+}
+
+int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+             int *changes)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, q, n, vals);
+
+    if (rc == 0 && changes)
+        *changes = pg_changes(&cur);
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+/* The rows of q through build(): all of them into the array *out, or the first one
+ * as *out (ERR_NOTFOUND when none). */
+static int read_rows(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                     json_t *(*build)(const struct store_row *r), bool one, json_t **out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct pg_cursor cur;
+    json_t *v = NULL;
+    int rc = pg_open_q(&cur, pc, q, n, vals);
+
+    if (rc == 0)
+        rc = rows_build(&cur.base, build, one, &v);
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rows_give(rc, v, out);
+}
+
+int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+            json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, n, vals, build, false, out);
+}
+
+int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    return read_rows(st, q, n, vals, build, true, out);
+}
+
+char *pg_json_text(const json_t *v, bool *ok)
+{
+    char *t;
+
+    if (!v)
+        return NULL;
+    t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!t)
+        *ok = false;
+    return t;
+}
+
+
+
+
+
+
+
+/* Appends one array element in PostgreSQL's literal syntax, quoted and escaped. */
+int pg_array_add(struct buf *b, const char *s, bool is_null)
+{
+    int rc = buf_append(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);
+
+    if (rc < 0)
+        return rc;
+    if (is_null)
+        return buf_append(b, "NULL", 4);
+    rc = buf_append(b, "\"", 1);
+    for (const char *p = s; rc == 0 && *p; p++) {
+        if (*p == '"' || *p == '\\')
+            rc = buf_append(b, "\\", 1);
+        if (rc == 0)
+            rc = buf_append(b, p, 1);
+    }
+    return rc == 0 ? buf_append(b, "\"", 1) : rc;
+}
+
+/* ---- open, migrate, close ---- */
+
+int pg_exec_simple(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    int rc = 0;
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        log_error("postgresql: %s", PQresultErrorMessage(r));
+        rc = ERR_STORE;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* "postgresql+asyncpg://" is SQLAlchemy's spelling; libpq wants "postgresql://". */
+static char *conninfo_of(const char *url)
+{
+    const char *rest = strstr(url, "://");
+    char *out;
+
+    if (!rest)
+        return NULL;
+    size_t n = strlen(rest) + 16;
+
+    out = malloc(n);
+    if (out)
+        snprintf(out, n, "postgresql%s", rest);
+    return out;
+}
+
+static void pg_close(struct store *st);
+
+static int pg_open(const char *url, struct store **out)
+{
+    struct pg_store *s = calloc(1, sizeof(*s));
+    int rc = ERR_STORE;
+
+    if (!s)
+        return ERR_NOMEM;
+    s->base.ops = &store_pg_ops;
+    for (int i = 0; i < POOL_SIZE; i++)
+        s->conns[i].owner = s;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->conninfo = conninfo_of(url);
+    if (!s->conninfo) {
+        rc = ERR_INVALID;
+        goto fail;
+    }
+    s->conns[0].c = connect_db(s->conninfo, false);
+    if (!s->conns[0].c)
+        goto fail;
+    rc = pg_migrate(s->conns[0].c);
+    if (rc < 0)
+        goto fail;
+    *out = &s->base;
+    return 0;
+fail:
+    pg_close(&s->base);
+    return rc;
+}
+
+static void pg_close(struct store *st)
+{
+    struct pg_store *s = P(st);
+
+    atomic_store(&s->stopping, true);
+    if (s->has_listener)
+        pthread_join(s->listener, NULL);
+    for (int i = 0; i < POOL_SIZE; i++)
+        if (s->conns[i].c)
+            PQfinish(s->conns[i].c);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s->conninfo);
+    free(s);
+}
+
+/* The listener: its own connection, LISTEN, and a poll loop that also notices
+ * shutdown. Reconnects with back-off when the database goes away. */
+static void *listen_main(void *arg)
+{
+    struct pg_store *s = arg;
+    PGconn *c = NULL;
+    int backoff_ms = 100;
+
+    while (!atomic_load(&s->stopping)) {
+        struct pollfd pfd;
+        PGnotify *n;
+
+        if (!c) {
+            c = connect_db(s->conninfo, true);
+            if (!c || pg_exec_simple(c, "LISTEN taskexec_task; LISTEN taskexec_session") < 0) {
+                PQfinish(c);
+                c = NULL;
+                usleep((useconds_t)backoff_ms * 1000);
+                backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
+                continue;
+            }
+            backoff_ms = 100;
+            s->on_task(s->on_task_ctx); /* tasks may have arrived while we were away */
+            if (s->on_session)
+                s->on_session(s->on_session_ctx, NULL);
+        }
+        pfd.fd = PQsocket(c);
+        pfd.events = POLLIN;
+        if (poll(&pfd, 1, 200) < 0 && errno != EINTR)
+            break;
+        if (!PQconsumeInput(c)) {
+            PQfinish(c);
+            c = NULL;
+            continue;
+        }
+        while ((n = PQnotifies(c))) {
+            if (!strcmp(n->relname, "taskexec_session")) {
+                if (s->on_session)
+                    s->on_session(s->on_session_ctx, n->extra);
+            } else {
+                s->on_task(s->on_task_ctx);
+            }
+            PQfreemem(n);
+        }
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static int pg_listen(struct store *st, void (*on_task)(void *ctx), void *ctx)
+{
+    struct pg_store *s = P(st);
+
+    if (!on_task) {
+        /* Stop: after this returns the callback is never called again. */
+        atomic_store(&s->stopping, true);
+        if (s->has_listener)
+            pthread_join(s->listener, NULL);
+        s->has_listener = false;
+        return 0;
+    }
+    s->on_task = on_task;
+    s->on_task_ctx = ctx;
+    if (pthread_create(&s->listener, NULL, listen_main, s) != 0)
+        return ERR_IO;
+    s->has_listener = true;
+    return 0;
+}
+
+static int pg_ping(struct store *st)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc;
+    PGresult *r = pg_run_sql(pc, "SELECT 1", 0, NULL, &rc);
+
+    PQclear(r);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+/* ---- workers ---- */
+
+
+
+/* ---- interactive sessions ---- */
+
+
+static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, const char *payload),
+                               void *ctx)
+{
+    P(st)->on_session = on_session;
+    P(st)->on_session_ctx = ctx;
+}
+
+const struct store_ops store_pg_ops = {
+    .name = "postgresql",
+    .open = pg_open,
+    .close = pg_close,
+    .ping = pg_ping,
+    .listen = pg_listen,
+    .task_insert = pg_task_insert,
+    .task_get = pg_task_get,
+    .task_list = pg_task_list,
+    .task_cancel = pg_task_cancel,
+    .task_claim = pg_task_claim,
+    .task_finish = pg_task_finish,
+    .task_lease_status = pg_task_lease_status,
+    .task_stats = pg_task_stats,
+    .logs_append = pg_logs_append,
+    .logs_list = pg_logs_list,
+    .messages_append = pg_messages_append,
+    .conversations_list = pg_conversations_list,
+    .conversation_get = pg_conversation_get,
+    .task_conversations = pg_task_conversations,
+    .conversation_stats = pg_conversation_stats,
+    .worker_register = pg_worker_register,
+    .worker_token = pg_worker_token,
+    .worker_heartbeat = pg_worker_heartbeat,
+    .worker_set_status = pg_worker_set_status,
+    .worker_list = pg_worker_list,
+    .worker_get = pg_worker_get,
+    .worker_counts = pg_worker_counts,
+    .reap = pg_reap,
+    .recover = pg_recover,
+    .webhooks_due = pg_webhooks_due,
+    .webhook_result = pg_webhook_result,
+    .events_head = pg_events_head,
+    .events_after = pg_events_after,
+    .logs_after = pg_logs_after,
+    .events_prune = pg_events_prune,
+    .task_timeseries = pg_task_timeseries,
+    .export_extras = pg_export_extras,
+    .session_ready = pg_session_ready,
+    .session_get = pg_session_get,
+    .session_step = pg_session_step,
+    .session_next = pg_session_next,
+    .session_answer = pg_session_answer,
+    .session_end = pg_session_end,
+    .session_idle = pg_session_idle,
+    .listen_sessions = pg_listen_sessions,
+};

@@ -1,0 +1,86 @@
+/* store/pg/events: the event journal (live streams, charts). */
+#include "store/pg/pg_int.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <stdlib.h>
+
+enum {
+    E_HEAD,
+    E_AFTER,
+    E_LOGS_AFTER,
+    E_PRUNE,
+    E_SERIES,
+    E_N
+};
+
+static const struct pg_query event_q[E_N] = {
+    [E_HEAD] = {"reading the event head",
+                "SELECT (SELECT COALESCE(max(id), 0) FROM task_events), "
+                "(SELECT COALESCE(max(id), 0) FROM task_logs)"},
+    [E_AFTER] = {"reading events",
+                 "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM task_events "
+                 "WHERE id > $1 ORDER BY id LIMIT $2"},
+    [E_LOGS_AFTER] = {"reading new logs",
+                      "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
+                      "task_logs WHERE id > $1 ORDER BY id LIMIT $2"},
+    [E_PRUNE] = {"pruning events",
+                 "DELETE FROM task_events WHERE ts < $1 AND id < (SELECT max(id) FROM "
+                 "task_events)"},
+    [E_SERIES] = {"reading the time series",
+                  "SELECT ts / $2 * $2, count(*) FILTER (WHERE status = 'pending'), count(*) "
+                  "FILTER (WHERE status = 'running'), count(*) FILTER (WHERE status = "
+                  "'completed'), count(*) FILTER (WHERE status IN ('failed', 'timeout')), "
+                  "count(*) FILTER (WHERE status = 'cancelled'), avg(wait_us) FROM task_events "
+                  "WHERE ts >= $1 AND kind = 'task' GROUP BY 1 ORDER BY 1"},
+};
+
+int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &event_q[E_HEAD], 0, NULL);
+
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        *event_id = cur.base.row.ops->i64(&cur.base.row, 0);
+        *log_id = cur.base.row.ops->i64(&cur.base.row, 1);
+    }
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+/* q with two integer parameters, each row through build() into a new array. */
+static int read2(struct store *st, int q, int64_t a1, int64_t a2,
+                 json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    struct num n1, n2;
+    const char *v[2] = {num(&n1, a1), num(&n2, a2)};
+
+    return pg_read(st, &event_q[q], 2, v, build, out);
+}
+
+int pg_events_after(struct store *st, int64_t after, int limit, json_t **out)
+{
+    return read2(st, E_AFTER, after, limit, rows_event, out);
+}
+
+int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out)
+{
+    return read2(st, E_LOGS_AFTER, after, limit, rows_new_log, out);
+}
+
+int pg_events_prune(struct store *st, int64_t before)
+{
+    struct num b;
+    const char *v[1] = {num(&b, before)};
+
+    return pg_write(st, &event_q[E_PRUNE], 1, v, NULL);
+}
+
+int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out)
+{
+    return read2(st, E_SERIES, since, bucket_us, rows_bucket, out);
+}

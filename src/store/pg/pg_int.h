@@ -1,0 +1,245 @@
+/* store/pg/pg_int.h: what the files of the PostgreSQL backend share.
+ *
+ * DESIGN
+ * A bounded pool of connections shared by HTTP handlers and workers; a thread
+ * takes one connection for one store call and gives it back. Each concern file keeps
+ * its SQL in one table of named statements (struct pg_query), prepared once per
+ * connection on first use; only SQL made at run time (a filtered task list) and
+ * transaction control go unprepared. Every result is read through a cursor
+ * (struct pg_cursor) whose next() says row, done or error; rows become API values
+ * in store/rows.c. Each queue rule is one statement, so it is one
+ * transaction and one round trip: a claim is a MATERIALIZED CTE that picks the
+ * next pending task FOR UPDATE SKIP LOCKED (so concurrent claimers on any number
+ * of servers never wait on, or take, the same row), leases it and marks the worker
+ * busy; finishing updates the task only while the caller's lease is current.
+ * Inserting a task NOTIFYs taskexec_task; a listener connection wakes this
+ * server's idle workers, with polling as the fallback.
+ * A lost connection is reset (with back-off) on its next use; meanwhile calls
+ * fail with ERR_UNAVAILABLE, which the API answers with 503.
+ * Times cross the interface as integer microseconds; the schema holds timestamptz. */
+#ifndef TASKEXEC_STORE_PG_INT_H
+#define TASKEXEC_STORE_PG_INT_H
+
+#include "store/rows.h"
+#include "store/store.h"
+#include "core/buf.h"
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#define POOL_SIZE 8
+#define PG_CACHE 64                  /* named statements a connection can hold prepared */
+
+/* One named statement of a concern's table: what it does (for the log) and its SQL. */
+struct pg_query {
+    const char *what;
+    const char *sql;
+};
+
+#define TASK_COLS                                                                          \
+    "id, problem_id, status, priority, backend_type, mode, parameters::text, "              \
+    "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
+    "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
+    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq"
+
+#define TASK_COLS_T                                                                        \
+    "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
+    "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "     \
+    "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "        \
+    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
+    "t.seq"
+
+#define CONV_COLS                                                                          \
+    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config::text, "            \
+    "te_us(c.started_at), te_us(c.ended_at), c.total_messages, c.total_tokens, "            \
+    "c.metadata::text"
+
+struct pg_store;
+
+struct pgconn {
+    struct pg_store *owner;
+    PGconn *c;
+    bool in_tx;                /* inside BEGIN ... COMMIT: a lost statement is not retried */
+    const struct pg_query *prepared[PG_CACHE]; /* prepared[i] is statement "te_<i>" */
+    int n_prepared;
+    bool busy;                 /* lent out; guarded by the pool lock */
+};
+
+struct pg_store {
+    struct store base;
+    char *conninfo;
+    pthread_mutex_t lock;      /* guards conns[].busy */
+    pthread_cond_t cond;
+    struct pgconn conns[POOL_SIZE];
+    int64_t retry_at_ms;       /* no new connection attempt before this; guarded by lock */
+    int backoff_ms;            /* guarded by lock */
+    /* listener */
+    pthread_t listener;
+    bool has_listener;
+    atomic_bool stopping;
+    void (*on_task)(void *ctx);
+    void *on_task_ctx;
+    void (*on_session)(void *ctx, const char *payload); /* NULL: sessions not listened to */
+    void *on_session_ctx;
+};
+
+static inline struct pg_store *P(struct store *st)
+{
+    return (struct pg_store *)st;
+}
+
+/* An integer as a text parameter. */
+struct num {
+    char s[24];
+};
+
+static inline const char *num(struct num *n, int64_t v)
+{
+    snprintf(n->s, sizeof(n->s), "%" PRId64, v);
+    return n->s;
+}
+
+/* A result being read. base.row reads the current row (for rows.c). */
+struct pg_cursor {
+    struct store_cursor base;
+    PGresult *r;               /* NULL when the statement failed */
+    int rc;                    /* the statement's error; returned by pg_end */
+};
+
+/* The four array literals of a log batch, for unnest(). Caller buf_reset's them. */
+struct log_arrays {
+    struct buf ts, lv, msg, ctx;
+};
+
+/* db.c */
+/* pg_conn_get: a pooled connection, (re)connected lazily with back-off (its c may be
+ * NULL: statements on it then fail with ERR_UNAVAILABLE). Give it back with
+ * pg_conn_put. */
+struct pgconn *pg_conn_get(struct pg_store *s);
+void pg_conn_put(struct pg_store *s, struct pgconn *pc);
+/* pg_fail: logs a failed call; ERR_UNAVAILABLE when the connection is gone, else
+ * ERR_STORE. */
+int pg_fail(struct pgconn *pc, PGresult *r, const char *what);
+/* pg_run: named statement q (prepared once per connection); pg_run_sql: SQL text.
+ * Both retry once on a fresh connection when the old one was lost outside a
+ * transaction. The result (caller PQclear's) or NULL with *rc set. */
+PGresult *pg_run(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
+                 int *rc);
+PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
+                     int *rc);
+/* pg_tx: "BEGIN", "COMMIT" or "ROLLBACK" on pc, keeping pc->in_tx; 0 or the error. */
+int pg_tx(struct pgconn *pc, const char *verb) __attribute__((warn_unused_result));
+/* pg_open_q / pg_open_sql: runs the statement and opens a cursor on its result; 0 or
+ * the error (logged). Either way the cursor is to be ended with pg_end. */
+int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q, int n,
+              const char *const *vals) __attribute__((warn_unused_result));
+int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
+                const char *const *vals) __attribute__((warn_unused_result));
+/* pg_next: STORE_ROW, STORE_DONE, or the statement's error. */
+int pg_next(struct pg_cursor *cur) __attribute__((warn_unused_result));
+/* pg_changes: the rows the statement changed. */
+int pg_changes(const struct pg_cursor *cur);
+/* pg_end: clears the result; returns rc when it is an error, else the cursor's. */
+int pg_end(struct pg_cursor *cur, int rc) __attribute__((warn_unused_result));
+/* pg_write: q on a pooled connection, *changes (may be NULL) the rows it changed. */
+int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+             int *changes) __attribute__((warn_unused_result));
+/* pg_read: q on a pooled connection, each row through build() into a new array *out
+ * (caller frees). 0, ERR_NOMEM, or the statement's error; *out unchanged on error. */
+int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+            json_t *(*build)(const struct store_row *r),
+            json_t **out) __attribute__((warn_unused_result));
+/* pg_read_one: the first row of q through build() (caller frees); ERR_NOTFOUND when
+ * there is none. */
+int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                json_t *(*build)(const struct store_row *r),
+                json_t **out) __attribute__((warn_unused_result));
+/* pg_json_text: JSON text of v (caller frees) or NULL for NULL; *ok false when out of
+ * memory. */
+char *pg_json_text(const json_t *v, bool *ok);
+/* pg_array_add: appends one element to an array literal, quoted and escaped. */
+int pg_array_add(struct buf *b, const char *s, bool is_null) __attribute__((warn_unused_result));
+/* pg_exec_simple: SQL text without parameters on a bare connection (migrations, LISTEN);
+ * 0 or ERR_STORE (logged). */
+int pg_exec_simple(PGconn *c, const char *sql);
+
+/* schema.c */
+int pg_migrate(PGconn *c) __attribute__((warn_unused_result));
+
+/* logs.c */
+/* pg_log_arrays_build: the array literals of n log lines (reset a even on error). */
+int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n);
+void pg_log_arrays_reset(struct log_arrays *a);
+
+/* conversations.c */
+/* pg_insert_messages: n messages (and their conversations), inside the caller's
+ * transaction on pc; 0 or the error. */
+int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_entry *e,
+                       size_t n) __attribute__((warn_unused_result));
+
+/* tasks.c */
+/* pg_load_task: the task of id (or, by_key, idempotency key) (caller frees). */
+int pg_load_task(struct pgconn *pc, bool by_key, const char *key,
+                 struct task **out) __attribute__((warn_unused_result));
+
+/* The operations of store_pg_ops (contracts in store.h), one file per concern. */
+int pg_task_insert(struct store *st, struct task *t, struct task **existing);
+int pg_task_get(struct store *st, const char *id, struct task **out);
+int pg_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
+int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
+int pg_task_lease_status(struct store *st, const char *id, const char *lease_token,
+                         enum task_status *status);
+int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out);
+int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out);
+int pg_task_finish(struct store *st, const char *id, const char *lease_token,
+                   const struct task_end *end);
+int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+            struct reap_result *out);
+int pg_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
+int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
+                 int64_t offset, json_t **logs, int64_t *total);
+int pg_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
+                     struct buf *out);
+int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n);
+int pg_conversations_list(struct store *st, const char *task_id, const char *model_name,
+                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
+int pg_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
+int pg_task_conversations(struct store *st, const char *task_id, json_t **out);
+int pg_conversation_stats(struct store *st, json_t **out);
+int pg_worker_register(struct store *st, const struct worker_reg *reg);
+int pg_worker_token(struct store *st, const char *id, char **token_hash);
+int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
+int pg_worker_set_status(struct store *st, const char *id, const char *status,
+                         json_t *metadata);
+int pg_worker_list(struct store *st, const char *status, const char *backend_type,
+                   json_t **out);
+int pg_worker_get(struct store *st, const char *id, json_t **out);
+int pg_worker_counts(struct store *st, int64_t counts[3]);
+int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
+                    struct webhook_job *jobs, size_t *n);
+int pg_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
+                      int64_t next_at, const char *error);
+int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
+int pg_events_after(struct store *st, int64_t after, int limit, json_t **out);
+int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out);
+int pg_events_prune(struct store *st, int64_t before);
+int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
+int pg_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
+                     int64_t now);
+int pg_session_get(struct store *st, const char *task_id, json_t **out);
+int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                    int *step);
+int pg_session_next(struct store *st, const char *task_id, int after, int *step,
+                    char **action);
+int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
+int pg_session_end(struct store *st, const char *task_id);
+int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
+
+#endif

@@ -1,0 +1,286 @@
+/* store/pg/tasks: insert, read, list and cancel tasks; leases and state counts. */
+#include "store/pg/pg_int.h"
+#include "store/rules.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    T_INSERT,
+    T_BY_ID,
+    T_BY_KEY,
+    T_CANCEL,
+    T_LEASE,
+    T_COUNTS,
+    T_AVERAGES,
+    T_N
+};
+
+static const struct pg_query task_q[T_N] = {
+    [T_INSERT] = {"inserting a task",
+                  "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
+                  "backend_type, mode, parameters, metadata, callback_url, idempotency_key, "
+                  "max_steps, timeout_seconds, created_at, updated_at) VALUES ($1, $2, "
+                  "'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
+                  "te_ts($12)) ON CONFLICT (idempotency_key) DO NOTHING RETURNING "
+                  "backend_type) SELECT pg_notify('taskexec_task', backend_type) FROM ins"},
+    [T_BY_ID] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE id = $1"},
+    [T_BY_KEY] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = $1"},
+    [T_CANCEL] = {"cancelling a task",
+                  "UPDATE tasks SET status = 'cancelled', completed_at = te_ts($2), updated_at "
+                  "= te_ts($2), error = " RULE_ERR_CANCELLED " WHERE id = $1 AND status IN "
+                  "('pending', 'running') RETURNING " TASK_COLS},
+    [T_LEASE] = {"reading a lease", "SELECT status, lease_token FROM tasks WHERE id = $1"},
+    [T_COUNTS] = {"stats", "SELECT status, sum(n) FROM task_counts GROUP BY status"},
+    [T_AVERAGES] = {"stats",
+                    "SELECT extract(epoch FROM avg(started_at - created_at)), extract(epoch "
+                    "FROM avg(completed_at - started_at)) FROM tasks WHERE started_at IS NOT "
+                    "NULL"},
+};
+
+/* The task of cur's first row (caller frees), ERR_NOTFOUND, or the error. */
+static int one_task(struct pg_cursor *cur, struct task **out)
+{
+    int rc = rows_one(&cur->base);
+
+    if (rc == 0) {
+        *out = rows_task(&cur->base.row);
+        rc = *out ? 0 : ERR_NOMEM;
+    }
+    return rc;
+}
+
+int pg_load_task(struct pgconn *pc, bool by_key, const char *key, struct task **out)
+{
+    const char *v[1] = {key};
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &task_q[by_key ? T_BY_KEY : T_BY_ID], 1, v);
+
+    if (rc == 0)
+        rc = one_task(&cur, out);
+    return pg_end(&cur, rc);
+}
+
+int pg_task_insert(struct store *st, struct task *t, struct task **existing)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct num n1, n2, n3, n4;
+    bool ok = true;
+    char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
+    const char *v[12] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type, t->mode,
+                         params, meta, t->callback_url, t->idempotency_key,
+                         num(&n2, t->max_steps), num(&n3, t->timeout_seconds),
+                         num(&n4, t->created_at)};
+    struct pg_cursor cur;
+    int rc = ERR_NOMEM;
+
+    *existing = NULL;
+    if (ok) {
+        rc = pg_open_q(&cur, pc, &task_q[T_INSERT], 12, v);
+        if (rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
+            rc = pg_load_task(pc, true, t->idempotency_key, existing); /* a known key */
+        rc = pg_end(&cur, rc);
+    }
+    free(params);
+    free(meta);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+int pg_task_get(struct store *st, const char *id, struct task **out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc = pg_load_task(pc, false, id, out);
+
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+/* A task filter as parameters and the WHERE that uses them, numbered in order. */
+struct filter {
+    char where[512];
+    const char *v[8];
+    int n;
+    struct num nums[3];
+};
+
+/* Adds one condition whose format has one %d, the parameter's number. */
+static void filter_add(struct filter *q, const char *fmt, const char *value)
+{
+    size_t len = strlen(q->where);
+
+    q->v[q->n++] = value;
+    snprintf(q->where + len, sizeof(q->where) - len, fmt, q->n);
+}
+
+static void filter_build(struct filter *q, const struct task_filter *f)
+{
+    memset(q, 0, sizeof(*q));
+    snprintf(q->where, sizeof(q->where), "WHERE true");
+    if (f->status >= 0)
+        filter_add(q, " AND status = $%d", task_status_name((enum task_status)f->status));
+    if (f->problem_id)
+        filter_add(q, " AND problem_id = $%d", f->problem_id);
+    if (f->worker_id)
+        filter_add(q, " AND worker_id = $%d", f->worker_id);
+    if (f->since)
+        filter_add(q, " AND created_at >= te_ts($%d)", num(&q->nums[0], f->since));
+    if (f->until)
+        filter_add(q, " AND created_at < te_ts($%d)", num(&q->nums[1], f->until));
+    if (f->after_seq)
+        filter_add(q, " AND seq > $%d", num(&q->nums[2], f->after_seq));
+}
+
+static int list_total(struct pgconn *pc, const struct task_filter *f, const struct filter *q,
+                      int64_t *total)
+{
+    char sql[1024];
+    struct pg_cursor cur;
+    int rc;
+
+    /* Filtered by state at most: the kept counts answer without a scan. */
+    if (!f->problem_id && !f->worker_id && !f->since && !f->until && !f->after_seq)
+        snprintf(sql, sizeof(sql), "SELECT COALESCE(sum(n), 0) FROM task_counts%s",
+                 f->status >= 0 ? " WHERE status = $1" : "");
+    else
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", q->where);
+    rc = pg_open_sql(&cur, pc, sql, q->n, q->v);
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0)
+        *total = cur.base.row.ops->i64(&cur.base.row, 0);
+    return pg_end(&cur, rc);
+}
+
+static int list_page(struct pgconn *pc, const struct task_filter *f, struct filter *q,
+                     struct task_page *out)
+{
+    char sql[1024];
+    struct num limit, offset;
+    struct pg_cursor cur;
+    int rc;
+
+    q->v[q->n] = num(&limit, f->limit);
+    q->v[q->n + 1] = num(&offset, f->offset);
+    snprintf(sql, sizeof(sql), "SELECT " TASK_COLS " FROM tasks %s ORDER BY seq %s LIMIT $%d "
+             "OFFSET $%d", q->where, f->oldest_first ? "ASC" : "DESC", q->n + 1, q->n + 2);
+    rc = pg_open_sql(&cur, pc, sql, q->n + 2, q->v);
+    if (rc == 0) {
+        out->items = calloc((size_t)PQntuples(cur.r) + 1, sizeof(*out->items));
+        if (!out->items)
+            rc = ERR_NOMEM;
+    }
+    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
+        out->items[out->n] = rows_task(&cur.base.row);
+        rc = out->items[out->n] ? 0 : ERR_NOMEM;
+        if (rc == 0)
+            out->n++;
+    }
+    return pg_end(&cur, rc);
+}
+
+int pg_task_list(struct store *st, const struct task_filter *f, struct task_page *out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct filter q;
+    int rc = 0;
+
+    memset(out, 0, sizeof(*out));
+    filter_build(&q, f);
+    if (!f->no_total)
+        rc = list_total(pc, f, &q, &out->total);
+    if (rc == 0)
+        rc = list_page(pc, f, &q, out);
+    pg_conn_put(P(st), pc);
+    if (rc < 0)
+        store_task_page_reset(out);
+    return rc;
+}
+
+int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct num n;
+    const char *v[2] = {id, num(&n, now)};
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &task_q[T_CANCEL], 2, v);
+
+    if (rc == 0)
+        rc = one_task(&cur, out);
+    rc = pg_end(&cur, rc);
+    if (rc == ERR_NOTFOUND) {
+        rc = pg_load_task(pc, false, id, out);
+        if (rc == 0)
+            rc = ERR_CONFLICT; /* ended already */
+    }
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+int pg_task_lease_status(struct store *st, const char *id, const char *lease_token,
+                         enum task_status *status)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    const char *v[1] = {id};
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &task_q[T_LEASE], 1, v);
+
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0) {
+        const char *lease = PQgetisnull(cur.r, 0, 1) ? NULL : PQgetvalue(cur.r, 0, 1);
+        *status = (enum task_status)task_status_parse(PQgetvalue(cur.r, 0, 0));
+        rc = lease && lease_token && !strcmp(lease, lease_token) ? 0 : ERR_FORBIDDEN;
+    }
+    rc = pg_end(&cur, rc);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+static int read_counts(struct pgconn *pc, struct task_stats *out)
+{
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &task_q[T_COUNTS], 0, NULL);
+
+    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
+        int s = task_status_parse(PQgetvalue(cur.r, cur.base.row.i, 0));
+        if (s >= 0) {
+            out->counts[s] = cur.base.row.ops->i64(&cur.base.row, 1);
+            out->total += out->counts[s];
+        }
+        rc = 0;
+    }
+    return pg_end(&cur, rc);
+}
+
+static int read_averages(struct pgconn *pc, struct task_stats *out)
+{
+    struct pg_cursor cur;
+    int rc = pg_open_q(&cur, pc, &task_q[T_AVERAGES], 0, NULL);
+    const struct store_row *r = &cur.base.row;
+
+    if (rc == 0)
+        rc = rows_one(&cur.base);
+    if (rc == 0 && !r->ops->is_null(r, 0))
+        out->avg_wait_seconds = r->ops->f64(r, 0);
+    if (rc == 0 && !r->ops->is_null(r, 1))
+        out->avg_run_seconds = r->ops->f64(r, 1);
+    return pg_end(&cur, rc);
+}
+
+int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    out->avg_wait_seconds = out->avg_run_seconds = -1;
+    rc = read_counts(pc, out);
+    if (rc == 0 && with_averages)
+        rc = read_averages(pc, out);
+    pg_conn_put(P(st), pc);
+    return rc;
+}

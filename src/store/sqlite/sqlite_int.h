@@ -1,0 +1,244 @@
+/* store/sqlite/sqlite_int.h: what the files of the SQLite backend share.
+ *
+ * DESIGN
+ * One writer connection behind a mutex and a small pool of reader connections,
+ * all on one WAL database. Every write runs in BEGIN IMMEDIATE on the writer, so
+ * writes from our threads never meet SQLITE_BUSY among themselves and a claim
+ * (pick + lease) is one atomic transaction; readers see the last committed state
+ * without waiting for the writer. A busy timeout covers other processes sharing
+ * the file. Each concern file keeps its SQL in one table of named statements
+ * (struct sq_query); a connection prepares each once, on first use, and keeps it.
+ * Every read goes through a cursor (struct sq_cursor) whose next() says row, done
+ * or error; rows become API values in store/rows.c.
+ * Times are integer microseconds since the epoch; JSON columns hold JSON text.
+ * Lock order: a thread holds at most one connection at a time. */
+#ifndef TASKEXEC_STORE_SQLITE_INT_H
+#define TASKEXEC_STORE_SQLITE_INT_H
+
+#include "store/rows.h"
+#include "store/store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+
+#define N_READERS 4
+#define SQ_CACHE 64                 /* named statements a connection keeps prepared */
+
+/* One named statement of a concern's table: what it does (for the log) and its SQL. */
+struct sq_query {
+    const char *what;
+    const char *sql;
+};
+
+struct conn {
+    sqlite3 *db;
+    struct {
+        const struct sq_query *q;   /* the statement's entry in its table */
+        sqlite3_stmt *s;            /* prepared once (persistent), reset after each use */
+    } cache[SQ_CACHE];
+    int n_cached;
+    bool busy;                      /* readers: lent out (guarded by pool lock) */
+};
+
+struct sqlite_store {
+    struct store base;
+    char *path;
+    pthread_mutex_t wlock;          /* guards writer */
+    struct conn writer;
+    pthread_mutex_t rlock;          /* guards readers[].busy */
+    pthread_cond_t rcond;
+    struct conn readers[N_READERS];
+};
+
+static inline struct sqlite_store *S(struct store *st)
+{
+    return (struct sqlite_store *)st;
+}
+
+#define TASK_INSERT_COLS                                                                   \
+    "id, problem_id, status, priority, backend_type, mode, parameters, metadata, "         \
+    "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
+    "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
+
+#define TASK_COLS TASK_INSERT_COLS ", seq"
+
+#define CONV_COLS                                                                          \
+    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
+    "c.ended_at, c.total_messages, c.total_tokens, c.metadata"
+
+/* Reads go to a reader connection, or to the writer for :memory: databases. */
+struct rd {
+    struct sqlite_store *s;
+    struct conn *c;
+    bool is_writer;
+};
+
+/* A statement being stepped. base.row reads the current row (for rows.c). */
+struct sq_cursor {
+    struct store_cursor base;
+    struct conn *c;
+    sqlite3_stmt *s;                /* NULL when opening failed */
+    const char *what;               /* for the log */
+    bool cached;                    /* s is c's: reset at the end, not finalized */
+    int rc;                         /* the first error met; returned by sq_end */
+};
+
+/* One parameter of a statement, bound at its position in an array: text (NULL binds
+ * NULL) or an integer. */
+struct sq_arg {
+    const char *text;
+    int64_t i;
+    bool is_int;
+};
+#define SQ_T(v) ((struct sq_arg){.text = (v)})
+#define SQ_I(v) ((struct sq_arg){.i = (v), .is_int = true})
+
+/* db.c */
+/* sq_fail_db: logs what failed with SQLite's message; returns ERR_STORE. */
+int sq_fail_db(sqlite3 *db, const char *what);
+/* sq_exec_sql: runs SQL text (no parameters, any number of statements); 0 or
+ * ERR_STORE (logged). */
+int sq_exec_sql(sqlite3 *db, const char *sql) __attribute__((warn_unused_result));
+/* sq_open_q: a cursor on named statement q, prepared once per connection.
+ * sq_open_sql: on SQL made at run time, prepared for this use only. Both return 0 or
+ * ERR_STORE (logged); either way the cursor is to be ended with sq_end. */
+int sq_open_q(struct sq_cursor *cur, struct conn *c,
+              const struct sq_query *q) __attribute__((warn_unused_result));
+int sq_open_sql(struct sq_cursor *cur, struct conn *c, const char *what,
+                const char *sql) __attribute__((warn_unused_result));
+/* sq_next: STORE_ROW, STORE_DONE, or ERR_STORE (logged, and kept for sq_end). */
+int sq_next(struct sq_cursor *cur) __attribute__((warn_unused_result));
+/* sq_exec: steps the statement to its end (a write); 0 or ERR_STORE. */
+int sq_exec(struct sq_cursor *cur) __attribute__((warn_unused_result));
+/* sq_end: releases the statement; returns rc when it is an error, else the cursor's
+ * first error, else 0. */
+int sq_end(struct sq_cursor *cur, int rc) __attribute__((warn_unused_result));
+/* sq_bind: binds args[0..n) to ?1..?n. */
+void sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n);
+/* sq_run: named statement q on c with args, adding the rows it changed to *changes
+ * (may be NULL). 0 or ERR_STORE. */
+int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+           int *changes) __attribute__((warn_unused_result));
+/* sq_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND
+ * when there is no row. */
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+               int64_t *out) __attribute__((warn_unused_result));
+/* sq_write: sq_run in a write transaction of its own. */
+int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+             int *changes) __attribute__((warn_unused_result));
+/* Binding: text (NULL binds NULL), JSON as compact text (NULL binds NULL; ERR_NOMEM
+ * when it cannot be dumped), and a JSON object or "{}" for NULL. */
+void sq_bind_text(sqlite3_stmt *s, int i, const char *v);
+int sq_bind_json(sqlite3_stmt *s, int i, const json_t *v) __attribute__((warn_unused_result));
+int sq_bind_object(sqlite3_stmt *s, int i, const json_t *v) __attribute__((warn_unused_result));
+/* Transactions: sq_writer_begin takes the writer and BEGINs IMMEDIATE (NULL when
+ * that fails, logged); sq_writer_end commits when rc >= 0, else rolls back, releases
+ * the writer and returns rc (or ERR_STORE when the commit fails). */
+struct conn *sq_writer_begin(struct sqlite_store *s);
+int sq_writer_end(struct sqlite_store *s, int rc) __attribute__((warn_unused_result));
+/* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
+ * back with sq_rd_put. */
+struct rd sq_rd_get(struct store *st);
+void sq_rd_put(struct rd *r);
+/* sq_read: on a read connection, q with args, whose rows build() turns into the
+ * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
+ * unchanged on error. sq_read_one: the first row's build() (caller frees), or
+ * ERR_NOTFOUND when there is none. */
+int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+            json_t *(*build)(const struct store_row *r),
+            json_t **out) __attribute__((warn_unused_result));
+int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+                json_t *(*build)(const struct store_row *r),
+                json_t **out) __attribute__((warn_unused_result));
+
+/* schema.c */
+/* sq_migrate: applies the migrations this database lacks, in one transaction each
+ * run; 0 or ERR_STORE (logged). */
+int sq_migrate(struct conn *c) __attribute__((warn_unused_result));
+
+/* tasks.c */
+/* sq_load_task: the task of id (or, by_key, of idempotency key) read on c (caller
+ * frees); ERR_NOTFOUND, ERR_NOMEM or ERR_STORE. */
+int sq_load_task(struct conn *c, bool by_key, const char *key,
+                 struct task **out) __attribute__((warn_unused_result));
+
+/* queue.c */
+/* sq_claim_in: the claim, inside the caller's write transaction on c (caller frees
+ * *out); ERR_NOTFOUND when no task is waiting. */
+int sq_claim_in(struct conn *c, const struct claim_req *req,
+                struct task **out) __attribute__((warn_unused_result));
+
+/* logs.c */
+/* sq_insert_logs: n log lines of task_id, inside the caller's write transaction. */
+int sq_insert_logs(struct conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
+
+/* conversations.c */
+/* sq_insert_message: one message (and its conversation, made on first use), inside
+ * the caller's write transaction. */
+int sq_insert_message(struct conn *c, const char *task_id,
+                      const struct msg_entry *e) __attribute__((warn_unused_result));
+
+/* sq_insert_messages: n of them, stopping at the first error. */
+int sq_insert_messages(struct conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n) __attribute__((warn_unused_result));
+
+/* The operations of store_sqlite_ops (contracts in store.h), one file per concern. */
+int sq_task_insert(struct store *st, struct task *t, struct task **existing);
+int sq_task_get(struct store *st, const char *id, struct task **out);
+int sq_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
+int sq_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
+int sq_task_lease_status(struct store *st, const char *id, const char *lease_token,
+                         enum task_status *status);
+int sq_task_stats(struct store *st, bool with_averages, struct task_stats *out);
+int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out);
+int sq_task_finish(struct store *st, const char *id, const char *lease_token,
+                   const struct task_end *end);
+int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+            struct reap_result *out);
+int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
+                   size_t n);
+int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
+                 int64_t offset, json_t **logs, int64_t *total);
+int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
+                     struct buf *out);
+int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n);
+int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
+                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
+int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
+int sq_task_conversations(struct store *st, const char *task_id, json_t **out);
+int sq_conversation_stats(struct store *st, json_t **out);
+int sq_worker_register(struct store *st, const struct worker_reg *reg);
+int sq_worker_token(struct store *st, const char *id, char **token_hash);
+int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
+int sq_worker_set_status(struct store *st, const char *id, const char *status,
+                         json_t *metadata);
+int sq_worker_list(struct store *st, const char *status, const char *backend_type,
+                   json_t **out);
+int sq_worker_get(struct store *st, const char *id, json_t **out);
+int sq_worker_counts(struct store *st, int64_t counts[3]);
+int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
+int sq_events_after(struct store *st, int64_t after, int limit, json_t **out);
+int sq_logs_after(struct store *st, int64_t after, int limit, json_t **out);
+int sq_events_prune(struct store *st, int64_t before);
+int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
+int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
+                    struct webhook_job *jobs, size_t *n);
+int sq_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
+                      int64_t next_at, const char *error);
+int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
+                     int64_t now);
+int sq_session_get(struct store *st, const char *task_id, json_t **out);
+int sq_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                    int *step);
+int sq_session_next(struct store *st, const char *task_id, int after, int *step,
+                    char **action);
+int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
+int sq_session_end(struct store *st, const char *task_id);
+int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
+
+#endif
