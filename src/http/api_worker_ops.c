@@ -236,9 +236,7 @@ int api_worker_claim(struct request *req)
     }
     cr.patterns = patterns;
     uuidgen(lease);
-    cr.now = clock_now_us();
-    rc = store_task_claim(st, &cr, &t);
-    queue_claimed(&srv->queue, (double)(clock_now_us() - cr.now) / 1e6);
+    rc = queue_claim(&srv->queue, &cr, &t);
     json_decref(w);
     if (rc == ERR_NOTFOUND)
         return api_reply(req, 204, NULL);
