@@ -264,14 +264,8 @@ static int held_task(struct request *req, struct task **out)
         return ERR_INVALID;
     }
     rc = store_task_get(st, task_id, &t);
-    if (rc == ERR_NOTFOUND) {
-        api_fail(req, 404, "task %s not found", task_id);
-        return rc;
-    }
-    if (rc < 0) {
-        api_reply_error(req, rc, "the task");
-        return rc;
-    }
+    if (rc < 0)
+        return api_lookup_error(req, rc, "task", task_id);
     if (!t->worker_id || strcmp(t->worker_id, id) != 0) {
         api_fail(req, 403, "task %s is not held by worker %s", task_id, id);
         rc = ERR_FORBIDDEN;
