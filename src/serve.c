@@ -111,13 +111,138 @@ static bool stop_run(void *ctx, const char *task_id)
     return worker_manager_cancel(ctx, task_id);
 }
 
+/* Finds this program, writes the aiopslab runner if the executor needs it, loads the
+ * catalog, opens the store and fails what the previous process left running.
+ * Returns 0, or -1 after logging why; what it made is freed by teardown. */
+static int open_store(struct server *srv)
+{
+    ssize_t n = readlink("/proc/self/exe", srv->self_exe, sizeof(srv->self_exe) - 1);
+    int rc, n_failed = 0;
+
+    if (n <= 0) {
+        log_error("cannot find this program's path in /proc/self/exe");
+        return -1;
+    }
+    srv->self_exe[n] = '\0';
+    if (executor_find(srv->cfg.executor)->start == EXECUTOR_START_RUNNER &&
+        runner_write_aiopslab(srv->cfg.work_dir, srv->aiopslab_script,
+                              sizeof(srv->aiopslab_script)) < 0) {
+        log_error("cannot write the aiopslab runner into WORK_DIR %s", srv->cfg.work_dir);
+        return -1;
+    }
+    if (metrics_new(&srv->metrics) < 0)
+        return -1;
+    srv->problems = load_problems(&srv->cfg, srv->aiopslab_script);
+    if (!srv->problems)
+        return -1;
+    rc = store_open(srv->cfg.database_url, &srv->store);
+    if (rc < 0) {
+        log_error("cannot open the database %s: %s", srv->cfg.database_url, err_str(rc));
+        return -1;
+    }
+    rc = store_recover(srv->store, srv->cfg.worker_name_prefix, clock_now_us(), &n_failed);
+    if (rc < 0)
+        return -1;
+    if (n_failed)
+        log_warn("recovery: %d tasks left running by the previous process ended failed",
+                 n_failed);
+    return 0;
+}
+
+/* The queue, the session hub and the worker manager, wired to each other, with the
+ * housekeeper, the hub's sweeper and the store's notifications started. Returns 0 or
+ * -1. */
+static int start_core(struct server *srv)
+{
+    struct worker_deps wd;
+    int rc;
+
+    srv->queue = (struct queue){
+        .store = srv->store, .metrics = srv->metrics,
+        .defaults = {.max_steps = srv->cfg.default_max_steps,
+                     .timeout_minutes = srv->cfg.default_timeout_minutes},
+        .webhook_allowed_hosts = srv->cfg.webhook_allowed_hosts,
+        .strict_problems = !strcmp(srv->cfg.problem_validation, "strict"),
+        .problems = srv->problems};
+    if (session_hub_new(srv->store, &srv->queue, srv->cfg.session_idle_minutes,
+                        &srv->sessions) < 0)
+        return -1;
+    wd = (struct worker_deps){.cfg = &srv->cfg, .store = srv->store, .queue = &srv->queue,
+                              .metrics = srv->metrics, .sessions = srv->sessions,
+                              .problems = srv->problems, .self_exe = srv->self_exe,
+                              .aiopslab_script = srv->aiopslab_script};
+    if (worker_manager_new(&wd, &srv->workers) < 0)
+        return -1;
+    /* Submitting wakes a worker; cancelling stops the run if one of ours has it. */
+    srv->queue.wake_workers = wake_workers;
+    srv->queue.stop_run = stop_run;
+    srv->queue.workers = srv->workers;
+    if (worker_manager_housekeeping(srv->workers) < 0 || session_hub_start(srv->sessions) < 0)
+        return -1;
+    /* Steps and answers of sessions hosted or awaited elsewhere arrive as notifications. */
+    store_listen_sessions(srv->store, session_hub_on_notify, srv->sessions);
+    /* Tasks queued by other servers wake our idle workers at once. */
+    rc = store_listen(srv->store, wake_workers, srv->workers);
+    if (rc < 0 && rc != ERR_UNSUPPORTED)
+        log_warn("cannot listen for new tasks; idle workers poll every %d ms",
+                 srv->cfg.poll_interval_ms);
+    return 0;
+}
+
+/* The workers (if started at once), webhooks, the event pump and HTTP. Returns 0 or
+ * -1. */
+static int start_serving(struct server *srv)
+{
+    struct webhook_settings ws = {.secret = srv->cfg.webhook_secret,
+                                  .allowed_hosts = srv->cfg.webhook_allowed_hosts,
+                                  .max_attempts = srv->cfg.webhook_max_attempts,
+                                  .retry_base_ms = srv->cfg.webhook_retry_base_ms,
+                                  .timeout_seconds = srv->cfg.webhook_timeout_seconds};
+    int prev;
+
+    if (srv->cfg.auto_start_workers && srv->cfg.num_internal_workers > 0 &&
+        worker_manager_scale(srv->workers, srv->cfg.num_internal_workers, &prev) < 0)
+        return -1;
+    if (webhook_start(srv->store, &ws, &srv->webhooks) < 0)
+        return -1;
+    if (events_start(srv, &srv->events) < 0)
+        return -1;
+    if (http_start(srv, &srv->http) < 0)
+        return -1;
+    log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
+             TASKEXEC_VERSION, srv->cfg.host, http_port(srv->http), store_name(srv->store),
+             srv->cfg.executor, srv->cfg.auto_start_workers ? srv->cfg.num_internal_workers : 0);
+    return 0;
+}
+
+/* Stops and frees whatever was started, in the order that keeps each step safe. */
+static void teardown(struct server *srv)
+{
+    store_unlisten(srv->store);
+    /* Workers first: they stop their children and record why; then HTTP; then webhooks
+     * (the endings just recorded are delivered by the next start); then the store. The
+     * manager is freed after HTTP: a request still in flight may cancel or scale. */
+    worker_manager_shutdown(srv->workers);
+    events_close_streams(srv->events); /* live streams end cleanly; parked ones wake */
+    session_hub_close_waits(srv->sessions); /* parked steps are answered 503 */
+    http_stop(srv->http);
+    worker_manager_free(srv->workers);
+    events_stop(srv->events);
+    session_hub_stop(srv->sessions);
+    webhook_stop(srv->webhooks);
+    store_close(srv->store);
+    metrics_free(srv->metrics);
+    json_decref(srv->problems);
+    config_reset(&srv->cfg);
+}
+
 int server_run(int argc, char **argv)
 {
     struct server srv;
     sigset_t set;
     struct watch watch = {.set = &set};
     pthread_t dog;
-    int sig = 0, rc, code = 1, n_failed = 0, prev;
+    int sig = 0, code = 1;
     bool has_dog = false;
 
     memset(&srv, 0, sizeof(srv));
@@ -132,82 +257,8 @@ int server_run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-
-    ssize_t n = readlink("/proc/self/exe", srv.self_exe, sizeof(srv.self_exe) - 1);
-    if (n <= 0) {
-        log_error("cannot find this program's path in /proc/self/exe");
+    if (open_store(&srv) < 0 || start_core(&srv) < 0 || start_serving(&srv) < 0)
         goto out;
-    }
-    srv.self_exe[n] = '\0';
-    if (executor_find(srv.cfg.executor)->start == EXECUTOR_START_RUNNER &&
-        runner_write_aiopslab(srv.cfg.work_dir, srv.aiopslab_script,
-                              sizeof(srv.aiopslab_script)) < 0) {
-        log_error("cannot write the aiopslab runner into WORK_DIR %s", srv.cfg.work_dir);
-        goto out;
-    }
-    if (metrics_new(&srv.metrics) < 0)
-        goto out;
-    srv.problems = load_problems(&srv.cfg, srv.aiopslab_script);
-    if (!srv.problems)
-        goto out;
-    rc = store_open(srv.cfg.database_url, &srv.store);
-    if (rc < 0) {
-        log_error("cannot open the database %s: %s", srv.cfg.database_url, err_str(rc));
-        goto out;
-    }
-    rc = store_recover(srv.store, srv.cfg.worker_name_prefix, clock_now_us(),
-                                 &n_failed);
-    if (rc < 0)
-        goto out;
-    if (n_failed)
-        log_warn("recovery: %d tasks left running by the previous process ended failed",
-                 n_failed);
-    srv.queue = (struct queue){
-        .store = srv.store, .metrics = srv.metrics,
-        .defaults = {.max_steps = srv.cfg.default_max_steps,
-                     .timeout_minutes = srv.cfg.default_timeout_minutes},
-        .webhook_allowed_hosts = srv.cfg.webhook_allowed_hosts,
-        .strict_problems = !strcmp(srv.cfg.problem_validation, "strict"),
-        .problems = srv.problems};
-    if (session_hub_new(srv.store, &srv.queue, srv.cfg.session_idle_minutes,
-                        &srv.sessions) < 0)
-        goto out;
-    struct worker_deps wd = {.cfg = &srv.cfg, .store = srv.store, .queue = &srv.queue,
-                             .metrics = srv.metrics, .sessions = srv.sessions,
-                             .problems = srv.problems, .self_exe = srv.self_exe,
-                             .aiopslab_script = srv.aiopslab_script};
-    if (worker_manager_new(&wd, &srv.workers) < 0)
-        goto out;
-    /* Submitting wakes a worker; cancelling stops the run if one of ours has it. */
-    srv.queue.wake_workers = wake_workers;
-    srv.queue.stop_run = stop_run;
-    srv.queue.workers = srv.workers;
-    if (worker_manager_housekeeping(srv.workers) < 0 || session_hub_start(srv.sessions) < 0)
-        goto out;
-    /* Steps and answers of sessions hosted or awaited elsewhere arrive as notifications. */
-    store_listen_sessions(srv.store, session_hub_on_notify, srv.sessions);
-    /* Tasks queued by other servers wake our idle workers at once. */
-    rc = store_listen(srv.store, wake_workers, srv.workers);
-    if (rc < 0 && rc != ERR_UNSUPPORTED)
-        log_warn("cannot listen for new tasks; idle workers poll every %d ms",
-                 srv.cfg.poll_interval_ms);
-    if (srv.cfg.auto_start_workers && srv.cfg.num_internal_workers > 0 &&
-        worker_manager_scale(srv.workers, srv.cfg.num_internal_workers, &prev) < 0)
-        goto out;
-    struct webhook_settings ws = {.secret = srv.cfg.webhook_secret,
-                                  .allowed_hosts = srv.cfg.webhook_allowed_hosts,
-                                  .max_attempts = srv.cfg.webhook_max_attempts,
-                                  .retry_base_ms = srv.cfg.webhook_retry_base_ms,
-                                  .timeout_seconds = srv.cfg.webhook_timeout_seconds};
-    if (webhook_start(srv.store, &ws, &srv.webhooks) < 0)
-        goto out;
-    if (events_start(&srv, &srv.events) < 0)
-        goto out;
-    if (http_start(&srv, &srv.http) < 0)
-        goto out;
-    log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
-             TASKEXEC_VERSION, srv.cfg.host, http_port(srv.http), store_name(srv.store),
-             srv.cfg.executor, srv.cfg.auto_start_workers ? srv.cfg.num_internal_workers : 0);
     while (sigwait(&set, &sig) != 0)
         ;
     log_info("signal %d: shutting down (a second signal forces it)", sig);
@@ -218,22 +269,7 @@ int server_run(int argc, char **argv)
     http_quiesce(srv.http);
     code = 0;
 out:
-    store_unlisten(srv.store);
-    /* Workers first: they stop their children and record why; then HTTP; then webhooks
-     * (the endings just recorded are delivered by the next start); then the store. The
-     * manager is freed after HTTP: a request still in flight may cancel or scale. */
-    worker_manager_shutdown(srv.workers);
-    events_close_streams(srv.events); /* live streams end cleanly; parked ones wake */
-    session_hub_close_waits(srv.sessions); /* parked steps are answered 503 */
-    http_stop(srv.http);
-    worker_manager_free(srv.workers);
-    events_stop(srv.events);
-    session_hub_stop(srv.sessions);
-    webhook_stop(srv.webhooks);
-    store_close(srv.store);
-    metrics_free(srv.metrics);
-    json_decref(srv.problems);
-    config_reset(&srv.cfg);
+    teardown(&srv);
     if (has_dog) {
         pthread_cancel(dog);
         pthread_join(dog, NULL);

@@ -717,6 +717,45 @@ static void print_answer(const struct opts *o, json_t *a)
         printf("done: reward %g\n", json_number_value(json_object_get(a, "reward")));
 }
 
+/* session play: one action a line from stdin, each answer printed, until the session
+ * is done or stdin ends (then the session is closed). Returns the exit code. */
+static int play(struct client *c, const struct opts *o, json_t *s)
+{
+    char line[65536], path[200];
+    const char *id = json_string_value(json_object_get(s, "id"));
+    bool done = strcmp(json_string_value(json_object_get(s, "status")), "ready") != 0;
+    long status = 0;
+    json_t *a = NULL;
+    int rc = EXIT_OK;
+
+    while (!done) {
+        if (isatty(STDIN_FILENO)) {
+            fputs("action> ", stdout);
+            fflush(stdout);
+        }
+        if (!fgets(line, sizeof(line), stdin))
+            break;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        rc = session_step(c, id, line, &a);
+        if (rc != EXIT_OK)
+            break;
+        print_answer(o, a);
+        done = json_is_true(json_object_get(a, "done"));
+        json_decref(a);
+        a = NULL;
+    }
+    if (!done) { /* stdin ended first: give the environment back */
+        json_t *r = NULL;
+        snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", id);
+        if (call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
+            fprintf(stderr, "session %s closed\n", id);
+        json_decref(r);
+    }
+    return rc;
+}
+
 static int do_session(struct client *c, const char *sub, const struct opts *o)
 {
     char path[200];
@@ -730,36 +769,8 @@ static int do_session(struct client *c, const char *sub, const struct opts *o)
         rc = session_open(c, o, &s);
         if (rc == EXIT_OK)
             print_session(o, s);
-        if (rc == EXIT_OK && !strcmp(sub, "play")) {
-            char line[65536];
-            const char *id = json_string_value(json_object_get(s, "id"));
-            bool done = strcmp(json_string_value(json_object_get(s, "status")), "ready") != 0;
-            while (!done) {
-                if (isatty(STDIN_FILENO)) {
-                    fputs("action> ", stdout);
-                    fflush(stdout);
-                }
-                if (!fgets(line, sizeof(line), stdin))
-                    break;
-                line[strcspn(line, "\r\n")] = '\0';
-                if (!line[0])
-                    continue;
-                rc = session_step(c, id, line, &a);
-                if (rc != EXIT_OK)
-                    break;
-                print_answer(o, a);
-                done = json_is_true(json_object_get(a, "done"));
-                json_decref(a);
-                a = NULL;
-            }
-            if (!done) { /* stdin ended first: give the environment back */
-                snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", id);
-                json_t *r = NULL;
-                if (call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
-                    fprintf(stderr, "session %s closed\n", id);
-                json_decref(r);
-            }
-        }
+        if (rc == EXIT_OK && !strcmp(sub, "play"))
+            rc = play(c, o, s);
         json_decref(s);
         return rc;
     }

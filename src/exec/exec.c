@@ -206,138 +206,197 @@ static void set_nonblock(int fd)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
-             struct exec_outcome *out)
-{
-    struct stream st[2] = {{.fd = -1, .kind = PROTO_STDOUT}, {.fd = -1, .kind = PROTO_STDERR}};
-    struct run r = {.spec = spec, .hooks = hooks, .out = out};
-    int in_fd = -1, status = 0;
-    size_t written = 0;
+/* What one exec_run tracks between its steps. */
+struct loop {
+    struct stream st[2];          /* the child's stdout and stderr */
+    int in_fd;                    /* the child's stdin; -1 once closed */
     struct buf inq;               /* bytes for the child's stdin, from written on */
-    int64_t start = clock_mono_ms(), term_at = 0;
-    bool reaped = false, killed = false;
-    pid_t pid = -1;
+    size_t written;
+    pid_t pid;
+    int status;                   /* from waitpid, once reaped */
+    bool reaped, killed;
+    int64_t term_at;              /* when SIGTERM was sent */
+    struct pollfd pfd[4];
+    int idx_in, idx_wake, idx_s[2]; /* each one's slot in pfd, or -1 */
+};
 
-    memset(out, 0, sizeof(*out));
-    buf_init(&inq, 1u << 30);
-    if (spec->input_len && buf_append(&inq, spec->input, spec->input_len) < 0)
+/* Queues the input, spawns the child and readies its pipes. Returns 0, or
+ * ERR_NOMEM / ERR_IO with nothing left open (out->error says why on ERR_IO). */
+static int loop_start(struct loop *l, const struct exec_spec *spec, struct exec_outcome *out)
+{
+    buf_init(&l->inq, 1u << 30);
+    if (spec->input_len && buf_append(&l->inq, spec->input, spec->input_len) < 0)
         return ERR_NOMEM;
-    if (spawn(spec, &pid, &in_fd, &st[0].fd, &st[1].fd, out->error, sizeof(out->error)) < 0) {
-        buf_reset(&inq);
+    if (spawn(spec, &l->pid, &l->in_fd, &l->st[0].fd, &l->st[1].fd, out->error,
+              sizeof(out->error)) < 0) {
+        buf_reset(&l->inq);
         return ERR_IO;
     }
     out->started = true;
     /* Room for a split line plus one read, so appending never fails. */
-    buf_init(&st[0].line, LINE_MAX_BYTES + READ_CHUNK);
-    buf_init(&st[1].line, LINE_MAX_BYTES + READ_CHUNK);
-    set_nonblock(in_fd);
-    set_nonblock(st[0].fd);
-    set_nonblock(st[1].fd);
-    if (!inq.len && !spec->keep_stdin)
-        close_fd(&in_fd);
+    buf_init(&l->st[0].line, LINE_MAX_BYTES + READ_CHUNK);
+    buf_init(&l->st[1].line, LINE_MAX_BYTES + READ_CHUNK);
+    set_nonblock(l->in_fd);
+    set_nonblock(l->st[0].fd);
+    set_nonblock(l->st[1].fd);
+    if (!l->inq.len && !spec->keep_stdin)
+        close_fd(&l->in_fd);
+    return 0;
+}
 
-    while (!reaped || st[0].fd >= 0 || st[1].fd >= 0) {
-        struct pollfd pfd[4];
-        int n = 0, idx_in = -1, idx_wake = -1, idx_s[2] = {-1, -1};
-        int64_t now = clock_mono_ms();
-        enum exec_stop why;
+/* Fills l->pfd with what is worth waiting on; returns how many. */
+static int loop_fds(struct loop *l, const struct exec_spec *spec)
+{
+    int n = 0;
 
-        if (in_fd >= 0 && written < inq.len) {
-            idx_in = n;
-            pfd[n++] = (struct pollfd){.fd = in_fd, .events = POLLOUT};
-        }
-        if (in_fd >= 0 && spec->keep_stdin && spec->wake_fd >= 0) {
-            idx_wake = n;
-            pfd[n++] = (struct pollfd){.fd = spec->wake_fd, .events = POLLIN};
-        }
-        for (int i = 0; i < 2; i++) {
-            if (st[i].fd >= 0) {
-                idx_s[i] = n;
-                pfd[n++] = (struct pollfd){.fd = st[i].fd, .events = POLLIN};
-            }
-        }
-        if (poll(pfd, (nfds_t)n, reaped ? 0 : TICK_MS) < 0 && errno != EINTR)
-            break;
-        if (idx_wake >= 0 && pfd[idx_wake].revents) {
-            uint64_t count; /* drained; take_input below is what answers it */
-            ssize_t got = read(spec->wake_fd, &count, sizeof(count));
-            (void)got;
-        }
-        if (in_fd >= 0 && spec->keep_stdin && hooks->take_input && !out->stopped) {
-            char *more = hooks->take_input(hooks->ctx, idx_wake >= 0 && pfd[idx_wake].revents);
-            if (more) {
-                if (buf_append(&inq, more, strlen(more)) < 0)
-                    close_fd(&in_fd); /* cannot queue it: the child sees end of input */
-                free(more);
-            }
-        }
-        if (idx_in >= 0 && pfd[idx_in].revents) {
-            ssize_t w = write(in_fd, inq.data + written, inq.len - written);
-            if (w > 0)
-                written += (size_t)w;
-            if (w < 0 && errno != EAGAIN && errno != EINTR)
-                close_fd(&in_fd);
-            if (written == inq.len) {
-                buf_consume(&inq, inq.len);
-                written = 0;
-                if (!spec->keep_stdin)
-                    close_fd(&in_fd);
-            }
-        }
-        for (int i = 0; i < 2; i++) {
-            if (idx_s[i] >= 0 && pfd[idx_s[i]].revents) {
-                if (!pump(&r, &st[i])) {
-                    flush_tail(&r, &st[i]);
-                    close_fd(&st[i].fd);
-                }
-            } else if (reaped && st[i].fd >= 0) {
-                /* The child is gone and nothing is left to read: a grandchild may
-                 * hold the pipe, but it has been killed with the group. */
-                flush_tail(&r, &st[i]);
-                close_fd(&st[i].fd);
-            }
-        }
-        if (!reaped && waitpid(pid, &status, WNOHANG) == pid) {
-            reaped = true;
-            kill(-pid, SIGKILL); /* whatever it forked goes too */
-            continue;
-        }
-        if (reaped)
-            continue;
-        now = clock_mono_ms();
-        why = hooks->should_stop(hooks->ctx);
-        if (why == EXEC_STOP_NONE && spec->deadline_ms && now >= spec->deadline_ms)
-            why = EXEC_STOP_TIMEOUT;
-        if (why != EXEC_STOP_NONE && !out->stopped) {
-            out->stopped = why;
-            term_at = now;
-            /* End of input too: a session's environment waiting for its next action
-             * learns it is over even if it handles SIGTERM by cleaning up first. */
-            close_fd(&in_fd);
-            kill(-pid, SIGTERM);
-        }
-        if (out->stopped && !killed && now - term_at >= spec->grace_ms) {
-            killed = true;
-            kill(-pid, SIGKILL);
-        }
+    l->idx_in = l->idx_wake = l->idx_s[0] = l->idx_s[1] = -1;
+    if (l->in_fd >= 0 && l->written < l->inq.len) {
+        l->idx_in = n;
+        l->pfd[n++] = (struct pollfd){.fd = l->in_fd, .events = POLLOUT};
     }
-    if (!reaped) {
-        kill(-pid, SIGKILL);
-        waitpid(pid, &status, 0);
+    if (l->in_fd >= 0 && spec->keep_stdin && spec->wake_fd >= 0) {
+        l->idx_wake = n;
+        l->pfd[n++] = (struct pollfd){.fd = spec->wake_fd, .events = POLLIN};
     }
-    close_fd(&in_fd);
-    buf_reset(&inq);
     for (int i = 0; i < 2; i++) {
-        close_fd(&st[i].fd);
-        buf_reset(&st[i].line);
+        if (l->st[i].fd >= 0) {
+            l->idx_s[i] = n;
+            l->pfd[n++] = (struct pollfd){.fd = l->st[i].fd, .events = POLLIN};
+        }
     }
-    if (WIFEXITED(status)) {
+    return n;
+}
+
+static bool ready(const struct loop *l, int idx)
+{
+    return idx >= 0 && l->pfd[idx].revents;
+}
+
+/* Takes more input for an interactive child and writes what the pipe accepts. */
+static void loop_input(struct loop *l, const struct exec_spec *spec,
+                       const struct exec_hooks *hooks, const struct exec_outcome *out)
+{
+    if (ready(l, l->idx_wake)) {
+        uint64_t count; /* drained; take_input below is what answers it */
+        ssize_t got = read(spec->wake_fd, &count, sizeof(count));
+        (void)got;
+    }
+    if (l->in_fd >= 0 && spec->keep_stdin && hooks->take_input && !out->stopped) {
+        char *more = hooks->take_input(hooks->ctx, ready(l, l->idx_wake));
+        if (more) {
+            if (buf_append(&l->inq, more, strlen(more)) < 0)
+                close_fd(&l->in_fd); /* cannot queue it: the child sees end of input */
+            free(more);
+        }
+    }
+    if (ready(l, l->idx_in)) {
+        ssize_t w = write(l->in_fd, l->inq.data + l->written, l->inq.len - l->written);
+        if (w > 0)
+            l->written += (size_t)w;
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            close_fd(&l->in_fd);
+        if (l->written == l->inq.len) {
+            buf_consume(&l->inq, l->inq.len);
+            l->written = 0;
+            if (!spec->keep_stdin)
+                close_fd(&l->in_fd);
+        }
+    }
+}
+
+/* Reads stdout and stderr into events; closes each at its end. */
+static void loop_output(struct loop *l, struct run *r)
+{
+    for (int i = 0; i < 2; i++) {
+        if (ready(l, l->idx_s[i])) {
+            if (!pump(r, &l->st[i])) {
+                flush_tail(r, &l->st[i]);
+                close_fd(&l->st[i].fd);
+            }
+        } else if (l->reaped && l->st[i].fd >= 0) {
+            /* The child is gone and nothing is left to read: a grandchild may
+             * hold the pipe, but it has been killed with the group. */
+            flush_tail(r, &l->st[i]);
+            close_fd(&l->st[i].fd);
+        }
+    }
+}
+
+/* Asks whether the run must stop (hook or deadline): SIGTERM first, SIGKILL
+ * after the grace period. */
+static void loop_stop(struct loop *l, const struct exec_spec *spec,
+                      const struct exec_hooks *hooks, struct exec_outcome *out)
+{
+    int64_t now = clock_mono_ms();
+    enum exec_stop why = hooks->should_stop(hooks->ctx);
+
+    if (why == EXEC_STOP_NONE && spec->deadline_ms && now >= spec->deadline_ms)
+        why = EXEC_STOP_TIMEOUT;
+    if (why != EXEC_STOP_NONE && !out->stopped) {
+        out->stopped = why;
+        l->term_at = now;
+        /* End of input too: a session's environment waiting for its next action
+         * learns it is over even if it handles SIGTERM by cleaning up first. */
+        close_fd(&l->in_fd);
+        kill(-l->pid, SIGTERM);
+    }
+    if (out->stopped && !l->killed && now - l->term_at >= spec->grace_ms) {
+        l->killed = true;
+        kill(-l->pid, SIGKILL);
+    }
+}
+
+/* Reaps the child if not yet, closes everything and fills in how it ended. */
+static void loop_finish(struct loop *l, struct exec_outcome *out, int64_t start)
+{
+    if (!l->reaped) {
+        kill(-l->pid, SIGKILL);
+        waitpid(l->pid, &l->status, 0);
+    }
+    close_fd(&l->in_fd);
+    buf_reset(&l->inq);
+    for (int i = 0; i < 2; i++) {
+        close_fd(&l->st[i].fd);
+        buf_reset(&l->st[i].line);
+    }
+    if (WIFEXITED(l->status)) {
         out->exited = true;
-        out->exit_code = WEXITSTATUS(status);
-    } else if (WIFSIGNALED(status)) {
-        out->signal = WTERMSIG(status);
+        out->exit_code = WEXITSTATUS(l->status);
+    } else if (WIFSIGNALED(l->status)) {
+        out->signal = WTERMSIG(l->status);
     }
     out->seconds = (double)(clock_mono_ms() - start) / 1000.0;
+}
+
+int exec_run(const struct exec_spec *spec, const struct exec_hooks *hooks,
+             struct exec_outcome *out)
+{
+    struct loop l = {.st = {{.fd = -1, .kind = PROTO_STDOUT}, {.fd = -1, .kind = PROTO_STDERR}},
+                     .in_fd = -1, .pid = -1};
+    struct run r = {.spec = spec, .hooks = hooks, .out = out};
+    int64_t start = clock_mono_ms();
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    rc = loop_start(&l, spec, out);
+    if (rc < 0)
+        return rc;
+    while (!l.reaped || l.st[0].fd >= 0 || l.st[1].fd >= 0) {
+        int n = loop_fds(&l, spec);
+
+        if (poll(l.pfd, (nfds_t)n, l.reaped ? 0 : TICK_MS) < 0 && errno != EINTR)
+            break;
+        loop_input(&l, spec, hooks, out);
+        loop_output(&l, &r);
+        if (!l.reaped && waitpid(l.pid, &l.status, WNOHANG) == l.pid) {
+            l.reaped = true;
+            kill(-l.pid, SIGKILL); /* whatever it forked goes too */
+            continue;
+        }
+        if (!l.reaped)
+            loop_stop(&l, spec, hooks, out);
+    }
+    loop_finish(&l, out, start);
     return 0;
 }
 

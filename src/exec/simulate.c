@@ -87,74 +87,87 @@ static const char *const observations[] = {
     "Traces saved to ./trace_output: 37% of frontend -> geo calls fail",
 };
 
-int simulate_main(void)
+/* The run's settings from the task line; outcome points into task. */
+struct plan {
+    json_t *task;
+    int max_steps, steps;
+    double step_seconds;
+    const char *outcome;
+};
+
+/* Reads the task line from stdin. Returns it (caller decrefs), or NULL after
+ * saying why on stderr. */
+static json_t *read_task(void)
 {
     char line[1 << 16];
-    json_t *task, *params, *sim_p, *v;
-    struct sim s = {0};
-    int max_steps, steps, seed_given = 0;
-    double step_seconds = 0.05;
-    const char *outcome = "success";
-    char text[512];
+    json_t *task;
 
     if (!fgets(line, sizeof(line), stdin)) {
         fprintf(stderr, "simulate: no task on stdin\n");
-        return 2;
+        return NULL;
     }
     task = json_loads(line, 0, NULL);
     if (!json_is_object(task)) {
         fprintf(stderr, "simulate: the task line is not a JSON object\n");
         json_decref(task);
-        return 2;
+        return NULL;
     }
-    v = json_object_get(task, "mode");
-    if (json_is_string(v) && task_mode_parse(json_string_value(v)) == TASK_INTERACTIVE) {
-        int code = simenv_run(task);
-        json_decref(task);
-        return code;
-    }
-    s.task_id = json_string_value(json_object_get(task, "id"));
-    s.problem_id = json_string_value(json_object_get(task, "problem_id"));
-    if (!s.task_id)
-        s.task_id = "unknown";
-    if (!s.problem_id)
-        s.problem_id = "unknown";
-    params = json_object_get(task, "parameters");
-    max_steps = (int)json_integer_value(json_object_get(params, "max_steps"));
-    if (max_steps <= 0)
-        max_steps = 30;
-    steps = max_steps < 5 ? max_steps : 5;
+    return task;
+}
+
+/* Fills s and p from parameters.simulate. Returns 0, or -1 after saying on
+ * stderr that the outcome is unknown. */
+static int plan_read(struct sim *s, struct plan *p)
+{
+    json_t *params, *sim_p, *v;
+
+    s->task_id = json_string_value(json_object_get(p->task, "id"));
+    s->problem_id = json_string_value(json_object_get(p->task, "problem_id"));
+    if (!s->task_id)
+        s->task_id = "unknown";
+    if (!s->problem_id)
+        s->problem_id = "unknown";
+    params = json_object_get(p->task, "parameters");
+    p->max_steps = (int)json_integer_value(json_object_get(params, "max_steps"));
+    if (p->max_steps <= 0)
+        p->max_steps = 30;
+    p->steps = p->max_steps < 5 ? p->max_steps : 5;
     sim_p = json_object_get(params, "simulate");
     if (json_is_integer(v = json_object_get(sim_p, "steps")))
-        steps = (int)json_integer_value(v);
+        p->steps = (int)json_integer_value(v);
     if (json_is_number(v = json_object_get(sim_p, "step_seconds")))
-        step_seconds = json_number_value(v);
+        p->step_seconds = json_number_value(v);
     if (json_is_string(v = json_object_get(sim_p, "outcome")))
-        outcome = json_string_value(v);
-    if (json_is_integer(v = json_object_get(sim_p, "seed"))) {
-        s.rng = (uint64_t)json_integer_value(v) * 0x9E3779B97F4A7C15ULL + 1;
-        seed_given = 1;
-    }
-    if (!seed_given)
-        s.rng = simenv_hash(s.problem_id);
-    if (steps > max_steps)
-        steps = max_steps;
-    if (steps < 1)
-        steps = 1;
-    if (strcmp(outcome, "success") && strcmp(outcome, "failure") && strcmp(outcome, "crash") &&
-        strcmp(outcome, "hang")) {
+        p->outcome = json_string_value(v);
+    if (json_is_integer(v = json_object_get(sim_p, "seed")))
+        s->rng = (uint64_t)json_integer_value(v) * 0x9E3779B97F4A7C15ULL + 1;
+    else
+        s->rng = simenv_hash(s->problem_id);
+    if (p->steps > p->max_steps)
+        p->steps = p->max_steps;
+    if (p->steps < 1)
+        p->steps = 1;
+    if (strcmp(p->outcome, "success") && strcmp(p->outcome, "failure") &&
+        strcmp(p->outcome, "crash") && strcmp(p->outcome, "hang")) {
         fprintf(stderr, "simulate: unknown outcome '%s' (success, failure, crash, hang)\n",
-                outcome);
-        json_decref(task);
-        return 2;
+                p->outcome);
+        return -1;
     }
-    snprintf(s.session, sizeof(s.session), "sim-%s", s.task_id);
+    snprintf(s->session, sizeof(s->session), "sim-%s", s->task_id);
+    return 0;
+}
 
-    snprintf(text, sizeof(text), "Simulated AIOpsLab run of %s: %d steps", s.problem_id, steps);
+/* The phase logs before the agent starts, the system prompt and the task. */
+static void prologue(struct sim *s, const struct plan *p)
+{
+    char text[512];
+
+    snprintf(text, sizeof(text), "Simulated AIOpsLab run of %s: %d steps", s->problem_id,
+             p->steps);
     log_line("info", text, json_pack("{s:s}", "phase", "init"));
     log_line("info", "Deploying the application", json_pack("{s:s}", "phase", "deploy"));
     log_line("info", "Injecting the fault", json_pack("{s:s}", "phase", "inject"));
-    message(&s, 0, "system",
+    message(s, 0, "system",
             "You are an expert DevOps engineer assigned to a Kubernetes service. Use the "
             "available APIs (exec_shell, get_logs, get_metrics, get_traces, submit) and "
             "answer with one API call per turn.",
@@ -162,57 +175,91 @@ int simulate_main(void)
     snprintf(text, sizeof(text),
              "Problem %s (%s): the hotel reservation service is misbehaving. Find out "
              "what is wrong. You have %d steps.",
-             s.problem_id, simenv_task_type(s.problem_id), max_steps);
-    message(&s, 0, "user", text, false);
+             s->problem_id, simenv_task_type(s->problem_id), p->max_steps);
+    message(s, 0, "user", text, false);
+}
 
-    for (int step = 1; step <= steps; step++) {
-        size_t k = (size_t)(next(&s) % (sizeof(actions) / sizeof(actions[0])));
+/* One action and observation a step; outcome crash exits half way, hang never
+ * returns. */
+static void agent_steps(struct sim *s, const struct plan *p)
+{
+    char text[512];
 
-        pause_seconds(step_seconds);
-        if (step == steps)
-            message(&s, step, "assistant", "submit(\"Yes\")", true);
+    for (int step = 1; step <= p->steps; step++) {
+        size_t k = (size_t)(next(s) % (sizeof(actions) / sizeof(actions[0])));
+
+        pause_seconds(p->step_seconds);
+        if (step == p->steps)
+            message(s, step, "assistant", "submit(\"Yes\")", true);
         else
-            message(&s, step, "assistant", actions[k], true);
-        message(&s, step, "tool", step == steps ? "Submission received." : observations[k],
+            message(s, step, "assistant", actions[k], true);
+        message(s, step, "tool", step == p->steps ? "Submission received." : observations[k],
                 false);
-        snprintf(text, sizeof(text), "step %d/%d", step, steps);
+        snprintf(text, sizeof(text), "step %d/%d", step, p->steps);
         log_line("info", text, json_pack("{s:s, s:i}", "phase", "step", "step", step));
-        if (!strcmp(outcome, "crash") && step * 2 >= steps) {
+        if (!strcmp(p->outcome, "crash") && step * 2 >= p->steps) {
             fprintf(stderr, "Traceback (most recent call last):\n"
                             "RuntimeError: simulated crash of the agent\n");
             fflush(stderr);
-            json_decref(task);
+            json_decref(p->task);
             _exit(70);
         }
     }
-    if (!strcmp(outcome, "hang")) {
+    if (!strcmp(p->outcome, "hang")) {
         log_line("warning", "the environment stopped answering", NULL);
         for (;;)
             pause();
     }
+}
+
+/* The closing phases and the result line. */
+static void epilogue(struct sim *s, const struct plan *p)
+{
+    int ok = !strcmp(p->outcome, "success");
+    json_t *results, *r;
+
     log_line("info", "Evaluating the submission", json_pack("{s:s}", "phase", "eval"));
     log_line("info", "Cleaning up the environment", json_pack("{s:s}", "phase", "cleanup"));
-    {
-        int ok = !strcmp(outcome, "success");
-        json_t *results = json_pack("{s:i, s:i, s:i}", "steps", steps, "in_tokens", s.in_tokens,
-                                    "out_tokens", s.out_tokens);
-        json_t *r;
-
-        if (!strcmp(simenv_task_type(s.problem_id), "detection")) {
-            json_object_set_new(results, "Detection Accuracy",
-                                json_string(ok ? "Correct" : "Incorrect"));
-            json_object_set_new(results, "TTD", json_real(steps * step_seconds));
-        } else {
-            json_object_set_new(results, "success", json_boolean(ok));
-        }
-        r = json_pack("{s:s, s:b, s:s, s:s, s:{s:i, s:i, s:i}, s:o}", "type", "result",
-                      "success", ok, "output", ok ? "The fault was found" : "Wrong answer",
-                      "session_id", s.session, "metrics", "steps_taken", steps, "in_tokens",
-                      s.in_tokens, "out_tokens", s.out_tokens, "results", results);
-        if (!ok)
-            json_object_set_new(r, "error", json_string("the agent's submission was wrong"));
-        simenv_emit(r);
+    results = json_pack("{s:i, s:i, s:i}", "steps", p->steps, "in_tokens", s->in_tokens,
+                        "out_tokens", s->out_tokens);
+    if (!strcmp(simenv_task_type(s->problem_id), "detection")) {
+        json_object_set_new(results, "Detection Accuracy",
+                            json_string(ok ? "Correct" : "Incorrect"));
+        json_object_set_new(results, "TTD", json_real(p->steps * p->step_seconds));
+    } else {
+        json_object_set_new(results, "success", json_boolean(ok));
     }
-    json_decref(task);
-    return 0;
+    r = json_pack("{s:s, s:b, s:s, s:s, s:{s:i, s:i, s:i}, s:o}", "type", "result",
+                  "success", ok, "output", ok ? "The fault was found" : "Wrong answer",
+                  "session_id", s->session, "metrics", "steps_taken", p->steps, "in_tokens",
+                  s->in_tokens, "out_tokens", s->out_tokens, "results", results);
+    if (!ok)
+        json_object_set_new(r, "error", json_string("the agent's submission was wrong"));
+    simenv_emit(r);
+}
+
+int simulate_main(void)
+{
+    struct plan p = {.step_seconds = 0.05, .outcome = "success"};
+    struct sim s = {0};
+    json_t *v;
+    int code = 2;
+
+    p.task = read_task();
+    if (!p.task)
+        return 2;
+    v = json_object_get(p.task, "mode");
+    if (json_is_string(v) && task_mode_parse(json_string_value(v)) == TASK_INTERACTIVE) {
+        code = simenv_run(p.task);
+        goto out;
+    }
+    if (plan_read(&s, &p) < 0)
+        goto out;
+    prologue(&s, &p);
+    agent_steps(&s, &p);
+    epilogue(&s, &p);
+    code = 0;
+out:
+    json_decref(p.task);
+    return code;
 }

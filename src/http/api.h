@@ -81,6 +81,17 @@ int api_query_bool(struct request *req, const char *name, bool def, bool *out)
  * replies 400 and returns ERR_INVALID. An empty body gives *out = NULL. The
  * caller owns *out. */
 int api_body_json(struct request *req, json_t **out) __attribute__((warn_unused_result));
+/* api_lookup_error: the reply to a failed lookup of a noun ("task", "worker", ...)
+ * by id: 404 "<noun> <id> not found" for ERR_NOTFOUND, else api_reply_error with
+ * "the <noun>". Replies nothing when rc >= 0. Returns rc. */
+int api_lookup_error(struct request *req, int rc, const char *noun, const char *id);
+/* api_submit: what the create routes share: reads the body (required), sets its
+ * "mode" when mode is not NULL (the body must then be an object), and submits it with
+ * the request's Idempotency-Key. Returns 0 with *out the task (caller frees with
+ * task_free) and *created false when the key named an earlier one; otherwise it has
+ * replied (400, 422 or the store's error) and returns a negative code. */
+int api_submit(struct request *req, const char *mode, struct task **out, bool *created)
+    __attribute__((warn_unused_result));
 /* api_valid_uuid: 36 characters of a canonical UUID. */
 bool api_valid_uuid(const char *s);
 

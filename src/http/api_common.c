@@ -96,6 +96,48 @@ int api_invalid_field(struct request *req, const char *field, const char *messag
     return api_invalid(req, json_pack("[{s:s, s:s}]", "field", field, "message", message));
 }
 
+int api_lookup_error(struct request *req, int rc, const char *noun, const char *id)
+{
+    char what[64];
+
+    if (rc == ERR_NOTFOUND) {
+        api_fail(req, 404, "%s %s not found", noun, id);
+    } else if (rc < 0) {
+        snprintf(what, sizeof(what), "the %s", noun);
+        api_reply_error(req, rc, what);
+    }
+    return rc;
+}
+
+int api_submit(struct request *req, const char *mode, struct task **out, bool *created)
+{
+    json_t *body = NULL, *errors = NULL;
+    int rc;
+
+    rc = api_body_json(req, &body);
+    if (rc < 0)
+        return rc;
+    if (!body) {
+        api_invalid_field(req, "body", "is required: a JSON object with problem_id");
+        return ERR_INVALID;
+    }
+    if (mode && !json_is_object(body)) {
+        json_decref(body);
+        api_invalid_field(req, "body", "must be a JSON object");
+        return ERR_INVALID;
+    }
+    if (mode)
+        json_object_set_new(body, "mode", json_string(mode));
+    rc = queue_submit(&req->srv->queue, body, api_header(req, "Idempotency-Key"), out, created,
+                      &errors);
+    json_decref(body);
+    if (rc == ERR_INVALID)
+        api_invalid(req, errors);
+    else if (rc < 0)
+        api_reply_error(req, rc, "the task");
+    return rc;
+}
+
 const char *api_query(struct request *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);

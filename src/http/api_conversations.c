@@ -60,10 +60,10 @@ int api_conv_for_task(struct request *req)
         return api_invalid_field(req, "task_id", "must be a UUID");
     rc = store_task_get(st, req->params[0], &t);
     task_free(t);
-    if (rc == ERR_NOTFOUND)
-        return api_fail(req, 404, "task %s not found", req->params[0]);
-    if (rc < 0)
-        return api_reply_error(req, rc, "the task");
+    if (rc < 0) {
+        api_lookup_error(req, rc, "task", req->params[0]);
+        return 0;
+    }
     rc = store_conversations_list(st, req->params[0], NULL, 100000, 0, &items, &total);
     return rc < 0 ? api_reply_error(req, rc, "the conversations") : api_reply(req, 200, items);
 }
@@ -78,11 +78,7 @@ static int load(struct request *req, bool with_messages, json_t **out)
         return ERR_INVALID;
     }
     rc = store_conversation_get(st, req->params[0], with_messages, out);
-    if (rc == ERR_NOTFOUND)
-        api_fail(req, 404, "conversation %s not found", req->params[0]);
-    else if (rc < 0)
-        api_reply_error(req, rc, "the conversation");
-    return rc;
+    return api_lookup_error(req, rc, "conversation", req->params[0]);
 }
 
 int api_conv_get(struct request *req)

@@ -85,28 +85,10 @@ static int load_session(struct request *req, struct task **out)
 int api_session_create(struct request *req)
 {
     struct task *t = NULL;
-    json_t *body = NULL, *errors = NULL;
     bool created = false;
-    int rc;
 
-    if (api_body_json(req, &body) < 0)
+    if (api_submit(req, task_mode_name(TASK_INTERACTIVE), &t, &created) < 0)
         return 0;
-    if (!body) {
-        api_invalid_field(req, "body", "is required: a JSON object with problem_id");
-        return 0;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return api_invalid_field(req, "body", "must be a JSON object");
-    }
-    json_object_set_new(body, "mode", json_string(task_mode_name(TASK_INTERACTIVE)));
-    rc = queue_submit(&req->srv->queue, body, api_header(req, "Idempotency-Key"), &t, &created,
-                      &errors);
-    json_decref(body);
-    if (rc == ERR_INVALID)
-        return api_invalid(req, errors);
-    if (rc < 0)
-        return api_reply_error(req, rc, "the task");
     api_reply(req, created ? 201 : 200, session_json(t, NULL));
     task_free(t);
     return 0;

@@ -21,11 +21,7 @@ static int load_task(struct request *req, const char *id, struct task **out)
         return ERR_INVALID;
     }
     rc = store_task_get(st, id, out);
-    if (rc == ERR_NOTFOUND)
-        api_fail(req, 404, "task %s not found", id);
-    else if (rc < 0)
-        api_reply_error(req, rc, "the task");
-    return rc;
+    return api_lookup_error(req, rc, "task", id);
 }
 
 static int reply_task(struct request *req, int status, const struct task *t)
@@ -40,23 +36,10 @@ static int reply_task(struct request *req, int status, const struct task *t)
 int api_task_create(struct request *req)
 {
     struct task *t = NULL;
-    json_t *body = NULL, *errors = NULL;
     bool created = false;
-    int rc;
 
-    if (api_body_json(req, &body) < 0)
+    if (api_submit(req, NULL, &t, &created) < 0)
         return 0;
-    if (!body) {
-        api_invalid_field(req, "body", "is required: a JSON object with problem_id");
-        return 0;
-    }
-    rc = queue_submit(&req->srv->queue, body, api_header(req, "Idempotency-Key"), &t, &created,
-                      &errors);
-    json_decref(body);
-    if (rc == ERR_INVALID)
-        return api_invalid(req, errors);
-    if (rc < 0)
-        return api_reply_error(req, rc, "the task");
     reply_task(req, created ? 201 : 200, t);
     task_free(t);
     return 0;

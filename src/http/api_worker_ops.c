@@ -236,9 +236,7 @@ int api_worker_claim(struct request *req)
     }
     cr.patterns = patterns;
     uuidgen(lease);
-    cr.now = clock_now_us();
-    rc = store_task_claim(st, &cr, &t);
-    queue_claimed(&srv->queue, (double)(clock_now_us() - cr.now) / 1e6);
+    rc = queue_claim(&srv->queue, &cr, &t);
     json_decref(w);
     if (rc == ERR_NOTFOUND)
         return api_reply(req, 204, NULL);
@@ -266,14 +264,8 @@ static int held_task(struct request *req, struct task **out)
         return ERR_INVALID;
     }
     rc = store_task_get(st, task_id, &t);
-    if (rc == ERR_NOTFOUND) {
-        api_fail(req, 404, "task %s not found", task_id);
-        return rc;
-    }
-    if (rc < 0) {
-        api_reply_error(req, rc, "the task");
-        return rc;
-    }
+    if (rc < 0)
+        return api_lookup_error(req, rc, "task", task_id);
     if (!t->worker_id || strcmp(t->worker_id, id) != 0) {
         api_fail(req, 403, "task %s is not held by worker %s", task_id, id);
         rc = ERR_FORBIDDEN;

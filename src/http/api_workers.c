@@ -27,11 +27,7 @@ static int load(struct request *req, json_t **out)
     struct store *st = req->srv->store;
     int rc = store_worker_get(st, req->params[0], out);
 
-    if (rc == ERR_NOTFOUND)
-        api_fail(req, 404, "worker %s not found", req->params[0]);
-    else if (rc < 0)
-        api_reply_error(req, rc, "the worker");
-    return rc;
+    return api_lookup_error(req, rc, "worker", req->params[0]);
 }
 
 int api_worker_get(struct request *req)

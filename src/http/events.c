@@ -1,5 +1,6 @@
 /* events: see events.h. */
 #include "http/events.h"
+#include "core/thread.h"
 #include "http/api.h"
 #include "core/buf.h"
 #include "core/clock.h"
@@ -580,11 +581,7 @@ int events_start(struct server *srv, struct event_bus **out)
         return ERR_NOMEM;
     b->srv = srv;
     b->last_ping_ms = clock_mono_ms();
-    pthread_mutex_init(&b->lock, NULL);
-    pthread_cond_init(&b->wake, NULL);
-    if (pthread_create(&b->thread, NULL, pump_main, b) != 0) {
-        pthread_mutex_destroy(&b->lock);
-        pthread_cond_destroy(&b->wake);
+    if (thread_start(&b->lock, &b->wake, &b->thread, pump_main, b) < 0) {
         free(b);
         return ERR_IO;
     }
@@ -614,13 +611,7 @@ void events_stop(struct event_bus *b)
 {
     if (!b)
         return;
-    pthread_mutex_lock(&b->lock);
-    b->stop = true;
-    pthread_cond_signal(&b->wake);
-    pthread_mutex_unlock(&b->lock);
-    pthread_join(b->thread, NULL);
-    pthread_mutex_destroy(&b->lock);
-    pthread_cond_destroy(&b->wake);
+    thread_stop(&b->lock, &b->wake, &b->stop, &b->thread);
     free(b);
 }
 

@@ -288,14 +288,104 @@ static void check_idempotency(struct check *c, const json_t *body, const char *h
     *out = strdup(key);
 }
 
+/* Checks each field into t, every failure into c (problem_id, agent_config,
+ * max_steps, timeout, callback_url, metadata, priority, backend_type, mode,
+ * Idempotency-Key). */
+static void check_fields(struct check *c, json_t *body, json_t *params,
+                         const char *idempotency_header, const struct task_defaults *defs,
+                         struct task *t)
+{
+    json_t *v;
+    long long n;
+
+    check_problem_id(c, body, &t->problem_id);
+    v = field(c, body, params, "agent_config");
+    if (v && !json_is_object(v) && !json_is_null(v))
+        fail(c, "agent_config", "must be an object");
+    v = field(c, body, params, "max_steps");
+    t->max_steps = defs->max_steps;
+    if (v && !json_is_null(v)) {
+        if (!int_in(v, 1, 1000, &n))
+            fail(c, "max_steps", "must be an integer from 1 to 1000");
+        else
+            t->max_steps = (int)n;
+    }
+    check_timeout(c, body, params, defs, &t->timeout_seconds);
+    v = field(c, body, params, "callback_url");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || !valid_url(json_string_value(v)))
+            fail(c, "callback_url", "must be an http:// or https:// URL with a host");
+        else
+            t->callback_url = strdup(json_string_value(v));
+    }
+    v = field(c, body, params, "metadata");
+    if (v && !json_is_object(v) && !json_is_null(v))
+        fail(c, "metadata", "must be an object");
+    else
+        t->metadata = json_is_object(v) ? json_deep_copy(v) : json_object();
+    v = field(c, body, params, "priority");
+    if (v && !json_is_null(v)) {
+        if (!int_in(v, -TASK_PRIORITY_MAX, TASK_PRIORITY_MAX, &n))
+            fail(c, "priority", "must be an integer from -1000000 to 1000000");
+        else
+            t->priority = (int)n;
+    }
+    check_string(c, field(c, body, params, "backend_type"), "backend_type", 64,
+                 &t->backend_type);
+    v = field(c, body, params, "mode");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || task_mode_parse(json_string_value(v)) < 0)
+            fail(c, "mode", "must be \"batch\" or \"interactive\"");
+        else
+            t->mode = strdup(json_string_value(v));
+    }
+    check_idempotency(c, body, idempotency_header, &t->idempotency_key);
+}
+
+/* Effective parameters: the given ones, unknown top-level fields, then the
+ * resolved values, so an executor reads one object. Also fills the defaults of
+ * backend_type and mode. Returns the object (caller decrefs), or NULL when out
+ * of memory. */
+static json_t *effective_params(struct check *c, json_t *body, json_t *params, struct task *t)
+{
+    json_t *eff = params ? json_deep_copy(params) : json_object();
+    json_t *v;
+    const char *key;
+
+    if (!eff || (!t->backend_type && !(t->backend_type = strdup("default"))) ||
+        (!t->mode && !(t->mode = strdup(task_mode_name(TASK_BATCH)))))
+        goto fail;
+    json_object_foreach(body, key, v) {
+        if (!is_task_field(key) && json_object_set(eff, key, v))
+            goto fail;
+    }
+    for (size_t i = 0; i < sizeof(task_fields) / sizeof(task_fields[0]); i++)
+        if (strcmp(task_fields[i], "timeout"))
+            json_object_del(eff, task_fields[i]);
+    v = field(c, body, params, "agent_config");
+    if (json_object_set_new(eff, "agent_config",
+                            json_is_object(v) ? json_deep_copy(v) : json_object()) ||
+        json_object_set_new(eff, "max_steps", json_integer(t->max_steps)))
+        goto fail;
+    if (t->timeout_seconds % 60 == 0) {
+        if (json_object_set_new(eff, "timeout_minutes", json_integer(t->timeout_seconds / 60)))
+            goto fail;
+    } else if (json_object_set_new(eff, "timeout_minutes",
+                                   json_real(t->timeout_seconds / 60.0))) {
+        goto fail;
+    }
+    return eff;
+fail:
+    json_decref(eff);
+    return NULL;
+}
+
 int task_request_parse(json_t *body, const char *idempotency_header,
                        const struct task_defaults *defs, struct task **out, json_t **errors)
 {
     struct check c = {.errors = json_array()};
     struct task *t = task_new();
-    json_t *params = NULL, *v, *eff = NULL;
-    const char *key;
-    long long n;
+    json_t *params = NULL, *eff = NULL;
     int rc = ERR_NOMEM;
 
     if (!c.errors || !t)
@@ -310,50 +400,7 @@ int task_request_parse(json_t *body, const char *idempotency_header,
             fail(&c, "parameters", "must be an object");
         params = NULL;
     }
-    check_problem_id(&c, body, &t->problem_id);
-
-    v = field(&c, body, params, "agent_config");
-    if (v && !json_is_object(v) && !json_is_null(v))
-        fail(&c, "agent_config", "must be an object");
-    v = field(&c, body, params, "max_steps");
-    t->max_steps = defs->max_steps;
-    if (v && !json_is_null(v)) {
-        if (!int_in(v, 1, 1000, &n))
-            fail(&c, "max_steps", "must be an integer from 1 to 1000");
-        else
-            t->max_steps = (int)n;
-    }
-    check_timeout(&c, body, params, defs, &t->timeout_seconds);
-    v = field(&c, body, params, "callback_url");
-    if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || !valid_url(json_string_value(v)))
-            fail(&c, "callback_url", "must be an http:// or https:// URL with a host");
-        else
-            t->callback_url = strdup(json_string_value(v));
-    }
-    v = field(&c, body, params, "metadata");
-    if (v && !json_is_object(v) && !json_is_null(v))
-        fail(&c, "metadata", "must be an object");
-    else
-        t->metadata = json_is_object(v) ? json_deep_copy(v) : json_object();
-    v = field(&c, body, params, "priority");
-    if (v && !json_is_null(v)) {
-        if (!int_in(v, -TASK_PRIORITY_MAX, TASK_PRIORITY_MAX, &n))
-            fail(&c, "priority", "must be an integer from -1000000 to 1000000");
-        else
-            t->priority = (int)n;
-    }
-    check_string(&c, field(&c, body, params, "backend_type"), "backend_type", 64,
-                 &t->backend_type);
-    v = field(&c, body, params, "mode");
-    if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || task_mode_parse(json_string_value(v)) < 0)
-            fail(&c, "mode", "must be \"batch\" or \"interactive\"");
-        else
-            t->mode = strdup(json_string_value(v));
-    }
-    check_idempotency(&c, body, idempotency_header, &t->idempotency_key);
-
+    check_fields(&c, body, params, idempotency_header, defs, t);
 check:
     if (json_array_size(c.errors) > 0) {
         rc = ERR_INVALID;
@@ -361,32 +408,8 @@ check:
         c.errors = NULL;
         goto out;
     }
-    /* Effective parameters: the given ones, unknown top-level fields, then the
-     * resolved values, so an executor reads one object. */
-    eff = params ? json_deep_copy(params) : json_object();
-    if (!eff || (!t->backend_type && !(t->backend_type = strdup("default"))) ||
-        (!t->mode && !(t->mode = strdup(task_mode_name(TASK_BATCH)))))
-        goto out;
-    json_object_foreach(body, key, v) {
-        if (!is_task_field(key) && json_object_set(eff, key, v))
-            goto out;
-    }
-    for (size_t i = 0; i < sizeof(task_fields) / sizeof(task_fields[0]); i++)
-        if (strcmp(task_fields[i], "timeout"))
-            json_object_del(eff, task_fields[i]);
-    v = field(&c, body, params, "agent_config");
-    if (json_object_set_new(eff, "agent_config",
-                            json_is_object(v) ? json_deep_copy(v) : json_object()) ||
-        json_object_set_new(eff, "max_steps", json_integer(t->max_steps)))
-        goto out;
-    if (t->timeout_seconds % 60 == 0) {
-        if (json_object_set_new(eff, "timeout_minutes", json_integer(t->timeout_seconds / 60)))
-            goto out;
-    } else if (json_object_set_new(eff, "timeout_minutes",
-                                   json_real(t->timeout_seconds / 60.0))) {
-        goto out;
-    }
-    if (!t->problem_id || !t->metadata)
+    eff = effective_params(&c, body, params, t);
+    if (!eff || !t->problem_id || !t->metadata)
         goto out;
     t->parameters = eff;
     eff = NULL;

@@ -199,6 +199,18 @@ static int hist_render(struct buf *b, const char *name, const char *labels,
     return rc;
 }
 
+/* A histogram without labels, with its HELP and TYPE lines; nothing once rc < 0.
+ * Returns the new rc. */
+static int hist_family(struct buf *b, int rc, const char *name, const char *help,
+                       const struct hist *h)
+{
+    if (rc == 0)
+        rc = buf_appendf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    if (rc == 0)
+        rc = hist_render(b, name, "", h);
+    return rc;
+}
+
 #define OUT(...)                                                                           \
     do {                                                                                   \
         if (rc == 0)                                                                       \
@@ -248,18 +260,12 @@ int metrics_render(struct metrics *m, struct buf *out)
     for (int i = 0; i < 5; i++)
         OUT("taskexec_executor_exits_total{cause=\"%s\"} %llu\n", exit_causes[i],
             (unsigned long long)m->exits[i]);
-    OUT("# HELP taskexec_task_queue_wait_seconds Time from creation to start of tasks ended "
-        "here.\n# TYPE taskexec_task_queue_wait_seconds histogram\n");
-    if (rc == 0)
-        rc = hist_render(out, "taskexec_task_queue_wait_seconds", "", &m->wait);
-    OUT("# HELP taskexec_task_run_seconds Time from start to end of tasks ended here.\n"
-        "# TYPE taskexec_task_run_seconds histogram\n");
-    if (rc == 0)
-        rc = hist_render(out, "taskexec_task_run_seconds", "", &m->run);
-    OUT("# HELP taskexec_claim_seconds How long a claim took (internal workers and the claim "
-        "route).\n# TYPE taskexec_claim_seconds histogram\n");
-    if (rc == 0)
-        rc = hist_render(out, "taskexec_claim_seconds", "", &m->claim);
+    rc = hist_family(out, rc, "taskexec_task_queue_wait_seconds",
+                     "Time from creation to start of tasks ended here.", &m->wait);
+    rc = hist_family(out, rc, "taskexec_task_run_seconds",
+                     "Time from start to end of tasks ended here.", &m->run);
+    rc = hist_family(out, rc, "taskexec_claim_seconds",
+                     "How long a claim took (internal workers and the claim route).", &m->claim);
     OUT("# HELP taskexec_http_requests_total HTTP requests by route template, method and "
         "status.\n# TYPE taskexec_http_requests_total counter\n");
     for (size_t i = 0; i < m->n_http; i++)

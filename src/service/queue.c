@@ -105,7 +105,27 @@ int queue_finish(struct queue *q, const struct task *t, const struct task_end *e
     return 0;
 }
 
-void queue_claimed(struct queue *q, double seconds)
+int queue_claim(struct queue *q, struct claim_req *req, struct task **out)
 {
-    metrics_claim(q->metrics, seconds);
+    int rc;
+
+    req->now = clock_now_us();
+    rc = store_task_claim(q->store, req, out);
+    metrics_claim(q->metrics, (double)(clock_now_us() - req->now) / 1e6);
+    return rc;
+}
+
+int queue_reap(struct queue *q, int64_t heartbeat_timeout_us, struct reap_result *out)
+{
+    struct reap_result rr;
+    int rc = store_reap(q->store, clock_now_us(), heartbeat_timeout_us, &rr);
+
+    if (rc < 0)
+        return rc;
+    if (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out)
+        log_warn("reaper: %d workers offline, %d tasks failed, %d tasks timed out",
+                 rr.workers_offline, rr.tasks_failed, rr.tasks_timed_out);
+    if (out)
+        *out = rr;
+    return 0;
 }

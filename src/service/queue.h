@@ -56,7 +56,16 @@ int queue_cancel(struct queue *q, const char *task_id, int level, const char *re
 int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
     __attribute__((warn_unused_result));
 
-/* queue_claimed: counts a claim that took seconds (internal and external workers). */
-void queue_claimed(struct queue *q, double seconds);
+/* queue_claim: claims the next task req matches (req->now is set here), for internal
+ * and external workers alike, and counts how long the claim took. *out is the task
+ * (caller frees); ERR_NOTFOUND when none is waiting; other codes from the store. */
+int queue_claim(struct queue *q, struct claim_req *req, struct task **out)
+    __attribute__((warn_unused_result));
+
+/* queue_reap: marks offline the workers silent for heartbeat_timeout_us, fails their
+ * tasks and times out the tasks past their deadline (store_reap), and logs a warning
+ * when it did any of that. Returns 0 or the store's code; *out (may be NULL) gets the
+ * counts on success. */
+int queue_reap(struct queue *q, int64_t heartbeat_timeout_us, struct reap_result *out);
 
 #endif

@@ -1,5 +1,6 @@
 /* session: see session.h. */
 #include "service/session.h"
+#include "core/thread.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -326,20 +327,13 @@ void session_hub_stop(struct session_hub *h)
 {
     if (!h)
         return;
-    pthread_mutex_lock(&h->lock);
-    h->stop = true;
-    pthread_cond_signal(&h->wake);
-    pthread_mutex_unlock(&h->lock);
-    if (h->started)
-        pthread_join(h->thread, NULL);
+    thread_stop(&h->lock, &h->wake, &h->stop, h->started ? &h->thread : NULL);
     while (h->hosts) {
         struct host *x = h->hosts;
         h->hosts = x->next;
         free(x->action);
         free(x);
     }
-    pthread_mutex_destroy(&h->lock);
-    pthread_cond_destroy(&h->wake);
     free(h);
 }
 

@@ -1,5 +1,6 @@
 /* webhook: see webhook.h. */
 #include "service/webhook.h"
+#include "core/thread.h"
 #include "core/clock.h"
 #include "core/crypto.h"
 #include "core/err.h"
@@ -202,11 +203,7 @@ int webhook_start(struct store *store, const struct webhook_settings *set,
         return ERR_NOMEM;
     w->store = store;
     w->set = *set;
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->wake, NULL);
-    if (pthread_create(&w->thread, NULL, sender_main, w) != 0) {
-        pthread_mutex_destroy(&w->lock);
-        pthread_cond_destroy(&w->wake);
+    if (thread_start(&w->lock, &w->wake, &w->thread, sender_main, w) < 0) {
         free(w);
         return ERR_IO;
     }
@@ -218,12 +215,6 @@ void webhook_stop(struct webhook_sender *w)
 {
     if (!w)
         return;
-    pthread_mutex_lock(&w->lock);
-    w->stop = true;
-    pthread_cond_signal(&w->wake);
-    pthread_mutex_unlock(&w->lock);
-    pthread_join(w->thread, NULL);
-    pthread_mutex_destroy(&w->lock);
-    pthread_cond_destroy(&w->wake);
+    thread_stop(&w->lock, &w->wake, &w->stop, &w->thread);
     free(w);
 }

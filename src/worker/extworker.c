@@ -618,71 +618,98 @@ static int take_flags(struct extworker *ew, int argc, char **argv, int *rest_arg
     return 0;
 }
 
-int extworker_main(int argc, char **argv)
+/* Reads the flags and settings, writes the aiopslab runner if the executor needs it,
+ * splits EXECUTOR_COMMAND and finds this program. rest (argc + 1 slots) holds the
+ * settings' arguments; it must outlive ew->cfg's load. Returns 0, or -1 after saying
+ * why. */
+static int setup(struct extworker *ew, int argc, char **argv, char **rest)
 {
-    struct extworker ew;
-    struct client c;
-    pthread_t hb, sig;
-    sigset_t set;
-    char **rest = calloc((size_t)argc + 1, sizeof(char *));
-    int rest_argc = 0, code = 2;
-    bool has_client = false, has_hb = false;
+    int rest_argc = 0;
     ssize_t n;
 
-    memset(&ew, 0, sizeof(ew));
-    pthread_mutex_init(&ew.lock, NULL);
-    pthread_cond_init(&ew.wake, NULL);
-    if (!rest || take_flags(&ew, argc, argv, &rest_argc, rest) < 0 ||
-        config_load(&ew.cfg, rest_argc, rest) < 0)
-        goto out;
-    if (!ew.backend_type)
-        ew.backend_type = ew.cfg.worker_backend_type;
+    if (take_flags(ew, argc, argv, &rest_argc, rest) < 0 ||
+        config_load(&ew->cfg, rest_argc, rest) < 0)
+        return -1;
+    if (!ew->backend_type)
+        ew->backend_type = ew->cfg.worker_backend_type;
     /* The settings table has checked LOG_LEVEL, EXECUTOR and the other enumerations. */
-    log_set_level((enum log_level)log_parse_level(ew.cfg.log_level));
-    if (executor_find(ew.cfg.executor)->start == EXECUTOR_START_RUNNER &&
-        runner_write_aiopslab(ew.cfg.work_dir, ew.script, sizeof(ew.script)) < 0) {
-        log_error("cannot write the aiopslab runner into WORK_DIR %s", ew.cfg.work_dir);
-        goto out;
+    log_set_level((enum log_level)log_parse_level(ew->cfg.log_level));
+    if (executor_find(ew->cfg.executor)->start == EXECUTOR_START_RUNNER &&
+        runner_write_aiopslab(ew->cfg.work_dir, ew->script, sizeof(ew->script)) < 0) {
+        log_error("cannot write the aiopslab runner into WORK_DIR %s", ew->cfg.work_dir);
+        return -1;
     }
-    if (ew.cfg.aiopslab_dir)
-        worker_expand(ew.cfg.aiopslab_dir, ew.id, ew.pythonpath, sizeof(ew.pythonpath));
-    if (executor_find(ew.cfg.executor)->start == EXECUTOR_START_COMMAND) {
-        if (!ew.cfg.executor_command ||
-            wordexp(ew.cfg.executor_command, &ew.command, WRDE_NOCMD) != 0) {
+    if (ew->cfg.aiopslab_dir)
+        worker_expand(ew->cfg.aiopslab_dir, ew->id, ew->pythonpath, sizeof(ew->pythonpath));
+    if (executor_find(ew->cfg.executor)->start == EXECUTOR_START_COMMAND) {
+        if (!ew->cfg.executor_command ||
+            wordexp(ew->cfg.executor_command, &ew->command, WRDE_NOCMD) != 0) {
             log_error("EXECUTOR=command needs EXECUTOR_COMMAND, a command line without $(...)");
-            goto out;
+            return -1;
         }
-        ew.has_command = true;
+        ew->has_command = true;
     }
-    n = readlink("/proc/self/exe", ew.self_exe, sizeof(ew.self_exe) - 1);
+    n = readlink("/proc/self/exe", ew->self_exe, sizeof(ew->self_exe) - 1);
     if (n <= 0)
-        goto out;
-    ew.self_exe[n] = '\0';
-    code = 3;
+        return -1;
+    ew->self_exe[n] = '\0';
+    return 0;
+}
+
+/* With the signal thread and the client up: provisions the cluster if asked,
+ * registers, and loads the namespaces a run may leave. Returns 0 or -1. */
+static int join(struct extworker *ew, struct client *c)
+{
+    json_t *catalog;
+
+    if (!strcmp(ew->cfg.backend_provision, "kind") && provision_loop(ew) < 0)
+        return -1;
+    if (do_register(ew, c) < 0 || client_set_token(c, ew->token) < 0)
+        return -1;
+    catalog = catalog_load(ew->cfg.problems_file);
+    ew->clean_namespaces = catalog ? catalog_namespaces(catalog) : NULL;
+    json_decref(catalog);
+    return ew->clean_namespaces ? 0 : -1;
+}
+
+/* Signals go to the signal thread alone; a closed connection is an error, not a
+ * signal. Returns 0, or -1 when the thread could not start. */
+static int take_signals(struct extworker *ew)
+{
+    pthread_t sig;
+    sigset_t set;
+
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pthread_create(&sig, NULL, signal_main, &ew) != 0)
-        goto out_curl;
+    if (pthread_create(&sig, NULL, signal_main, ew) != 0)
+        return -1;
     pthread_detach(sig);
-    if (client_init(&c, ew.api) < 0)
+    return 0;
+}
+
+int extworker_main(int argc, char **argv)
+{
+    struct extworker ew;
+    struct client c;
+    pthread_t hb;
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    int code = 2;
+    bool has_client = false, has_hb = false;
+
+    memset(&ew, 0, sizeof(ew));
+    pthread_mutex_init(&ew.lock, NULL);
+    pthread_cond_init(&ew.wake, NULL);
+    if (!rest || setup(&ew, argc, argv, rest) < 0)
+        goto out;
+    code = 3;
+    if (take_signals(&ew) < 0 || client_init(&c, ew.api) < 0)
         goto out_curl;
     has_client = true;
-    if (!strcmp(ew.cfg.backend_provision, "kind") && provision_loop(&ew) < 0)
-        goto out_curl;
-    if (do_register(&ew, &c) < 0 || client_set_token(&c, ew.token) < 0)
-        goto out_curl;
-    {
-        json_t *catalog = catalog_load(ew.cfg.problems_file);
-        ew.clean_namespaces = catalog ? catalog_namespaces(catalog) : NULL;
-        json_decref(catalog);
-        if (!ew.clean_namespaces)
-            goto out_curl;
-    }
-    if (pthread_create(&hb, NULL, heartbeat_main, &ew) != 0)
+    if (join(&ew, &c) < 0 || pthread_create(&hb, NULL, heartbeat_main, &ew) != 0)
         goto out_curl;
     has_hb = true;
     claim_loop(&ew, &c);

@@ -246,6 +246,20 @@ static void wait_locked(struct worker_manager *wm, int64_t ms)
     pthread_cond_timedwait(&wm->wake, &wm->lock, &until);
 }
 
+/* Waits ms unless the slot is told to leave; returns true when it must leave. */
+static bool pause_or_leave(struct slot *slot, int64_t ms)
+{
+    struct worker_manager *wm = slot->wm;
+    bool leave;
+
+    pthread_mutex_lock(&wm->lock);
+    if (slot->state == SLOT_ACTIVE && !wm->shutdown)
+        wait_locked(wm, ms);
+    leave = slot->state != SLOT_ACTIVE || wm->shutdown;
+    pthread_mutex_unlock(&wm->lock);
+    return leave;
+}
+
 /* BACKEND_PROVISION=kind: the worker's cluster must answer before it claims anything,
  * so a broken cluster never eats a task. Failures show on the worker's row; it tries
  * again every PROVISION_RETRY_SECONDS. Returns true when ready. */
@@ -325,7 +339,7 @@ static bool cluster_after_run(struct slot *slot)
 {
     struct worker_manager *wm = slot->wm;
     char error[600];
-    bool counted = false, leave;
+    bool counted = false;
 
     for (;;) {
         int rc = provision_after_run(&slot->care, !counted, error, sizeof(error));
@@ -336,12 +350,7 @@ static bool cluster_after_run(struct slot *slot)
         log_error("%s: %s; it claims nothing until it is fixed (next check in %d s)",
                   slot->name, error, wm->d.cfg->provision_retry_seconds);
         cluster_state(slot, "failed", error);
-        pthread_mutex_lock(&wm->lock);
-        if (slot->state == SLOT_ACTIVE && !wm->shutdown)
-            wait_locked(wm, (int64_t)wm->d.cfg->provision_retry_seconds * 1000);
-        leave = slot->state != SLOT_ACTIVE || wm->shutdown;
-        pthread_mutex_unlock(&wm->lock);
-        if (leave)
+        if (pause_or_leave(slot, (int64_t)wm->d.cfg->provision_retry_seconds * 1000))
             return false;
     }
     /* One more write a run (runs of these workers take minutes): the row says the
@@ -351,91 +360,73 @@ static bool cluster_after_run(struct slot *slot)
     return true;
 }
 
-static void *worker_main(void *arg)
+/* The slot's cluster as provision_after_run looks after it. */
+static void care_init(struct slot *slot, bool need_cluster)
 {
-    struct slot *slot = arg;
-    struct worker_manager *wm = slot->wm;
-    const struct worker_deps *d = &wm->d;
-    struct store *st = d->store;
-    bool need_cluster = !strcmp(d->cfg->backend_provision, "kind");
-    /* An aiopslab or Kind worker checks its cluster after each run, so it cannot claim
-     * its next task in the same transaction. */
-    bool check = d->cfg->cluster_check &&
-                 (need_cluster || executor_find(d->cfg->executor)->touches_cluster);
-    char lease[TASK_ID_LEN + 1], next_lease[TASK_ID_LEN + 1];
+    const struct worker_deps *d = &slot->wm->d;
 
     slot->care = (struct cluster_care){
         .spec = {.cluster = slot->name, .kubeconfig = slot->kubeconfig,
                  .kind_config = d->cfg->kind_config,
                  .create_timeout_seconds = d->cfg->kind_create_timeout_seconds},
         .can_recreate = need_cluster, .recycle_after = d->cfg->cluster_recycle_after_runs,
-        .namespaces = wm->clean_namespaces, .repairing = on_repairing, .ctx = slot};
+        .namespaces = slot->wm->clean_namespaces, .repairing = on_repairing, .ctx = slot};
+}
 
-    while (need_cluster && !provision(slot)) {
-        pthread_mutex_lock(&wm->lock);
-        if (slot->state == SLOT_ACTIVE && !wm->shutdown)
-            wait_locked(wm, (int64_t)d->cfg->provision_retry_seconds * 1000);
-        bool leave = slot->state != SLOT_ACTIVE || wm->shutdown;
-        pthread_mutex_unlock(&wm->lock);
-        if (leave)
-            goto out;
-    }
+/* True while the slot may claim; *gen is the notify generation seen. */
+static bool may_claim(struct slot *slot, unsigned long *gen)
+{
+    struct worker_manager *wm = slot->wm;
+    bool yes;
+
     pthread_mutex_lock(&wm->lock);
-    slot->ready = true;
+    yes = slot->state == SLOT_ACTIVE && !wm->shutdown;
+    *gen = wm->generation;
     pthread_mutex_unlock(&wm->lock);
-    for (;;) {
-        struct claim_req req = {.worker_id = slot->name,
-                                .backend_type = d->cfg->worker_backend_type,
-                                .patterns = (const char *const *)wm->patterns,
-                                .n_patterns = wm->n_patterns,
-                                .lease_token = lease};
-        struct task *t = NULL;
-        unsigned long gen;
-        int rc;
+    return yes;
+}
+
+/* Runs t and every task claimed with the end of the one before (frees each). With
+ * check, claims nothing with an end and checks the cluster after each run. Returns
+ * ERR_NOTFOUND when no next task came, 1 when the slot must leave (its cluster check
+ * was cut short). */
+static int run_chain(struct slot *slot, struct task *t, const struct claim_req *req, bool check)
+{
+    struct worker_manager *wm = slot->wm;
+    char next_lease[TASK_ID_LEN + 1];
+
+    while (t) {
+        /* The next task is claimed in the transaction that records this one's end
+         * (record_end leaves it out once the slot is told to leave). */
+        struct claim_req next_req = *req;
+        struct task *next = NULL;
 
         pthread_mutex_lock(&wm->lock);
-        if (slot->state != SLOT_ACTIVE || wm->shutdown) {
-            pthread_mutex_unlock(&wm->lock);
-            break;
-        }
-        gen = wm->generation;
+        snprintf(slot->task_id, sizeof(slot->task_id), "%s", t->id);
+        atomic_store(&slot->stop, wm->shutdown ? EXEC_STOP_SHUTDOWN : EXEC_STOP_NONE);
         pthread_mutex_unlock(&wm->lock);
-
-        uuidgen(lease);
-        req.now = clock_now_us();
-        rc = store_task_claim(st, &req, &t);
-        queue_claimed(d->queue, (double)(clock_now_us() - req.now) / 1e6);
-        while (rc == 0) {
-            /* The next task is claimed in the transaction that records this one's end
-             * (record_end leaves it out once the slot is told to leave). */
-            struct claim_req next_req = req;
-            struct task *next = NULL;
-
-            pthread_mutex_lock(&wm->lock);
-            snprintf(slot->task_id, sizeof(slot->task_id), "%s", t->id);
-            atomic_store(&slot->stop, wm->shutdown ? EXEC_STOP_SHUTDOWN : EXEC_STOP_NONE);
-            pthread_mutex_unlock(&wm->lock);
-            uuidgen(next_lease);
-            next_req.lease_token = next_lease;
-            run_task(slot, t, check ? NULL : &next_req, &next);
-            pthread_mutex_lock(&wm->lock);
-            slot->task_id[0] = '\0';
-            pthread_mutex_unlock(&wm->lock);
+        uuidgen(next_lease);
+        next_req.lease_token = next_lease;
+        run_task(slot, t, check ? NULL : &next_req, &next);
+        pthread_mutex_lock(&wm->lock);
+        slot->task_id[0] = '\0';
+        pthread_mutex_unlock(&wm->lock);
+        task_free(t);
+        t = next; /* t keeps its own copy of its lease */
+        if (check && !cluster_after_run(slot)) {
             task_free(t);
-            t = next;
-            rc = t ? 0 : ERR_NOTFOUND; /* t keeps its own copy of its lease */
-            if (check && !cluster_after_run(slot))
-                goto out;
+            return 1;
         }
-        if (rc != ERR_NOTFOUND)
-            log_warn("%s: claim failed: %s", slot->name, err_str(rc));
-        pthread_mutex_lock(&wm->lock);
-        if (slot->state == SLOT_ACTIVE && !wm->shutdown && gen == wm->generation)
-            wait_locked(wm, d->cfg->poll_interval_ms);
-        pthread_mutex_unlock(&wm->lock);
     }
-out:
-    if (store_worker_set_status(st, slot->name, WORKER_OFFLINE, NULL) < 0)
+    return ERR_NOTFOUND;
+}
+
+/* The slot's thread is done: its row goes offline and the manager hears of it. */
+static void slot_exit(struct slot *slot)
+{
+    struct worker_manager *wm = slot->wm;
+
+    if (store_worker_set_status(wm->d.store, slot->name, WORKER_OFFLINE, NULL) < 0)
         log_warn("%s: could not mark itself offline", slot->name);
     json_decref(slot->meta);
     slot->meta = NULL;
@@ -445,6 +436,51 @@ out:
     slot->state = SLOT_EXITED;
     pthread_cond_broadcast(&wm->wake);
     pthread_mutex_unlock(&wm->lock);
+}
+
+static void *worker_main(void *arg)
+{
+    struct slot *slot = arg;
+    struct worker_manager *wm = slot->wm;
+    const struct worker_deps *d = &wm->d;
+    bool need_cluster = !strcmp(d->cfg->backend_provision, "kind");
+    /* An aiopslab or Kind worker checks its cluster after each run, so it cannot claim
+     * its next task in the same transaction. */
+    bool check = d->cfg->cluster_check &&
+                 (need_cluster || executor_find(d->cfg->executor)->touches_cluster);
+    char lease[TASK_ID_LEN + 1];
+    struct claim_req req = {.worker_id = slot->name,
+                            .backend_type = d->cfg->worker_backend_type,
+                            .patterns = (const char *const *)wm->patterns,
+                            .n_patterns = wm->n_patterns,
+                            .lease_token = lease};
+    unsigned long gen;
+
+    care_init(slot, need_cluster);
+    while (need_cluster && !provision(slot)) {
+        if (pause_or_leave(slot, (int64_t)d->cfg->provision_retry_seconds * 1000))
+            goto out;
+    }
+    pthread_mutex_lock(&wm->lock);
+    slot->ready = true;
+    pthread_mutex_unlock(&wm->lock);
+    while (may_claim(slot, &gen)) {
+        struct task *t = NULL;
+        int rc;
+
+        uuidgen(lease);
+        rc = queue_claim(d->queue, &req, &t);
+        if (rc == 0 && run_chain(slot, t, &req, check) == 1)
+            goto out;
+        if (rc < 0 && rc != ERR_NOTFOUND)
+            log_warn("%s: claim failed: %s", slot->name, err_str(rc));
+        pthread_mutex_lock(&wm->lock);
+        if (slot->state == SLOT_ACTIVE && !wm->shutdown && gen == wm->generation)
+            wait_locked(wm, d->cfg->poll_interval_ms);
+        pthread_mutex_unlock(&wm->lock);
+    }
+out:
+    slot_exit(slot);
     return NULL;
 }
 
@@ -482,7 +518,6 @@ static void *housekeeper_main(void *arg)
 
     pthread_mutex_lock(&wm->lock);
     while (!wm->shutdown) {
-        struct reap_result rr;
         size_t n = 0;
         int64_t now = clock_mono_ms();
         bool beat = now >= next_beat;
@@ -501,11 +536,9 @@ static void *housekeeper_main(void *arg)
             next_beat = now + beat_ms;
             if (n && store_worker_heartbeat(st, ids, n, clock_now_us()) < 0)
                 log_warn("heartbeat: the database did not take it");
-            if (store_reap(st, clock_now_us(),
-                              (int64_t)cfg->heartbeat_timeout_seconds * 1000000, &rr) == 0 &&
-                (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out))
-                log_warn("reaper: %d workers offline, %d tasks failed, %d tasks timed out",
-                         rr.workers_offline, rr.tasks_failed, rr.tasks_timed_out);
+            /* An error is passed over, as it always was: the next beat tries again. */
+            (void)queue_reap(wm->d.queue, (int64_t)cfg->heartbeat_timeout_seconds * 1000000,
+                             NULL);
         }
         refresh_gauges(wm);
         pthread_mutex_lock(&wm->lock);
