@@ -68,7 +68,7 @@ void session_hub_stop(struct session_hub *h);
 
 /* session_hub_step: takes the next step of session task_id with action (one conditional
  * update: refused with ERR_CONFLICT unless the session runs, is ready and has nothing in
- * flight; ERR_NOTFOUND when there is no such running session) and wakes its host. With
+ * flight, also when there is no such session: the caller tells which) and wakes its host. With
  * wait_seconds > 0 the step is parked on waiter (*parked true: waiter->answer comes
  * later, exactly once); otherwise, or when the server is closing or out of memory,
  * *parked is false and the caller answers "still working" itself. *step gets the step's
