@@ -191,12 +191,6 @@ def task_type(problem_id):
     return "detection"
 
 
-def solved(problem_id, results):
-    if task_type(problem_id) == "detection":
-        return results.get("Detection Accuracy") == "Correct"
-    return bool(results.get("success"))
-
-
 def reward(problem_id, results):
     kind = task_type(problem_id)
     if kind == "detection":

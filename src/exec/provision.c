@@ -213,7 +213,6 @@ static int delete_leftovers(struct cluster_care *c, char *why, size_t size)
             return ERR_IO;
         }
         free(gone);
-        c->n_deleted++;
     }
     free(out);
     return 0;
@@ -262,10 +261,8 @@ static int recreate(struct cluster_care *c, const char *why, char *error, size_t
     rc = delete_cluster(&c->spec, error, size);
     if (rc == 0)
         rc = create(&c->spec, error, size);
-    if (rc == 0) {
+    if (rc == 0)
         c->runs = 0;
-        c->n_recreated++;
-    }
     return rc;
 }
 

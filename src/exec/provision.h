@@ -32,7 +32,6 @@ struct cluster_care {
     /* Told before a slow repair (a recreation), so the worker shows it is offline. */
     void (*repairing)(void *ctx, const char *why);
     void *ctx;
-    int n_deleted, n_recreated;  /* totals, for logs and tests */
 };
 
 /* provision_after_run: counts a run (count_run), recycles the cluster when due, deletes

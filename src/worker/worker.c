@@ -355,7 +355,6 @@ static bool cluster_after_run(struct slot *slot)
     }
     /* One more write a run (runs of these workers take minutes): the row says the
      * cluster was checked, and how many runs it has had. */
-    slot->care.n_recreated = 0;
     cluster_state(slot, "clean", NULL);
     return true;
 }
