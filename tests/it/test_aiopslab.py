@@ -533,7 +533,8 @@ def test_an_unhealthy_cluster_is_recreated_and_the_worker_is_offline_meanwhile(m
     fail_create = os.path.join(lab.state, "fail_create", "worker-001-kind")
     s = make_server(BACKEND_PROVISION="kind", EXECUTOR="command", EXECUTOR_COMMAND=agent,
                     NUM_INTERNAL_WORKERS=1, PROVISION_RETRY_SECONDS=1, **lab.env)
-    wait_worker(s, lambda w: w["status"] == "idle")
+    # provisioned (the row reads idle once registered, before provisioning starts)
+    wait_worker(s, lambda w: w["metadata"].get("provision") == "ready" and w["status"] == "idle")
     open(fail_create, "w").close()      # the recreation fails at first
     t = s.submit()
     assert s.wait_status(t["id"], ("completed", "failed"))["status"] == "completed"
