@@ -57,7 +57,8 @@ def test_two_servers_and_an_external_worker_run_each_task_once(make_server, make
         th.start()
     for th in threads:
         th.join()
-    assert not errors
+    assert not errors, "\n".join(line for srv in (a, b) for line in srv.log().splitlines()
+                                  if "postgresql" in line)[-4000:]
     deadline = time.time() + 120
     while time.time() < deadline:
         st = b.get("/api/v1/tasks/stats").json()
@@ -120,3 +121,37 @@ def test_listen_notify_wakes_workers_of_another_server(make_server):
     done = a.wait_status(t["id"], "completed", timeout=20)
     assert time.time() - t0 < 5
     assert done["worker_id"] == "b-worker-001-kind"
+
+
+def test_a_pool_cut_short_by_the_connection_limit_waits_for_its_live_connections(make_server, pg):
+    # A database that admits only 3 connections of this role: the listener and two of the
+    # pool's 8. Refused connects must turn into a wait for the working ones, never a 503.
+    # (PostgreSQL exempts superusers from CONNECTION LIMIT, hence an ordinary owner role.)
+    name = pg.new_db().split("/")[3].split("?")[0]
+    pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'capped') "
+            "THEN CREATE ROLE capped LOGIN; END IF; END $$")
+    pg.psql(f"ALTER DATABASE {name} OWNER TO capped")
+    pg.psql(f"ALTER DATABASE {name} CONNECTION LIMIT 3")
+    url = f"postgresql:///{name}?host={pg.dir}&port={pg.port}&user=capped"
+    s = make_server(db_url=url, NUM_INTERNAL_WORKERS=1, EXECUTOR="noop")
+    errors = []
+
+    def submit():
+        sess = requests.Session()
+        for _ in range(40):
+            r = sess.post(s.api + "/tasks", json={"problem_id": "bench"}, timeout=30)
+            if r.status_code != 201:
+                errors.append(r.text)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    deadline = time.time() + 60
+    while time.time() < deadline and s.get("/api/v1/tasks/stats").json()["completed"] < 320:
+        time.sleep(0.2)
+    assert s.get("/api/v1/tasks/stats").json()["completed"] == 320
+    assert "too many connections" in s.log()   # the refusal was met, and said why
+    assert int(pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'")) <= 3

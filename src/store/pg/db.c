@@ -40,60 +40,106 @@ static PGconn *connect_db(const char *conninfo, bool quiet)
     return c;
 }
 
+/* Whether any pooled connection is live; called with the pool lock held. */
+static bool any_live(const struct pg_store *s)
+{
+    for (int i = 0; i < POOL_SIZE; i++)
+        if (s->conns[i].live)
+            return true;
+    return false;
+}
+
+/* Picks an idle slot, with the pool lock held: a live connection first; an unconnected
+ * slot only when a connect attempt is due or no connection is live (then statements
+ * fail fast). Otherwise NULL: wait for a live one to come back. Preferring the live
+ * connections means a refused connect (max_connections reached, a slow server) turns
+ * into a short wait for the working ones, not into 503s. */
+static struct pgconn *pick_slot(struct pg_store *s, int64_t now)
+{
+    struct pgconn *dead = NULL;
+
+    for (int i = 0; i < POOL_SIZE; i++) {
+        struct pgconn *pc = &s->conns[i];
+
+        if (pc->busy)
+            continue;
+        if (pc->live)
+            return pc;
+        if (!dead)
+            dead = pc;
+    }
+    if (dead && (now >= s->retry_at_ms || !any_live(s)))
+        return dead;
+    return NULL;
+}
+
+/* (Re)connects pc, whose connection is missing or bad, when an attempt is due; on a
+ * failure, backs off (50 ms doubling to 2 s) so the calls meanwhile fail fast. The
+ * first failure of a streak is logged with its reason. */
+static void reconnect(struct pg_store *s, struct pgconn *pc)
+{
+    int64_t now = clock_mono_ms();
+    bool try_now, first;
+
+    if (pc->c)
+        PQfinish(pc->c);
+    pc->c = NULL;
+    pc->n_prepared = 0;
+    pthread_mutex_lock(&s->lock);
+    try_now = now >= s->retry_at_ms;
+    first = s->backoff_ms == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (try_now)
+        pc->c = connect_db(s->conninfo, !first);
+    pthread_mutex_lock(&s->lock);
+    if (try_now && !pc->c) {
+        s->backoff_ms = s->backoff_ms ? (s->backoff_ms < 2000 ? s->backoff_ms * 2 : 2000) : 50;
+        s->retry_at_ms = now + s->backoff_ms;
+    } else if (pc->c) {
+        s->backoff_ms = 0;
+        s->retry_at_ms = 0;
+    }
+    pc->live = pc->c != NULL;
+    pthread_mutex_unlock(&s->lock);
+}
+
 struct pgconn *pg_conn_get(struct pg_store *s)
 {
     struct pgconn *pc = NULL;
 
-    pthread_mutex_lock(&s->lock);
-    while (!pc) {
-        for (int i = 0; i < POOL_SIZE && !pc; i++)
-            if (!s->conns[i].busy)
-                pc = &s->conns[i];
-        if (!pc)
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!(pc = pick_slot(s, clock_mono_ms())))
             pthread_cond_wait(&s->cond, &s->lock);
-    }
-    pc->busy = true;
-    pthread_mutex_unlock(&s->lock);
-    /* A server that restarted told its clients so; reading that (without blocking)
-     * marks the connection bad now, before a statement fails on it. */
-    if (pc->c && PQstatus(pc->c) == CONNECTION_OK && !PQconsumeInput(pc->c)) {
-        PQfinish(pc->c);
-        pc->c = NULL;
-    }
-    if (!pc->c || PQstatus(pc->c) != CONNECTION_OK) {
-        /* (Re)connect lazily, with back-off: while the database is down, calls fail
-         * fast with ERR_UNAVAILABLE instead of each waiting on a connect. */
-        int64_t now = clock_mono_ms();
-        bool try_now;
-
+        pc->busy = true;
+        pthread_mutex_unlock(&s->lock);
+        /* A server that restarted told its clients so; reading that (without blocking)
+         * marks the connection bad now, before a statement fails on it. */
+        if (pc->c && PQstatus(pc->c) == CONNECTION_OK && PQconsumeInput(pc->c))
+            return pc;
+        reconnect(s, pc);
         if (pc->c)
-            PQfinish(pc->c);
-        pc->c = NULL;
-        pc->n_prepared = 0;
+            return pc;
         pthread_mutex_lock(&s->lock);
-        try_now = now >= s->retry_at_ms;
-        pthread_mutex_unlock(&s->lock);
-        if (try_now)
-            pc->c = connect_db(s->conninfo, true);
-        pthread_mutex_lock(&s->lock);
-        if (try_now && !pc->c) {
-            s->backoff_ms = s->backoff_ms ? (s->backoff_ms < 2000 ? s->backoff_ms * 2 : 2000)
-                                          : 50;
-            s->retry_at_ms = now + s->backoff_ms;
-        } else if (pc->c) {
-            s->backoff_ms = 0;
-            s->retry_at_ms = 0;
+        if (!any_live(s)) {
+            pthread_mutex_unlock(&s->lock);
+            return pc;       /* the database is down: fail fast with ERR_UNAVAILABLE */
         }
+        pc->busy = false;    /* wait for one of the live connections instead */
         pthread_mutex_unlock(&s->lock);
     }
-    return pc;
 }
 
 void pg_conn_put(struct pg_store *s, struct pgconn *pc)
 {
+    bool live = pc->c && PQstatus(pc->c) == CONNECTION_OK;
+
     pthread_mutex_lock(&s->lock);
     pc->busy = false;
-    pthread_cond_signal(&s->cond);
+    pc->live = live;
+    /* Waiters differ in what they can take (a live slot, or a dead one once a connect
+     * is due), so all re-check. */
+    pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -455,6 +501,7 @@ static int pg_open(const char *url, struct store **out)
     s->conns[0].c = connect_db(s->conninfo, false);
     if (!s->conns[0].c)
         goto fail;
+    s->conns[0].live = true;
     rc = pg_migrate(s->conns[0].c);
     if (rc < 0)
         goto fail;

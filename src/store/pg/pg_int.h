@@ -14,8 +14,10 @@
  * busy; finishing updates the task only while the caller's lease is current.
  * Inserting a task NOTIFYs taskexec_task; a listener connection wakes this
  * server's idle workers, with polling as the fallback.
- * A lost connection is reset (with back-off) on its next use; meanwhile calls
- * fail with ERR_UNAVAILABLE, which the API answers with 503.
+ * A lost connection is reset (with back-off) on its next use; a caller takes a live
+ * connection before a missing one and, when a connect fails while others work, waits
+ * for one of those; only with none live do calls fail fast with ERR_UNAVAILABLE, which
+ * the API answers with 503.
  * Times cross the interface as integer microseconds; the schema holds timestamptz. */
 #ifndef TASKEXEC_STORE_PG_INT_H
 #define TASKEXEC_STORE_PG_INT_H
@@ -67,6 +69,8 @@ struct pgconn {
     const struct pg_query *prepared[PG_CACHE]; /* prepared[i] is statement "te_<i>" */
     int n_prepared;
     bool busy;                 /* lent out; guarded by the pool lock */
+    bool live;                 /* had a working connection when last given back; guarded
+                                * by the pool lock (c itself belongs to the borrower) */
 };
 
 struct pg_store {
