@@ -298,6 +298,63 @@ static int submit_file(struct client *c, const struct opts *o)
     return rc ? rc : failed ? EXIT_USAGE : EXIT_OK;
 }
 
+/* Says that the option of body field key (agent_config: --agent-config) must be what;
+ * -1. */
+static int bad_option(const char *key, const char *what)
+{
+    char msg[128];
+
+    snprintf(msg, sizeof(msg), "--%s must be %s", key, what);
+    for (char *p = msg; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    usage(msg);
+    return -1;
+}
+
+/* Request-body fields from options. Each adds key from its option's text when the
+ * option was given; -1, after the usage text, when the text is not of the right kind. */
+static int put_object(json_t *body, const char *key, const char *text)
+{
+    json_t *v;
+
+    if (!text)
+        return 0;
+    v = json_loads(text, 0, NULL);
+    if (!json_is_object(v)) {
+        json_decref(v);
+        return bad_option(key, "a JSON object");
+    }
+    json_object_set_new(body, key, v);
+    return 0;
+}
+
+static int put_integer(json_t *body, const char *key, const char *text)
+{
+    char *end;
+    long long v;
+
+    if (!text)
+        return 0;
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (errno || end == text || *end)
+        return bad_option(key, "a whole number");
+    json_object_set_new(body, key, json_integer(v));
+    return 0;
+}
+
+/* --max-steps, --timeout-minutes and --backend-type, shared by tasks and sessions. */
+static int put_run_limits(json_t *body, const struct opts *o)
+{
+    if (put_integer(body, "max_steps", o->max_steps) < 0 ||
+        put_integer(body, "timeout_minutes", o->timeout_minutes) < 0)
+        return -1;
+    if (o->backend_type)
+        json_object_set_new(body, "backend_type", json_string(o->backend_type));
+    return 0;
+}
+
 static int do_submit(struct client *c, const struct opts *o)
 {
     json_t *body, *reply = NULL;
@@ -309,32 +366,12 @@ static int do_submit(struct client *c, const struct opts *o)
     if (!o->problem_id)
         return usage("submit needs --problem-id (or --file)");
     body = json_pack("{s:s}", "problem_id", o->problem_id);
-    if (o->parameters) {
-        json_t *p = json_loads(o->parameters, 0, NULL);
-        if (!json_is_object(p)) {
-            json_decref(p);
-            json_decref(body);
-            return usage("--parameters must be a JSON object");
-        }
-        json_object_set_new(body, "parameters", p);
+    if (put_object(body, "parameters", o->parameters) < 0 ||
+        put_object(body, "agent_config", o->agent_config) < 0 ||
+        put_integer(body, "priority", o->priority) < 0 || put_run_limits(body, o) < 0) {
+        json_decref(body);
+        return EXIT_USAGE;
     }
-    if (o->agent_config) {
-        json_t *a = json_loads(o->agent_config, 0, NULL);
-        if (!json_is_object(a)) {
-            json_decref(a);
-            json_decref(body);
-            return usage("--agent-config must be a JSON object");
-        }
-        json_object_set_new(body, "agent_config", a);
-    }
-    if (o->priority)
-        json_object_set_new(body, "priority", json_integer(atoll(o->priority)));
-    if (o->max_steps)
-        json_object_set_new(body, "max_steps", json_integer(atoll(o->max_steps)));
-    if (o->timeout_minutes)
-        json_object_set_new(body, "timeout_minutes", json_integer(atoll(o->timeout_minutes)));
-    if (o->backend_type)
-        json_object_set_new(body, "backend_type", json_string(o->backend_type));
     for (int i = 0; i < o->n_params; i++)
         set_param(body, o->params[i]);
     rc = call(c, "POST", "/api/v1/tasks", body, &status, &reply);
@@ -637,12 +674,10 @@ static int session_open(struct client *c, const struct opts *o, json_t **session
     if (!o->problem_id)
         return usage("session open needs --problem-id");
     body = json_pack("{s:s}", "problem_id", o->problem_id);
-    if (o->max_steps)
-        json_object_set_new(body, "max_steps", json_integer(atoi(o->max_steps)));
-    if (o->timeout_minutes)
-        json_object_set_new(body, "timeout_minutes", json_integer(atoi(o->timeout_minutes)));
-    if (o->backend_type)
-        json_object_set_new(body, "backend_type", json_string(o->backend_type));
+    if (put_run_limits(body, o) < 0) {
+        json_decref(body);
+        return EXIT_USAGE;
+    }
     rc = call(c, "POST", "/api/v1/sessions", body, &status, &r);
     json_decref(body);
     if (rc == EXIT_OK && status != 201 && status != 200)

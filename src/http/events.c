@@ -483,12 +483,72 @@ static int parse_types(const char *s, unsigned *out)
     return 0;
 }
 
+/* A new client of bus b, with its stream and its first bytes, not yet on the bus; NULL
+ * when out of memory. The stream owns the client once the request has it
+ * (client_free); before that, discard it with client_discard. */
+static struct sse_client *client_new(struct event_bus *b, size_t buffer, const char *task_id,
+                                     unsigned types, int64_t ev, int64_t log)
+{
+    struct sse_client *c = calloc(1, sizeof(*c));
+    struct api_stream *s = calloc(1, sizeof(*s));
+
+    if (!c || !s) {
+        free(c);
+        free(s);
+        return NULL;
+    }
+    c->bus = b;
+    c->stream = s;
+    c->types = types;
+    c->from_event = ev;
+    c->from_log = log;
+    if (task_id)
+        snprintf(c->task_id, sizeof(c->task_id), "%s", task_id);
+    pthread_mutex_init(&c->lock, NULL);
+    buf_init(&c->out, buffer);
+    s->ctx = c;
+    s->read = client_read;
+    s->free = client_free;
+    /* The first bytes: the reconnection delay, and a comment so proxies flush headers. */
+    if (buf_appendf(&c->out, "retry: 2000\n: connected\n\n") < 0) {
+        client_destroy(c);
+        free(s);
+        return NULL;
+    }
+    return c;
+}
+
+static void client_discard(struct sse_client *c)
+{
+    struct api_stream *s = c->stream;
+
+    client_destroy(c);
+    free(s);
+}
+
+/* Puts c on the bus and wakes the pump; false when the bus is closing (c untouched). */
+static bool client_attach(struct event_bus *b, struct sse_client *c)
+{
+    pthread_mutex_lock(&b->lock);
+    if (b->closing) {
+        pthread_mutex_unlock(&b->lock);
+        return false;
+    }
+    c->next = b->clients;
+    if (b->clients)
+        b->clients->prev = c;
+    b->clients = c;
+    b->n_clients++;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->lock);
+    return true;
+}
+
 static int open_stream(struct request *req, const char *task_id, unsigned types)
 {
     struct event_bus *b = req->srv->events;
     const char *last = api_header(req, "Last-Event-ID");
     struct sse_client *c;
-    struct api_stream *s;
     int64_t ev = -1, log = -1;
 
     if (!last)
@@ -500,46 +560,15 @@ static int open_stream(struct request *req, const char *task_id, unsigned types)
      * begins is sent, however late the pump picks the client up. */
     if (!last && store_events_head(req->srv->store, &ev, &log) < 0)
         return api_fail(req, 503, "The database is unavailable");
-    c = calloc(1, sizeof(*c));
-    s = calloc(1, sizeof(*s));
-    if (!c || !s) {
-        free(c);
-        free(s);
+    c = client_new(b, (size_t)req->srv->cfg.sse_client_buffer_kb * 1024, task_id, types, ev,
+                   log);
+    if (!c)
         return api_reply_error(req, ERR_NOMEM, "the event stream");
-    }
-    c->bus = b;
-    c->stream = s;
-    c->types = types;
-    c->from_event = ev;
-    c->from_log = log;
-    if (task_id)
-        snprintf(c->task_id, sizeof(c->task_id), "%s", task_id);
-    pthread_mutex_init(&c->lock, NULL);
-    buf_init(&c->out, (size_t)req->srv->cfg.sse_client_buffer_kb * 1024);
-    /* The first bytes: the reconnection delay, and a comment so proxies flush headers. */
-    if (buf_appendf(&c->out, "retry: 2000\n: connected\n\n") < 0) {
-        client_destroy(c);
-        free(s);
-        return api_reply_error(req, ERR_NOMEM, "the event stream");
-    }
-    s->ctx = c;
-    s->read = client_read;
-    s->free = client_free;
-    pthread_mutex_lock(&b->lock);
-    if (b->closing) {
-        pthread_mutex_unlock(&b->lock);
-        client_destroy(c);
-        free(s);
+    if (!client_attach(b, c)) {
+        client_discard(c);
         return api_fail(req, 503, "The server is shutting down");
     }
-    c->next = b->clients;
-    if (b->clients)
-        b->clients->prev = c;
-    b->clients = c;
-    b->n_clients++;
-    pthread_cond_signal(&b->wake);
-    pthread_mutex_unlock(&b->lock);
-    req->stream = s;
+    req->stream = c->stream;
     req->status = 200;
     req->content_type = "text/event-stream";
     return 0;

@@ -38,6 +38,17 @@ def test_submit_wait_exit_codes_and_params(make_server):
     p = cli(s, "submit", "--problem-id", "bad id", check=2)
     assert "problem_id must be a string" in p.stderr and "{" not in p.stderr
     cli(s, "submit", check=2)
+    # options are checked before anything is sent: a typo is not a silent 0
+    total = s.get("/api/v1/tasks").json()["total"]
+    p = cli(s, "submit", "--problem-id", "p", "--priority", "high", check=2)
+    assert "--priority must be a whole number" in p.stderr
+    p = cli(s, "submit", "--problem-id", "p", "--max-steps", "10x", check=2)
+    assert "--max-steps must be a whole number" in p.stderr
+    p = cli(s, "submit", "--problem-id", "p", "--agent-config", "[1]", check=2)
+    assert "--agent-config must be a JSON object" in p.stderr
+    p = cli(s, "session", "open", "--problem-id", "p", "--timeout-minutes", "", check=2)
+    assert "--timeout-minutes must be a whole number" in p.stderr
+    assert s.get("/api/v1/tasks").json()["total"] == total
     cli(s, "frobnicate", check=2)
     p = subprocess.run([BIN, "status", "x", "--api", "http://127.0.0.1:1"], capture_output=True,
                        text=True, timeout=60)
