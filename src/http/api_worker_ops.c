@@ -284,6 +284,29 @@ static int held_task(struct request *req, struct task **out)
     return rc;
 }
 
+/* A worker task route's work once the task is known to be held by the calling worker:
+ * it replies. body is the parsed request body (NULL for routes that take none). Both
+ * stay owned by with_held_task. */
+typedef void held_fn(struct request *req, struct task *t, json_t *body);
+
+static int with_held_task(struct request *req, bool with_body, held_fn *fn)
+{
+    struct task *t = NULL;
+    json_t *body = NULL;
+
+    if (held_task(req, &t) == 0 && (!with_body || api_body_json(req, &body) == 0))
+        fn(req, t, body);
+    json_decref(body);
+    task_free(t);
+    return 0;
+}
+
+/* The short answer of a worker route: the task and what it now is. */
+static void reply_state(struct request *req, const struct task *t, const char *state)
+{
+    api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", state));
+}
+
 /* The items of a posted batch: one object, an array, or {"<key>": [...]}. Borrowed. */
 static json_t *items_of(json_t *body, const char *key, json_t **owned)
 {
@@ -297,48 +320,41 @@ static json_t *items_of(json_t *body, const char *key, json_t **owned)
     return *owned;
 }
 
-static int post_items(struct request *req, const char *type, const char *key)
+/* Checks each of items as an executor protocol line of type (log, message) and appends
+ * it, normalised, to evs. 0, or -1 after a 422 naming the item. */
+static int parse_items(struct request *req, json_t *items, const char *type, const char *key,
+                       json_t *evs)
 {
-    struct store *st = req->srv->store;
-    json_t *body = NULL, *owned = NULL, *items, *evs = json_array(), *it;
-    struct task *t = NULL;
-    size_t i, n;
-    int rc;
+    size_t i;
+    json_t *it;
 
-    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
-        goto out;
-    if (!json_is_object(body) && !json_is_array(body)) {
-        api_invalid_field(req, "body", "must be a JSON object or a list of them");
-        goto out;
-    }
-    items = items_of(body, key, &owned);
-    n = json_array_size(items);
-    if (n > MAX_BATCH) {
-        api_invalid_field(req, key, "at most 10000 items a request");
-        goto out;
-    }
     json_array_foreach(items, i, it) {
         struct proto_event ev;
-        if (proto_event_from_json(it, type, &ev) < 0) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "item %zu is not a valid %s line (see the executor "
-                     "protocol)", i, type);
-            api_invalid_field(req, key, msg);
-            goto out;
-        }
-        json_array_append_new(evs, ev.obj);
-    }
-    {
-        int64_t now = clock_now_us();
-        struct log_entry *le = calloc(n + 1, sizeof(*le));
-        struct msg_entry *me = calloc(n + 1, sizeof(*me));
+        char msg[160];
 
-        if (!le || !me) {
-            free(le);
-            free(me);
-            api_reply_error(req, ERR_NOMEM, "the batch");
-            goto out;
+        if (proto_event_from_json(it, type, &ev) == 0) {
+            json_array_append_new(evs, ev.obj);
+            continue;
         }
+        snprintf(msg, sizeof(msg), "item %zu is not a valid %s line (see the executor protocol)",
+                 i, type);
+        api_invalid_field(req, key, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Stores evs (normalised log or message lines) as the task's, stamped now. */
+static int store_items(struct store *st, const char *task_id, const char *type, json_t *evs)
+{
+    size_t i, n = json_array_size(evs);
+    struct log_entry *le = calloc(n + 1, sizeof(*le));
+    struct msg_entry *me = calloc(n + 1, sizeof(*me));
+    int64_t now = clock_now_us();
+    json_t *it;
+    int rc = ERR_NOMEM;
+
+    if (le && me) {
         json_array_foreach(evs, i, it) {
             le[i].ts = me[i].ts = now;
             le[i].message = json_string_value(json_object_get(it, "message"));
@@ -346,223 +362,226 @@ static int post_items(struct request *req, const char *type, const char *key)
             le[i].level = proto_level_parse(json_string_value(json_object_get(it, "level")));
             me[i].msg = it;
         }
-        rc = !strcmp(type, "log") ? store_logs_append(st, t->id, le, n)
-                                  : store_messages_append(st, t->id, me, n);
-        free(le);
-        free(me);
+        rc = !strcmp(type, "log") ? store_logs_append(st, task_id, le, n)
+                                  : store_messages_append(st, task_id, me, n);
     }
+    free(le);
+    free(me);
+    return rc;
+}
+
+static void post_items(struct request *req, struct task *t, json_t *body, const char *type,
+                       const char *key)
+{
+    json_t *owned = NULL, *items, *evs = json_array();
+    int rc;
+
+    if (!json_is_object(body) && !json_is_array(body)) {
+        api_invalid_field(req, "body", "must be a JSON object or a list of them");
+        goto out;
+    }
+    items = items_of(body, key, &owned);
+    if (json_array_size(items) > MAX_BATCH) {
+        api_invalid_field(req, key, "at most 10000 items a request");
+        goto out;
+    }
+    if (parse_items(req, items, type, key, evs) < 0)
+        goto out;
+    rc = store_items(req->srv->store, t->id, type, evs);
     if (rc < 0)
         api_reply_error(req, rc, "the batch");
     else
-        api_reply(req, 200, json_pack("{s:s, s:I}", "task_id", t->id, "accepted", (json_int_t)n));
+        api_reply(req, 200, json_pack("{s:s, s:I}", "task_id", t->id, "accepted",
+                                      (json_int_t)json_array_size(evs)));
 out:
     json_decref(owned);
     json_decref(evs);
-    json_decref(body);
-    task_free(t);
-    return 0;
+}
+
+static void post_logs(struct request *req, struct task *t, json_t *body)
+{
+    post_items(req, t, body, "log", "logs");
+}
+
+static void post_messages(struct request *req, struct task *t, json_t *body)
+{
+    post_items(req, t, body, "message", "messages");
 }
 
 int api_worker_task_logs(struct request *req)
 {
-    return post_items(req, "log", "logs");
+    return with_held_task(req, true, post_logs);
 }
 
 int api_worker_task_conversations(struct request *req)
 {
-    return post_items(req, "message", "messages");
+    return with_held_task(req, true, post_messages);
 }
 
-static int finish(struct request *req, struct task *t, enum task_status status, json_t *result,
-                  const char *error)
+static void finish(struct request *req, struct task *t, enum task_status status, json_t *result,
+                   const char *error)
 {
     struct task_end end = {.status = status, .result = result, .error = error,
                            .now = clock_now_us()};
     int rc = queue_finish(&req->srv->queue, t, &end);
 
-    if (rc == ERR_CONFLICT)
-        return api_fail(req, 409, "task %s has already ended", t->id);
-    if (rc < 0)
-        return api_reply_error(req, rc, "the task");
-    log_info("%s: task %s %s", t->worker_id, t->id, task_status_name(status));
-    return api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task updated", "task_id",
-                                         t->id, "status", task_status_name(status)));
+    if (rc == ERR_CONFLICT) {
+        api_fail(req, 409, "task %s has already ended", t->id);
+    } else if (rc < 0) {
+        api_reply_error(req, rc, "the task");
+    } else {
+        log_info("%s: task %s %s", t->worker_id, t->id, task_status_name(status));
+        api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task updated", "task_id",
+                                      t->id, "status", task_status_name(status)));
+    }
+}
+
+static void task_complete(struct request *req, struct task *t, json_t *body)
+{
+    json_t *result;
+
+    if (body && !json_is_object(body)) {
+        api_invalid_field(req, "result", "must be an object");
+        return;
+    }
+    /* {"result": {...}}, or the result itself as the original worker sends it. */
+    result = json_object_get(body, "result");
+    finish(req, t, TASK_COMPLETED, json_is_object(result) ? result : body, NULL);
 }
 
 int api_worker_task_complete(struct request *req)
 {
-    json_t *body = NULL, *result;
-    struct task *t = NULL;
+    return with_held_task(req, true, task_complete);
+}
 
-    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
-        goto out;
-    if (body && !json_is_object(body)) {
-        api_invalid_field(req, "result", "must be an object");
-        goto out;
+static void task_fail(struct request *req, struct task *t, json_t *body)
+{
+    json_t *err = json_object_get(body, "error"), *status = json_object_get(body, "status"),
+           *result = json_object_get(body, "result");
+    const char *s = json_is_string(status) ? json_string_value(status) : "";
+    enum task_status st = TASK_FAILED;
+
+    if (!json_is_string(err) || json_string_length(err) == 0) {
+        api_invalid_field(req, "error", "is required: a string saying why");
+        return;
     }
-    /* {"result": {...}}, or the result itself as the original worker sends it. */
-    result = json_object_get(body, "result");
-    if (!json_is_object(result))
-        result = body;
-    finish(req, t, TASK_COMPLETED, result, NULL);
-out:
-    json_decref(body);
-    task_free(t);
-    return 0;
+    if (status && !json_is_null(status)) {
+        if (strcmp(s, "timeout") && strcmp(s, "failed")) {
+            api_invalid_field(req, "status", "must be failed or timeout");
+            return;
+        }
+        st = !strcmp(s, "timeout") ? TASK_TIMEOUT : TASK_FAILED;
+    }
+    if (result && !json_is_object(result) && !json_is_null(result)) {
+        api_invalid_field(req, "result", "must be an object");
+        return;
+    }
+    finish(req, t, st, json_is_object(result) ? result : NULL, json_string_value(err));
 }
 
 int api_worker_task_fail(struct request *req)
 {
-    json_t *body = NULL, *err, *status, *result;
-    enum task_status st = TASK_FAILED;
-    struct task *t = NULL;
-
-    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
-        goto out;
-    err = json_object_get(body, "error");
-    status = json_object_get(body, "status");
-    result = json_object_get(body, "result");
-    if (!json_is_string(err) || json_string_length(err) == 0) {
-        api_invalid_field(req, "error", "is required: a string saying why");
-        goto out;
-    }
-    if (status && !json_is_null(status)) {
-        const char *s = json_is_string(status) ? json_string_value(status) : "";
-        if (!strcmp(s, "timeout"))
-            st = TASK_TIMEOUT;
-        else if (strcmp(s, "failed")) {
-            api_invalid_field(req, "status", "must be failed or timeout");
-            goto out;
-        }
-    }
-    if (result && !json_is_object(result) && !json_is_null(result)) {
-        api_invalid_field(req, "result", "must be an object");
-        goto out;
-    }
-    finish(req, t, st, json_is_object(result) ? result : NULL, json_string_value(err));
-out:
-    json_decref(body);
-    task_free(t);
-    return 0;
+    return with_held_task(req, true, task_fail);
 }
 
 /* ---- sessions hosted by an external worker ---- */
 
-int api_worker_session_ready(struct request *req)
+static void session_ready(struct request *req, struct task *t, json_t *body)
 {
-    struct store *st = req->srv->store;
-    json_t *body = NULL;
-    struct task *t = NULL;
     int rc;
 
-    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
-        goto out;
     if (!json_is_object(body) || !json_is_string(json_object_get(body, "task_description"))) {
         api_invalid_field(req, "task_description", "is required: the ready line of the session "
                                                     "protocol");
-        goto out;
+        return;
     }
-    rc = store_session_ready(st, t->id, body, t->max_steps, clock_now_us());
+    rc = store_session_ready(req->srv->store, t->id, body, t->max_steps, clock_now_us());
     if (rc < 0)
         api_reply_error(req, rc, "the session");
     else
-        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "ready"));
-out:
-    json_decref(body);
-    task_free(t);
-    return 0;
+        reply_state(req, t, "ready");
 }
 
-int api_worker_session_next(struct request *req)
+int api_worker_session_ready(struct request *req)
 {
-    struct store *st = req->srv->store;
-    struct task *t = NULL;
+    return with_held_task(req, true, session_ready);
+}
+
+static void session_next(struct request *req, struct task *t, json_t *body)
+{
     long long after;
     char *action = NULL;
     int step = 0, rc;
 
-    if (held_task(req, &t) < 0)
-        return 0;
+    (void)body;
     if (api_query_int(req, "after", 0, 1000000, 0, &after) < 0)
-        goto out;
-    rc = store_session_next(st, t->id, (int)after, &step, &action);
+        return;
+    rc = store_session_next(req->srv->store, t->id, (int)after, &step, &action);
     if (rc < 0)
         api_reply_error(req, rc, "the session");
     else if (!step)
         api_reply(req, 204, NULL);
     else
         api_reply(req, 200, json_pack("{s:i, s:s}", "step", step, "action", action));
-out:
     free(action);
-    task_free(t);
-    return 0;
 }
 
-int api_worker_session_answer(struct request *req)
+int api_worker_session_next(struct request *req)
 {
-    struct store *st = req->srv->store;
-    json_t *body = NULL, *msgs, *evs = json_array(), *it, *answer;
-    struct msg_entry *me = NULL;
-    struct task *t = NULL;
-    size_t i, n;
+    return with_held_task(req, false, session_next);
+}
+
+static void session_answer(struct request *req, struct task *t, json_t *body)
+{
+    json_t *msgs = json_object_get(body, "messages"), *answer = json_object_get(body, "answer"),
+           *evs = json_array(), *it;
+    int step = (int)json_integer_value(json_object_get(body, "step"));
+    size_t i, n = json_array_size(msgs);
+    struct msg_entry *me = calloc(n + 1, sizeof(*me));
     int rc;
 
-    if (held_task(req, &t) < 0 || api_body_json(req, &body) < 0)
-        goto out;
-    answer = json_object_get(body, "answer");
-    msgs = json_object_get(body, "messages");
     if (!json_is_integer(json_object_get(body, "step")) || !json_is_object(answer) ||
         (msgs && !json_is_array(msgs))) {
         api_invalid_field(req, "body", "must be {\"step\": n, \"answer\": {\"observation\", "
                                        "\"done\", \"reward\", \"results\"}, \"messages\": [...]}");
-        goto out;
-    }
-    n = json_array_size(msgs);
-    me = calloc(n + 1, sizeof(*me));
-    json_array_foreach(msgs, i, it) {
-        struct proto_event ev;
-        if (proto_event_from_json(it, "message", &ev) < 0) {
-            api_invalid_field(req, "messages", "an item is not a valid message line");
-            goto out;
+    } else if (!me) {
+        api_reply_error(req, ERR_NOMEM, "the answer");
+    } else if (!msgs || parse_items(req, msgs, "message", "messages", evs) == 0) {
+        json_array_foreach(evs, i, it) {
+            me[i].ts = clock_now_us();
+            me[i].msg = it;
         }
-        json_array_append_new(evs, ev.obj);
+        rc = store_session_answer(req->srv->store, t->id, step, answer, me, n, clock_now_us());
+        if (rc < 0) {
+            api_reply_error(req, rc, "the answer");
+        } else {
+            session_hub_answered(req->srv->sessions, t->id, step, answer);
+            reply_state(req, t, "answered");
+        }
     }
-    json_array_foreach(evs, i, it) {
-        me[i].ts = clock_now_us();
-        me[i].msg = it;
-    }
-    rc = store_session_answer(st, t->id, (int)json_integer_value(json_object_get(body, "step")),
-                                 answer, me, n, clock_now_us());
-    if (rc < 0) {
-        api_reply_error(req, rc, "the answer");
-    } else {
-        session_hub_answered(req->srv->sessions, t->id,
-                             (int)json_integer_value(json_object_get(body, "step")), answer);
-        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "answered"));
-    }
-out:
     free(me);
     json_decref(evs);
-    json_decref(body);
-    task_free(t);
-    return 0;
 }
 
-int api_worker_session_end(struct request *req)
+int api_worker_session_answer(struct request *req)
 {
-    struct store *st = req->srv->store;
-    struct task *t = NULL;
-    int rc;
+    return with_held_task(req, true, session_answer);
+}
 
-    if (held_task(req, &t) < 0)
-        return 0;
-    rc = store_session_end(st, t->id);
+static void session_end(struct request *req, struct task *t, json_t *body)
+{
+    int rc = store_session_end(req->srv->store, t->id);
+
+    (void)body;
     if (rc < 0) {
         api_reply_error(req, rc, "the session");
     } else {
         session_hub_answered(req->srv->sessions, t->id, 0, NULL);
-        api_reply(req, 200, json_pack("{s:s, s:s}", "task_id", t->id, "status", "ended"));
+        reply_state(req, t, "ended");
     }
-    task_free(t);
-    return 0;
+}
+
+int api_worker_session_end(struct request *req)
+{
+    return with_held_task(req, false, session_end);
 }
