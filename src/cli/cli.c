@@ -226,76 +226,107 @@ static int submit_one(struct client *c, json_t *body, const char *key, long *sta
     return call(c, "POST", "/api/v1/tasks", body, status, reply);
 }
 
+/* A progress bar on a terminal; total 0 (unknown, e.g. a pipe): the count alone. */
 static void progress(const char *what, long done, long total)
 {
     if (!isatty(STDERR_FILENO))
         return;
-    int width = 30, filled = total ? (int)(width * done / total) : width;
+    if (!total) {
+        fprintf(stderr, "\r%s %ld", what, done);
+        return;
+    }
+    int width = 30, filled = (int)(width * done / total);
     fprintf(stderr, "\r%s [%.*s%*s] %ld/%ld", what, filled,
             "##############################", width - filled, "", done, total);
+}
+
+/* What a file of request bodies came to. */
+struct file_counts {
+    long created, existing, failed;
+};
+
+/* Submits line n of a --file (without its newline); 0, or EXIT_SERVER when the server
+ * could not be reached (the run stops there). */
+static int submit_line(struct client *c, const struct opts *o, const char *line, long n,
+                       struct file_counts *k)
+{
+    char key[CRYPTO_HEX_SHA256 + 8];
+    json_t *body = json_loads(line, JSON_REJECT_DUPLICATES, NULL), *reply = NULL;
+    long status = 0;
+    int rc = 0;
+
+    if (!json_is_object(body)) {
+        fprintf(stderr, "\ntaskexec: %s line %ld is not a JSON object\n", o->file, n);
+        json_decref(body);
+        k->failed++;
+        return 0;
+    }
+    /* A rerun of the same file creates nothing new. */
+    crypto_sha256_hex(line, key + 5);
+    memcpy(key, "line-", 5);
+    if (submit_one(c, body, key, &status, &reply)) {
+        rc = EXIT_SERVER;
+    } else if (status == 201) {
+        k->created++;
+    } else if (status == 200) {
+        k->existing++;
+    } else {
+        k->failed++;
+        fprintf(stderr, "\ntaskexec: line %ld: %s\n", n,
+                json_string_value(json_object_get(reply, "detail")) ?: "refused");
+    }
+    if (!rc && o->json && reply)
+        printf("%s\n", str(reply, "id"));
+    json_decref(reply);
+    json_decref(body);
+    return rc;
+}
+
+/* The lines of f when it can be read twice (a file, not a pipe), for the progress bar;
+ * 0 otherwise. f is left at its start. */
+static long count_lines(FILE *f)
+{
+    long total = 0;
+    int ch;
+
+    if (fseek(f, 0, SEEK_SET) != 0)
+        return 0;
+    while ((ch = getc(f)) != EOF)
+        total += ch == '\n';
+    if (fseek(f, 0, SEEK_SET) != 0)
+        return 0;
+    return total;
 }
 
 static int submit_file(struct client *c, const struct opts *o)
 {
     FILE *f = strcmp(o->file, "-") ? fopen(o->file, "r") : stdin;
+    struct file_counts k = {0};
     char *line = NULL;
     size_t cap = 0;
-    long total = 0, n = 0, created = 0, existing = 0, failed = 0;
+    long total, n = 0;
     int rc = EXIT_OK;
 
     if (!f) {
         fprintf(stderr, "taskexec: cannot read %s: %s\n", o->file, strerror(errno));
         return EXIT_USAGE;
     }
-    while (getline(&line, &cap, f) > 0)
-        total++;
-    rewind(f);
-    while (getline(&line, &cap, f) > 0) {
-        char key[CRYPTO_HEX_SHA256 + 8];
-        json_t *body, *reply = NULL;
-        long status = 0;
-
+    total = count_lines(f);
+    while (!rc && getline(&line, &cap, f) > 0) {
         line[strcspn(line, "\r\n")] = '\0';
         n++;
-        if (!*line)
-            continue;
-        body = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
-        if (!json_is_object(body)) {
-            fprintf(stderr, "\ntaskexec: %s line %ld is not a JSON object\n", o->file, n);
-            json_decref(body);
-            failed++;
-            continue;
-        }
-        /* A rerun of the same file creates nothing new. */
-        crypto_sha256_hex(line, key + 5);
-        memcpy(key, "line-", 5);
-        if (submit_one(c, body, key, &status, &reply)) {
-            json_decref(body);
-            rc = EXIT_SERVER;
-            break;
-        }
-        if (status == 201)
-            created++;
-        else if (status == 200)
-            existing++;
-        else {
-            failed++;
-            fprintf(stderr, "\ntaskexec: line %ld: %s\n", n,
-                    json_string_value(json_object_get(reply, "detail")) ?: "refused");
-        }
-        if (o->json && reply)
-            printf("%s\n", str(reply, "id"));
-        json_decref(reply);
-        json_decref(body);
+        if (*line)
+            rc = submit_line(c, o, line, n, &k);
         progress("submitting", n, total);
     }
     if (isatty(STDERR_FILENO))
         fputc('\n', stderr);
-    fprintf(stderr, "created %ld, already there %ld, refused %ld\n", created, existing, failed);
+    fprintf(stderr, "created %ld, already there %ld, refused %ld\n", k.created, k.existing,
+            k.failed);
     free(line);
     if (f != stdin)
         fclose(f);
-    return rc ? rc : failed ? EXIT_USAGE : EXIT_OK;
+    return rc ? rc : k.failed ? EXIT_USAGE : EXIT_OK;
 }
 
 /* Says that the option of body field key (agent_config: --agent-config) must be what;

@@ -72,6 +72,12 @@ def test_batch_submit_twice_creates_nothing_new(make_server, tmpdir_path):
     p = cli(s, "submit", "--file", runs, check=2)
     assert "created 1, already there 25, refused 2" in p.stderr
     assert s.get("/api/v1/tasks").json()["total"] == 26
+    # "-" reads a pipe, which cannot be read twice: every line is still submitted
+    piped = "".join(json.dumps({"problem_id": f"q-{i}"}) + "\n" for i in range(5))
+    p = subprocess.run([BIN, "submit", "--file", "-", "--api", s.url], input=piped,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "created 5, already there 0, refused 0" in p.stderr, p.stderr
+    assert s.get("/api/v1/tasks").json()["total"] == 31
 
 
 def test_status_list_logs_cancel(make_server):
