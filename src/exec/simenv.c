@@ -209,33 +209,37 @@ static void step(struct env *e, const char *fenced, char *out, size_t size, bool
     }
 }
 
-int simenv_run(json_t *task)
+/* The environment of task: its problem, kind of task, step budget and fault. */
+static void env_init(struct env *e, json_t *task)
 {
-    struct env e = {0};
-    json_t *params = json_object_get(task, "parameters"), *v;
-    char line[1 << 16], desc[512], out[4096];
-    double reward = 0;
-    bool done = false;
-    json_t *results = json_object();
+    json_t *params = json_object_get(task, "parameters");
+    json_int_t seed = json_integer_value(json_object_get(json_object_get(params, "simulate"),
+                                                        "seed"));
 
-    e.task_id = json_string_value(json_object_get(task, "id"));
-    e.problem_id = json_string_value(json_object_get(task, "problem_id"));
-    if (!e.problem_id)
-        e.problem_id = "unknown";
-    e.type = simenv_task_type(e.problem_id);
-    e.max_steps = (int)json_integer_value(json_object_get(params, "max_steps"));
-    if (e.max_steps <= 0)
-        e.max_steps = 30;
+    e->task_id = json_string_value(json_object_get(task, "id"));
+    e->problem_id = json_string_value(json_object_get(task, "problem_id"));
+    if (!e->problem_id)
+        e->problem_id = "unknown";
+    e->type = simenv_task_type(e->problem_id);
+    e->max_steps = (int)json_integer_value(json_object_get(params, "max_steps"));
+    if (e->max_steps <= 0)
+        e->max_steps = 30;
     /* The fault is a function of the problem id (and parameters.simulate.seed): the same
      * problem is the same incident every time. */
-    v = json_object_get(json_object_get(params, "simulate"), "seed");
-    e.faulty = services[1 + (simenv_hash(e.problem_id) + (uint64_t)json_integer_value(v)) % (N_SERVICES - 1)];
+    e->faulty = services[1 + (simenv_hash(e->problem_id) + (uint64_t)seed) % (N_SERVICES - 1)];
+}
+
+/* The ready line: what the agent is asked and the actions it has. */
+static void announce(const struct env *e)
+{
+    char desc[512];
+
     simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
-                   "simulated environment: deploying the hotel reservation application"));
+                          "simulated environment: deploying the hotel reservation application"));
     snprintf(desc, sizeof(desc), "Problem %s (%s): the hotel reservation service in namespace "
-             NS " is misbehaving. %s", e.problem_id, e.type,
-             !strcmp(e.type, "detection") ? "Is there an anomaly? Submit \"Yes\" or \"No\"."
-                                          : "Which service is faulty? Submit its name.");
+             NS " is misbehaving. %s", e->problem_id, e->type,
+             !strcmp(e->type, "detection") ? "Is there an anomaly? Submit \"Yes\" or \"No\"."
+                                           : "Which service is faulty? Submit its name.");
     simenv_emit(json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "type", "ready",
                    "task_description", desc, "instructions",
                    "You are an SRE agent. Answer each observation with exactly one API call, "
@@ -246,45 +250,66 @@ int simenv_run(json_t *task)
                    "get_metrics", "get_metrics(namespace, duration): CPU and error rates",
                    "get_traces", "get_traces(namespace, duration): failing calls",
                    "submit", "submit(answer): end the episode with your answer"));
-    while (!done && fgets(line, sizeof(line), stdin)) {
-        json_t *msg = json_loads(line, 0, NULL);
-        const char *type = json_string_value(json_object_get(msg, "type"));
-        const char *action = json_string_value(json_object_get(msg, "action"));
-        json_int_t n = json_integer_value(json_object_get(msg, "step"));
+}
 
-        if (!type || strcmp(type, "action") || !action) {
-            simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "warning", "message",
-                           "simulated environment: ignored a line that is not an action"));
-            json_decref(msg);
-            continue;
-        }
-        e.steps++;
-        step(&e, action, out, sizeof(out), &done, &reward, results);
-        if (!done && e.steps >= e.max_steps) {
-            done = true;
-            reward = 0;
-            json_object_set_new(results, "Detection Accuracy", json_string("Incorrect"));
-            snprintf(out + strlen(out), sizeof(out) - strlen(out),
-                     "\n(max_steps reached: the episode ends without a submission)");
-        }
-        json_object_set_new(results, "steps", json_integer(e.steps));
-        simenv_emit(done ? json_pack("{s:s, s:I, s:s, s:b, s:f, s:O}", "type", "observation", "step", n,
-                              "content", out, "done", 1, "reward", reward, "results", results)
-                  : json_pack("{s:s, s:I, s:s, s:b}", "type", "observation", "step", n, "content",
-                              out, "done", 0));
+/* Answers one input line (an action, else a warning) with its observation; sets *done,
+ * *reward and results when the episode ends. */
+static void answer_line(struct env *e, const char *line, bool *done, double *reward,
+                        json_t *results)
+{
+    json_t *msg = json_loads(line, 0, NULL);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    const char *action = json_string_value(json_object_get(msg, "action"));
+    json_int_t n = json_integer_value(json_object_get(msg, "step"));
+    char out[4096];
+
+    if (!type || strcmp(type, "action") || !action) {
+        simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "warning", "message",
+                              "simulated environment: ignored a line that is not an action"));
         json_decref(msg);
+        return;
     }
+    e->steps++;
+    step(e, action, out, sizeof(out), done, reward, results);
+    if (!*done && e->steps >= e->max_steps) {
+        *done = true;
+        *reward = 0;
+        json_object_set_new(results, "Detection Accuracy", json_string("Incorrect"));
+        snprintf(out + strlen(out), sizeof(out) - strlen(out),
+                 "\n(max_steps reached: the episode ends without a submission)");
+    }
+    json_object_set_new(results, "steps", json_integer(e->steps));
+    simenv_emit(*done ? json_pack("{s:s, s:I, s:s, s:b, s:f, s:O}", "type", "observation",
+                                  "step", n, "content", out, "done", 1, "reward", *reward,
+                                  "results", results)
+                      : json_pack("{s:s, s:I, s:s, s:b}", "type", "observation", "step", n,
+                                  "content", out, "done", 0));
+    json_decref(msg);
+}
+
+int simenv_run(json_t *task)
+{
+    struct env e = {0};
+    char line[1 << 16];
+    double reward = 0;
+    bool done = false;
+    json_t *results = json_object();
+
+    env_init(&e, task);
+    announce(&e);
+    while (!done && fgets(line, sizeof(line), stdin))
+        answer_line(&e, line, &done, &reward, results);
     if (!done) {
         /* stdin closed before the end: the session was closed or abandoned. */
         simenv_emit(json_pack("{s:s, s:s, s:s}", "type", "log", "level", "info", "message",
-                       "simulated environment: the session was closed; cleaning up"));
+                              "simulated environment: the session was closed; cleaning up"));
         json_decref(results);
         return 0;
     }
-    simenv_emit(json_pack("{s:s, s:b, s:f, s:O, s:s, s:{s:i}}", "type", "result", "success", 1, "reward",
-                   reward, "results", results, "output",
-                   reward > 0 ? "The fault was found" : "The fault was not found", "metrics",
-                   "steps_taken", e.steps));
+    simenv_emit(json_pack("{s:s, s:b, s:f, s:O, s:s, s:{s:i}}", "type", "result", "success", 1,
+                          "reward", reward, "results", results, "output",
+                          reward > 0 ? "The fault was found" : "The fault was not found",
+                          "metrics", "steps_taken", e.steps));
     json_decref(results);
     return 0;
 }

@@ -38,7 +38,6 @@ struct request {
     const char *params[API_MAX_PARAMS]; /* path captures, borrowed from path_copy */
     size_t n_params;
     char path_copy[1024];            /* path split for captures */
-    int64_t started_ms;
     int64_t started_us;              /* for the latency histogram */
     /* the answer */
     int status;

@@ -103,65 +103,71 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-static enum MHD_Result send_reply(struct request *req)
+/* The response of a streamed reply (SSE, exports): it reads req->stream and owns it from
+ * here on. NULL when out of memory. */
+static struct MHD_Response *stream_response(struct request *req)
+{
+    struct MHD_Response *resp;
+
+    req->stream->conn = req->conn;
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read,
+                                             req->stream, stream_free);
+    if (!resp)
+        return NULL;
+    req->stream = NULL; /* the response owns it now */
+    MHD_add_response_header(resp, "Content-Type", req->content_type);
+    if (!strcmp(req->content_type, "text/event-stream"))
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    return resp;
+}
+
+/* The response of a whole reply: the raw text or the JSON value req holds. */
+static struct MHD_Response *body_response(struct request *req)
 {
     struct MHD_Response *resp;
     char *text = NULL;
     size_t len = 0;
-    enum MHD_Result ret;
-    int64_t ms;
 
-    if (req->stream) {
-        req->stream->conn = req->conn;
-        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read,
-                                                 req->stream, stream_free);
-        if (!resp)
-            return MHD_NO;
-        req->stream = NULL; /* the response owns it now */
-        MHD_add_response_header(resp, "X-Request-ID", req->request_id);
-        MHD_add_response_header(resp, "Content-Type", req->content_type);
-        if (!strcmp(req->content_type, "text/event-stream"))
-            MHD_add_response_header(resp, "Cache-Control", "no-cache");
-        ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
-        MHD_destroy_response(resp);
-        metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
-                     req->status, (double)(clock_now_us() - req->started_us) / 1e6);
-        log_request(req->request_id, req->method, req->path, req->route, req->status,
-                    (double)(clock_now_us() - req->started_us) / 1000.0);
-        return ret;
-    }
     if (req->reply_raw) {
         text = req->reply_raw;
         req->reply_raw = NULL;
-        len = strlen(text);
     } else if (req->reply) {
         text = json_dumps(req->reply, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
-        if (!text) {
+        if (!text)
             req->status = 500;
-        } else {
-            len = strlen(text);
-        }
     }
-    resp = MHD_create_response_from_buffer(len, text ? text : (char *)"", 
+    if (text)
+        len = strlen(text);
+    resp = MHD_create_response_from_buffer(len, text ? text : (char *)"",
                                            text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(text);
-        return MHD_NO;
+        return NULL;
     }
-    MHD_add_response_header(resp, "X-Request-ID", req->request_id);
     if (text)
         MHD_add_response_header(resp, "Content-Type",
                                 req->content_type ? req->content_type : "application/json");
     if (req->status == 405)
         MHD_add_response_header(resp, "Allow", "GET, POST, PUT");
+    return resp;
+}
+
+static enum MHD_Result send_reply(struct request *req)
+{
+    struct MHD_Response *resp = req->stream ? stream_response(req) : body_response(req);
+    enum MHD_Result ret;
+    double seconds;
+
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "X-Request-ID", req->request_id);
     ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
-    ms = clock_mono_ms() - req->started_ms;
+    seconds = (double)(clock_now_us() - req->started_us) / 1e6;
     metrics_http(req->srv->metrics, req->route ? req->route : "unmatched", req->method,
-                 req->status, (double)(clock_now_us() - req->started_us) / 1e6);
-    (void)ms;
+                 req->status, seconds);
     log_request(req->request_id, req->method, req->path, req->route, req->status,
-                (double)(clock_now_us() - req->started_us) / 1000.0);
+                seconds * 1000.0);
     return ret;
 }
 
@@ -226,7 +232,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->srv = h->srv;
         req->conn = conn;
         req->method = method;
-        req->started_ms = clock_mono_ms();
         req->started_us = clock_now_us();
         buf_init(&req->body, (size_t)h->srv->cfg.max_body_bytes);
         router_normalize(url, req->path, sizeof(req->path));

@@ -217,14 +217,13 @@ static int hist_family(struct buf *b, int rc, const char *name, const char *help
             rc = buf_appendf(out, __VA_ARGS__);                                            \
     } while (0)
 
-int metrics_render(struct metrics *m, struct buf *out)
+/* The families of this server and of the database's gauges. The render_* functions
+ * run with m->lock held, append to out while rc is 0, and return rc. */
+static int render_gauges(const struct metrics *m, struct buf *out, int rc)
 {
     static const char *const wnames[3] = {"idle", "busy", "offline"};
     int64_t now = clock_now_us();
-    char labels[160];
-    int rc = 0;
 
-    pthread_mutex_lock(&m->lock);
     OUT("# HELP taskexec_up Whether this taskexec server is serving.\n"
         "# TYPE taskexec_up gauge\ntaskexec_up 1\n");
     OUT("# HELP taskexec_build_info The version of this build.\n"
@@ -247,6 +246,12 @@ int metrics_render(struct metrics *m, struct buf *out)
         "# TYPE taskexec_workers gauge\n");
     for (int i = 0; i < 3; i++)
         OUT("taskexec_workers{status=\"%s\"} %lld\n", wnames[i], (long long)m->workers[i]);
+    return rc;
+}
+
+/* What this server counted and timed. */
+static int render_counters(const struct metrics *m, struct buf *out, int rc)
+{
     OUT("# HELP taskexec_tasks_created_total Tasks created through this server.\n"
         "# TYPE taskexec_tasks_created_total counter\ntaskexec_tasks_created_total %llu\n",
         (unsigned long long)m->created);
@@ -266,6 +271,13 @@ int metrics_render(struct metrics *m, struct buf *out)
                      "Time from start to end of tasks ended here.", &m->run);
     rc = hist_family(out, rc, "taskexec_claim_seconds",
                      "How long a claim took (internal workers and the claim route).", &m->claim);
+    return rc;
+}
+
+static int render_http(const struct metrics *m, struct buf *out, int rc)
+{
+    char labels[160];
+
     OUT("# HELP taskexec_http_requests_total HTTP requests by route template, method and "
         "status.\n# TYPE taskexec_http_requests_total counter\n");
     for (size_t i = 0; i < m->n_http; i++)
@@ -280,6 +292,15 @@ int metrics_render(struct metrics *m, struct buf *out)
         rc = hist_render(out, "taskexec_http_request_duration_seconds", labels,
                          &m->http[i].latency);
     }
+    return rc;
+}
+
+int metrics_render(struct metrics *m, struct buf *out)
+{
+    int rc;
+
+    pthread_mutex_lock(&m->lock);
+    rc = render_http(m, out, render_counters(m, out, render_gauges(m, out, 0)));
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
