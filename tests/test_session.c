@@ -1,4 +1,5 @@
-/* Unit tests: the session hub (service/session.c) over a temporary SQLite store: parking a
+/* Unit tests: the session hub (service/session.c) over a fresh store on each backend
+ * (SQLite always, PostgreSQL when TASKEXEC_TEST_PG_URL is set, see tests/testdb.h): parking a
  * step, answering each parked step exactly once (by an answer at hand, by the hub's thread
  * from the store, at its deadline, when the session ends, at shutdown), and handing a step
  * to the runner hosting it. */
@@ -20,9 +21,10 @@
 #include "service/queue.h"
 #include "service/session.h"
 #include "store/store.h"
+#include "testdb.h"
 
 struct fx {
-    char dir[64];
+    struct testdb db;
     struct store *st;
     struct queue q;
     struct session_hub *hub;
@@ -120,37 +122,40 @@ static void running_session(struct store *st, char out[37])
     task_free(t);
 }
 
-static int setup(void **state)
+static int setup(void **state, bool pg)
 {
     struct fx *f = calloc(1, sizeof(*f));
-    char url[128];
 
-    strcpy(f->dir, "/tmp/taskexec-session-XXXXXX");
-    if (!f || !mkdtemp(f->dir))
-        return -1;
-    snprintf(url, sizeof(url), "sqlite://%s/t.db", f->dir);
-    if (store_open(url, &f->st) < 0)
+    *state = f;
+    if (!f || testdb_fresh(&f->db, pg) < 0 || store_open(f->db.url, &f->st) < 0)
         return -1;
     f->q = (struct queue){.store = f->st, .defaults = {.max_steps = 5, .timeout_minutes = 1}};
     if (session_hub_new(f->st, &f->q, 10, &f->hub) < 0)
         return -1;
     running_session(f->st, f->id);
-    *state = f;
     return 0;
+}
+
+static int setup_sqlite(void **state)
+{
+    return setup(state, false);
+}
+
+static int setup_pg(void **state)
+{
+    return setup(state, true);
 }
 
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    char cmd[128];
+    int rc;
 
     session_hub_stop(f->hub);
     store_close(f->st);
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    if (system(cmd) != 0)
-        return -1;
+    rc = testdb_remove(&f->db);
     free(f);
-    return 0;
+    return rc;
 }
 
 static void store_answer(struct fx *f, int step, const char *observation)
@@ -367,21 +372,28 @@ static void thread_answers_ended_when_the_session_ends(void **state)
     assert_int_equal(session_hub_close(f->hub, f->id), ERR_CONFLICT);
 }
 
+#define SESSION_TESTS(setup)                                                           \
+    {                                                                                  \
+        cmocka_unit_test_setup_teardown(step_of_no_running_session_is_refused, setup, teardown),\
+        cmocka_unit_test_setup_teardown(step_without_wait_is_not_parked, setup, teardown),\
+        cmocka_unit_test_setup_teardown(answer_at_hand_answers_its_step_once, setup, teardown),\
+        cmocka_unit_test_setup_teardown(host_is_woken_and_handed_the_step, setup, teardown),\
+        cmocka_unit_test_setup_teardown(notifications_wake_the_host, setup, teardown),\
+        cmocka_unit_test_setup_teardown(closing_answers_parked_steps_and_parks_no_more, setup,\
+                                        teardown),\
+        cmocka_unit_test_setup_teardown(thread_reads_a_stored_answer, setup, teardown),\
+        cmocka_unit_test_setup_teardown(thread_answers_working_at_the_deadline, setup, teardown),\
+        cmocka_unit_test_setup_teardown(thread_answers_ended_when_the_session_ends, setup,\
+                                        teardown),\
+    }
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(step_of_no_running_session_is_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(step_without_wait_is_not_parked, setup, teardown),
-        cmocka_unit_test_setup_teardown(answer_at_hand_answers_its_step_once, setup, teardown),
-        cmocka_unit_test_setup_teardown(host_is_woken_and_handed_the_step, setup, teardown),
-        cmocka_unit_test_setup_teardown(notifications_wake_the_host, setup, teardown),
-        cmocka_unit_test_setup_teardown(closing_answers_parked_steps_and_parks_no_more, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(thread_reads_a_stored_answer, setup, teardown),
-        cmocka_unit_test_setup_teardown(thread_answers_working_at_the_deadline, setup, teardown),
-        cmocka_unit_test_setup_teardown(thread_answers_ended_when_the_session_ends, setup,
-                                        teardown),
-    };
+    const struct CMUnitTest sqlite_tests[] = SESSION_TESTS(setup_sqlite);
+    const struct CMUnitTest pg_tests[] = SESSION_TESTS(setup_pg);
+    int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, NULL, NULL);
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    if (testdb_have_pg())
+        failed += cmocka_run_group_tests_name("postgresql", pg_tests, NULL, NULL);
+    return failed;
 }

@@ -1,22 +1,22 @@
-"""The store's unit tests (tests/test_store.c) on PostgreSQL as well as SQLite: runs
-build/asan/test_store with TASKEXEC_TEST_PG_URL set to a fresh database of the
-throwaway cluster, so every case runs on both backends."""
+"""The unit tests that take a database (tests/test_store.c, tests/test_session.c) on
+PostgreSQL as well as SQLite: each runs with TASKEXEC_TEST_PG_URL set to a fresh database
+of the throwaway cluster (tests/testdb.h), so every case runs on both backends."""
 import os
 import subprocess
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.join(ROOT, "build", "asan", "test_store")
 
 
-def test_store_unit_tests_pass_on_both_backends(pg):
-    subprocess.run(["make", "-s", "build/asan/test_store"], cwd=ROOT, check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not os.access(BIN, os.X_OK):
-        pytest.skip("build/asan/test_store is not built (make unit)")
+@pytest.mark.parametrize("name", ["test_store", "test_session"])
+def test_unit_tests_pass_on_both_backends(pg, name):
+    binary = os.path.join(ROOT, "build", "asan", name)
+    build = subprocess.run(["make", "-s", f"build/asan/{name}"], cwd=ROOT, capture_output=True,
+                           text=True)
+    assert build.returncode == 0 and os.access(binary, os.X_OK), build.stderr[-4000:]
     env = dict(os.environ, TASKEXEC_TEST_PG_URL=pg.new_db())
-    run = subprocess.run([BIN], cwd=ROOT, env=env, capture_output=True, text=True,
+    run = subprocess.run([binary], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
