@@ -148,13 +148,19 @@ fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	    -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus/$$t fuzz/corpus/$$t; done
 
-# In `make test`: replay the seeds and every input that once crashed, then fuzz briefly.
+# In `make test`: replay the seeds and every input that once crashed, then fuzz briefly;
+# a crash fails the target (its output was once piped through tail, which hid it).
+# (Only the folders that exist: libFuzzer stops at a missing one before replaying any.)
 fuzz-smoke: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	@set -e; for t in $(FUZZ_TARGETS); do \
-	  build/fuzz/fuzz_$$t -runs=0 fuzz/corpus/$$t fuzz/regressions/$$t 2>&1 | tail -1; \
+	  build/fuzz/fuzz_$$t -runs=0 $$(ls -d fuzz/corpus/$$t fuzz/regressions/$$t 2>/dev/null) \
+	    > build/fuzz/replay-$$t.log 2>&1 || { cat build/fuzz/replay-$$t.log; exit 1; }; \
+	  tail -1 build/fuzz/replay-$$t.log; \
 	  mkdir -p build/fuzz/corpus/$$t; \
 	  build/fuzz/fuzz_$$t -max_total_time=5 -max_len=65536 -artifact_prefix=build/fuzz/crash-$$t- \
-	    build/fuzz/corpus/$$t fuzz/corpus/$$t 2>&1 | tail -1; done
+	    build/fuzz/corpus/$$t fuzz/corpus/$$t > build/fuzz/run-$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/run-$$t.log; exit 1; }; \
+	  tail -1 build/fuzz/run-$$t.log; done
 
 # An hour of mixed load with the server's memory and open files printed (not in CI).
 SOAK_SECONDS ?= 3600
