@@ -160,7 +160,8 @@ static int start_core(struct server *srv)
     srv->queue = (struct queue){
         .store = srv->store, .metrics = srv->metrics,
         .defaults = {.max_steps = srv->cfg.default_max_steps,
-                     .timeout_minutes = srv->cfg.default_timeout_minutes},
+                     .timeout_minutes = srv->cfg.default_timeout_minutes,
+                     .max_retries = srv->cfg.default_max_retries},
         .webhook_allowed_hosts = srv->cfg.webhook_allowed_hosts,
         .strict_problems = !strcmp(srv->cfg.problem_validation, "strict"),
         .problems = srv->problems};

@@ -12,6 +12,9 @@ struct config {
     bool auto_start_workers;
     int default_timeout_minutes;
     int default_max_steps;
+    int default_max_retries;
+    int retry_base_seconds;
+    int max_experiment_tasks;
     char *log_level;
     char *log_format;            /* text | json */
     char *executor;              /* simulated | command | aiopslab | noop */

@@ -38,6 +38,7 @@ struct run_ctx {
     int sent, answered;        /* last step sent to the child, last one answered */
     int64_t last_poll;
     json_t *held;              /* a final observation waiting for the result's reward */
+    bool agent_acted;          /* an assistant message or a step was seen: the agent ran */
 };
 
 static bool push(json_t *arr, int64_t **ts, size_t *cap, json_t *obj)
@@ -289,6 +290,9 @@ static void on_event(void *ctx, struct proto_event *ev)
         push(r->logs, &r->log_ts, &r->log_cap, ev->obj);
         break;
     case PROTO_MESSAGE:
+        if (json_integer_value(json_object_get(ev->obj, "step")) >= 1 ||
+            !strcmp(json_string_value(json_object_get(ev->obj, "role")) ?: "", "assistant"))
+            r->agent_acted = true;
         push(r->msgs, &r->msg_ts, &r->msg_cap, ev->obj);
         break;
     case PROTO_RESULT:
@@ -454,6 +458,24 @@ static enum task_status verdict(struct run_ctx *r, const struct exec_outcome *o,
     return TASK_COMPLETED;
 }
 
+/* Whose failure a failed run is (CONTRACT.md, Retries): the executor's own word in its
+ * result line first; else the infrastructure's when the executor could not start, the
+ * worker shut down under it, or it died before the agent's first step; else the
+ * agent's. */
+static enum task_error_class classify(const struct run_ctx *r, const struct exec_outcome *o)
+{
+    enum task_error_class said = task_error_class_parse(
+        json_string_value(json_object_get(r->result, "error_class")));
+
+    if (said != TASK_CLASS_NONE)
+        return said;
+    if (!o->started || o->stopped == EXEC_STOP_SHUTDOWN)
+        return TASK_CLASS_INFRASTRUCTURE;
+    if (!r->result && !r->agent_acted && r->answered == 0)
+        return TASK_CLASS_INFRASTRUCTURE;
+    return TASK_CLASS_AGENT;
+}
+
 static void add_duration(json_t *result, double seconds)
 {
     json_t *m = json_object_get(result, "metrics");
@@ -592,6 +614,8 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
             sink->session_end(sink->ctx, t->id);
     }
     out->status = verdict(&r, &o, out->error, sizeof(out->error));
+    if (out->status == TASK_FAILED && o.stopped != EXEC_STOP_LEASE_LOST)
+        out->error_class = classify(&r, &o);
     out->cause = out->status == TASK_COMPLETED ? "success"
                  : out->status == TASK_TIMEOUT ? "timeout"
                  : out->status == TASK_CANCELLED ? "cancel"

@@ -60,6 +60,7 @@ struct runner_result {
     json_t *result;               /* the executor's result (owned), NULL when none */
     char error[512];              /* why, when not completed; "" otherwise */
     const char *cause;            /* success, failure, crash, timeout or cancel (static) */
+    enum task_error_class error_class; /* when failed: whose failure (see runner.c) */
     double seconds;
     struct log_entry *logs;       /* with keep_final_logs: lines not stored yet (owned) */
     size_t n_logs;

@@ -1,7 +1,10 @@
 /* simulate: a deterministic stand-in for an AIOpsLab run (see simulate.h).
  *
  * parameters.simulate: steps (default min(max_steps, 5)), step_seconds (0.05),
- * outcome (success | failure | crash | hang), seed (default: a hash of problem_id).
+ * outcome (success | failure | crash | hang | infra_failure | infra_flaky), seed (default:
+ * a hash of problem_id). infra_failure: the cluster fails before the agent's first step,
+ * said as error_class infrastructure in the result line; infra_flaky: so on the task's
+ * first attempt, a success after.
  * It emits what a real run emits: phase logs, the system prompt and task message,
  * an assistant action and a tool observation per step, and a result. */
 #include "exec/simulate.h"
@@ -148,11 +151,16 @@ static int plan_read(struct sim *s, struct plan *p)
     if (p->steps < 1)
         p->steps = 1;
     if (strcmp(p->outcome, "success") && strcmp(p->outcome, "failure") &&
-        strcmp(p->outcome, "crash") && strcmp(p->outcome, "hang")) {
-        fprintf(stderr, "simulate: unknown outcome '%s' (success, failure, crash, hang)\n",
-                p->outcome);
+        strcmp(p->outcome, "crash") && strcmp(p->outcome, "hang") &&
+        strcmp(p->outcome, "infra_failure") && strcmp(p->outcome, "infra_flaky")) {
+        fprintf(stderr, "simulate: unknown outcome '%s' (success, failure, crash, hang, "
+                        "infra_failure, infra_flaky)\n", p->outcome);
         return -1;
     }
+    /* infra_flaky is a failure on the first attempt only (the task line's "attempt"). */
+    if (!strcmp(p->outcome, "infra_flaky"))
+        p->outcome = json_integer_value(json_object_get(p->task, "attempt")) <= 1
+                         ? "infra_failure" : "success";
     snprintf(s->session, sizeof(s->session), "sim-%s", s->task_id);
     return 0;
 }
@@ -238,6 +246,19 @@ static void epilogue(struct sim *s, const struct plan *p)
     simenv_emit(r);
 }
 
+/* The cluster breaks while the application deploys: no agent step ran, and the result
+ * line says the failure is the infrastructure's. */
+static void cluster_failure(struct sim *s)
+{
+    log_line("info", "Deploying the application", json_pack("{s:s}", "phase", "deploy"));
+    log_line("error", "simulated infrastructure failure: the cluster's API server stopped "
+                      "answering", json_pack("{s:s}", "phase", "deploy"));
+    simenv_emit(json_pack("{s:s, s:b, s:s, s:s, s:s}", "type", "result", "success", 0,
+                          "session_id", s->session, "error",
+                          "the cluster's API server stopped answering while deploying",
+                          "error_class", "infrastructure"));
+}
+
 int simulate_main(void)
 {
     struct plan p = {.step_seconds = 0.05, .outcome = "success"};
@@ -255,9 +276,13 @@ int simulate_main(void)
     }
     if (plan_read(&s, &p) < 0)
         goto out;
-    prologue(&s, &p);
-    agent_steps(&s, &p);
-    epilogue(&s, &p);
+    if (!strcmp(p.outcome, "infra_failure")) {
+        cluster_failure(&s);
+    } else {
+        prologue(&s, &p);
+        agent_steps(&s, &p);
+        epilogue(&s, &p);
+    }
     code = 0;
 out:
     json_decref(p.task);

@@ -23,6 +23,21 @@ int task_status_parse(const char *name)
     return -1;
 }
 
+static const char *const class_names[] = {NULL, "infrastructure", "agent"};
+
+const char *task_error_class_name(enum task_error_class c)
+{
+    return (unsigned)c < 3 ? class_names[c] : NULL;
+}
+
+enum task_error_class task_error_class_parse(const char *name)
+{
+    for (int i = 1; name && i < 3; i++)
+        if (!strcmp(name, class_names[i]))
+            return (enum task_error_class)i;
+    return TASK_CLASS_NONE;
+}
+
 bool task_status_terminal(enum task_status s)
 {
     return s != TASK_PENDING && s != TASK_RUNNING;
@@ -48,6 +63,9 @@ void task_free(struct task *t)
     free(t->lease_token);
     json_decref(t->result);
     free(t->error);
+    json_decref(t->attempts);
+    free(t->experiment_id);
+    json_decref(t->slot);
     free(t);
 }
 
@@ -120,7 +138,14 @@ json_t *task_to_json(const struct task *t)
         json_object_set_new(o, "created_at", time_or_null(t->created_at)) ||
         json_object_set_new(o, "updated_at", time_or_null(t->updated_at)) ||
         json_object_set_new(o, "started_at", time_or_null(t->started_at)) ||
-        json_object_set_new(o, "completed_at", time_or_null(t->completed_at))) {
+        json_object_set_new(o, "completed_at", time_or_null(t->completed_at)) ||
+        json_object_set_new(o, "error_class", str_or_null(task_error_class_name(t->error_class))) ||
+        json_object_set_new(o, "attempt", json_integer(t->attempt ? t->attempt : 1)) ||
+        json_object_set_new(o, "max_retries", json_integer(t->max_retries)) ||
+        json_object_set_new(o, "attempts", t->attempts ? json_incref(t->attempts) : json_array()) ||
+        json_object_set_new(o, "retry_at", time_or_null(t->retry_at)) ||
+        json_object_set_new(o, "experiment_id", str_or_null(t->experiment_id)) ||
+        json_object_set_new(o, "slot", obj_or_null(t->slot))) {
         json_decref(o);
         return NULL;
     }
@@ -202,6 +227,7 @@ static bool valid_url(const char *s)
 static const char *const task_fields[] = {
     "problem_id", "parameters", "agent_config", "max_steps", "timeout_minutes", "timeout",
     "callback_url", "metadata", "priority", "backend_type", "idempotency_key", "mode",
+    "max_retries",
 };
 
 static bool is_task_field(const char *key)
@@ -290,7 +316,7 @@ static void check_idempotency(struct check *c, const json_t *body, const char *h
 
 /* Checks each field into t, every failure into c (problem_id, agent_config,
  * max_steps, timeout, callback_url, metadata, priority, backend_type, mode,
- * Idempotency-Key). */
+ * Idempotency-Key, max_retries). */
 static void check_fields(struct check *c, json_t *body, json_t *params,
                          const char *idempotency_header, const struct task_defaults *defs,
                          struct task *t)
@@ -340,6 +366,14 @@ static void check_fields(struct check *c, json_t *body, json_t *params,
             t->mode = strdup(json_string_value(v));
     }
     check_idempotency(c, body, idempotency_header, &t->idempotency_key);
+    v = field(c, body, params, "max_retries");
+    t->max_retries = defs->max_retries;
+    if (v && !json_is_null(v)) {
+        if (!int_in(v, 0, TASK_MAX_RETRIES_MAX, &n))
+            fail(c, "max_retries", "must be an integer from 0 to 10");
+        else
+            t->max_retries = (int)n;
+    }
 }
 
 /* Effective parameters: the given ones, unknown top-level fields, then the
@@ -414,6 +448,7 @@ check:
     t->parameters = eff;
     eff = NULL;
     t->status = TASK_PENDING;
+    t->attempt = 1;
     *out = t;
     t = NULL;
     rc = 0;

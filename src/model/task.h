@@ -20,6 +20,11 @@ enum task_status {
 #define TASK_PROBLEM_ID_MAX 256
 #define TASK_PRIORITY_MAX 1000000
 #define TASK_TIMEOUT_SECONDS_MAX 86400
+#define TASK_MAX_RETRIES_MAX 10
+
+/* Why a task failed (CONTRACT.md "Retries of infrastructure failures"): only an
+ * infrastructure failure is retried. TASK_CLASS_NONE: not failed, or not classified. */
+enum task_error_class { TASK_CLASS_NONE = 0, TASK_CLASS_INFRASTRUCTURE, TASK_CLASS_AGENT };
 
 struct task {
     char id[TASK_ID_LEN + 1];
@@ -40,13 +45,27 @@ struct task {
     int timeout_seconds;
     int64_t created_at, updated_at, started_at, completed_at, deadline_at; /* us; 0 = unset */
     int64_t seq;             /* queue order, for keyset paging; not shown */
+    /* retries */
+    int max_retries;         /* infrastructure failures retried at most this often */
+    int attempt;             /* from 1 */
+    enum task_error_class error_class;
+    json_t *attempts;        /* the earlier attempts, oldest first; NULL: none */
+    int64_t retry_at;        /* pending again after a failure: not claimed before (us) */
+    /* experiments */
+    char *experiment_id;     /* NULL: not part of one */
+    json_t *slot;            /* {"problem_id","agent_config_index","attempt"}; NULL: none */
 };
 
 /* Defaults the validator fills in. */
 struct task_defaults {
     int max_steps;
     int timeout_minutes;
+    int max_retries;
 };
+
+const char *task_error_class_name(enum task_error_class c); /* NULL for NONE */
+/* task_error_class_parse: "infrastructure" or "agent"; TASK_CLASS_NONE otherwise. */
+enum task_error_class task_error_class_parse(const char *name);
 
 /* How a task runs: to its end on its own, or step by step (a session). The text form is
  * the "mode" field of the API and of struct task. */
