@@ -7,7 +7,8 @@ WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 CPPFLAGS = -D_GNU_SOURCE -Isrc
 # Recursive (=) so pkg-config runs after the deps step has installed the packages.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lpthread -lm
+# wslay (WebSocket framing) ships no pkg-config file in Debian 12.
+PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lwslay -lpthread -lm
 CFLAGS = -std=c17 -O2 -g $(WARN)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)

@@ -9,6 +9,7 @@
 #include "http/events.h"
 #include "service/session.h"
 #include "http/http.h"
+#include "http/ws.h"
 #include "core/log.h"
 #include "service/metrics.h"
 #include "core/version.h"
@@ -208,6 +209,8 @@ static int start_serving(struct server *srv)
         return -1;
     if (events_start(srv, &srv->events) < 0)
         return -1;
+    if (ws_hub_new(srv->cfg.http_max_connections, &srv->ws) < 0)
+        return -1;
     if (http_start(srv, &srv->http) < 0)
         return -1;
     log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
@@ -226,7 +229,10 @@ static void teardown(struct server *srv)
     worker_manager_shutdown(srv->workers);
     events_close_streams(srv->events); /* live streams end cleanly; parked ones wake */
     session_hub_close_waits(srv->sessions); /* parked steps are answered 503 */
+    /* WebSocket connections close (1001) before MHD stops: it must not stop under them. */
+    ws_hub_close_all(srv->ws, 10000);
     http_stop(srv->http);
+    ws_hub_free(srv->ws);
     worker_manager_free(srv->workers);
     events_stop(srv->events);
     session_hub_stop(srv->sessions);

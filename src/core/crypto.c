@@ -55,3 +55,14 @@ bool crypto_equal(const char *a, const char *b)
 
     return n == strlen(b) && CRYPTO_memcmp(a, b, n) == 0;
 }
+
+void crypto_ws_accept(const char *key, char out[CRYPTO_WS_ACCEPT])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    char joined[128];
+
+    snprintf(joined, sizeof(joined), "%.80s%s", key, guid);
+    SHA1((const unsigned char *)joined, strlen(joined), digest);
+    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH); /* 28 chars + NUL */
+}

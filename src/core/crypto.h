@@ -15,6 +15,10 @@ void crypto_sha256_hex(const char *text, char out[CRYPTO_HEX_SHA256]);
 /* crypto_hmac_sha256_hex: HMAC-SHA256 of data under key, in lower-case hex. */
 void crypto_hmac_sha256_hex(const char *key, const void *data, size_t len,
                             char out[CRYPTO_HEX_SHA256]);
+/* crypto_ws_accept: the Sec-WebSocket-Accept of a Sec-WebSocket-Key (RFC 6455 4.2.2:
+ * base64 of the SHA-1 of the key and the protocol's GUID), 28 characters and a NUL. */
+#define CRYPTO_WS_ACCEPT 29
+void crypto_ws_accept(const char *key, char out[CRYPTO_WS_ACCEPT]);
 /* crypto_equal: a == b, in time that does not depend on where they differ. */
 bool crypto_equal(const char *a, const char *b);
 

@@ -26,6 +26,19 @@ struct api_stream {
 };
 #define API_STREAM_WAIT (-2)
 
+/* An answer that switches protocols (a WebSocket handshake): http.c sends 101 with
+ * Upgrade: websocket and this Sec-WebSocket-Accept, then hands the raw socket over. */
+struct api_upgrade {
+    char accept[32];
+    void *ctx;
+    /* The 101 is out: from here sock and urh (MHD's handle, closed through it) are the
+     * callee's, and so is ctx. extra_in: bytes already read past the request. */
+    void (*start)(void *ctx, int sock, const char *extra_in, size_t extra_n, void *urh);
+    /* The 101 was never sent: ctx is to be freed. */
+    void (*discard)(void *ctx);
+    bool started;
+};
+
 /* One HTTP request, owned by http.c and freed when MHD completes it. */
 struct request {
     struct server *srv;
@@ -45,6 +58,7 @@ struct request {
     char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
     const char *content_type;        /* of reply_raw or stream */
     struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
+    struct api_upgrade *upgrade;     /* owned; a protocol switch, sent instead of reply */
     bool deferred;                   /* answered later, from another thread (http_request_defer) */
     const char *route;               /* route template, for logs and metrics */
 };

@@ -73,6 +73,11 @@ static void request_free(struct request *req)
 {
     if (!req)
         return;
+    if (req->upgrade) {
+        if (!req->upgrade->started && req->upgrade->discard)
+            req->upgrade->discard(req->upgrade->ctx);
+        free(req->upgrade);
+    }
     stream_free(req->stream);
     buf_reset(&req->body);
     json_decref(req->reply);
@@ -152,9 +157,36 @@ static struct MHD_Response *body_response(struct request *req)
     return resp;
 }
 
+static void upgraded(void *cls, struct MHD_Connection *conn, void *req_cls, const char *extra_in,
+                     size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    struct api_upgrade *u = cls;
+
+    (void)conn;
+    (void)req_cls;
+    u->started = true;
+    u->start(u->ctx, sock, extra_in, extra_in_size, urh);
+}
+
+/* The 101 of a protocol switch: MHD adds Connection: Upgrade; the rest is ours. */
+static struct MHD_Response *upgrade_response(struct request *req)
+{
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(upgraded, req->upgrade);
+
+    if (resp && (MHD_add_response_header(resp, "Upgrade", "websocket") != MHD_YES ||
+                 MHD_add_response_header(resp, "Sec-WebSocket-Accept", req->upgrade->accept) !=
+                     MHD_YES)) {
+        MHD_destroy_response(resp);
+        return NULL;
+    }
+    return resp;
+}
+
 static enum MHD_Result send_reply(struct request *req)
 {
-    struct MHD_Response *resp = req->stream ? stream_response(req) : body_response(req);
+    struct MHD_Response *resp = req->upgrade  ? upgrade_response(req)
+                                : req->stream ? stream_response(req)
+                                              : body_response(req);
     enum MHD_Result ret;
     double seconds;
 
@@ -293,7 +325,7 @@ int http_start(struct server *srv, struct http **out)
     struct sockaddr_in a4 = {0};
     struct sockaddr *addr;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_USE_SUSPEND_RESUME;
+                     MHD_USE_SUSPEND_RESUME | MHD_ALLOW_UPGRADE;
     const union MHD_DaemonInfo *info;
 
     if (!h)

@@ -1,5 +1,6 @@
 /* router: one table of routes, matched segment by segment (see router.h). */
 #include "http/router.h"
+#include "http/openenv.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +17,10 @@ static const struct route routes[] = {
     {"GET", "/api/v1/sessions/{id}", api_session_get},
     {"POST", "/api/v1/sessions/{id}/step", api_session_step},
     {"POST", "/api/v1/sessions/{id}/close", api_session_close},
+    {"GET", "/openenv/ws", api_openenv_ws},
+    {"GET", "/openenv/health", api_openenv_health},
+    {"GET", "/openenv/metadata", api_openenv_metadata},
+    {"GET", "/openenv/schema", api_openenv_schema},
     {"POST", "/api/v1/tasks", api_task_create},
     {"GET", "/api/v1/tasks", api_task_list},
     {"GET", "/api/v1/tasks/stats", api_task_stats},

@@ -15,6 +15,7 @@ struct worker_manager;
 struct http;
 struct metrics;
 struct webhook_sender;
+struct ws_hub;
 
 struct server {
     struct config cfg;              /* read-only once serving */
@@ -26,6 +27,7 @@ struct server {
     struct webhook_sender *webhooks;
     struct event_bus *events;       /* live streams */
     struct session_hub *sessions;   /* interactive sessions: parked steps, hosts */
+    struct ws_hub *ws;              /* WebSocket connections (the OpenEnv endpoint) */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
