@@ -1,0 +1,206 @@
+"""The OpenEnv endpoint (CONTRACT.md "OpenEnv endpoint") driven by a stand-in of OpenEnv's
+GenericEnvClient (tests/it/openenv_client.py says what it mirrors), on both backends:
+reset/step/state/close, every error code the protocol names, a reset that waits for a
+worker while pings are answered, a dropped connection closing its session, draws by
+seed, and the handshake's refusals."""
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+import requests
+import websockets
+
+from openenv_client import GenericEnvClient
+
+HOTEL = "misconfig_app_hotel_res-detection-1"
+
+
+def fenced(call):
+    return f"```\n{call}\n```"
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def base(s):
+    return s.url + "/openenv/"        # a trailing slash, as users write it
+
+
+def test_health_metadata_schema(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    assert s.get("/openenv/health").json() == {"status": "healthy"}
+    meta = s.get("/openenv/metadata").json()
+    assert set(meta) == {"name", "description", "readme_content", "version", "author",
+                         "documentation_url"}
+    schema = s.get("/openenv/schema").json()
+    assert schema["action"]["required"] == ["action"]
+    assert schema["action"]["additionalProperties"] is False
+    assert set(schema["state"]["properties"]) == {"episode_id", "step_count"}
+    assert "text" in schema["observation"]["properties"]
+
+
+def test_an_episode_end_to_end(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+
+    async def episode():
+        async with GenericEnvClient(base(s)) as env:
+            r = await env.reset(problem_id=HOTEL, episode_id="ep-1", max_steps=5)
+            obs = r.observation
+            assert r.reward is None and r.done is False
+            assert obs["problem_id"] == HOTEL and obs["session_id"]
+            assert "exec_shell" in obs["actions"] and obs["task_description"] in obs["text"]
+            assert "reward" not in obs and "done" not in obs
+            st = await env.state()
+            assert st["episode_id"] == "ep-1" and st["step_count"] == 0
+            r = await env.step({"action": fenced('exec_shell("kubectl get pods -n '
+                                                 'test-hotel-reservation")')})
+            assert r.done is False and r.reward is None and r.observation["step"] == 1
+            assert "CrashLoopBackOff" in r.observation["text"]
+            # a typed Action's model_dump() adds "metadata": it is accepted
+            r = await env.step({"action": fenced('submit("Yes")'), "metadata": {}})
+            assert r.done is True and r.reward == 1.0
+            assert r.observation["results"]["Detection Accuracy"] == "Correct"
+            assert (await env.state())["step_count"] == 2
+            return obs["session_id"]
+
+    sid = run(episode())
+    # an ordinary session: listed, with its task completed and its messages kept
+    t = s.wait_status(sid, ("completed", "failed", "cancelled"), timeout=30)
+    assert t["status"] == "completed" and t["mode"] == "interactive"
+    assert t["metadata"]["openenv"]["episode_id"] == "ep-1"
+    assert s.get(f"/api/v1/sessions/{sid}").json()["status"] == "done"
+
+
+def test_every_error_code_and_the_connection_stays_usable(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+
+    async def errors():
+        url = f"ws://127.0.0.1:{s.port}/openenv/ws"
+        async with websockets.connect(url) as ws:
+            async def rt(text):
+                await ws.send(text)
+                return json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+            r = await rt("{not json")
+            assert r["type"] == "error" and r["data"]["code"] == "INVALID_JSON"
+            r = await rt(json.dumps({"type": "teleport"}))
+            assert r["data"]["code"] == "UNKNOWN_TYPE" and "teleport" in r["data"]["message"]
+            r = await rt(json.dumps({"type": "step"}))
+            assert r["data"]["code"] == "VALIDATION_ERROR" and r["data"]["errors"]
+            r = await rt(json.dumps({"type": "state", "data": {}}))   # state takes no data
+            assert r["data"]["code"] == "VALIDATION_ERROR"
+            r = await rt(json.dumps({"type": "step", "data": {"action": "x", "extra": 1}}))
+            assert r["data"]["code"] == "VALIDATION_ERROR"
+            r = await rt(json.dumps({"type": "step", "data": {"action": "x"}}))
+            assert r["data"]["code"] == "EXECUTION_ERROR" and "reset" in r["data"]["message"]
+            r = await rt(json.dumps({"type": "reset", "data": {"problem_pattern": "nothing_*"}}))
+            assert r["data"]["code"] == "VALIDATION_ERROR"
+            r = await rt(json.dumps({"type": "reset", "data": {"problem_id": "bad id"}}))
+            assert r["data"]["code"] == "VALIDATION_ERROR"
+            # still usable: a real episode now
+            r = await rt(json.dumps({"type": "reset", "data": {"problem_id": HOTEL}}))
+            assert r["type"] == "observation"
+            await ws.send(b"binary")                  # refused with 1003
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.code == 1003
+
+    run(errors())
+    # the one session opened was closed with the connection; nothing else was created
+    tasks = s.get("/api/v1/tasks").json()["tasks"]
+    assert len(tasks) == 1 and tasks[0]["problem_id"] == HOTEL
+    assert s.wait_status(tasks[0]["id"], "cancelled", timeout=30)["status"] == "cancelled"
+
+
+def test_a_reset_waits_for_a_worker_and_pings_are_answered_meanwhile(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+
+    async def waiting():
+        env = GenericEnvClient(base(s))
+        await env.connect()
+        reset = asyncio.ensure_future(env.reset(problem_id=HOTEL))
+        await asyncio.sleep(1.0)
+        assert not reset.done()                    # queued: no worker yet
+        pong = await env._ws.ping(b"keepalive")
+        await asyncio.wait_for(pong, 5)            # answered while the reset waits
+        r = requests.post(s.url + "/api/v1/workers/internal/scale", json={"num_workers": 1},
+                          timeout=10)
+        assert r.status_code == 200
+        result = await reset
+        assert result.observation["problem_id"] == HOTEL
+        await env.disconnect()
+
+    run(waiting())
+
+
+def test_a_dropped_connection_closes_its_session(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+
+    async def drop():
+        env = GenericEnvClient(base(s))
+        r = await env.reset(problem_id=HOTEL)
+        sid = r.observation["session_id"]
+        env._ws.transport.abort()                  # no close frame, no "close" message
+        return sid
+
+    sid = run(drop())
+    t = s.wait_status(sid, "cancelled", timeout=30)
+    assert t["status"] == "cancelled"
+
+
+def test_a_second_reset_ends_the_first_and_seeds_draw_the_same_problem(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=2)
+
+    async def twice():
+        async with GenericEnvClient(base(s)) as env:
+            a = (await env.reset(seed=7, problem_pattern="k8s_target_port-*")).observation
+            b = (await env.reset(seed=7, problem_pattern="k8s_target_port-*")).observation
+            return a, b
+
+    a, b = run(twice())
+    assert a["problem_id"] == b["problem_id"] and a["problem_id"].startswith("k8s_target_port-")
+    assert a["session_id"] != b["session_id"]
+    assert s.wait_status(a["session_id"], "cancelled", timeout=30)["status"] == "cancelled"
+    assert s.wait_status(b["session_id"], "cancelled", timeout=30)["status"] == "cancelled"
+
+
+def test_the_handshake_refuses_what_is_not_websocket_13(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    assert s.get("/openenv/ws").status_code == 400
+    r = s.get("/openenv/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                       "Sec-WebSocket-Version": "8"})
+    assert r.status_code == 426
+    # a raw handshake: 101, the RFC's accept value, no extension echoed though one is offered
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"GET /openenv/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(4096)
+    text = head.decode()
+    assert text.startswith("HTTP/1.1 101")
+    assert "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in text
+    assert "Sec-WebSocket-Extensions" not in text
+
+
+def test_shutdown_closes_open_connections_going_away(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+
+    async def hold():
+        env = GenericEnvClient(base(s))
+        await env.reset(problem_id=HOTEL)
+        t0 = time.time()
+        s.proc.send_signal(2)                      # SIGINT: a clean stop
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(env._ws.recv(), 30)
+        assert closed.value.code == 1001
+        return time.time() - t0
+
+    assert run(hold()) < 20
+    s.proc.wait(timeout=30)
