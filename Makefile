@@ -23,7 +23,7 @@ UNIT_SRC = $(wildcard tests/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/%.c=build/asan/%)
 DEPS = build/.deps-ok
 
-.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps check-aiopslab lint
+.PHONY: all run test unit it bench soak fuzz fuzz-smoke clean deps check-aiopslab check-openenv lint
 all: build/taskexec
 
 $(DEPS): scripts/install-deps.sh
@@ -106,6 +106,11 @@ it: build/asan/taskexec $(NPM_VALIDATOR) $(NPM_PLAYWRIGHT)
 # The aiopslab tests against a real AIOpsLab checkout instead of the stand-in (not in CI:
 # it needs Docker, kind, kubectl, helm and AIOpsLab's Python dependencies; each worker's
 # Kind cluster is created on the way). AIOPSLAB_PYTHON: a Python that has them.
+# The OpenEnv endpoint against OpenEnv's real client (not in CI: it needs PyPI).
+check-openenv: build/asan/taskexec
+	@test -n "$(OPENENV_PYTHON)" || { echo "usage: make check-openenv OPENENV_PYTHON=/path/to/python (with openenv-core installed)"; exit 2; }
+	TASKEXEC_BIN=$(CURDIR)/build/asan/taskexec $(OPENENV_PYTHON) tests/real/check_openenv.py
+
 check-aiopslab: build/asan/taskexec
 	@test -n "$(AIOPSLAB_DIR)" || { echo "usage: make check-aiopslab AIOPSLAB_DIR=/path/to/AIOpsLab [AIOPSLAB_PYTHON=/path/to/python]"; exit 2; }
 	@test -f "$(AIOPSLAB_DIR)/aiopslab/config.yml" || { echo "$(AIOPSLAB_DIR)/aiopslab/config.yml is missing: copy config.yml.example and set k8s_host: kind"; exit 2; }

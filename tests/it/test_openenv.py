@@ -204,3 +204,29 @@ def test_shutdown_closes_open_connections_going_away(make_server):
 
     assert run(hold()) < 20
     s.proc.wait(timeout=30)
+
+
+def test_the_readme_example_runs(make_server, tmpdir_path):
+    """The README's OpenEnv example, with the stand-in client importable under the real
+    client's module name (the real one cannot be installed here)."""
+    import os
+    import re
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    section = readme.split("### Through OpenEnv", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    code = code.replace("http://127.0.0.1:8000/openenv", base(s))
+    assert base(s) in code
+    pkg = os.path.join(tmpdir_path, "openenv", "core")
+    os.makedirs(pkg)
+    open(os.path.join(tmpdir_path, "openenv", "__init__.py"), "w").close()
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    with open(os.path.join(pkg, "generic_client.py"), "w") as f:
+        f.write("from openenv_client import GenericEnvClient, StepResult  # noqa\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=f"{tmpdir_path}:{here}"))
+    assert r.returncode == 0, r.stderr
+    assert "reward 1.0 2 steps" in r.stdout
