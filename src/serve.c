@@ -209,7 +209,12 @@ static int start_serving(struct server *srv)
         return -1;
     if (events_start(srv, &srv->events) < 0)
         return -1;
-    if (ws_hub_new(srv->cfg.http_max_connections, &srv->ws) < 0)
+    if (ws_hub_new(&(struct ws_limits){
+                       .max_conns = srv->cfg.openenv_max_connections,
+                       .max_message = (size_t)srv->cfg.openenv_max_message_bytes,
+                       .idle_ms = srv->cfg.openenv_idle_seconds * 1000,
+                       .max_queued = (size_t)srv->cfg.openenv_max_message_bytes * 4 + (1u << 20)},
+                   &srv->ws) < 0)
         return -1;
     if (http_start(srv, &srv->http) < 0)
         return -1;

@@ -13,6 +13,9 @@ struct config {
     int default_timeout_minutes;
     int default_max_steps;
     int default_max_retries;
+    int openenv_max_connections;
+    int openenv_max_message_bytes;
+    int openenv_idle_seconds;
     int retry_base_seconds;
     int max_experiment_tasks;
     char *log_level;

@@ -18,6 +18,7 @@
  * meanwhile is freed by whichever lets go last. A reset is watched by reading the
  * session's row every tick (WS_TICK_MS) until it is ready or its task ended. */
 #include "http/openenv.h"
+#include "http/openenv_proto.h"
 #include "http/api.h"
 #include "http/ws.h"
 #include "core/err.h"
@@ -27,7 +28,6 @@
 #include "service/session.h"
 #include "store/store.h"
 
-#include <fnmatch.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -60,7 +60,10 @@ struct env {
     char episode_id[256];
     int step, step_count;
     bool parked, done;
-    json_t *held[HELD_MAX];
+    struct {
+        int type;
+        json_t *msg;               /* owned */
+    } held[HELD_MAX];
     int n_held;
 };
 
@@ -70,7 +73,7 @@ static void env_unref(struct env *e)
         return;
     json_decref(e->answer);
     for (int i = 0; i < e->n_held; i++)
-        json_decref(e->held[i]);
+        json_decref(e->held[i].msg);
     pthread_mutex_destroy(&e->lock);
     free(e);
 }
@@ -89,7 +92,7 @@ static void send_json(struct env *e, json_t *msg)
     json_decref(msg);
 }
 
-/* {"type":"error","data":{"message","code"[,"errors"]}}; errors is taken. */
+/* An error reply with OpenEnv's code; errors (may be NULL) is taken. */
 static void send_error(struct env *e, const char *code, json_t *errors, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -97,60 +100,23 @@ static void send_error(struct env *e, const char *code, json_t *errors, const ch
 {
     char msg[1024];
     va_list ap;
-    json_t *data;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    data = json_pack("{s:s, s:s}", "message", msg, "code", code);
-    if (data && errors)
-        json_object_set_new(data, "errors", errors);
-    else
-        json_decref(errors);
-    send_json(e, json_pack("{s:s, s:o}", "type", "error", "data", data));
-}
-
-/* A pydantic-shaped error entry, as the real server's VALIDATION_ERROR lists them. */
-static json_t *field_error(const char *loc, const char *type, const char *msg)
-{
-    return json_pack("[{s:s, s:[s], s:s}]", "type", type, "loc", loc, "msg", msg);
-}
-
-static void send_observation(struct env *e, json_t *observation, json_t *reward, bool done)
-{
-    send_json(e, json_pack("{s:s, s:{s:o, s:o, s:b}}", "type", "observation", "data",
-                           "observation", observation, "reward",
-                           reward ? reward : json_null(), "done", done));
+    send_json(e, openenv_error(code, errors, msg));
 }
 
 /* ---- reset ---- */
 
-/* The problem a reset without problem_id plays: one of the catalog's (those matching
- * pattern, when given), drawn by seed when given (the same seed, the same problem), else
- * at random. NULL when none matches. Borrowed from the catalog. */
-static const char *draw_problem(const json_t *catalog, const char *pattern, const json_t *seed)
+/* A seed for a reset that gives none: random. */
+static unsigned long long random_seed(void)
 {
-    size_t i, n = 0, k;
-    const json_t *it;
-    uint64_t r = 0;
+    unsigned long long r;
 
-    json_array_foreach(catalog, i, it) {
-        const char *id = json_string_value(json_object_get(it, "id"));
-        n += id && (!pattern || fnmatch(pattern, id, 0) == 0);
-    }
-    if (!n)
-        return NULL;
-    if (json_is_integer(seed))
-        r = (uint64_t)json_integer_value(seed);
-    else if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-        r = (uint64_t)time(NULL);
-    k = (size_t)(r % n);
-    json_array_foreach(catalog, i, it) {
-        const char *id = json_string_value(json_object_get(it, "id"));
-        if (id && (!pattern || fnmatch(pattern, id, 0) == 0) && k-- == 0)
-            return id;
-    }
-    return NULL;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = (unsigned long long)time(NULL);
+    return r;
 }
 
 /* Ends the connection's current session, if it still runs (a new reset, a close, a
@@ -176,10 +142,13 @@ static json_t *session_request(struct env *e, json_t *data)
     json_t *meta = json_object_get(data, "metadata"), *body;
 
     if (!problem) {
-        problem = draw_problem(e->srv->problems, pattern, json_object_get(data, "seed"));
+        json_t *seed = json_object_get(data, "seed");
+        problem = openenv_draw(e->srv->problems, pattern,
+                               json_is_integer(seed) ? (unsigned long long)json_integer_value(seed)
+                                                     : random_seed());
         if (!problem) {
-            send_error(e, "VALIDATION_ERROR", field_error("problem_pattern", "value_error",
-                       "matches no problem of the catalog"),
+            send_error(e, "VALIDATION_ERROR", openenv_field_error("problem_pattern",
+                       "value_error", "matches no problem of the catalog"),
                        "problem_pattern %s matches no problem (GET /api/v1/problems)",
                        pattern ? pattern : "*");
             return NULL;
@@ -236,8 +205,8 @@ static void do_reset(struct env *e, json_t *data)
 static void watch_start(struct env *e)
 {
     struct task *t = NULL;
-    json_t *row = NULL, *obs;
-    const char *state, *desc, *instr;
+    json_t *row = NULL;
+    const char *state;
     int rc = store_task_get(e->srv->store, e->task_id, &t);
 
     if (rc == 0 && task_status_terminal(t->status)) {
@@ -249,15 +218,7 @@ static void watch_start(struct env *e)
     } else if (rc == 0 && store_session_get(e->srv->store, e->task_id, &row) == 0 &&
                (state = json_string_value(json_object_get(row, "state"))) &&
                !strcmp(state, "ready")) {
-        desc = json_string_value(json_object_get(row, "task_description"));
-        instr = json_string_value(json_object_get(row, "instructions"));
-        obs = json_pack("{s:s+++, s:O, s:O, s:O, s:s, s:s}", "text", instr ? instr : "",
-                        instr && desc ? "\n\n" : "", "", desc ? desc : "", "task_description",
-                        json_object_get(row, "task_description") ?: json_null(),
-                        "instructions", json_object_get(row, "instructions") ?: json_null(),
-                        "actions", json_object_get(row, "actions") ?: json_null(),
-                        "problem_id", e->problem_id, "session_id", e->task_id);
-        send_observation(e, obs, NULL, false);
+        send_json(e, openenv_reset_observation(row, e->problem_id, e->task_id));
         e->phase = ENV_READY;
     }
     json_decref(row);
@@ -291,42 +252,18 @@ static void step_answer(void *ctx, enum session_outcome how, int step, json_t *a
     env_unref(e); /* the waiter's reference */
 }
 
-/* The step's action: data {"action": "<text>"} (and an Action model's "metadata").
- * NULL after replying VALIDATION_ERROR. Borrowed from data. */
-static const char *step_action(struct env *e, json_t *data)
-{
-    const char *key, *a = json_string_value(json_object_get(data, "action"));
-    json_t *v;
-
-    if (!json_is_object(data)) {
-        send_error(e, "VALIDATION_ERROR", field_error("data", "missing", "Field required"),
-                   "Invalid message");
-        return NULL;
-    }
-    json_object_foreach(data, key, v)
-        if (strcmp(key, "action") && strcmp(key, "metadata")) {
-            send_error(e, "VALIDATION_ERROR", field_error(key, "extra_forbidden",
-                       "Extra inputs are not permitted"), "Invalid message");
-            return NULL;
-        }
-    if (!a || !*a || strlen(a) > MAX_ACTION_BYTES) {
-        send_error(e, "VALIDATION_ERROR", field_error("action", a ? "string_too_long" : "missing",
-                   "must be a non-empty string of at most 65536 bytes, e.g. "
-                   "```\\nexec_shell(\"kubectl get pods\")\\n```"), "Invalid message");
-        return NULL;
-    }
-    return a;
-}
-
 static void do_step(struct env *e, json_t *data)
 {
     struct session_waiter w = {.ctx = e, .park = step_park, .answer = step_answer};
-    const char *action = step_action(e, data);
+    json_t *error = NULL;
+    const char *action = openenv_action(data, MAX_ACTION_BYTES, &error);
     int step = 0, rc;
     bool parked = false;
 
-    if (!action)
+    if (!action) {
+        send_json(e, error);
         return;
+    }
     if (e->phase != ENV_READY || e->done) {
         send_error(e, "EXECUTION_ERROR", NULL, e->task_id[0] ? "the episode has ended: send "
                    "reset for a new one" : "no episode yet: send reset first");
@@ -355,16 +292,10 @@ static void do_step(struct env *e, json_t *data)
 /* Answers the step in flight from an answer {"observation","done","reward","results"}. */
 static void answer_step(struct env *e, json_t *answer)
 {
-    bool done = json_is_true(json_object_get(answer, "done"));
-    json_t *text = json_object_get(answer, "observation");
-    json_t *obs = json_pack("{s:O, s:i}", "text", text ? text : json_null(), "step", e->step);
-
-    if (done && obs)
-        json_object_set(obs, "results", json_object_get(answer, "results") ?: json_null());
     e->step_count = e->step;
-    e->done = done;
+    e->done = json_is_true(json_object_get(answer, "done"));
     e->phase = ENV_READY;
-    send_observation(e, obs, json_incref(json_object_get(answer, "reward")), done);
+    send_json(e, openenv_step_observation(answer, e->step));
 }
 
 /* A step in flight: the hub's answer when it came, else (not parked, or the wait ran
@@ -426,79 +357,50 @@ static void do_state(struct env *e)
                            e->done));
 }
 
-/* Whether msg has keys other than those allowed (OpenEnv's messages forbid extras). */
-static const char *extra_key(json_t *msg, const char *also)
-{
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(msg, key, v)
-        if (strcmp(key, "type") && (!also || strcmp(key, also)))
-            return key;
-    return NULL;
-}
-
 /* One request, when nothing else is in progress. */
-static void handle(struct env *e, json_t *msg)
+static void handle(struct env *e, int type, json_t *data)
 {
-    const char *type = json_string_value(json_object_get(msg, "type")), *extra;
-    json_t *data = json_object_get(msg, "data");
-
-    if (!type) {
-        send_error(e, "UNKNOWN_TYPE", NULL, "Unknown message type: %s", "");
-        return;
-    }
-    if (strcmp(type, "reset") && strcmp(type, "step") && strcmp(type, "state") &&
-        strcmp(type, "close")) {
-        send_error(e, "UNKNOWN_TYPE", NULL, "Unknown message type: %.200s", type);
-        return;
-    }
-    extra = extra_key(msg, !strcmp(type, "reset") || !strcmp(type, "step") ? "data" : NULL);
-    if (extra || (data && !json_is_object(data) && !json_is_null(data))) {
-        send_error(e, "VALIDATION_ERROR", field_error(extra ? extra : "data",
-                   extra ? "extra_forbidden" : "dict_type", extra ? "Extra inputs are not "
-                   "permitted" : "Input should be a valid dictionary"), "Invalid message");
-        return;
-    }
-    if (!strcmp(type, "reset")) {
-        do_reset(e, json_is_object(data) ? data : NULL);
-    } else if (!strcmp(type, "step")) {
+    switch ((enum openenv_type)type) {
+    case OPENENV_RESET:
+        do_reset(e, data);
+        break;
+    case OPENENV_STEP:
         do_step(e, data);
-    } else if (!strcmp(type, "state")) {
+        break;
+    case OPENENV_STATE:
         do_state(e);
-    } else {
-        end_session(e);                  /* close: no reply, as the real server */
+        break;
+    case OPENENV_CLOSE:
+        end_session(e); /* no reply, as OpenEnv's server */
         ws_close(e->ws, 1000, "closed by the client");
+        break;
     }
 }
 
 static void on_text(void *ctx, const char *text, size_t len)
 {
     struct env *e = ctx;
-    json_error_t jerr;
-    json_t *msg = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *msg = NULL, *data = NULL, *error = NULL;
+    int type = openenv_parse(text, len, &msg, &data, &error);
 
-    if (!msg) {
-        send_error(e, "INVALID_JSON", NULL, "Invalid JSON: %s", jerr.text);
-        return;
-    }
-    if (!json_is_object(msg)) {
-        json_decref(msg);
-        send_error(e, "VALIDATION_ERROR", field_error("message", "dict_type",
-                   "Input should be a valid dictionary"), "Invalid message");
+    if (type < 0) {
+        send_json(e, error);
         return;
     }
     if (e->phase == ENV_STARTING || e->phase == ENV_STEPPING) {
+        /* Answered in order once the one in progress is: OpenEnv's server reads the
+         * next message only after answering. */
         if (e->n_held == HELD_MAX) {
             json_decref(msg);
             send_error(e, "SESSION_ERROR", NULL, "too many requests sent before their "
                        "answers (at most %d held)", HELD_MAX);
             return;
         }
-        e->held[e->n_held++] = msg;
+        e->held[e->n_held].type = type;
+        e->held[e->n_held++].msg = msg;
         return;
     }
-    handle(e, msg);
+    handle(e, type, data);
     json_decref(msg);
 }
 
@@ -512,9 +414,11 @@ static void on_tick(void *ctx)
         watch_step(e);
     /* Held requests, in order, while nothing is in progress. */
     while (e->n_held && e->phase != ENV_STARTING && e->phase != ENV_STEPPING) {
-        json_t *msg = e->held[0];
+        json_t *msg = e->held[0].msg;
+        int type = e->held[0].type;
+
         memmove(e->held, e->held + 1, (size_t)--e->n_held * sizeof(e->held[0]));
-        handle(e, msg);
+        handle(e, type, json_object_get(msg, "data"));
         json_decref(msg);
     }
 }

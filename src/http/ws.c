@@ -2,6 +2,7 @@
  * wslay's event API (non-blocking callbacks that report WSLAY_ERR_WOULDBLOCK). */
 #include "http/ws.h"
 #include "http/api.h"
+#include "core/clock.h"
 #include "core/crypto.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -26,7 +27,8 @@ struct ws_hub {
     pthread_mutex_t lock;
     pthread_cond_t gone;        /* signalled as connections end */
     struct ws_conn *conns;      /* open ones, linked through next/prev */
-    int n, max;
+    int n;
+    struct ws_limits limits;
     bool closing;
 };
 
@@ -41,10 +43,13 @@ struct ws_conn {
     wslay_event_context_ptr ctx;
     int wake_fd;                /* eventfd: ws_wake */
     bool going_away;            /* the hub is closing: 1001 sent */
+    int64_t last_rx_ms;         /* when the last frame began (monotonic) */
     struct ws_conn *next, *prev;
 };
 
-int ws_hub_new(int max_conns, struct ws_hub **out)
+#define CONN_STACK (256u << 10)  /* a connection's thread: poll, wslay, the app's JSON */
+
+int ws_hub_new(const struct ws_limits *limits, struct ws_hub **out)
 {
     struct ws_hub *h = calloc(1, sizeof(*h));
 
@@ -52,7 +57,7 @@ int ws_hub_new(int max_conns, struct ws_hub **out)
         return ERR_NOMEM;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->gone, NULL);
-    h->max = max_conns;
+    h->limits = *limits;
     *out = h;
     return 0;
 }
@@ -157,7 +162,7 @@ int ws_accept(struct request *req, struct ws_hub *hub, const struct ws_app *app)
     if (!valid_key(key))
         return api_fail(req, 400, "Sec-WebSocket-Key must be the base64 of 16 bytes");
     pthread_mutex_lock(&hub->lock);
-    if (hub->closing || hub->n >= hub->max) {
+    if (hub->closing || hub->n >= hub->limits.max_conns) {
         bool closing = hub->closing;
         pthread_mutex_unlock(&hub->lock);
         return api_fail(req, 503, closing ? "the server is shutting down"
@@ -232,6 +237,16 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
         return -1;
     }
     return r;
+}
+
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *arg, void *ud)
+{
+    struct ws_conn *c = ud;
+
+    (void)ctx;
+    (void)arg;
+    c->last_rx_ms = clock_mono_ms(); /* any frame, pings included, keeps it open */
 }
 
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
@@ -340,6 +355,14 @@ static bool conn_round(struct ws_conn *c)
         c->going_away = true;
         ws_close(c, WSLAY_CODE_GOING_AWAY, "the server is shutting down");
     }
+    if (!wslay_event_get_close_sent(c->ctx) &&
+        clock_mono_ms() - c->last_rx_ms > c->hub->limits.idle_ms)
+        ws_close(c, WSLAY_CODE_NORMAL_CLOSURE, "idle: no message or ping for too long");
+    if (wslay_event_get_queued_msg_length(c->ctx) > c->hub->limits.max_queued) {
+        log_warn("websocket: a client stopped reading (%zu bytes queued); dropped",
+                 wslay_event_get_queued_msg_length(c->ctx));
+        return false;
+    }
     if (c->app_ctx && wslay_event_get_read_enabled(c->ctx))
         c->app.on_tick(c->app_ctx);
     if (wslay_event_want_write(c->ctx) && wslay_event_send(c->ctx) != 0)
@@ -351,6 +374,7 @@ static void *conn_main(void *arg)
 {
     struct ws_conn *c = arg;
     struct wslay_event_callbacks cbs = {.recv_callback = on_recv, .send_callback = on_send,
+                                        .on_frame_recv_start_callback = on_frame_start,
                                         .on_msg_recv_callback = on_msg};
     struct ws_hub *hub;
     int one = 1;
@@ -358,7 +382,8 @@ static void *conn_main(void *arg)
     /* MHD turns Nagle back on for an upgraded socket; small JSON replies want it off. */
     setsockopt(c->sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (wslay_event_context_server_init(&c->ctx, &cbs, c) == 0) {
-        wslay_event_config_set_max_recv_msg_length(c->ctx, WS_MAX_MESSAGE);
+        wslay_event_config_set_max_recv_msg_length(c->ctx, c->hub->limits.max_message);
+        c->last_rx_ms = clock_mono_ms();
         c->app_ctx = c->app.open(c, c->app.arg);
         if (!c->app_ctx)
             ws_close(c, WSLAY_CODE_INTERNAL_SERVER_ERROR, "out of memory");
@@ -400,6 +425,7 @@ static void conn_start(void *ctx, int sock, const char *extra, size_t extra_n, v
     hub_add(c);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, CONN_STACK);
     /* The hub waits for the thread's end through its count, so it may be detached. */
     if (c->wake_fd < 0 || (extra_n && !c->extra) ||
         pthread_create(&t, &attr, conn_main, c) != 0) {

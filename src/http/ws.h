@@ -13,6 +13,9 @@
  * are declined by silence), and no subprotocol. Binary messages are refused with close
  * code 1003.
  *
+ * A client that sends nothing for idle_ms (not even a ping) is closed; one that stops
+ * reading while replies pile up past max_queued bytes is dropped, so neither holds
+ * memory or a thread for ever. Each connection's thread has a small stack.
  * The hub counts the connections (at most max; more are answered 503) and, at shutdown,
  * closes them all with 1001 and waits for their threads before MHD stops, since MHD must
  * not stop under an upgraded connection it still owns. */
@@ -23,7 +26,14 @@
 #include <stdint.h>
 
 #define WS_TICK_MS 200
-#define WS_MAX_MESSAGE (16u << 20)   /* larger messages are closed with 1009 */
+
+/* What the hub allows each connection. */
+struct ws_limits {
+    int max_conns;             /* open at once; more are answered 503 */
+    size_t max_message;        /* a larger message is closed with 1009 */
+    int idle_ms;               /* no frame (not even a ping) this long: closed (1000) */
+    size_t max_queued;         /* bytes queued for a client that does not read: dropped */
+};
 
 struct request;
 struct ws_conn;
@@ -42,8 +52,9 @@ struct ws_app {
     void *arg;
 };
 
-/* ws_hub_new: at most max_conns connections at once. ERR_NOMEM. */
-int ws_hub_new(int max_conns, struct ws_hub **out) __attribute__((warn_unused_result));
+/* ws_hub_new: connections under limits (copied). ERR_NOMEM. */
+int ws_hub_new(const struct ws_limits *limits, struct ws_hub **out)
+    __attribute__((warn_unused_result));
 /* ws_hub_close_all: every connection is closed (1001, going away) and its thread ends;
  * waits up to timeout_ms for them. New upgrades are refused from now on. */
 void ws_hub_close_all(struct ws_hub *h, int timeout_ms);
