@@ -230,3 +230,68 @@ def test_the_readme_example_runs(make_server, tmpdir_path):
                        timeout=120, env=dict(os.environ, PYTHONPATH=f"{tmpdir_path}:{here}"))
     assert r.returncode == 0, r.stderr
     assert "reward 1.0 2 steps" in r.stdout
+
+
+def test_limits_oversize_messages_and_idle_connections_are_closed(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=0, OPENENV_MAX_MESSAGE_BYTES=2048,
+                    OPENENV_IDLE_SECONDS=5, OPENENV_MAX_CONNECTIONS=2)
+
+    async def limits():
+        url = f"ws://127.0.0.1:{s.port}/openenv/ws"
+        async with websockets.connect(url, ping_interval=None) as big:
+            await big.send(json.dumps({"type": "step", "data": {"action": "x" * 4096}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(big.recv(), 10)
+            assert closed.value.code == 1009
+        a = await websockets.connect(url, ping_interval=None)
+        b = await websockets.connect(url, ping_interval=None)
+        with pytest.raises(websockets.InvalidStatusCode) as full:
+            await websockets.connect(url)
+        assert full.value.status_code == 503
+        # a silent client (no message, no ping) is closed after OPENENV_IDLE_SECONDS
+        t0 = time.time()
+        with pytest.raises(websockets.ConnectionClosed) as idle:
+            await asyncio.wait_for(a.recv(), 15)
+        assert idle.value.code == 1000 and 4 <= time.time() - t0 < 12
+        await b.close()
+
+    run(limits())
+
+
+def test_twenty_concurrent_episodes_on_four_workers_all_finish(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=4)
+
+    async def one(i):
+        async with GenericEnvClient(base(s), message_timeout_s=120) as env:
+            r = await env.reset(seed=i, problem_pattern="*detection*")
+            r = await env.step({"action": fenced('submit("Yes")')})
+            assert r.done and r.reward == 1.0
+            return (await env.state())["session_id"]
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(i) for i in range(20)))
+
+    sids = asyncio.run(asyncio.wait_for(all_of_them(), 240))
+    assert len(set(sids)) == 20
+    for sid in sids:
+        assert s.wait_status(sid, ("completed", "failed", "cancelled"))["status"] == "completed"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_the_socket_on_one_server_and_the_session_on_another(make_server):
+    a = make_server(WORKER_NAME_PREFIX="a-", NUM_INTERNAL_WORKERS=0)
+    b = make_server(WORKER_NAME_PREFIX="b-", NUM_INTERNAL_WORKERS=1)
+
+    async def episode():
+        async with GenericEnvClient(base(a)) as env:
+            r = await env.reset(problem_id=HOTEL)
+            r = await env.step({"action": fenced('exec_shell("kubectl get pods -n '
+                                                 'test-hotel-reservation")')})
+            assert "CrashLoopBackOff" in r.observation["text"]
+            r = await env.step({"action": fenced('submit("Yes")')})
+            assert r.done and r.reward == 1.0
+            return (await env.state())["session_id"]
+
+    sid = run(episode())
+    t = a.wait_status(sid, "completed", timeout=30)
+    assert t["worker_id"] == "b-worker-001-kind"
