@@ -193,8 +193,12 @@ stop_server
 
 start_server stepsq DATABASE_URL="sqlite://$DIR/stepsq/s.db" NUM_INTERNAL_WORKERS=1
 read -r SQ_50 SQ_99 <<<"$(/usr/bin/python3 bench/steps.py "$API" "$API" "$STEPS")"
+# the same step through the OpenEnv WebSocket, on the same server, right after
+read -r WS_50 WS_99 <<<"$(/usr/bin/python3 bench/ws_steps.py "$API" "$STEPS")"
 stop_server
 row "session step p50 / p99 ms, one server (SQLite)" "$SQ_50 / $SQ_99"
+row "OpenEnv WebSocket step p50 / p99 ms (same server)" "$WS_50 / $WS_99" "$SQ_50" \
+    "$(awk -v a="$WS_50" -v b="$SQ_50" 'BEGIN { printf "%+.2f ms", a - b }')"
 
 # ---- executor ingest: one chatty child into the store ----
 cat > "$DIR/chatty.py" <<PY
