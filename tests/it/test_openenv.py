@@ -295,3 +295,55 @@ def test_the_socket_on_one_server_and_the_session_on_another(make_server):
     sid = run(episode())
     t = a.wait_status(sid, "completed", timeout=30)
     assert t["worker_id"] == "b-worker-001-kind"
+
+
+def _raw_ws(port):
+    """A raw connection after a valid handshake (for frames no library would send)."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=20)
+    c.sendall(b"GET /openenv/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return c
+
+
+def _masked(payload, opcode=0x1):
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
+                                     bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_bad_frames_and_a_client_that_never_reads_take_nothing_down(make_server):
+    s = make_server(NUM_INTERNAL_WORKERS=0, OPENENV_MAX_MESSAGE_BYTES=1024)
+    # an unmasked frame from a client is a protocol error: close 1002
+    c = _raw_ws(s.port)
+    c.sendall(b"\x81\x02{}")
+    frame = c.recv(64)
+    assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1002
+    c.close()
+    # a client that sends and never reads: its replies pile up until it is dropped
+    c = _raw_ws(s.port)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    state = _masked(b'{"type": "state"}')
+    dropped = False
+    try:
+        for _ in range(200):
+            c.sendall(state * 500)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        dropped = True
+    deadline = time.time() + 20
+    while not dropped and "stopped reading" not in s.log() and time.time() < deadline:
+        time.sleep(0.2)
+    c.close()
+    assert "stopped reading" in s.log()
+    # the server and other connections are fine
+    async def fine():
+        async with GenericEnvClient(base(s)) as env:
+            assert (await env.state())["step_count"] == 0
+    run(fine())
+    assert s.get("/openenv/health").status_code == 200
