@@ -3,6 +3,7 @@
 #include "store/store.h"
 #include "core/clock.h"
 #include "core/err.h"
+#include "core/log.h"
 #include "model/proto.h"
 
 #include <stdio.h>
@@ -240,4 +241,271 @@ int rows_worker_slot(const char *status)
     if (status && !strcmp(status, WORKER_IDLE))
         return 0;
     return status && !strcmp(status, WORKER_BUSY) ? 1 : 2;
+}
+
+/* ---- consumers (see rows.h) ---- */
+
+int rows_take_array(struct store_cursor *cur, void *ctx)
+{
+    struct rows_array *a = ctx;
+
+    return rows_build(cur, a->build, a->one, &a->v);
+}
+
+int rows_take_task(struct store_cursor *cur, void *ctx)
+{
+    struct task **out = ctx;
+    int rc = rows_one(cur);
+
+    if (rc == 0) {
+        *out = rows_task(&cur->row);
+        rc = *out ? 0 : ERR_NOMEM;
+    }
+    return rc;
+}
+
+/* Appends t to the page, growing it by doubling; t is freed when that fails. */
+static int page_add(struct task_page *page, size_t *cap, struct task *t)
+{
+    if (!t)
+        return ERR_NOMEM;
+    if (page->n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        struct task **p = realloc(page->items, ncap * sizeof(*p));
+        if (!p) {
+            task_free(t);
+            return ERR_NOMEM;
+        }
+        page->items = p;
+        *cap = ncap;
+    }
+    page->items[page->n++] = t;
+    return 0;
+}
+
+int rows_take_tasks(struct store_cursor *cur, void *ctx)
+{
+    struct task_page *page = ctx;
+    size_t cap = page->n;
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW) {
+        rc = page_add(page, &cap, rows_task(&cur->row));
+        if (rc < 0)
+            return rc;
+    }
+    return rc;
+}
+
+int rows_take_ints(struct store_cursor *cur, void *ctx)
+{
+    struct rows_ints *x = ctx;
+    int rc = rows_one(cur);
+
+    for (int i = 0; rc == 0 && i < x->n; i++)
+        x->v[i] = i64(&cur->row, i);
+    return rc;
+}
+
+int rows_take_text(struct store_cursor *cur, void *ctx)
+{
+    char **out = ctx;
+    int rc = rows_one(cur);
+    char *t = rc == 0 ? rows_dup(&cur->row, 0) : NULL;
+
+    if (rc == 0 && !t && !is_null(&cur->row, 0))
+        rc = ERR_NOMEM;
+    if (rc == 0)
+        *out = t;
+    return rc;
+}
+
+int rows_take_int_drain(struct store_cursor *cur, void *ctx)
+{
+    int *out = ctx, rc = rows_one(cur);
+    int64_t v = rc == 0 ? i64(&cur->row, 0) : 0;
+
+    while (rc == 0 && (rc = cur->next(cur)) == STORE_ROW)
+        rc = 0;
+    if (rc == 0)
+        *out = (int)v;
+    return rc;
+}
+
+int rows_take_lease(struct store_cursor *cur, void *ctx)
+{
+    struct rows_lease *l = ctx;
+    int rc = rows_one(cur);
+
+    if (rc == 0) {
+        const char *status = cur->row.ops->text(&cur->row, 0);
+        const char *lease = cur->row.ops->text(&cur->row, 1);
+        l->status = (enum task_status)task_status_parse(status ? status : "");
+        rc = lease && l->token && !strcmp(lease, l->token) ? 0 : ERR_FORBIDDEN;
+    }
+    return rc;
+}
+
+int rows_take_task_counts(struct store_cursor *cur, void *ctx)
+{
+    struct task_stats *out = ctx;
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW) {
+        const char *status = cur->row.ops->text(&cur->row, 0);
+        int i = task_status_parse(status ? status : "");
+        if (i >= 0) {
+            out->counts[i] = i64(&cur->row, 1);
+            out->total += out->counts[i];
+        }
+    }
+    return rc;
+}
+
+int rows_take_averages(struct store_cursor *cur, void *ctx)
+{
+    struct task_stats *out = ctx;
+    int rc = rows_one(cur);
+
+    if (rc == 0 && !is_null(&cur->row, 0))
+        out->avg_wait_seconds = cur->row.ops->f64(&cur->row, 0);
+    if (rc == 0 && !is_null(&cur->row, 1))
+        out->avg_run_seconds = cur->row.ops->f64(&cur->row, 1);
+    return rc;
+}
+
+int rows_take_worker_counts(struct store_cursor *cur, void *ctx)
+{
+    int64_t *counts = ctx, n[3] = {0, 0, 0};
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW)
+        n[rows_worker_slot(cur->row.ops->text(&cur->row, 0))] += i64(&cur->row, 1);
+    if (rc == 0)
+        memcpy(counts, n, sizeof(n));
+    return rc;
+}
+
+int rows_take_ids(struct store_cursor *cur, void *ctx)
+{
+    struct rows_ids *x = ctx;
+    size_t k = 0;
+    int rc = 0;
+
+    while (k < x->max && (rc = cur->next(cur)) == STORE_ROW) {
+        const char *id = cur->row.ops->text(&cur->row, 0);
+        snprintf(x->ids[k++], sizeof(x->ids[0]), "%s", id ? id : "");
+        rc = 0;
+    }
+    x->n = rc == 0 ? k : 0;
+    return rc;
+}
+
+int rows_take_action(struct store_cursor *cur, void *ctx)
+{
+    struct rows_action *a = ctx;
+    int rc = rows_one(cur);
+
+    if (rc == ERR_NOTFOUND)
+        return 0; /* no step in flight */
+    if (rc == 0) {
+        const char *text = cur->row.ops->text(&cur->row, 1);
+        a->action = strdup(text ? text : "");
+        a->step = a->action ? (int)i64(&cur->row, 0) : 0;
+        rc = a->action ? 0 : ERR_NOMEM;
+    }
+    return rc;
+}
+
+int rows_take_jobs(struct store_cursor *cur, void *ctx)
+{
+    struct rows_jobs *x = ctx;
+    size_t k = 0;
+    int rc = 0;
+
+    while (k < x->max && (rc = cur->next(cur)) == STORE_ROW) {
+        struct webhook_job *j = &x->jobs[k];
+        const char *id = cur->row.ops->text(&cur->row, 0);
+        snprintf(j->task_id, sizeof(j->task_id), "%s", id ? id : "");
+        j->url = rows_dup(&cur->row, 1);
+        j->attempts = (int)i64(&cur->row, 2);
+        if (!j->url) {
+            rc = ERR_NOMEM;
+            break;
+        }
+        k++;
+    }
+    if (k == x->max)
+        rc = 0; /* the LIMIT keeps the rows to max: the rest were not leased */
+    if (rc < 0) {
+        for (size_t i = 0; i < k; i++)
+            free(x->jobs[i].url);
+        k = 0;
+    }
+    x->n = k;
+    return rc;
+}
+
+int rows_take_by_model(struct store_cursor *cur, void *ctx)
+{
+    json_t *by_model = ctx;
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW)
+        if (json_object_set_new(by_model, cur->row.ops->text(&cur->row, 0),
+                                json_integer(i64(&cur->row, 1))))
+            return ERR_NOMEM;
+    return rc;
+}
+
+int rows_take_conv_totals(struct store_cursor *cur, void *ctx)
+{
+    struct rows_conv_totals *t = ctx;
+    int rc = rows_one(cur);
+
+    if (rc == 0) {
+        t->total = i64(&cur->row, 0);
+        t->avg_messages = cur->row.ops->f64(&cur->row, 1);
+        t->tokens = i64(&cur->row, 2);
+        t->successful = i64(&cur->row, 3);
+    }
+    return rc;
+}
+
+int rows_take_export(struct store_cursor *cur, void *ctx)
+{
+    struct rows_export *x = ctx;
+    int rc = rows_one(cur);
+    const char *text = rc == 0 ? cur->row.ops->text(&cur->row, 0) : NULL;
+
+    if (rc == ERR_NOTFOUND || (rc == 0 && !text)) {
+        log_error("store: exporting a task: the %s aggregate gave no value", x->key);
+        return ERR_STORE;
+    }
+    if (rc == 0 && (buf_appendf(x->out, ",\"%s\":", x->key) < 0 ||
+                    buf_append(x->out, text, strlen(text)) < 0))
+        rc = ERR_NOMEM;
+    return rc;
+}
+
+int rows_take_convs(struct store_cursor *cur, void *ctx)
+{
+    struct rows_convs *x = ctx;
+    int rc;
+
+    x->v = x->one ? NULL : json_array();
+    if (!x->one && !x->v)
+        return ERR_NOMEM;
+    while ((rc = cur->next(cur)) == STORE_ROW) {
+        json_t *o = rows_conversation(&cur->row);
+        if (!o || (!x->one && json_array_append_new(x->v, o)))
+            return ERR_NOMEM;
+        if (x->one)
+            x->v = o;
+        if (x->with_messages && (rc = x->messages(x->conn, i64(&cur->row, 0), o)) < 0)
+            return rc;
+        if (x->one)
+            return 0;
+    }
+    return rc == STORE_DONE && x->one ? ERR_NOTFOUND : rc;
 }

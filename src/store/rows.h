@@ -6,11 +6,14 @@
  * returns (a task, a log line, a conversation and its messages, a worker, an event, a
  * bucket of the time series, a session) is built here from the columns in the order
  * the backend's SQL selects them (the *_COLS lists of each backend, kept alike).
+ * Below the builders, the consumers: what a read does with its rows, also once.
  * Only the backends include this header. */
 #ifndef TASKEXEC_STORE_ROWS_H
 #define TASKEXEC_STORE_ROWS_H
 
+#include "store/store.h"
 #include "model/task.h"
+#include "core/buf.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -62,6 +65,104 @@ int rows_build(struct store_cursor *cur, json_t *(*build)(const struct store_row
                json_t **v) __attribute__((warn_unused_result));
 /* rows_give: hands v to *out when rc is 0, else drops it; returns rc. */
 int rows_give(int rc, json_t *v, json_t **out);
+
+/* ---- consumers ----
+ * What a read does with its rows is the same on both backends, so it is written here
+ * once: a backend opens the cursor (its sq_take / pg_take, or *_read_with on a pooled
+ * connection) and hands it to a consumer with the consumer's context. A consumer moves
+ * through the rows with next() and returns 0, next()'s error, ERR_NOTFOUND (it wanted a
+ * row and there is none), ERR_NOMEM, or what its comment says. On error it leaves no
+ * allocation behind in ctx unless its comment says so. */
+typedef int (*rows_take_fn)(struct store_cursor *cur, void *ctx);
+
+/* ctx: struct rows_array. Every row through build() into a new array v, or with one
+ * the first row's value (ERR_NOTFOUND when none). v is NULL on error; else the caller
+ * owns it. */
+struct rows_array {
+    json_t *(*build)(const struct store_row *r);
+    bool one;
+    json_t *v;
+};
+int rows_take_array(struct store_cursor *cur, void *ctx);
+/* ctx: struct task **. The first row as a task (TASK_COLS; caller frees). */
+int rows_take_task(struct store_cursor *cur, void *ctx);
+/* ctx: struct task_page (from store.h). Every row appended as a task to items (the
+ * page owns them; on error the caller resets the page). */
+int rows_take_tasks(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_ints. The first row's first n columns as integers. */
+struct rows_ints {
+    int n;                       /* at most 4 */
+    int64_t v[4];
+};
+int rows_take_ints(struct store_cursor *cur, void *ctx);
+/* ctx: char **. The first row's first column as a heap string (caller frees; NULL for
+ * SQL NULL). */
+int rows_take_text(struct store_cursor *cur, void *ctx);
+/* ctx: int *. The first row's first column, then the statement stepped to its end
+ * (SQLite finishes an UPDATE ... RETURNING only then). */
+int rows_take_int_drain(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_lease. Columns status, lease_token: status is set from the row,
+ * and the consumer returns ERR_FORBIDDEN when token is not the row's lease. */
+struct rows_lease {
+    const char *token;           /* borrowed */
+    enum task_status status;
+};
+int rows_take_lease(struct store_cursor *cur, void *ctx);
+/* ctx: struct task_stats. Rows (status, count) added to counts and total. */
+int rows_take_task_counts(struct store_cursor *cur, void *ctx);
+/* ctx: struct task_stats. One row (mean wait, mean run) in seconds; NULL leaves the
+ * field as it is. */
+int rows_take_averages(struct store_cursor *cur, void *ctx);
+/* ctx: int64_t[3]. Rows (status, count) summed per rows_worker_slot; counts written
+ * only on success. */
+int rows_take_worker_counts(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_ids. Up to max rows' first column (a task id); n is 0 on error. */
+struct rows_ids {
+    char (*ids)[37];             /* borrowed, max elements */
+    size_t max, n;
+};
+int rows_take_ids(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_action. Columns step, action of the first row; no row is 0 with
+ * action NULL (no step in flight). action is the caller's to free. */
+struct rows_action {
+    int step;
+    char *action;
+};
+int rows_take_action(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_jobs. Up to max rows (id, callback_url, webhook_attempts) into
+ * jobs; the rows past max were not leased, so stopping there is no error. On error the
+ * urls read are freed and n is 0. */
+struct rows_jobs {
+    struct webhook_job *jobs;    /* borrowed, max elements */
+    size_t max, n;
+};
+int rows_take_jobs(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_convs. Every row (CONV_COLS) as a conversation into a new array v,
+ * or with one the first row's (ERR_NOTFOUND when none); with_messages, each gets its
+ * "messages" from messages(conn, its seq, it), which the backend reads on conn while
+ * this cursor is open. v is the caller's to free, on error too. */
+struct rows_convs {
+    int (*messages)(void *conn, int64_t seq, json_t *conv);
+    void *conn;                  /* borrowed: the backend's connection */
+    bool one, with_messages;
+    json_t *v;
+};
+int rows_take_convs(struct store_cursor *cur, void *ctx);
+/* ctx: json_t * (an object). Rows (model_name, count) set as its members. */
+int rows_take_by_model(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_conv_totals. One row (count, mean messages, tokens, successes). */
+struct rows_conv_totals {
+    int64_t total, tokens, successful;
+    double avg_messages;
+};
+int rows_take_conv_totals(struct store_cursor *cur, void *ctx);
+/* ctx: struct rows_export. Appends ,"key": and the JSON text of the first row's first
+ * column (an aggregate: no row is ERR_STORE, logged). */
+struct rows_export {
+    const char *key;
+    struct buf *out;             /* borrowed */
+};
+int rows_take_export(struct store_cursor *cur, void *ctx);
 
 /* Column helpers (new references or heap strings; NULL only when out of memory,
  * except rows_dup and rows_json, which also give NULL for SQL NULL). */

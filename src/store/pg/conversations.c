@@ -68,16 +68,14 @@ static int conversation_seq(struct pgconn *pc, const char *task_id, const char *
     char id[TASK_ID_LEN + 1];
     struct num a;
     const char *v[4] = {id, task_id, session, num(&a, ts)};
-    struct pg_cursor cur;
+    struct rows_ints x = {.n = 1};
     int rc;
 
     uuidgen(id);
-    rc = pg_open_q(&cur, pc, &conv_q[C_UPSERT], 4, v);
+    rc = pg_take(pc, &conv_q[C_UPSERT], 4, v, rows_take_ints, &x);
     if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        snprintf(seq, 24, "%s", PQgetvalue(cur.r, 0, 0));
-    return pg_end(&cur, rc);
+        snprintf(seq, 24, "%" PRId64, x.v[0]);
+    return rc;
 }
 
 static int insert_one(struct pgconn *pc, const char *seq, const struct msg_entry *e)
@@ -122,152 +120,92 @@ int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_
     return rc;
 }
 
+/* The context of append's body. */
+struct append {
+    const char *task_id;
+    const struct msg_entry *e;
+    size_t n;
+};
+
+static int append(struct pgconn *pc, void *ctx)
+{
+    struct append *x = ctx;
+
+    return pg_insert_messages(pc, x->task_id, x->e, x->n);
+}
+
 int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    int rc = 0, rc2;
+    struct append x = {task_id, e, n};
 
-    if (n) {
-        rc = pg_tx(pc, "BEGIN");
-        if (rc == 0)
-            rc = pg_insert_messages(pc, task_id, e, n);
-        rc2 = pg_tx(pc, rc == 0 ? "COMMIT" : "ROLLBACK");
-        if (rc == 0)
-            rc = rc2;
-    }
-    pg_conn_put(P(st), pc);
-    return rc;
+    return n ? pg_in_tx(st, append, &x) : 0;
 }
 
-/* Sets conv's "messages" to the messages of conversation seq. */
-static int add_messages(struct pgconn *pc, const char *seq, json_t *conv)
+/* Sets conv's "messages" to the messages of conversation seq, read on conn (a
+ * struct pgconn; for rows_take_convs). */
+static int add_messages(void *conn, int64_t seq, json_t *conv)
 {
-    const char *v[1] = {seq};
-    struct pg_cursor cur;
-    json_t *arr = json_array();
-    int rc = arr ? pg_open_q(&cur, pc, &conv_q[C_MESSAGES], 1, v) : ERR_NOMEM;
+    struct pgconn *pc = conn;
+    struct num n;
+    const char *v[1] = {num(&n, seq)};
+    struct rows_array a = {.build = rows_message};
+    int rc = pg_take(pc, &conv_q[C_MESSAGES], 1, v, rows_take_array, &a);
 
-    if (rc == 0)
-        rc = rows_collect(&cur.base, rows_message, arr);
-    if (arr)
-        rc = pg_end(&cur, rc);
-    if (rc == 0 && json_object_set_new(conv, "messages", arr))
-        return ERR_NOMEM;
-    if (rc < 0)
-        json_decref(arr);
+    if (rc == 0 && json_object_set_new(conv, "messages", a.v))
+        return ERR_NOMEM; /* set_new took a.v */
     return rc;
 }
 
 int pg_conversations_list(struct store *st, const char *task_id, const char *model_name,
                           int64_t limit, int64_t offset, json_t **items, int64_t *total)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     struct num a, b;
     const char *v[4] = {task_id, model_name, num(&a, limit), num(&b, offset)};
-    struct pg_cursor cur;
-    json_t *arr = json_array();
-    int64_t n = 0;
-    int rc = arr ? pg_open_q(&cur, pc, &conv_q[C_COUNT], 2, v) : ERR_NOMEM;
 
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        n = cur.base.row.ops->i64(&cur.base.row, 0);
-    if (arr)
-        rc = pg_end(&cur, rc);
-    if (rc == 0) {
-        rc = pg_open_q(&cur, pc, &conv_q[C_PAGE], 4, v);
-        if (rc == 0)
-            rc = rows_collect(&cur.base, rows_conversation, arr);
-        rc = pg_end(&cur, rc);
-    }
+    return pg_read_page(st, &conv_q[C_COUNT], &conv_q[C_PAGE], 4, v, rows_conversation, items,
+                        total);
+}
+
+/* The conversations q reads for key (with one, the first: ERR_NOTFOUND when none),
+ * with their messages when asked. */
+static int read_convs(struct store *st, int q, const char *key, bool one, bool with_messages,
+                      json_t **out)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    const char *v[1] = {key};
+    struct rows_convs x = {add_messages, pc, one, with_messages, NULL};
+    int rc = pg_take(pc, &conv_q[q], 1, v, rows_take_convs, &x);
+
     pg_conn_put(P(st), pc);
-    if (rc == 0) {
-        *items = arr;
-        *total = n;
-    } else {
-        json_decref(arr);
-    }
-    return rc;
+    return rows_give(rc, x.v, out);
 }
 
 int pg_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    const char *v[1] = {id};
-    struct pg_cursor cur;
-    json_t *o = NULL;
-    int rc = pg_open_q(&cur, pc, &conv_q[C_BY_ID], 1, v);
-
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0) {
-        o = rows_conversation(&cur.base.row);
-        rc = o ? 0 : ERR_NOMEM;
-    }
-    if (rc == 0 && with_messages)
-        rc = add_messages(pc, PQgetvalue(cur.r, 0, 0), o);
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    return rows_give(rc, o, out);
+    return read_convs(st, C_BY_ID, id, true, with_messages, out);
 }
 
 int pg_task_conversations(struct store *st, const char *task_id, json_t **out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    const char *v[1] = {task_id};
-    struct pg_cursor cur;
-    json_t *arr = json_array();
-    int rc = arr ? pg_open_q(&cur, pc, &conv_q[C_OF_TASK], 1, v) : ERR_NOMEM;
-
-    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
-        json_t *o = rows_conversation(&cur.base.row);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-        else
-            rc = add_messages(pc, PQgetvalue(cur.r, cur.base.row.i, 0), o);
-    }
-    if (arr)
-        rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    return rows_give(rc, arr, out);
-}
-
-static int stats_by_model(struct pgconn *pc, json_t *by_model)
-{
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &conv_q[C_BY_MODEL], 0, NULL);
-
-    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW)
-        rc = json_object_set_new(by_model, PQgetvalue(cur.r, cur.base.row.i, 0),
-                                 json_integer(cur.base.row.ops->i64(&cur.base.row, 1)))
-                 ? ERR_NOMEM
-                 : 0;
-    return pg_end(&cur, rc);
+    return read_convs(st, C_OF_TASK, task_id, false, true, out);
 }
 
 int pg_conversation_stats(struct store *st, json_t **out)
 {
     struct pgconn *pc = pg_conn_get(P(st));
     json_t *by_model = json_object();
-    const struct store_row *r;
-    struct pg_cursor cur;
-    int rc = by_model ? pg_open_q(&cur, pc, &conv_q[C_STATS], 0, NULL) : ERR_NOMEM;
+    struct rows_conv_totals t = {0};
+    int rc = by_model ? pg_take(pc, &conv_q[C_STATS], 0, NULL, rows_take_conv_totals, &t)
+                      : ERR_NOMEM;
 
     if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        rc = stats_by_model(pc, by_model);
+        rc = pg_take(pc, &conv_q[C_BY_MODEL], 0, NULL, rows_take_by_model, by_model);
+    pg_conn_put(P(st), pc);
     if (rc == 0) {
-        r = &cur.base.row;
-        *out = rows_conversation_stats(r->ops->i64(r, 0), r->ops->f64(r, 1), r->ops->i64(r, 2),
-                                       r->ops->i64(r, 3), by_model);
+        *out = rows_conversation_stats(t.total, t.avg_messages, t.tokens, t.successful, by_model);
         rc = *out ? 0 : ERR_NOMEM;
     }
-    if (by_model)
-        rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
     json_decref(by_model);
     return rc;
 }

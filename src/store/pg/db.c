@@ -381,33 +381,89 @@ int pg_write(struct store *st, const struct pg_query *q, int n, const char *cons
     return rc;
 }
 
-/* The rows of q through build(): all of them into the array *out, or the first one
- * as *out (ERR_NOTFOUND when none). */
-static int read_rows(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-                     json_t *(*build)(const struct store_row *r), bool one, json_t **out)
+/* Hands the cursor just opened (unless opening failed, rc) to take and ends it. */
+static int take_opened(struct pg_cursor *cur, int rc, rows_take_fn take, void *ctx)
+{
+    if (rc == 0)
+        rc = take(&cur->base, ctx);
+    return pg_end(cur, rc);
+}
+
+int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
+            rows_take_fn take, void *ctx)
+{
+    struct pg_cursor cur;
+
+    return take_opened(&cur, pg_open_q(&cur, pc, q, n, vals), take, ctx);
+}
+
+int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
+                rows_take_fn take, void *ctx)
+{
+    struct pg_cursor cur;
+
+    return take_opened(&cur, pg_open_sql(&cur, pc, sql, n, vals), take, ctx);
+}
+
+int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                 rows_take_fn take, void *ctx)
 {
     struct pgconn *pc = pg_conn_get(P(st));
-    struct pg_cursor cur;
-    json_t *v = NULL;
-    int rc = pg_open_q(&cur, pc, q, n, vals);
+    int rc = pg_take(pc, q, n, vals, take, ctx);
+
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx), void *ctx)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc = pg_tx(pc, "BEGIN"), end;
 
     if (rc == 0)
-        rc = rows_build(&cur.base, build, one, &v);
-    rc = pg_end(&cur, rc);
+        rc = body(pc, ctx);
+    if (pc->in_tx) {
+        end = pg_tx(pc, rc >= 0 ? "COMMIT" : "ROLLBACK");
+        if (rc >= 0 && end < 0)
+            rc = end;
+    }
     pg_conn_put(P(st), pc);
-    return rows_give(rc, v, out);
+    return rc;
+}
+
+int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
+                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
+                 json_t **items, int64_t *total)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct rows_array a = {.build = build};
+    struct rows_ints x = {.n = 1};
+    int rc = pg_take(pc, count, 2, vals, rows_take_ints, &x);
+
+    if (rc == 0)
+        rc = pg_take(pc, page, n, vals, rows_take_array, &a);
+    pg_conn_put(P(st), pc);
+    if (rc == 0)
+        *total = x.v[0];
+    return rows_give(rc, a.v, items);
 }
 
 int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
             json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return read_rows(st, q, n, vals, build, false, out);
+    struct rows_array a = {.build = build};
+    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
 }
 
 int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                 json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return read_rows(st, q, n, vals, build, true, out);
+    struct rows_array a = {.build = build, .one = true};
+    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
 }
 
 char *pg_json_text(const json_t *v, bool *ok)

@@ -37,18 +37,13 @@ static const struct pg_query event_q[E_N] = {
 
 int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &event_q[E_HEAD], 0, NULL);
+    struct rows_ints x = {.n = 2};
+    int rc = pg_read_with(st, &event_q[E_HEAD], 0, NULL, rows_take_ints, &x);
 
-    if (rc == 0)
-        rc = rows_one(&cur.base);
     if (rc == 0) {
-        *event_id = cur.base.row.ops->i64(&cur.base.row, 0);
-        *log_id = cur.base.row.ops->i64(&cur.base.row, 1);
+        *event_id = x.v[0];
+        *log_id = x.v[1];
     }
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
     return rc;
 }
 

@@ -109,71 +109,27 @@ int pg_logs_append(struct store *st, const char *task_id, const struct log_entry
     return rc;
 }
 
-static int count_logs(struct pgconn *pc, const char *const *v, int64_t *total)
-{
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &log_q[L_COUNT], 2, v);
-
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        *total = cur.base.row.ops->i64(&cur.base.row, 0);
-    return pg_end(&cur, rc);
-}
-
 int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
                  int64_t offset, json_t **logs, int64_t *total)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     struct num a, b, c;
     const char *v[4] = {task_id, num(&a, min_level), num(&b, limit), num(&c, offset)};
-    struct pg_cursor cur;
-    json_t *arr = json_array();
-    int64_t n = 0;
-    int rc = arr ? pg_open_q(&cur, pc, &log_q[L_PAGE], 4, v) : ERR_NOMEM;
 
-    if (rc == 0)
-        rc = rows_collect(&cur.base, rows_log, arr);
-    if (arr)
-        rc = pg_end(&cur, rc);
-    if (rc == 0)
-        rc = count_logs(pc, v, &n);
-    pg_conn_put(P(st), pc);
-    if (rc == 0) {
-        *logs = arr;
-        *total = n;
-    } else {
-        json_decref(arr);
-    }
-    return rc;
-}
-
-/* Appends ,"key": and the JSON text statement q makes for task_id. */
-static int export_part(struct pgconn *pc, int q, const char *task_id, const char *key,
-                       struct buf *out)
-{
-    const char *v[1] = {task_id};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &log_q[q], 1, v);
-
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0 && (buf_appendf(out, ",\"%s\":", key) < 0 ||
-                    buf_append(out, PQgetvalue(cur.r, 0, 0), (size_t)PQgetlength(cur.r, 0, 0)) < 0))
-        rc = ERR_NOMEM;
-    return pg_end(&cur, rc);
+    return pg_read_page(st, &log_q[L_COUNT], &log_q[L_PAGE], 4, v, rows_log, logs, total);
 }
 
 int pg_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
                      struct buf *out)
 {
     struct pgconn *pc = pg_conn_get(P(st));
+    const char *v[1] = {task_id};
+    struct rows_export logs_part = {"logs", out}, convs_part = {"conversations", out};
     int rc = 0;
 
     if (logs)
-        rc = export_part(pc, L_EXPORT_LOGS, task_id, "logs", out);
+        rc = pg_take(pc, &log_q[L_EXPORT_LOGS], 1, v, rows_take_export, &logs_part);
     if (rc == 0 && convs)
-        rc = export_part(pc, L_EXPORT_CONVS, task_id, "conversations", out);
+        rc = pg_take(pc, &log_q[L_EXPORT_CONVS], 1, v, rows_take_export, &convs_part);
     pg_conn_put(P(st), pc);
     return rc;
 }

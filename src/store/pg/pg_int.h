@@ -149,6 +149,23 @@ int pg_next(struct pg_cursor *cur) __attribute__((warn_unused_result));
 int pg_changes(const struct pg_cursor *cur);
 /* pg_end: clears the result; returns rc when it is an error, else the cursor's. */
 int pg_end(struct pg_cursor *cur, int rc) __attribute__((warn_unused_result));
+/* pg_take: q on pc, its cursor handed to take(cur, ctx) (a consumer of store/rows.h);
+ * take's result, or the statement's error (take is then not called). pg_take_sql: the
+ * same on SQL made at run time. */
+int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
+            rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
+                rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* pg_read_with: pg_take on a pooled connection, taken and given back around it. */
+int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* pg_in_tx: body(pc, ctx) in a transaction of its own on a pooled connection: BEGIN,
+ * body, then COMMIT when body returned >= 0, else ROLLBACK. Returns body's result, or
+ * BEGIN's error (body is then not called) or COMMIT's. What body allocated into ctx is
+ * the caller's to keep or free by that result. Most operations need none: each is one
+ * statement, so one transaction; this is for those made of several. */
+int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx),
+             void *ctx) __attribute__((warn_unused_result));
 /* pg_write: q on a pooled connection, *changes (may be NULL) the rows it changed. */
 int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
              int *changes) __attribute__((warn_unused_result));
@@ -157,6 +174,13 @@ int pg_write(struct store *st, const struct pg_query *q, int n, const char *cons
 int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
             json_t *(*build)(const struct store_row *r),
             json_t **out) __attribute__((warn_unused_result));
+/* pg_read_page: a page of a list and the list's total, on one pooled connection: the
+ * integer count of q_count with vals[0..2), then the rows of page with vals[0..n)
+ * through build() into a new array *items (caller frees). 0 or the error; the
+ * outputs unchanged on error. */
+int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
+                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
+                 json_t **items, int64_t *total) __attribute__((warn_unused_result));
 /* pg_read_one: the first row of q through build() (caller frees); ERR_NOTFOUND when
  * there is none. */
 int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,

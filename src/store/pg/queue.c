@@ -80,25 +80,15 @@ static int claim_on(struct pgconn *pc, const struct claim_req *req, struct task 
 {
     struct num n;
     char *re = NULL;
-    struct pg_cursor cur;
     int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
     const char *v[5] = {req->worker_id, req->lease_token, num(&n, req->now), req->backend_type,
                         re};
 
     *out = NULL;
-    if (rc < 0)
-        return rc;
-    rc = pg_open_q(&cur, pc, &queue_q[Q_CLAIM], 5, v);
     if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0) {
-        *out = rows_task(&cur.base.row);
-        rc = *out ? 0 : ERR_NOMEM;
-    } else if (rc == ERR_NOTFOUND) {
-        rc = 0;
-    }
+        rc = pg_take(pc, &queue_q[Q_CLAIM], 5, v, rows_take_task, out);
     free(re);
-    return pg_end(&cur, rc);
+    return rc == ERR_NOTFOUND ? 0 : rc;
 }
 
 int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out)
@@ -147,55 +137,63 @@ static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
     return rc;
 }
 
+/* The context of finish's body. */
+struct finish {
+    const char *id, *lease_token;
+    const struct task_end *end;
+    int refused;                    /* ERR_CONFLICT or ERR_NOTFOUND: the end was refused */
+    struct task *next;              /* claimed with the end; freed by the caller on error */
+};
+
+/* The end and the next claim, committed together. A refused end still commits (its
+ * logs are kept) and is reported through refused. */
+static int finish_then_claim(struct pgconn *pc, void *ctx)
+{
+    struct finish *x = ctx;
+    int rc = finish_on(pc, x->id, x->lease_token, x->end);
+
+    if (rc == ERR_CONFLICT || rc == ERR_NOTFOUND) {
+        x->refused = rc;
+        return 0;
+    }
+    return rc == 0 ? claim_on(pc, x->end->claim_next, &x->next) : rc;
+}
+
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct task *t = NULL;
-    int rc = 0, rc2;
+    struct finish x = {id, lease_token, end, 0, NULL};
+    struct pgconn *pc;
+    int rc;
 
-    /* With claim_next: the end and the next claim commit together. */
-    if (end->claim_next)
-        rc = pg_tx(pc, "BEGIN");
-    if (rc == 0)
+    if (!end->claim_next) { /* one statement: one transaction of its own */
+        pc = pg_conn_get(P(st));
         rc = finish_on(pc, id, lease_token, end);
-    if (end->claim_next) {
-        if (rc == 0)
-            rc = claim_on(pc, end->claim_next, &t);
-        /* ERR_CONFLICT/NOTFOUND: the end was refused; still commit (logs are kept). */
-        rc2 = pg_tx(pc, rc == 0 || rc == ERR_CONFLICT || rc == ERR_NOTFOUND ? "COMMIT"
-                                                                            : "ROLLBACK");
-        if (rc2 < 0 && rc == 0)
-            rc = rc2;
-        if (rc == 0 && t)
-            *end->next = t;
-        else
-            task_free(t);
+        pg_conn_put(P(st), pc);
+        return rc;
     }
-    pg_conn_put(P(st), pc);
-    return rc;
+    rc = pg_in_tx(st, finish_then_claim, &x);
+    if (rc == 0 && x.next)
+        *end->next = x.next;
+    else
+        task_free(x.next);
+    return rc == 0 ? x.refused : rc;
 }
 
 int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
             struct reap_result *out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     struct num a, b;
     const char *v[2] = {num(&a, now), num(&b, heartbeat_timeout_us)};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &queue_q[Q_REAP_SILENT], 2, v);
+    struct rows_ints x = {.n = 2};
+    int rc = pg_read_with(st, &queue_q[Q_REAP_SILENT], 2, v, rows_take_ints, &x);
 
     memset(out, 0, sizeof(*out));
-    if (rc == 0)
-        rc = rows_one(&cur.base);
     if (rc == 0) {
-        out->workers_offline = (int)cur.base.row.ops->i64(&cur.base.row, 0);
-        out->tasks_failed = (int)cur.base.row.ops->i64(&cur.base.row, 1);
-    }
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
+        out->workers_offline = (int)x.v[0];
+        out->tasks_failed = (int)x.v[1];
         rc = pg_write(st, &queue_q[Q_REAP_DEADLINES], 2, v, &out->tasks_timed_out);
+    }
     return rc;
 }
 

@@ -76,74 +76,78 @@ int pg_session_get(struct store *st, const char *task_id, json_t **out)
     return pg_read_one(st, &session_q[S_GET], 1, v, rows_session, out);
 }
 
-int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step)
+/* The context of step's body. */
+struct step {
+    const char *const *v;
+    int *step;
+};
+
+/* Committed without waiting for the disk: the step becomes durable with its answer's
+ * commit (WAL is flushed in order), and a step lost to a database crash before that is
+ * one the environment never saw — the trainer's request fails and it sends it again.
+ * This saves a flush on every step. The notification goes out with the commit. A step
+ * refused (ERR_CONFLICT) changed nothing, so its rollback is harmless. */
+static int step(struct pgconn *pc, void *ctx)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
+    struct step *x = ctx;
+    int rc;
+
+    PQclear(pg_run_sql(pc, "SET LOCAL synchronous_commit = off", 0, NULL, &rc));
+    if (rc == 0)
+        rc = pg_take(pc, &session_q[S_STEP], 3, x->v, rows_take_int_drain, x->step);
+    return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
+}
+
+int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                    int *step_out)
+{
     struct num ts;
     const char *v[3] = {task_id, action, num(&ts, now)};
-    struct pg_cursor cur;
-    int rc, rc2;
+    int n = 0;
+    struct step x = {v, &n};
+    int rc = pg_in_tx(st, step, &x);
 
-    /* Committed without waiting for the disk: the step becomes durable with its answer's
-     * commit (WAL is flushed in order), and a step lost to a database crash before that
-     * is one the environment never saw — the trainer's request fails and it sends it
-     * again. This saves a flush on every step. The notification goes out with the
-     * commit. */
-    rc = pg_tx(pc, "BEGIN");
     if (rc == 0)
-        PQclear(pg_run_sql(pc, "SET LOCAL synchronous_commit = off", 0, NULL, &rc));
-    if (rc == 0) {
-        rc = pg_open_q(&cur, pc, &session_q[S_STEP], 3, v);
-        if (rc == 0)
-            rc = rows_one(&cur.base);
-        if (rc == 0)
-            *step = (int)cur.base.row.ops->i64(&cur.base.row, 0);
-        rc = pg_end(&cur, rc == ERR_NOTFOUND ? ERR_CONFLICT : rc);
-    }
-    rc2 = pg_tx(pc, rc == 0 || rc == ERR_CONFLICT ? "COMMIT" : "ROLLBACK");
-    if (rc == 0 && rc2 < 0)
-        rc = rc2;
-    pg_conn_put(P(st), pc);
+        *step_out = n;
     return rc;
 }
 
 int pg_session_next(struct store *st, const char *task_id, int after, int *step,
                     char **action)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     struct num a;
     const char *v[2] = {task_id, num(&a, after)};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &session_q[S_NEXT], 2, v);
+    struct rows_action x = {0, NULL};
+    int rc = pg_read_with(st, &session_q[S_NEXT], 2, v, rows_take_action, &x);
 
-    *step = 0;
-    *action = NULL;
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0) {
-        *action = strdup(PQgetvalue(cur.r, 0, 1));
-        *step = *action ? (int)cur.base.row.ops->i64(&cur.base.row, 0) : 0;
-        rc = *action ? 0 : ERR_NOMEM;
-    }
-    rc = pg_end(&cur, rc == ERR_NOTFOUND ? 0 : rc); /* no step in flight */
-    pg_conn_put(P(st), pc);
+    *step = x.step;
+    *action = x.action;
     return rc;
 }
 
+/* The context of answer's body. */
+struct answer {
+    const char *task_id;
+    int step;
+    json_t *answer;
+    const struct msg_entry *msgs;
+    size_t n_msgs;
+    int64_t now;
+};
+
 /* The answer's row update (and its notification), inside the caller's transaction. */
-static int answer_on(struct pgconn *pc, const char *task_id, int step, json_t *answer,
-                     int64_t now)
+static int answer_row(struct pgconn *pc, const struct answer *x)
 {
-    json_t *reward = json_object_get(answer, "reward"), *res = json_object_get(answer, "results");
+    json_t *reward = json_object_get(x->answer, "reward");
+    json_t *res = json_object_get(x->answer, "results");
     char rw[40];
     char *results = res && !json_is_null(res) ? json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY)
                                               : NULL;
     struct num sp, ts;
-    const char *v[7] = {task_id, num(&sp, step),
-                        json_string_value(json_object_get(answer, "observation")),
-                        json_is_true(json_object_get(answer, "done")) ? "true" : "false",
-                        json_is_number(reward) ? rw : NULL, results, num(&ts, now)};
+    const char *v[7] = {x->task_id, num(&sp, x->step),
+                        json_string_value(json_object_get(x->answer, "observation")),
+                        json_is_true(json_object_get(x->answer, "done")) ? "true" : "false",
+                        json_is_number(reward) ? rw : NULL, results, num(&ts, x->now)};
     int rc;
 
     snprintf(rw, sizeof(rw), "%.17g", json_number_value(reward));
@@ -152,22 +156,21 @@ static int answer_on(struct pgconn *pc, const char *task_id, int step, json_t *a
     return rc;
 }
 
-int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+/* The messages, then the answer's row. */
+static int answer(struct pgconn *pc, void *ctx)
+{
+    struct answer *x = ctx;
+    int rc = pg_insert_messages(pc, x->task_id, x->msgs, x->n_msgs);
+
+    return rc == 0 ? answer_row(pc, x) : rc;
+}
+
+int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer_v,
                       const struct msg_entry *msgs, size_t n_msgs, int64_t now)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    int rc, rc2;
+    struct answer x = {task_id, step, answer_v, msgs, n_msgs, now};
 
-    rc = pg_tx(pc, "BEGIN");
-    if (rc == 0)
-        rc = pg_insert_messages(pc, task_id, msgs, n_msgs);
-    if (rc == 0)
-        rc = answer_on(pc, task_id, step, answer, now);
-    rc2 = pg_tx(pc, rc == 0 ? "COMMIT" : "ROLLBACK");
-    if (rc == 0)
-        rc = rc2;
-    pg_conn_put(P(st), pc);
-    return rc;
+    return pg_in_tx(st, answer, &x);
 }
 
 int pg_session_end(struct store *st, const char *task_id)
@@ -179,19 +182,11 @@ int pg_session_end(struct store *st, const char *task_id)
 
 int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     struct num b, m;
     const char *v[2] = {num(&b, before), num(&m, (int64_t)max)};
-    struct pg_cursor cur;
-    size_t k = 0;
-    int rc = pg_open_q(&cur, pc, &session_q[S_IDLE], 2, v);
+    struct rows_ids x = {ids, max, 0};
+    int rc = pg_read_with(st, &session_q[S_IDLE], 2, v, rows_take_ids, &x);
 
-    while (rc == 0 && k < max && (rc = pg_next(&cur)) == STORE_ROW) {
-        snprintf(ids[k++], 37, "%s", PQgetvalue(cur.r, cur.base.row.i, 0));
-        rc = 0;
-    }
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    *n = rc == 0 ? k : 0;
+    *n = x.n;
     return rc;
 }

@@ -41,27 +41,11 @@ static const struct pg_query task_q[T_N] = {
                     "NULL"},
 };
 
-/* The task of cur's first row (caller frees), ERR_NOTFOUND, or the error. */
-static int one_task(struct pg_cursor *cur, struct task **out)
-{
-    int rc = rows_one(&cur->base);
-
-    if (rc == 0) {
-        *out = rows_task(&cur->base.row);
-        rc = *out ? 0 : ERR_NOMEM;
-    }
-    return rc;
-}
-
 int pg_load_task(struct pgconn *pc, bool by_key, const char *key, struct task **out)
 {
     const char *v[1] = {key};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &task_q[by_key ? T_BY_KEY : T_BY_ID], 1, v);
 
-    if (rc == 0)
-        rc = one_task(&cur, out);
-    return pg_end(&cur, rc);
+    return pg_take(pc, &task_q[by_key ? T_BY_KEY : T_BY_ID], 1, v, rows_take_task, out);
 }
 
 int pg_task_insert(struct store *st, struct task *t, struct task **existing)
@@ -92,11 +76,9 @@ int pg_task_insert(struct store *st, struct task *t, struct task **existing)
 
 int pg_task_get(struct store *st, const char *id, struct task **out)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    int rc = pg_load_task(pc, false, id, out);
+    const char *v[1] = {id};
 
-    pg_conn_put(P(st), pc);
-    return rc;
+    return pg_read_with(st, &task_q[T_BY_ID], 1, v, rows_take_task, out);
 }
 
 /* A task filter as parameters and the WHERE that uses them, numbered in order. */
@@ -138,7 +120,7 @@ static int list_total(struct pgconn *pc, const struct task_filter *f, const stru
                       int64_t *total)
 {
     char sql[1024];
-    struct pg_cursor cur;
+    struct rows_ints x = {.n = 1};
     int rc;
 
     /* Filtered by state at most: the kept counts answer without a scan. */
@@ -147,53 +129,30 @@ static int list_total(struct pgconn *pc, const struct task_filter *f, const stru
                  f->status >= 0 ? " WHERE status = $1" : "");
     else
         snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", q->where);
-    rc = pg_open_sql(&cur, pc, sql, q->n, q->v);
+    rc = pg_take_sql(pc, sql, q->n, q->v, rows_take_ints, &x);
     if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        *total = cur.base.row.ops->i64(&cur.base.row, 0);
-    return pg_end(&cur, rc);
-}
-
-static int list_page(struct pgconn *pc, const struct task_filter *f, struct filter *q,
-                     struct task_page *out)
-{
-    char sql[1024];
-    struct num limit, offset;
-    struct pg_cursor cur;
-    int rc;
-
-    q->v[q->n] = num(&limit, f->limit);
-    q->v[q->n + 1] = num(&offset, f->offset);
-    snprintf(sql, sizeof(sql), "SELECT " TASK_COLS " FROM tasks %s ORDER BY seq %s LIMIT $%d "
-             "OFFSET $%d", q->where, f->oldest_first ? "ASC" : "DESC", q->n + 1, q->n + 2);
-    rc = pg_open_sql(&cur, pc, sql, q->n + 2, q->v);
-    if (rc == 0) {
-        out->items = calloc((size_t)PQntuples(cur.r) + 1, sizeof(*out->items));
-        if (!out->items)
-            rc = ERR_NOMEM;
-    }
-    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
-        out->items[out->n] = rows_task(&cur.base.row);
-        rc = out->items[out->n] ? 0 : ERR_NOMEM;
-        if (rc == 0)
-            out->n++;
-    }
-    return pg_end(&cur, rc);
+        *total = x.v[0];
+    return rc;
 }
 
 int pg_task_list(struct store *st, const struct task_filter *f, struct task_page *out)
 {
     struct pgconn *pc = pg_conn_get(P(st));
+    struct num limit, offset;
     struct filter q;
+    char sql[1024];
     int rc = 0;
 
     memset(out, 0, sizeof(*out));
     filter_build(&q, f);
     if (!f->no_total)
         rc = list_total(pc, f, &q, &out->total);
+    q.v[q.n] = num(&limit, f->limit);
+    q.v[q.n + 1] = num(&offset, f->offset);
+    snprintf(sql, sizeof(sql), "SELECT " TASK_COLS " FROM tasks %s ORDER BY seq %s LIMIT $%d "
+             "OFFSET $%d", q.where, f->oldest_first ? "ASC" : "DESC", q.n + 1, q.n + 2);
     if (rc == 0)
-        rc = list_page(pc, f, &q, out);
+        rc = pg_take_sql(pc, sql, q.n + 2, q.v, rows_take_tasks, out);
     pg_conn_put(P(st), pc);
     if (rc < 0)
         store_task_page_reset(out);
@@ -205,12 +164,8 @@ int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **
     struct pgconn *pc = pg_conn_get(P(st));
     struct num n;
     const char *v[2] = {id, num(&n, now)};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &task_q[T_CANCEL], 2, v);
+    int rc = pg_take(pc, &task_q[T_CANCEL], 2, v, rows_take_task, out);
 
-    if (rc == 0)
-        rc = one_task(&cur, out);
-    rc = pg_end(&cur, rc);
     if (rc == ERR_NOTFOUND) {
         rc = pg_load_task(pc, false, id, out);
         if (rc == 0)
@@ -223,52 +178,13 @@ int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **
 int pg_task_lease_status(struct store *st, const char *id, const char *lease_token,
                          enum task_status *status)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     const char *v[1] = {id};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &task_q[T_LEASE], 1, v);
+    struct rows_lease l = {.token = lease_token};
+    int rc = pg_read_with(st, &task_q[T_LEASE], 1, v, rows_take_lease, &l);
 
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0) {
-        const char *lease = PQgetisnull(cur.r, 0, 1) ? NULL : PQgetvalue(cur.r, 0, 1);
-        *status = (enum task_status)task_status_parse(PQgetvalue(cur.r, 0, 0));
-        rc = lease && lease_token && !strcmp(lease, lease_token) ? 0 : ERR_FORBIDDEN;
-    }
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
+    if (rc == 0 || rc == ERR_FORBIDDEN)
+        *status = l.status;
     return rc;
-}
-
-static int read_counts(struct pgconn *pc, struct task_stats *out)
-{
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &task_q[T_COUNTS], 0, NULL);
-
-    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
-        int s = task_status_parse(PQgetvalue(cur.r, cur.base.row.i, 0));
-        if (s >= 0) {
-            out->counts[s] = cur.base.row.ops->i64(&cur.base.row, 1);
-            out->total += out->counts[s];
-        }
-        rc = 0;
-    }
-    return pg_end(&cur, rc);
-}
-
-static int read_averages(struct pgconn *pc, struct task_stats *out)
-{
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &task_q[T_AVERAGES], 0, NULL);
-    const struct store_row *r = &cur.base.row;
-
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0 && !r->ops->is_null(r, 0))
-        out->avg_wait_seconds = r->ops->f64(r, 0);
-    if (rc == 0 && !r->ops->is_null(r, 1))
-        out->avg_run_seconds = r->ops->f64(r, 1);
-    return pg_end(&cur, rc);
 }
 
 int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out)
@@ -278,9 +194,9 @@ int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out)
 
     memset(out, 0, sizeof(*out));
     out->avg_wait_seconds = out->avg_run_seconds = -1;
-    rc = read_counts(pc, out);
+    rc = pg_take(pc, &task_q[T_COUNTS], 0, NULL, rows_take_task_counts, out);
     if (rc == 0 && with_averages)
-        rc = read_averages(pc, out);
+        rc = pg_take(pc, &task_q[T_AVERAGES], 0, NULL, rows_take_averages, out);
     pg_conn_put(P(st), pc);
     return rc;
 }

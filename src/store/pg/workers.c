@@ -74,18 +74,9 @@ int pg_worker_register(struct store *st, const struct worker_reg *reg)
 
 int pg_worker_token(struct store *st, const char *id, char **token_hash)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
     const char *v[1] = {id};
-    struct pg_cursor cur;
-    int rc = pg_open_q(&cur, pc, &worker_q[W_TOKEN], 1, v);
 
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0)
-        *token_hash = rows_dup(&cur.base.row, 0);
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    return rc;
+    return pg_read_with(st, &worker_q[W_TOKEN], 1, v, rows_take_text, token_hash);
 }
 
 int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now)
@@ -139,19 +130,5 @@ int pg_worker_get(struct store *st, const char *id, json_t **out)
 
 int pg_worker_counts(struct store *st, int64_t counts[3])
 {
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct pg_cursor cur;
-    int64_t n[3] = {0, 0, 0};
-    int rc = pg_open_q(&cur, pc, &worker_q[W_COUNTS], 0, NULL);
-
-    while (rc == 0 && (rc = pg_next(&cur)) == STORE_ROW) {
-        n[rows_worker_slot(PQgetvalue(cur.r, cur.base.row.i, 0))] +=
-            cur.base.row.ops->i64(&cur.base.row, 1);
-        rc = 0;
-    }
-    rc = pg_end(&cur, rc);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
-        memcpy(counts, n, sizeof(n));
-    return rc;
+    return pg_read_with(st, &worker_q[W_COUNTS], 0, NULL, rows_take_worker_counts, counts);
 }

@@ -62,7 +62,6 @@ static const struct sq_query conv_q[C_N] = {
 };
 
 /* The conversation of (task, session), made on its first message. */
-/* The conversation of (task, session), made on its first message. */
 static int conversation_seq(struct conn *c, const char *task_id, const char *session,
                             int64_t ts, int64_t *seq)
 {
@@ -78,223 +77,115 @@ static int conversation_seq(struct conn *c, const char *task_id, const char *ses
     return rc == ERR_NOTFOUND ? sq_fail_db(c->db, conv_q[C_INSERT].what) : rc;
 }
 
-static int insert_row(struct conn *c, int64_t seq, const struct msg_entry *e)
+/* One message (and its conversation, made on its first message). */
+static int insert_message(struct conn *c, const char *task_id, const struct msg_entry *e)
 {
-    json_t *m = e->msg, *step = json_object_get(m, "step");
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &conv_q[C_MSG_INSERT]);
-
-    if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 1, seq);
-        sqlite3_bind_int64(cur.s, 2, e->ts);
-        sq_bind_text(cur.s, 3, json_string_value(json_object_get(m, "role")));
-        rc = sq_bind_json(cur.s, 4, json_object_get(m, "content"));
-    }
-    if (rc == 0 && json_is_integer(step))
-        sqlite3_bind_int64(cur.s, 5, json_integer_value(step));
-    if (rc == 0)
-        rc = sq_bind_object(cur.s, 6, json_object_get(m, "metadata"));
-    if (rc == 0)
-        rc = sq_exec(&cur);
-    return sq_end(&cur, rc);
-}
-
-int sq_insert_message(struct conn *c, const char *task_id, const struct msg_entry *e)
-{
-    json_t *m = e->msg, *sid = json_object_get(m, "session_id");
+    json_t *m = e->msg, *sid = json_object_get(m, "session_id"), *step = json_object_get(m, "step");
     json_t *meta = json_object_get(m, "metadata"), *model = json_object_get(meta, "model");
     int64_t seq = 0, tokens = proto_message_tokens(meta);
-    struct sq_cursor cur;
-    int rc;
+    int rc = conversation_seq(c, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,
+                              e->ts, &seq);
 
-    rc = conversation_seq(c, task_id, json_is_string(sid) ? json_string_value(sid) : task_id,
-                          e->ts, &seq);
-    if (rc == 0)
-        rc = insert_row(c, seq, e);
-    if (rc < 0)
-        return rc;
-    rc = sq_open_q(&cur, c, &conv_q[C_BUMP]);
     if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 1, seq);
-        if (tokens >= 0)
-            sqlite3_bind_int64(cur.s, 2, tokens);
-        sqlite3_bind_int64(cur.s, 3, e->ts);
-        sq_bind_text(cur.s, 4, json_is_string(model) ? json_string_value(model) : NULL);
-        rc = sq_exec(&cur);
+        const struct sq_arg args[6] = {
+            SQ_I(seq), SQ_I(e->ts), SQ_T(json_string_value(json_object_get(m, "role"))),
+            SQ_J(json_object_get(m, "content")),
+            json_is_integer(step) ? SQ_I(json_integer_value(step)) : SQ_T(NULL), SQ_O(meta)};
+        rc = sq_run(c, &conv_q[C_MSG_INSERT], args, 6, NULL);
     }
-    return sq_end(&cur, rc);
+    if (rc == 0) {
+        const struct sq_arg args[4] = {SQ_I(seq), tokens >= 0 ? SQ_I(tokens) : SQ_T(NULL),
+                                       SQ_I(e->ts),
+                                       SQ_T(json_is_string(model) ? json_string_value(model)
+                                                                  : NULL)};
+        rc = sq_run(c, &conv_q[C_BUMP], args, 4, NULL);
+    }
+    return rc;
 }
 
-int sq_insert_messages(struct conn *c, const char *task_id, const struct msg_entry *e,
-                       size_t n)
+int sq_insert_messages(struct conn *c, void *batch)
 {
+    const struct sq_batch *b = batch;
+    const struct msg_entry *e = b->items;
     int rc = 0;
 
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = sq_insert_message(c, task_id, &e[i]);
+    for (size_t i = 0; rc == 0 && i < b->n; i++)
+        rc = insert_message(c, b->task_id, &e[i]);
     return rc;
 }
 
 int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-
-    if (!c)
-        return ERR_STORE;
-    return sq_writer_end(ss, sq_insert_messages(c, task_id, e, n));
+    return sq_in_write(st, sq_insert_messages, &(struct sq_batch){task_id, e, n});
 }
 
-/* Sets conv's "messages" to the messages of conversation seq. */
-static int add_messages(struct conn *c, int64_t seq, json_t *conv)
+/* Sets conv's "messages" to the messages of conversation seq, read on conn (a
+ * struct conn; for rows_take_convs). */
+static int add_messages(void *conn, int64_t seq, json_t *conv)
 {
-    struct sq_cursor cur;
-    json_t *arr = json_array();
-    int rc = arr ? sq_open_q(&cur, c, &conv_q[C_MESSAGES]) : ERR_NOMEM;
+    struct conn *c = conn;
+    struct rows_array a = {.build = rows_message};
+    int rc = sq_take(c, &conv_q[C_MESSAGES], &SQ_I(seq), 1, rows_take_array, &a);
 
-    if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 1, seq);
-        rc = rows_collect(&cur.base, rows_message, arr);
-    }
-    if (arr)
-        rc = sq_end(&cur, rc);
-    if (rc == 0 && json_object_set_new(conv, "messages", arr))
-        return ERR_NOMEM;
-    if (rc < 0)
-        json_decref(arr);
-    return rc;
-}
-
-/* A cursor on q with the list's filters bound (?1 task, ?2 model). */
-static int open_filtered(struct sq_cursor *cur, struct conn *c, int q, const char *task_id,
-                         const char *model_name)
-{
-    int rc = sq_open_q(cur, c, &conv_q[q]);
-
-    if (rc == 0) {
-        sq_bind_text(cur->s, 1, task_id);
-        sq_bind_text(cur->s, 2, model_name);
-    }
+    if (rc == 0 && json_object_set_new(conv, "messages", a.v))
+        return ERR_NOMEM; /* set_new took a.v */
     return rc;
 }
 
 int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
                           int64_t limit, int64_t offset, json_t **items, int64_t *total)
 {
+    const struct sq_arg args[4] = {SQ_T(task_id), SQ_T(model_name), SQ_I(limit), SQ_I(offset)};
+    struct rows_array page = {.build = rows_conversation};
     struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    json_t *arr = json_array();
     int64_t n = 0;
-    int rc = arr ? sq_one_i64(r.c, &conv_q[C_COUNT],
-                              (struct sq_arg[]){SQ_T(task_id), SQ_T(model_name)}, 2, &n)
-                 : ERR_NOMEM;
+    int rc = sq_one_i64(r.c, &conv_q[C_COUNT], args, 2, &n);
 
     if (rc == 0)
-        rc = open_filtered(&cur, r.c, C_PAGE, task_id, model_name);
-    if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 3, limit);
-        sqlite3_bind_int64(cur.s, 4, offset);
-        rc = sq_end(&cur, rows_collect(&cur.base, rows_conversation, arr));
-    }
+        rc = sq_take(r.c, &conv_q[C_PAGE], args, 4, rows_take_array, &page);
     sq_rd_put(&r);
-    if (rc == 0) {
-        *items = arr;
+    if (rc == 0)
         *total = n;
-    } else {
-        json_decref(arr);
-    }
-    return rc;
+    return rows_give(rc, page.v, items);
+}
+
+/* The conversations q reads for key (with one, the first: ERR_NOTFOUND when none),
+ * with their messages when asked. */
+static int read_convs(struct store *st, int q, const char *key, bool one, bool with_messages,
+                      json_t **out)
+{
+    struct rd r = sq_rd_get(st);
+    struct rows_convs x = {add_messages, r.c, one, with_messages, NULL};
+    int rc = sq_take(r.c, &conv_q[q], &SQ_T(key), 1, rows_take_convs, &x);
+
+    sq_rd_put(&r);
+    return rows_give(rc, x.v, out);
 }
 
 int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    json_t *o = NULL;
-    int rc = sq_open_q(&cur, r.c, &conv_q[C_BY_ID]);
-
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, id);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0) {
-        o = rows_conversation(&cur.base.row);
-        rc = o ? 0 : ERR_NOMEM;
-    }
-    if (rc == 0 && with_messages)
-        rc = add_messages(r.c, sqlite3_column_int64(cur.s, 0), o);
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    return rows_give(rc, o, out);
+    return read_convs(st, C_BY_ID, id, true, with_messages, out);
 }
 
 int sq_task_conversations(struct store *st, const char *task_id, json_t **out)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    json_t *arr = json_array();
-    int rc = arr ? sq_open_q(&cur, r.c, &conv_q[C_OF_TASK]) : ERR_NOMEM;
-
-    if (rc == 0)
-        sq_bind_text(cur.s, 1, task_id);
-    while (rc == 0 && (rc = sq_next(&cur)) == STORE_ROW) {
-        json_t *o = rows_conversation(&cur.base.row);
-        if (!o || json_array_append_new(arr, o))
-            rc = ERR_NOMEM;
-        else
-            rc = add_messages(r.c, sqlite3_column_int64(cur.s, 0), o);
-    }
-    if (arr)
-        rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    return rows_give(rc, arr, out);
-}
-
-/* The figures of every conversation. */
-static int stats_totals(struct conn *c, int64_t *total, double *avg, int64_t *tokens,
-                        int64_t *ok)
-{
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &conv_q[C_STATS]);
-
-    if (rc == 0)
-        rc = rows_one(&cur.base);
-    if (rc == 0) {
-        *total = sqlite3_column_int64(cur.s, 0);
-        *avg = sqlite3_column_double(cur.s, 1);
-        *tokens = sqlite3_column_int64(cur.s, 2);
-        *ok = sqlite3_column_int64(cur.s, 3);
-    }
-    return sq_end(&cur, rc);
-}
-
-static int stats_by_model(struct conn *c, json_t *by_model)
-{
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &conv_q[C_BY_MODEL]);
-
-    while (rc == 0 && (rc = sq_next(&cur)) == STORE_ROW)
-        rc = json_object_set_new(by_model, (const char *)sqlite3_column_text(cur.s, 0),
-                                 json_integer(sqlite3_column_int64(cur.s, 1)))
-                 ? ERR_NOMEM
-                 : 0;
-    return sq_end(&cur, rc);
+    return read_convs(st, C_OF_TASK, task_id, false, true, out);
 }
 
 int sq_conversation_stats(struct store *st, json_t **out)
 {
     struct rd r = sq_rd_get(st);
     json_t *by_model = json_object();
-    int64_t total = 0, tokens = 0, ok = 0;
-    double avg = 0;
-    int rc = by_model ? stats_totals(r.c, &total, &avg, &tokens, &ok) : ERR_NOMEM;
+    struct rows_conv_totals t = {0};
+    int rc = by_model ? sq_take(r.c, &conv_q[C_STATS], NULL, 0, rows_take_conv_totals, &t)
+                      : ERR_NOMEM;
 
     if (rc == 0)
-        rc = stats_by_model(r.c, by_model);
+        rc = sq_take(r.c, &conv_q[C_BY_MODEL], NULL, 0, rows_take_by_model, by_model);
     sq_rd_put(&r);
     if (rc == 0) {
-        *out = rows_conversation_stats(total, avg, tokens, ok, by_model);
+        *out = rows_conversation_stats(t.total, t.avg_messages, t.tokens, t.successful, by_model);
         rc = *out ? 0 : ERR_NOMEM;
     }
     json_decref(by_model);

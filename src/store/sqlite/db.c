@@ -29,7 +29,7 @@ int sq_exec_sql(sqlite3 *db, const char *sql)
     return 0;
 }
 
-void sq_bind_text(sqlite3_stmt *s, int i, const char *v)
+static void bind_text(sqlite3_stmt *s, int i, const char *v)
 {
     if (v)
         sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT);
@@ -38,7 +38,7 @@ void sq_bind_text(sqlite3_stmt *s, int i, const char *v)
 }
 
 /* Binds a JSON value as compact text (NULL stays NULL). ERR_NOMEM if it cannot dump. */
-int sq_bind_json(sqlite3_stmt *s, int i, const json_t *v)
+static int bind_json(sqlite3_stmt *s, int i, const json_t *v)
 {
     char *text;
 
@@ -54,13 +54,13 @@ int sq_bind_json(sqlite3_stmt *s, int i, const json_t *v)
 }
 
 /* Binds v as JSON text, or the literal "{}" when v is NULL. */
-int sq_bind_object(sqlite3_stmt *s, int i, const json_t *v)
+static int bind_object(sqlite3_stmt *s, int i, const json_t *v)
 {
     if (!v) {
         sqlite3_bind_text(s, i, "{}", 2, SQLITE_STATIC);
         return 0;
     }
-    return sq_bind_json(s, i, v);
+    return bind_json(s, i, v);
 }
 
 /* ---- the cursor and its rows ---- */
@@ -197,26 +197,87 @@ int sq_end(struct sq_cursor *cur, int rc)
     return rc < 0 ? rc : cur->rc;
 }
 
-void sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n)
+int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n)
 {
-    for (int i = 0; i < n; i++) {
-        if (args[i].is_int)
+    int rc = 0;
+
+    for (int i = 0; rc == 0 && i < n; i++) {
+        switch (args[i].kind) {
+        case SQ_INT:
             sqlite3_bind_int64(s, i + 1, args[i].i);
-        else
-            sq_bind_text(s, i + 1, args[i].text);
+            break;
+        case SQ_REAL:
+            sqlite3_bind_double(s, i + 1, args[i].r);
+            break;
+        case SQ_JSON:
+            rc = bind_json(s, i + 1, args[i].json);
+            break;
+        case SQ_OBJECT:
+            rc = bind_object(s, i + 1, args[i].json);
+            break;
+        case SQ_TEXT:
+            bind_text(s, i + 1, args[i].text);
+            break;
+        }
     }
+    return rc;
+}
+
+/* Opens a cursor on q and binds args to it; the cursor is to be ended either way. */
+static int open_bound(struct sq_cursor *cur, struct conn *c, const struct sq_query *q,
+                      const struct sq_arg *args, int n)
+{
+    int rc = sq_open_q(cur, c, q);
+
+    return rc == 0 ? sq_bind(cur->s, args, n) : rc;
+}
+
+/* Binds args to the cursor just opened (unless opening failed, rc), hands it to take
+ * and ends it. */
+static int bind_take(struct sq_cursor *cur, int rc, const struct sq_arg *args, int n,
+                     rows_take_fn take, void *ctx)
+{
+    if (rc == 0)
+        rc = sq_bind(cur->s, args, n);
+    if (rc == 0)
+        rc = take(&cur->base, ctx);
+    return sq_end(cur, rc);
+}
+
+int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+            rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+
+    return bind_take(&cur, sq_open_q(&cur, c, q), args, n, take, ctx);
+}
+
+int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
+                int n, rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+
+    return bind_take(&cur, sq_open_sql(&cur, c, what, sql), args, n, take, ctx);
+}
+
+int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+                 rows_take_fn take, void *ctx)
+{
+    struct rd r = sq_rd_get(st);
+    int rc = sq_take(r.c, q, args, n, take, ctx);
+
+    sq_rd_put(&r);
+    return rc;
 }
 
 int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
            int *changes)
 {
     struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, q);
+    int rc = open_bound(&cur, c, q, args, n);
 
-    if (rc == 0) {
-        sq_bind(cur.s, args, n);
+    if (rc == 0)
         rc = sq_exec(&cur);
-    }
     if (rc == 0 && changes)
         *changes += sqlite3_changes(c->db);
     return sq_end(&cur, rc);
@@ -225,59 +286,53 @@ int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, 
 int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
                int64_t *out)
 {
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, q);
+    struct rows_ints x = {.n = 1};
+    int rc = sq_take(c, q, args, n, rows_take_ints, &x);
 
-    if (rc == 0) {
-        sq_bind(cur.s, args, n);
-        rc = rows_one(&cur.base);
-    }
     if (rc == 0)
-        *out = sqlite3_column_int64(cur.s, 0);
-    return sq_end(&cur, rc);
+        *out = x.v[0];
+    return rc;
+}
+
+/* The context of sq_write's body. */
+struct write_one {
+    const struct sq_query *q;
+    const struct sq_arg *args;
+    int n;
+    int *changes;
+};
+
+static int write_one(struct conn *c, void *ctx)
+{
+    struct write_one *w = ctx;
+
+    return sq_run(c, w->q, w->args, w->n, w->changes);
 }
 
 int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
              int *changes)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
+    struct write_one w = {q, args, n, changes};
 
-    if (!c)
-        return ERR_STORE;
-    return sq_writer_end(ss, sq_run(c, q, args, n, changes));
-}
-
-/* The rows of q with args through build(): all of them into the array *out, or the
- * first one as *out (ERR_NOTFOUND when none). */
-static int read_rows(struct store *st, const struct sq_query *q, const struct sq_arg *args,
-                     int n, json_t *(*build)(const struct store_row *r), bool one,
-                     json_t **out)
-{
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    json_t *v = NULL;
-    int rc = sq_open_q(&cur, r.c, q);
-
-    if (rc == 0) {
-        sq_bind(cur.s, args, n);
-        rc = rows_build(&cur.base, build, one, &v);
-    }
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    return rows_give(rc, v, out);
+    return sq_in_write(st, write_one, &w);
 }
 
 int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
             json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return read_rows(st, q, args, n, build, false, out);
+    struct rows_array a = {.build = build};
+    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
 }
 
 int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
                 json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return read_rows(st, q, args, n, build, true, out);
+    struct rows_array a = {.build = build, .one = true};
+    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
 }
 
 /* regexp(pattern, text): SQLite's REGEXP operator, for the claim's supported_problems
@@ -341,16 +396,6 @@ static void conn_close(struct conn *c)
     memset(c, 0, sizeof(*c));
 }
 
-struct conn *sq_writer_begin(struct sqlite_store *s)
-{
-    pthread_mutex_lock(&s->wlock);
-    if (sq_exec_sql(s->writer.db, "BEGIN IMMEDIATE") < 0) {
-        pthread_mutex_unlock(&s->wlock);
-        return NULL;
-    }
-    return &s->writer;
-}
-
 /* A rollback's own failure is logged; the caller's error is what is returned. */
 static void rollback(sqlite3 *db)
 {
@@ -358,17 +403,21 @@ static void rollback(sqlite3 *db)
         log_warn("sqlite: the rollback failed too");
 }
 
-/* Commits when rc >= 0, else rolls back; releases the writer; returns rc (or
- * ERR_STORE when the commit itself fails). */
-int sq_writer_end(struct sqlite_store *s, int rc)
+int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx), void *ctx)
 {
-    if (rc >= 0) {
-        if (sq_exec_sql(s->writer.db, "COMMIT") < 0) {
-            rollback(s->writer.db);
-            rc = ERR_STORE;
-        }
-    } else if (!sqlite3_get_autocommit(s->writer.db)) {
-        rollback(s->writer.db);
+    struct sqlite_store *s = S(st);
+    sqlite3 *db = s->writer.db;
+    int rc;
+
+    pthread_mutex_lock(&s->wlock);
+    rc = sq_exec_sql(db, "BEGIN IMMEDIATE");
+    if (rc == 0)
+        rc = body(&s->writer, ctx);
+    if (rc >= 0 && sq_exec_sql(db, "COMMIT") < 0) {
+        rollback(db);
+        rc = ERR_STORE;
+    } else if (rc < 0 && !sqlite3_get_autocommit(db)) {
+        rollback(db); /* a failed BEGIN left no transaction to roll back */
     }
     pthread_mutex_unlock(&s->wlock);
     return rc;

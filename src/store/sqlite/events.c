@@ -36,18 +36,13 @@ static const struct sq_query event_q[E_N] = {
 
 int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, r.c, &event_q[E_HEAD]);
+    struct rows_ints x = {.n = 2};
+    int rc = sq_read_with(st, &event_q[E_HEAD], NULL, 0, rows_take_ints, &x);
 
-    if (rc == 0)
-        rc = rows_one(&cur.base);
     if (rc == 0) {
-        *event_id = sqlite3_column_int64(cur.s, 0);
-        *log_id = sqlite3_column_int64(cur.s, 1);
+        *event_id = x.v[0];
+        *log_id = x.v[1];
     }
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
     return rc;
 }
 

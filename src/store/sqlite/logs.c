@@ -56,103 +56,61 @@ static const struct sq_query log_q[L_N] = {
         "m))) FROM (SELECT * FROM llm_conversations WHERE task_id = ?1 ORDER BY seq) c"},
 };
 
-int sq_insert_logs(struct conn *c, const char *task_id, const struct log_entry *e, size_t n)
+int sq_insert_logs(struct conn *c, void *batch)
 {
-    struct sq_cursor cur;
-    int rc;
+    const struct sq_batch *b = batch;
+    const struct log_entry *e = b->items;
+    int rc = 0;
 
-    if (n == 0)
-        return 0;
-    rc = sq_open_q(&cur, c, &log_q[L_INSERT]);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        sq_bind_text(cur.s, 1, task_id);
-        sqlite3_bind_int64(cur.s, 2, e[i].ts);
-        sqlite3_bind_int(cur.s, 3, e[i].level);
-        sq_bind_text(cur.s, 4, e[i].message);
-        rc = sq_bind_object(cur.s, 5, e[i].context);
-        if (rc == 0)
-            rc = sq_exec(&cur);
-        sqlite3_reset(cur.s);
+    /* The statement stays prepared on c, so a line costs a bind and a step. */
+    for (size_t i = 0; rc == 0 && i < b->n; i++) {
+        const struct sq_arg args[5] = {SQ_T(b->task_id), SQ_I(e[i].ts), SQ_I(e[i].level),
+                                       SQ_T(e[i].message), SQ_O(e[i].context)};
+        rc = sq_run(c, &log_q[L_INSERT], args, 5, NULL);
     }
-    return sq_end(&cur, rc);
+    return rc;
 }
 
 int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-
-    if (!c)
-        return ERR_STORE;
-    return sq_writer_end(ss, sq_insert_logs(c, task_id, e, n));
+    return sq_in_write(st, sq_insert_logs, &(struct sq_batch){task_id, e, n});
 }
 
 int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
                  int64_t offset, json_t **logs, int64_t *total)
 {
+    const struct sq_arg args[4] = {SQ_T(task_id), SQ_I(min_level), SQ_I(limit), SQ_I(offset)};
+    struct rows_array page = {.build = rows_log};
     struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    json_t *arr = json_array();
     int64_t n = 0;
-    int rc = arr ? sq_open_q(&cur, r.c, &log_q[L_PAGE]) : ERR_NOMEM;
+    int rc = sq_take(r.c, &log_q[L_PAGE], args, 4, rows_take_array, &page);
 
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        sqlite3_bind_int(cur.s, 2, min_level);
-        sqlite3_bind_int64(cur.s, 3, limit);
-        sqlite3_bind_int64(cur.s, 4, offset);
-        rc = rows_collect(&cur.base, rows_log, arr);
-    }
-    if (arr)
-        rc = sq_end(&cur, rc);
     /* A short page ends the list, so its total is known; only a full or empty page (offset
      * past the end) needs counting. No window function: it would materialise every row. */
     if (rc == 0) {
-        n = offset + (int64_t)json_array_size(arr);
-        if (json_array_size(arr) == 0 || json_array_size(arr) >= (size_t)limit)
-            rc = sq_one_i64(r.c, &log_q[L_COUNT],
-                            (struct sq_arg[]){SQ_T(task_id), SQ_I(min_level)}, 2, &n);
+        n = offset + (int64_t)json_array_size(page.v);
+        if (json_array_size(page.v) == 0 || json_array_size(page.v) >= (size_t)limit)
+            rc = sq_one_i64(r.c, &log_q[L_COUNT], args, 2, &n);
     }
     sq_rd_put(&r);
-    if (rc == 0) {
-        *logs = arr;
+    if (rc == 0)
         *total = n;
-    } else {
-        json_decref(arr);
-    }
-    return rc;
-}
-
-/* Appends ,"key": and the JSON text statement q makes for task_id. */
-static int export_part(struct conn *c, int q, const char *task_id, const char *key,
-                       struct buf *out)
-{
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &log_q[q]);
-
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == ERR_NOTFOUND) /* an aggregate always has its row */
-        rc = sq_fail_db(c->db, cur.what);
-    if (rc == 0 && (buf_appendf(out, ",\"%s\":", key) < 0 ||
-                    buf_append(out, sqlite3_column_text(cur.s, 0),
-                               (size_t)sqlite3_column_bytes(cur.s, 0)) < 0))
-        rc = ERR_NOMEM;
-    return sq_end(&cur, rc);
+    return rows_give(rc, page.v, logs);
 }
 
 int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
                      struct buf *out)
 {
     struct rd r = sq_rd_get(st);
+    struct rows_export logs_part = {"logs", out}, convs_part = {"conversations", out};
     int rc = 0;
 
     if (logs)
-        rc = export_part(r.c, L_EXPORT_LOGS, task_id, "logs", out);
+        rc = sq_take(r.c, &log_q[L_EXPORT_LOGS], &SQ_T(task_id), 1, rows_take_export,
+                     &logs_part);
     if (rc == 0 && convs)
-        rc = export_part(r.c, L_EXPORT_CONVS, task_id, "conversations", out);
+        rc = sq_take(r.c, &log_q[L_EXPORT_CONVS], &SQ_T(task_id), 1, rows_take_export,
+                     &convs_part);
     sq_rd_put(&r);
     return rc;
 }

@@ -72,46 +72,22 @@ static const struct sq_query queue_q[Q_N] = {
                            "name_prefix = ?1"},
 };
 
-static int claim_row(struct conn *c, const struct claim_req *req, struct task **out)
-{
-    struct sq_cursor cur;
-    char *re = NULL;
-    int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
-
-    if (rc == 0)
-        rc = sq_open_q(&cur, c, &queue_q[Q_CLAIM]);
-    else
-        return rc;
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, req->worker_id);
-        sq_bind_text(cur.s, 2, req->lease_token);
-        sqlite3_bind_int64(cur.s, 3, req->now);
-        sq_bind_text(cur.s, 4, req->backend_type);
-        sq_bind_text(cur.s, 5, re);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0) {
-        *out = rows_task(&cur.base.row);
-        rc = *out ? 0 : ERR_NOMEM;
-    }
-    free(re);
-    return sq_end(&cur, rc);
-}
-
 /* The claim itself, inside the caller's write transaction. */
 int sq_claim_in(struct conn *c, const struct claim_req *req, struct task **out)
 {
-    struct sq_cursor cur;
     struct task *t = NULL;
-    int rc = claim_row(c, req, &t);
+    char *re = NULL;
+    int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
 
-    if (rc == 0)
-        rc = sq_open_q(&cur, c, &queue_q[Q_WORKER_BUSY]);
     if (rc == 0) {
-        sq_bind_text(cur.s, 1, req->worker_id);
-        sq_bind_text(cur.s, 2, t->id);
-        sqlite3_bind_int64(cur.s, 3, req->now);
-        rc = sq_end(&cur, sq_exec(&cur));
+        const struct sq_arg args[5] = {SQ_T(req->worker_id), SQ_T(req->lease_token),
+                                       SQ_I(req->now), SQ_T(req->backend_type), SQ_T(re)};
+        rc = sq_take(c, &queue_q[Q_CLAIM], args, 5, rows_take_task, &t);
+    }
+    free(re);
+    if (rc == 0) {
+        const struct sq_arg args[3] = {SQ_T(req->worker_id), SQ_T(t->id), SQ_I(req->now)};
+        rc = sq_run(c, &queue_q[Q_WORKER_BUSY], args, 3, NULL);
     }
     if (rc == 0)
         *out = t;
@@ -120,20 +96,28 @@ int sq_claim_in(struct conn *c, const struct claim_req *req, struct task **out)
     return rc;
 }
 
+/* The context of claim's body. */
+struct claim {
+    const struct claim_req *req;
+    struct task *t;                 /* the claimed task, freed by the caller on error */
+};
+
+static int claim(struct conn *c, void *ctx)
+{
+    struct claim *x = ctx;
+
+    return sq_claim_in(c, x->req, &x->t);
+}
+
 int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    struct task *t = NULL;
-    int rc;
+    struct claim x = {req, NULL};
+    int rc = sq_in_write(st, claim, &x);
 
-    if (!c)
-        return ERR_STORE;
-    rc = sq_writer_end(ss, sq_claim_in(c, req, &t));
     if (rc == 0)
-        *out = t;
+        *out = x.t;
     else
-        task_free(t);
+        task_free(x.t);
     return rc;
 }
 
@@ -142,23 +126,12 @@ int sq_task_claim(struct store *st, const struct claim_req *req, struct task **o
 static int finish_row(struct conn *c, const char *id, const char *lease_token,
                       const struct task_end *end, char **worker)
 {
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &queue_q[Q_FINISH]);
+    const struct sq_arg args[6] = {SQ_T(id), SQ_T(lease_token),
+                                   SQ_T(task_status_name(end->status)), SQ_J(end->result),
+                                   SQ_T(end->error), SQ_I(end->now)};
+    int rc = sq_take(c, &queue_q[Q_FINISH], args, 6, rows_take_text, worker);
 
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, id);
-        sq_bind_text(cur.s, 2, lease_token);
-        sq_bind_text(cur.s, 3, task_status_name(end->status));
-        rc = sq_bind_json(cur.s, 4, end->result);
-    }
-    if (rc == 0) {
-        sq_bind_text(cur.s, 5, end->error);
-        sqlite3_bind_int64(cur.s, 6, end->now);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0)
-        *worker = rows_dup(&cur.base.row, 0);
-    return sq_end(&cur, rc == ERR_NOTFOUND ? ERR_CONFLICT : rc);
+    return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
 }
 
 /* What follows an accepted end: the worker's counts, its conversations closed. */
@@ -166,24 +139,57 @@ static int finish_after(struct conn *c, const char *id, const struct task_end *e
                         const char *worker)
 {
     json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &queue_q[Q_WORKER_DONE]);
+    const char *ok = json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
+                                              : "null";
+    const struct sq_arg counts[3] = {SQ_T(worker), SQ_I(end->status == TASK_COMPLETED),
+                                     SQ_I(end->status != TASK_COMPLETED)};
+    const struct sq_arg convs[3] = {SQ_T(id), SQ_I(end->now), SQ_T(ok)};
+    int rc = sq_run(c, &queue_q[Q_WORKER_DONE], counts, 3, NULL);
 
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, worker);
-        sqlite3_bind_int(cur.s, 2, end->status == TASK_COMPLETED);
-        sqlite3_bind_int(cur.s, 3, end->status != TASK_COMPLETED);
-        rc = sq_end(&cur, sq_exec(&cur));
-    }
+    return rc == 0 ? sq_run(c, &queue_q[Q_CONV_FINISH], convs, 3, NULL) : rc;
+}
+
+/* The context of finish's body. */
+struct finish {
+    const char *id, *lease_token;
+    const struct task_end *end;
+    int refused;                    /* ERR_CONFLICT or ERR_NOTFOUND: the end was refused */
+    struct task *next;              /* claimed with the end; freed by the caller on error */
+};
+
+/* A refused end: ERR_NOTFOUND when the task does not exist, else ERR_CONFLICT (its
+ * lease is gone). */
+static int refusal(struct conn *c, const char *id)
+{
+    struct task *t = NULL;
+    int rc = sq_load_task(c, false, id, &t) == ERR_NOTFOUND ? ERR_NOTFOUND : ERR_CONFLICT;
+
+    task_free(t);
+    return rc;
+}
+
+/* The logs, the end, what follows it and the optional next claim. A refused end still
+ * commits (the logs are kept) and is reported through refused; a failed next claim
+ * rolls back the whole, so the end is retried. */
+static int finish(struct conn *c, void *ctx)
+{
+    struct finish *x = ctx;
+    char *worker = NULL;
+    int rc = sq_insert_logs(c, &(struct sq_batch){x->id, x->end->logs, x->end->n_logs});
+
     if (rc == 0)
-        rc = sq_open_q(&cur, c, &queue_q[Q_CONV_FINISH]);
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, id);
-        sqlite3_bind_int64(cur.s, 2, end->now);
-        sq_bind_text(cur.s, 3, json_is_boolean(success)
-                                   ? (json_is_true(success) ? "true" : "false")
-                                   : "null");
-        rc = sq_end(&cur, sq_exec(&cur));
+        rc = finish_row(c, x->id, x->lease_token, x->end, &worker);
+    if (rc == 0)
+        rc = finish_after(c, x->id, x->end, worker);
+    free(worker);
+    if (rc == ERR_CONFLICT) {
+        x->refused = refusal(c, x->id);
+        return 0;
+    }
+    if (rc == 0 && x->end->claim_next) {
+        rc = sq_claim_in(c, x->end->claim_next, &x->next);
+        if (rc == ERR_NOTFOUND)
+            rc = 0; /* nothing waits: the end alone commits */
     }
     return rc;
 }
@@ -191,76 +197,64 @@ static int finish_after(struct conn *c, const char *id, const struct task_end *e
 int sq_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    char *worker = NULL;
-    int rc;
+    struct finish x = {id, lease_token, end, 0, NULL};
+    int rc = sq_in_write(st, finish, &x);
 
-    if (!c)
-        return ERR_STORE;
-    rc = sq_insert_logs(c, id, end->logs, end->n_logs);
+    if (rc == 0 && x.next)
+        *end->next = x.next;
+    else
+        task_free(x.next);
+    return rc == 0 ? x.refused : rc;
+}
+
+/* The context of reap's body. */
+struct reap {
+    int64_t now, timeout_us;
+    struct reap_result *out;
+};
+
+static int reap(struct conn *c, void *ctx)
+{
+    struct reap *x = ctx;
+    const struct sq_arg args[3] = {SQ_T(NULL), SQ_I(x->now), SQ_I(x->timeout_us)};
+    int rc = sq_run(c, &queue_q[Q_REAP_SILENT_TASKS], args, 3, &x->out->tasks_failed);
+
     if (rc == 0)
-        rc = finish_row(c, id, lease_token, end, &worker);
+        rc = sq_run(c, &queue_q[Q_REAP_SILENT_WORKERS], args, 3, &x->out->workers_offline);
     if (rc == 0)
-        rc = finish_after(c, id, end, worker);
-    free(worker);
-    if (rc == 0 && end->claim_next) {
-        struct task *t = NULL;
-        int crc = sq_claim_in(c, end->claim_next, &t);
-        if (crc == 0) {
-            rc = sq_writer_end(ss, 0);
-            if (rc == 0)
-                *end->next = t;
-            else
-                task_free(t);
-            return rc;
-        }
-        if (crc != ERR_NOTFOUND)
-            rc = crc; /* rolled back whole: the end is retried */
-    }
-    if (rc == ERR_CONFLICT) {
-        struct task *t = NULL;
-        /* Distinguish a task that does not exist from one whose lease is gone. */
-        if (sq_load_task(c, false, id, &t) == ERR_NOTFOUND)
-            rc = ERR_NOTFOUND;
-        task_free(t);
-        /* The end is refused, the logs are kept. */
-        return sq_writer_end(ss, 0) < 0 ? ERR_STORE : rc;
-    }
-    return sq_writer_end(ss, rc);
+        rc = sq_run(c, &queue_q[Q_REAP_DEADLINES], args, 3, &x->out->tasks_timed_out);
+    return rc;
 }
 
 int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
             struct reap_result *out)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    const struct sq_arg args[3] = {SQ_T(NULL), SQ_I(now), SQ_I(heartbeat_timeout_us)};
-    int rc;
+    struct reap x = {now, heartbeat_timeout_us, out};
 
     memset(out, 0, sizeof(*out));
-    if (!c)
-        return ERR_STORE;
-    rc = sq_run(c, &queue_q[Q_REAP_SILENT_TASKS], args, 3, &out->tasks_failed);
-    if (rc == 0)
-        rc = sq_run(c, &queue_q[Q_REAP_SILENT_WORKERS], args, 3, &out->workers_offline);
-    if (rc == 0)
-        rc = sq_run(c, &queue_q[Q_REAP_DEADLINES], args, 3, &out->tasks_timed_out);
-    return sq_writer_end(ss, rc);
+    return sq_in_write(st, reap, &x);
+}
+
+/* The context of recover's body. */
+struct recover {
+    const char *name_prefix;
+    int64_t now;
+    int *n_failed;
+};
+
+static int recover(struct conn *c, void *ctx)
+{
+    struct recover *x = ctx;
+    const struct sq_arg args[2] = {SQ_T(x->name_prefix), SQ_I(x->now)};
+    int rc = sq_run(c, &queue_q[Q_RECOVER_TASKS], args, 2, x->n_failed);
+
+    return rc == 0 ? sq_run(c, &queue_q[Q_RECOVER_WORKERS], args, 1, NULL) : rc;
 }
 
 int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    const struct sq_arg args[2] = {SQ_T(name_prefix), SQ_I(now)};
-    int rc;
+    struct recover x = {name_prefix, now, n_failed};
 
     *n_failed = 0;
-    if (!c)
-        return ERR_STORE;
-    rc = sq_run(c, &queue_q[Q_RECOVER_TASKS], args, 2, n_failed);
-    if (rc == 0)
-        rc = sq_run(c, &queue_q[Q_RECOVER_WORKERS], args, 1, NULL);
-    return sq_writer_end(ss, rc);
+    return sq_in_write(st, recover, &x);
 }

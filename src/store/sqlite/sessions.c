@@ -46,39 +46,20 @@ static const struct sq_query session_q[S_N] = {
     [S_END] = {"ending a session", "UPDATE sessions SET state = 'done' WHERE task_id = ?1"},
     [S_IDLE] = {"finding idle sessions",
                 "SELECT s.task_id FROM sessions s JOIN tasks t ON t.id = s.task_id WHERE "
-                "t.status = 'running' AND s.state <> 'done' AND s.last_activity_at < ?2 "
-                "LIMIT ?3"},
+                "t.status = 'running' AND s.state <> 'done' AND s.last_activity_at < ?1 "
+                "LIMIT ?2"},
 };
-
-static int ready_row(struct conn *c, const char *task_id, json_t *ready, int max_steps,
-                     int64_t now)
-{
-    char *actions = json_dumps(json_object_get(ready, "actions"), JSON_COMPACT);
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &session_q[S_READY]);
-
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        sq_bind_text(cur.s, 2, json_string_value(json_object_get(ready, "task_description")));
-        sq_bind_text(cur.s, 3, json_string_value(json_object_get(ready, "instructions")));
-        sq_bind_text(cur.s, 4, actions ? actions : "{}");
-        sqlite3_bind_int64(cur.s, 5, max_steps);
-        sqlite3_bind_int64(cur.s, 6, now);
-        rc = sq_exec(&cur);
-    }
-    free(actions);
-    return sq_end(&cur, rc);
-}
 
 int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
                      int64_t now)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
+    json_t *actions = json_object_get(ready, "actions");
+    const struct sq_arg args[6] = {
+        SQ_T(task_id), SQ_T(json_string_value(json_object_get(ready, "task_description"))),
+        SQ_T(json_string_value(json_object_get(ready, "instructions"))), SQ_O(actions),
+        SQ_I(max_steps), SQ_I(now)};
 
-    if (!c)
-        return ERR_STORE;
-    return sq_writer_end(ss, ready_row(c, task_id, ready, max_steps, now));
+    return sq_write(st, &session_q[S_READY], args, 6, NULL);
 }
 
 int sq_session_get(struct store *st, const char *task_id, json_t **out)
@@ -86,94 +67,79 @@ int sq_session_get(struct store *st, const char *task_id, json_t **out)
     return sq_read_one(st, &session_q[S_GET], &SQ_T(task_id), 1, rows_session, out);
 }
 
-int sq_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step)
-{
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    struct sq_cursor cur;
-    int n = 0, rc;
+/* The context of step's body. */
+struct step {
+    const char *task_id, *action;
+    int64_t now;
+    int *step;
+};
 
-    if (!c)
-        return ERR_STORE;
-    rc = sq_open_q(&cur, c, &session_q[S_STEP]);
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        sq_bind_text(cur.s, 2, action);
-        sqlite3_bind_int64(cur.s, 3, now);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0) {
-        n = sqlite3_column_int(cur.s, 0);
-        rc = sq_exec(&cur);
-    }
-    rc = sq_end(&cur, rc == ERR_NOTFOUND ? ERR_CONFLICT : rc);
+static int step(struct conn *c, void *ctx)
+{
+    struct step *x = ctx;
+    const struct sq_arg args[3] = {SQ_T(x->task_id), SQ_T(x->action), SQ_I(x->now)};
+    int rc = sq_take(c, &session_q[S_STEP], args, 3, rows_take_int_drain, x->step);
+
+    return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
+}
+
+int sq_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                    int *step_out)
+{
+    int n = 0;
+    struct step x = {task_id, action, now, &n};
+    int rc = sq_in_write(st, step, &x);
+
     if (rc == 0)
-        *step = n;
-    return sq_writer_end(ss, rc);
+        *step_out = n;
+    return rc;
 }
 
 int sq_session_next(struct store *st, const char *task_id, int after, int *step,
                     char **action)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, r.c, &session_q[S_NEXT]);
+    struct rows_action a = {0, NULL};
+    int rc = sq_read_with(st, &session_q[S_NEXT], (struct sq_arg[]){SQ_T(task_id), SQ_I(after)},
+                          2, rows_take_action, &a);
 
-    *step = 0;
-    *action = NULL;
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        sqlite3_bind_int(cur.s, 2, after);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0) {
-        const char *text = (const char *)sqlite3_column_text(cur.s, 1);
-        *action = strdup(text ? text : "");
-        *step = *action ? sqlite3_column_int(cur.s, 0) : 0;
-        rc = *action ? 0 : ERR_NOMEM;
-    }
-    rc = sq_end(&cur, rc == ERR_NOTFOUND ? 0 : rc); /* no step in flight */
-    sq_rd_put(&r);
+    *step = a.step;
+    *action = a.action;
     return rc;
 }
 
-static int answer_row(struct conn *c, const char *task_id, int step, json_t *answer,
-                      int64_t now)
-{
-    json_t *reward = json_object_get(answer, "reward"), *res = json_object_get(answer, "results");
-    char *results = res && !json_is_null(res) ? json_dumps(res, JSON_COMPACT) : NULL;
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &session_q[S_ANSWER]);
+/* The context of answer's body. */
+struct answer {
+    const char *task_id;
+    int step;
+    json_t *answer;
+    const struct msg_entry *msgs;
+    size_t n_msgs;
+    int64_t now;
+};
 
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, task_id);
-        sqlite3_bind_int64(cur.s, 2, step);
-        sq_bind_text(cur.s, 3, json_string_value(json_object_get(answer, "observation")));
-        sqlite3_bind_int64(cur.s, 4, json_is_true(json_object_get(answer, "done")));
-        if (json_is_number(reward))
-            sqlite3_bind_double(cur.s, 5, json_number_value(reward));
-        sq_bind_text(cur.s, 6, results);
-        sqlite3_bind_int64(cur.s, 7, now);
-        rc = sq_exec(&cur);
-    }
-    free(results);
-    return sq_end(&cur, rc);
+/* The messages, then the answer's row. */
+static int answer(struct conn *c, void *ctx)
+{
+    struct answer *x = ctx;
+    json_t *reward = json_object_get(x->answer, "reward");
+    json_t *res = json_object_get(x->answer, "results");
+    const struct sq_arg args[7] = {
+        SQ_T(x->task_id), SQ_I(x->step),
+        SQ_T(json_string_value(json_object_get(x->answer, "observation"))),
+        SQ_I(json_is_true(json_object_get(x->answer, "done"))),
+        json_is_number(reward) ? SQ_R(json_number_value(reward)) : SQ_T(NULL),
+        SQ_J(json_is_null(res) ? NULL : res), SQ_I(x->now)};
+    int rc = sq_insert_messages(c, &(struct sq_batch){x->task_id, x->msgs, x->n_msgs});
+
+    return rc == 0 ? sq_run(c, &session_q[S_ANSWER], args, 7, NULL) : rc;
 }
 
-int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer_v,
                       const struct msg_entry *msgs, size_t n_msgs, int64_t now)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    int rc = 0;
+    struct answer x = {task_id, step, answer_v, msgs, n_msgs, now};
 
-    if (!c)
-        return ERR_STORE;
-    rc = sq_insert_messages(c, task_id, msgs, n_msgs);
-    if (rc == 0)
-        rc = answer_row(c, task_id, step, answer, now);
-    return sq_writer_end(ss, rc);
+    return sq_in_write(st, answer, &x);
 }
 
 int sq_session_end(struct store *st, const char *task_id)
@@ -183,21 +149,10 @@ int sq_session_end(struct store *st, const char *task_id)
 
 int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    size_t k = 0;
-    int rc = sq_open_q(&cur, r.c, &session_q[S_IDLE]);
+    struct rows_ids x = {ids, max, 0};
+    const struct sq_arg args[2] = {SQ_I(before), SQ_I((int64_t)max)};
+    int rc = sq_read_with(st, &session_q[S_IDLE], args, 2, rows_take_ids, &x);
 
-    if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 2, before);
-        sqlite3_bind_int64(cur.s, 3, (int64_t)max);
-    }
-    while (rc == 0 && k < max && (rc = sq_next(&cur)) == STORE_ROW) {
-        snprintf(ids[k++], 37, "%s", (const char *)sqlite3_column_text(cur.s, 0));
-        rc = 0;
-    }
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    *n = rc == 0 ? k : 0;
+    *n = x.n;
     return rc;
 }

@@ -84,15 +84,21 @@ struct sq_cursor {
     int rc;                         /* the first error met; returned by sq_end */
 };
 
-/* One parameter of a statement, bound at its position in an array: text (NULL binds
- * NULL) or an integer. */
+/* One parameter of a statement, bound at its position in an array. Made with the
+ * macros: text (NULL binds NULL), integer, real, JSON as compact text (NULL binds NULL),
+ * or a JSON object ("{}" for NULL). */
 struct sq_arg {
+    enum { SQ_TEXT, SQ_INT, SQ_REAL, SQ_JSON, SQ_OBJECT } kind;
     const char *text;
     int64_t i;
-    bool is_int;
+    double r;
+    const json_t *json;             /* borrowed */
 };
-#define SQ_T(v) ((struct sq_arg){.text = (v)})
-#define SQ_I(v) ((struct sq_arg){.i = (v), .is_int = true})
+#define SQ_T(v) ((struct sq_arg){.kind = SQ_TEXT, .text = (v)})
+#define SQ_I(v) ((struct sq_arg){.kind = SQ_INT, .i = (v)})
+#define SQ_R(v) ((struct sq_arg){.kind = SQ_REAL, .r = (v)})
+#define SQ_J(v) ((struct sq_arg){.kind = SQ_JSON, .json = (v)})
+#define SQ_O(v) ((struct sq_arg){.kind = SQ_OBJECT, .json = (v)})
 
 /* db.c */
 /* sq_fail_db: logs what failed with SQLite's message; returns ERR_STORE. */
@@ -114,29 +120,39 @@ int sq_exec(struct sq_cursor *cur) __attribute__((warn_unused_result));
 /* sq_end: releases the statement; returns rc when it is an error, else the cursor's
  * first error, else 0. */
 int sq_end(struct sq_cursor *cur, int rc) __attribute__((warn_unused_result));
-/* sq_bind: binds args[0..n) to ?1..?n. */
-void sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n);
-/* sq_run: named statement q on c with args, adding the rows it changed to *changes
- * (may be NULL). 0 or ERR_STORE. */
+/* sq_bind: binds args[0..n) to ?1..?n; 0, or ERR_NOMEM when a JSON value cannot be
+ * dumped. */
+int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n) __attribute__((warn_unused_result));
+/* sq_take: named statement q on c with args, its cursor handed to take(cur, ctx) (a
+ * consumer of store/rows.h). Returns take's result, or ERR_STORE / ERR_NOMEM when the
+ * statement cannot be prepared or bound (take is then not called). */
+int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+            rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* sq_take_sql: the same on SQL made at run time, prepared for this use only. */
+int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
+                int n, rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* sq_read_with: sq_take on a read connection, taken and given back around it. */
+int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* sq_run: named statement q on c with args, stepped to its end, adding the rows it
+ * changed to *changes (may be NULL). 0, ERR_NOMEM or ERR_STORE. */
 int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
            int *changes) __attribute__((warn_unused_result));
 /* sq_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND
  * when there is no row. */
 int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
                int64_t *out) __attribute__((warn_unused_result));
+/* sq_in_write: body(c, ctx) in a write transaction of its own: takes the writer,
+ * BEGINs IMMEDIATE, runs body, COMMITs when body returned >= 0 and else rolls back,
+ * and gives the writer back. Returns body's result, or ERR_STORE (logged) when BEGIN
+ * fails (body is then not called) or COMMIT fails. What body allocated into ctx is
+ * the caller's to keep or free by that result. This is the one place the backend's
+ * write transactions begin and end. */
+int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx),
+                void *ctx) __attribute__((warn_unused_result));
 /* sq_write: sq_run in a write transaction of its own. */
 int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
              int *changes) __attribute__((warn_unused_result));
-/* Binding: text (NULL binds NULL), JSON as compact text (NULL binds NULL; ERR_NOMEM
- * when it cannot be dumped), and a JSON object or "{}" for NULL. */
-void sq_bind_text(sqlite3_stmt *s, int i, const char *v);
-int sq_bind_json(sqlite3_stmt *s, int i, const json_t *v) __attribute__((warn_unused_result));
-int sq_bind_object(sqlite3_stmt *s, int i, const json_t *v) __attribute__((warn_unused_result));
-/* Transactions: sq_writer_begin takes the writer and BEGINs IMMEDIATE (NULL when
- * that fails, logged); sq_writer_end commits when rc >= 0, else rolls back, releases
- * the writer and returns rc (or ERR_STORE when the commit fails). */
-struct conn *sq_writer_begin(struct sqlite_store *s);
-int sq_writer_end(struct sqlite_store *s, int rc) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
 struct rd sq_rd_get(struct store *st);
@@ -169,20 +185,24 @@ int sq_load_task(struct conn *c, bool by_key, const char *key,
 int sq_claim_in(struct conn *c, const struct claim_req *req,
                 struct task **out) __attribute__((warn_unused_result));
 
+/* What a batch insert appends: n items (struct log_entry or struct msg_entry) of a
+ * task, all borrowed. */
+struct sq_batch {
+    const char *task_id;
+    const void *items;
+    size_t n;
+};
+
 /* logs.c */
-/* sq_insert_logs: n log lines of task_id, inside the caller's write transaction. */
-int sq_insert_logs(struct conn *c, const char *task_id, const struct log_entry *e,
-                   size_t n) __attribute__((warn_unused_result));
+/* sq_insert_logs: the log lines of batch (a struct sq_batch of struct log_entry),
+ * inside the caller's write transaction; shaped as a body of sq_in_write. */
+int sq_insert_logs(struct conn *c, void *batch) __attribute__((warn_unused_result));
 
 /* conversations.c */
-/* sq_insert_message: one message (and its conversation, made on first use), inside
- * the caller's write transaction. */
-int sq_insert_message(struct conn *c, const char *task_id,
-                      const struct msg_entry *e) __attribute__((warn_unused_result));
-
-/* sq_insert_messages: n of them, stopping at the first error. */
-int sq_insert_messages(struct conn *c, const char *task_id, const struct msg_entry *e,
-                       size_t n) __attribute__((warn_unused_result));
+/* sq_insert_messages: the messages of batch (a struct sq_batch of struct msg_entry),
+ * each with its conversation, made on first use, inside the caller's write transaction,
+ * stopping at the first error; shaped as a body of sq_in_write. */
+int sq_insert_messages(struct conn *c, void *batch) __attribute__((warn_unused_result));
 
 /* The operations of store_sqlite_ops (contracts in store.h), one file per concern. */
 int sq_task_insert(struct store *st, struct task *t, struct task **existing);

@@ -23,58 +23,32 @@ static const struct sq_query webhook_q[H_N] = {
                   "= ?4, webhook_error = ?5 WHERE id = ?1"},
 };
 
-/* Reads the leased deliveries into jobs; on error frees what it read and *n is 0. */
-static int read_due(struct sq_cursor *cur, size_t max, struct webhook_job *jobs, size_t *n)
-{
-    size_t k = 0;
-    int rc = 0;
+/* The context of due's body. */
+struct due {
+    int64_t now, lease_us;
+    struct rows_jobs jobs;
+};
 
-    while (k < max && (rc = sq_next(cur)) == STORE_ROW) {
-        struct webhook_job *j = &jobs[k];
-        snprintf(j->task_id, sizeof(j->task_id), "%s", sqlite3_column_text(cur->s, 0));
-        j->url = rows_dup(&cur->base.row, 1);
-        j->attempts = sqlite3_column_int(cur->s, 2);
-        if (!j->url) {
-            rc = ERR_NOMEM;
-            break;
-        }
-        k++;
-    }
-    if (k == max)
-        rc = 0; /* the LIMIT keeps the rows to max: the rest were not leased */
-    if (rc < 0) {
-        for (size_t i = 0; i < k; i++)
-            free(jobs[i].url);
-        k = 0;
-    }
-    *n = k;
-    return rc;
+static int due(struct conn *c, void *ctx)
+{
+    struct due *x = ctx;
+    const struct sq_arg args[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)x->jobs.max)};
+
+    return sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
 }
 
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    struct sq_cursor cur;
-    int rc;
+    struct due x = {now, lease_us, {jobs, max, 0}};
+    int rc = sq_in_write(st, due, &x);
 
-    *n = 0;
-    if (!c)
-        return ERR_STORE;
-    rc = sq_open_q(&cur, c, &webhook_q[H_DUE]);
-    if (rc == 0) {
-        sqlite3_bind_int64(cur.s, 1, now);
-        sqlite3_bind_int64(cur.s, 2, lease_us);
-        sqlite3_bind_int64(cur.s, 3, (int64_t)max);
-        rc = read_due(&cur, max, jobs, n);
-    }
-    rc = sq_writer_end(ss, sq_end(&cur, rc));
     if (rc < 0) {
-        for (size_t i = 0; i < *n; i++)
-            free(jobs[i].url);
-        *n = 0;
+        for (size_t i = 0; i < x.jobs.n; i++)
+            free(jobs[i].url); /* read, but the lease did not commit */
+        x.jobs.n = 0;
     }
+    *n = x.jobs.n;
     return rc;
 }
 

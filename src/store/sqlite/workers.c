@@ -52,74 +52,48 @@ static const struct sq_query worker_q[W_N] = {
     [W_COUNTS] = {"counting workers", "SELECT status, count(*) FROM workers GROUP BY status"},
 };
 
-static int upsert(struct conn *c, const struct worker_reg *reg)
+/* The registration, inside sq_in_write: the upsert, then (an external worker) the
+ * runs it lost. ERR_CONFLICT when the upsert's WHERE kept the row. */
+static int registration(struct conn *c, void *ctx)
 {
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, c, &worker_q[W_REGISTER]);
+    const struct worker_reg *reg = ctx;
+    const struct sq_arg args[6] = {SQ_T(reg->id), SQ_T(reg->backend_type), SQ_I(reg->now),
+                                   SQ_O(reg->capabilities), SQ_T(reg->token_hash),
+                                   SQ_T(reg->name_prefix)};
+    int changed = 0;
+    int rc = sq_run(c, &worker_q[W_REGISTER], args, 6, &changed);
 
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, reg->id);
-        sq_bind_text(cur.s, 2, reg->backend_type);
-        sqlite3_bind_int64(cur.s, 3, reg->now);
-        rc = sq_bind_object(cur.s, 4, reg->capabilities);
-    }
-    if (rc == 0) {
-        sq_bind_text(cur.s, 5, reg->token_hash);
-        sq_bind_text(cur.s, 6, reg->name_prefix);
-        rc = sq_exec(&cur);
-    }
-    if (rc == 0 && sqlite3_changes(c->db) == 0)
+    if (rc == 0 && changed == 0)
         rc = ERR_CONFLICT;
-    return sq_end(&cur, rc);
+    if (rc == 0 && reg->token_hash)
+        rc = sq_run(c, &worker_q[W_LOSE_RUNS], (struct sq_arg[]){SQ_T(reg->id), SQ_I(reg->now)},
+                    2, NULL);
+    return rc;
 }
 
 int sq_worker_register(struct store *st, const struct worker_reg *reg)
 {
-    struct sqlite_store *ss = S(st);
-    struct conn *c = sq_writer_begin(ss);
-    int rc;
+    struct worker_reg r = *reg; /* a copy: the body's context is not const */
 
-    if (!c)
-        return ERR_STORE;
-    rc = upsert(c, reg);
-    if (rc == 0 && reg->token_hash)
-        rc = sq_run(c, &worker_q[W_LOSE_RUNS], (struct sq_arg[]){SQ_T(reg->id), SQ_I(reg->now)},
-                    2, NULL);
-    return sq_writer_end(ss, rc);
+    return sq_in_write(st, registration, &r);
 }
 
 int sq_worker_token(struct store *st, const char *id, char **token_hash)
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    int rc = sq_open_q(&cur, r.c, &worker_q[W_TOKEN]);
-
-    if (rc == 0) {
-        sq_bind_text(cur.s, 1, id);
-        rc = rows_one(&cur.base);
-    }
-    if (rc == 0)
-        *token_hash = rows_dup(&cur.base.row, 0);
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    return rc;
+    return sq_read_with(st, &worker_q[W_TOKEN], &SQ_T(id), 1, rows_take_text, token_hash);
 }
 
 int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now)
 {
     json_t *arr = json_array();
-    char *text = NULL;
     int rc = arr ? 0 : ERR_NOMEM;
 
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (json_array_append_new(arr, json_string(ids[i])))
             rc = ERR_NOMEM;
-    if (rc == 0 && !(text = json_dumps(arr, JSON_COMPACT)))
-        rc = ERR_NOMEM;
     if (rc == 0)
-        rc = sq_write(st, &worker_q[W_HEARTBEAT], (struct sq_arg[]){SQ_T(text), SQ_I(now)}, 2,
+        rc = sq_write(st, &worker_q[W_HEARTBEAT], (struct sq_arg[]){SQ_J(arr), SQ_I(now)}, 2,
                       NULL);
-    free(text);
     json_decref(arr);
     return rc;
 }
@@ -127,14 +101,8 @@ int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int6
 int sq_worker_set_status(struct store *st, const char *id, const char *status,
                          json_t *metadata)
 {
-    char *meta = metadata ? json_dumps(metadata, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    int rc = metadata && !meta ? ERR_NOMEM : 0;
-
-    if (rc == 0)
-        rc = sq_write(st, &worker_q[W_STATUS],
-                      (struct sq_arg[]){SQ_T(id), SQ_T(status), SQ_T(meta)}, 3, NULL);
-    free(meta);
-    return rc;
+    return sq_write(st, &worker_q[W_STATUS],
+                    (struct sq_arg[]){SQ_T(id), SQ_T(status), SQ_J(metadata)}, 3, NULL);
 }
 
 int sq_worker_list(struct store *st, const char *status, const char *backend_type,
@@ -151,19 +119,5 @@ int sq_worker_get(struct store *st, const char *id, json_t **out)
 
 int sq_worker_counts(struct store *st, int64_t counts[3])
 {
-    struct rd r = sq_rd_get(st);
-    struct sq_cursor cur;
-    int64_t n[3] = {0, 0, 0};
-    int rc = sq_open_q(&cur, r.c, &worker_q[W_COUNTS]);
-
-    while (rc == 0 && (rc = sq_next(&cur)) == STORE_ROW) {
-        n[rows_worker_slot((const char *)sqlite3_column_text(cur.s, 0))] +=
-            sqlite3_column_int64(cur.s, 1);
-        rc = 0;
-    }
-    rc = sq_end(&cur, rc);
-    sq_rd_put(&r);
-    if (rc == 0)
-        memcpy(counts, n, sizeof(n));
-    return rc;
+    return sq_read_with(st, &worker_q[W_COUNTS], NULL, 0, rows_take_worker_counts, counts);
 }
