@@ -43,7 +43,7 @@ static void usage(FILE *f)
             "  worker     run an external worker: --api URL --id NAME [--backend-type T]\n"
             "             [--supported-problems 'glob,glob'] [settings as for serve]\n"
             "  migrate    create or upgrade the database schema, then exit\n"
-            "  submit, status, list, logs, cancel, export\n"
+            "  submit, status, list, logs, cancel, export, session, experiment\n"
             "             the client (taskexec submit --help)\n"
             "  simulate   the simulated executor (reads a task line on stdin)\n"
             "  version    print the version\n"
@@ -73,7 +73,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "submit") || !strcmp(cmd, "status") || !strcmp(cmd, "list") ||
         !strcmp(cmd, "logs") || !strcmp(cmd, "cancel") || !strcmp(cmd, "export") ||
-        !strcmp(cmd, "session")) {
+        !strcmp(cmd, "session") || !strcmp(cmd, "experiment")) {
         return cli_main(argc - 1, argv + 1);
     }
     if (!strcmp(cmd, "migrate"))

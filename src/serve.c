@@ -141,7 +141,8 @@ static int open_store(struct server *srv)
         log_error("cannot open the database %s: %s", srv->cfg.database_url, err_str(rc));
         return -1;
     }
-    rc = store_recover(srv->store, srv->cfg.worker_name_prefix, clock_now_us(), &n_failed);
+    rc = store_recover(srv->store, srv->cfg.worker_name_prefix, clock_now_us(),
+                       (int64_t)srv->cfg.retry_base_seconds * 1000000, &n_failed);
     if (rc < 0)
         return -1;
     if (n_failed)
@@ -163,6 +164,7 @@ static int start_core(struct server *srv)
         .defaults = {.max_steps = srv->cfg.default_max_steps,
                      .timeout_minutes = srv->cfg.default_timeout_minutes,
                      .max_retries = srv->cfg.default_max_retries},
+        .retry_base_us = (int64_t)srv->cfg.retry_base_seconds * 1000000,
         .webhook_allowed_hosts = srv->cfg.webhook_allowed_hosts,
         .strict_problems = !strcmp(srv->cfg.problem_validation, "strict"),
         .problems = srv->problems};

@@ -1,5 +1,6 @@
 /* cli: the client subcommands (see cli.h). */
 #include "cli/cli.h"
+#include "cli/cli_int.h"
 #include "worker/client.h"
 #include "core/crypto.h"
 #include "core/err.h"
@@ -11,28 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-enum { EXIT_OK = 0, EXIT_TASK = 1, EXIT_USAGE = 2, EXIT_SERVER = 3 };
-
-struct opts {
-    const char *api;
-    bool json;
-    const char *positional;    /* the task id of status/logs/cancel */
-    /* submit */
-    const char *problem_id, *parameters, *file, *agent_config, *backend_type;
-    const char *params[64];    /* --param a.b=value */
-    int n_params;
-    const char *priority, *max_steps, *timeout_minutes;
-    bool wait;
-    /* list, logs, export */
-    const char *status, *level, *limit, *output, *format, *since, *until;
-    /* session */
-    const char *action;
-    bool follow, skip_logs, skip_conversations;
-};
-
-static int usage(const char *msg)
+int cli_usage(const char *msg)
 {
     if (msg)
         fprintf(stderr, "taskexec: %s\n", msg);
@@ -54,6 +37,9 @@ static int usage(const char *msg)
             "  taskexec session step ID --action 'exec_shell(\"kubectl get pods\")'\n"
             "  taskexec session show ID | close ID\n"
             "  taskexec session play --problem-id ID [...]   (actions from stdin, one a line)\n"
+            "  taskexec experiment run spec.json [--wait]  (then the scoreboard)\n"
+            "  taskexec experiment list | show ID | scoreboard ID [--csv] | cancel ID\n"
+            "  taskexec experiment rerun ID [--only failed|unsolved]\n"
             "every command: --api URL (default $TASKEXEC_API, then http://127.0.0.1:8000), "
             "--json\n");
     return EXIT_USAGE;
@@ -68,7 +54,7 @@ static int parse(int argc, char **argv, struct opts *o)
         V("--priority", priority), V("--max-steps", max_steps),
         V("--timeout-minutes", timeout_minutes), V("--status", status), V("--level", level),
         V("--limit", limit), V("--output", output), V("--format", format), V("--since", since),
-        V("--until", until), V("--action", action),
+        V("--until", until), V("--action", action), V("--only", only),
 #undef V
     };
 
@@ -76,8 +62,8 @@ static int parse(int argc, char **argv, struct opts *o)
         const char *a = argv[i];
         bool done = false;
 
-        if (!strcmp(a, "--json")) {
-            o->json = true;
+        if (!strcmp(a, "--json") || !strcmp(a, "--csv")) {
+            *(a[2] == 'j' ? &o->json : &o->csv) = true;
             continue;
         }
         if (!strcmp(a, "--wait") || !strcmp(a, "--follow") || !strcmp(a, "--skip-logs") ||
@@ -88,7 +74,7 @@ static int parse(int argc, char **argv, struct opts *o)
         }
         if (!strcmp(a, "--param")) {
             if (i + 1 >= argc || o->n_params == 64 || !strchr(argv[i + 1], '='))
-                return usage("--param needs KEY=VALUE (e.g. agent_config.model=gpt-4o)");
+                return cli_usage("--param needs KEY=VALUE (e.g. agent_config.model=gpt-4o)");
             o->params[o->n_params++] = argv[++i];
             continue;
         }
@@ -106,7 +92,7 @@ static int parse(int argc, char **argv, struct opts *o)
             continue;
         if (a[0] == '-' || o->positional) {
             fprintf(stderr, "taskexec: unexpected argument '%s'\n", a);
-            return usage(NULL);
+            return cli_usage(NULL);
         }
         o->positional = a;
     }
@@ -116,7 +102,7 @@ static int parse(int argc, char **argv, struct opts *o)
 }
 
 /* The server's error, as its detail; never a raw dump. */
-static int server_error(const char *what, long status, json_t *reply)
+int cli_server_error(const char *what, long status, json_t *reply)
 {
     const char *detail = json_string_value(json_object_get(reply, "detail"));
 
@@ -125,7 +111,7 @@ static int server_error(const char *what, long status, json_t *reply)
     return status >= 500 || status == 0 ? EXIT_SERVER : EXIT_USAGE;
 }
 
-static int call(struct client *c, const char *method, const char *path, json_t *body,
+int cli_call(struct client *c, const char *method, const char *path, json_t *body,
                 long *status, json_t **reply)
 {
     if (client_call(c, method, path, body, status, reply) < 0) {
@@ -135,7 +121,7 @@ static int call(struct client *c, const char *method, const char *path, json_t *
     return EXIT_OK;
 }
 
-static void print_json(json_t *v)
+void cli_print_json(json_t *v)
 {
     char *t = json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
 
@@ -168,7 +154,7 @@ static int set_param(json_t *body, const char *spec)
     return 0;
 }
 
-static const char *str(json_t *o, const char *k)
+const char *cli_str(json_t *o, const char *k)
 {
     const char *s = json_string_value(json_object_get(o, k));
     return s ? s : "-";
@@ -184,29 +170,29 @@ static int wait_for(struct client *c, const char *id, bool json)
     for (;;) {
         json_t *t = NULL;
         long status;
-        int rc = call(c, "GET", path, NULL, &status, &t);
+        int rc = cli_call(c, "GET", path, NULL, &status, &t);
         const char *st;
 
         if (rc)
             return rc;
         if (status != 200) {
-            rc = server_error("status", status, t);
+            rc = cli_server_error("status", status, t);
             json_decref(t);
             return rc;
         }
-        st = str(t, "status");
+        st = cli_str(t, "status");
         if (strcmp(st, last)) {
             fprintf(stderr, tty ? "\r\033[K%s %s (%s)" : "%s %s (%s)\n", id, st,
-                    str(t, "worker_id"));
+                    cli_str(t, "worker_id"));
             snprintf(last, sizeof(last), "%s", st);
         }
         if (task_status_parse(st) >= TASK_COMPLETED) {
             if (tty)
                 fputc('\n', stderr);
             if (json)
-                print_json(t);
+                cli_print_json(t);
             else if (strcmp(st, "completed"))
-                fprintf(stderr, "taskexec: task %s ended %s: %s\n", id, st, str(t, "error"));
+                fprintf(stderr, "taskexec: task %s ended %s: %s\n", id, st, cli_str(t, "error"));
             rc = strcmp(st, "completed") ? EXIT_TASK : EXIT_OK;
             json_decref(t);
             return rc;
@@ -223,11 +209,11 @@ static int submit_one(struct client *c, json_t *body, const char *key, long *sta
 {
     if (!json_object_get(body, "idempotency_key"))
         json_object_set_new(body, "idempotency_key", json_string(key));
-    return call(c, "POST", "/api/v1/tasks", body, status, reply);
+    return cli_call(c, "POST", "/api/v1/tasks", body, status, reply);
 }
 
 /* A progress bar on a terminal; total 0 (unknown, e.g. a pipe): the count alone. */
-static void progress(const char *what, long done, long total)
+void cli_progress(const char *what, long done, long total)
 {
     if (!isatty(STDERR_FILENO))
         return;
@@ -276,7 +262,7 @@ static int submit_line(struct client *c, const struct opts *o, const char *line,
                 json_string_value(json_object_get(reply, "detail")) ?: "refused");
     }
     if (!rc && o->json && reply)
-        printf("%s\n", str(reply, "id"));
+        printf("%s\n", cli_str(reply, "id"));
     json_decref(reply);
     json_decref(body);
     return rc;
@@ -317,7 +303,7 @@ static int submit_file(struct client *c, const struct opts *o)
         n++;
         if (*line)
             rc = submit_line(c, o, line, n, &k);
-        progress("submitting", n, total);
+        cli_progress("submitting", n, total);
     }
     if (isatty(STDERR_FILENO))
         fputc('\n', stderr);
@@ -339,7 +325,7 @@ static int bad_option(const char *key, const char *what)
     for (char *p = msg; *p; p++)
         if (*p == '_')
             *p = '-';
-    usage(msg);
+    cli_usage(msg);
     return -1;
 }
 
@@ -395,7 +381,7 @@ static int do_submit(struct client *c, const struct opts *o)
     if (o->file)
         return submit_file(c, o);
     if (!o->problem_id)
-        return usage("submit needs --problem-id (or --file)");
+        return cli_usage("submit needs --problem-id (or --file)");
     body = json_pack("{s:s}", "problem_id", o->problem_id);
     if (put_object(body, "parameters", o->parameters) < 0 ||
         put_object(body, "agent_config", o->agent_config) < 0 ||
@@ -405,17 +391,17 @@ static int do_submit(struct client *c, const struct opts *o)
     }
     for (int i = 0; i < o->n_params; i++)
         set_param(body, o->params[i]);
-    rc = call(c, "POST", "/api/v1/tasks", body, &status, &reply);
+    rc = cli_call(c, "POST", "/api/v1/tasks", body, &status, &reply);
     json_decref(body);
     if (rc == EXIT_OK && status != 201 && status != 200)
-        rc = server_error("submit", status, reply);
+        rc = cli_server_error("submit", status, reply);
     if (rc == EXIT_OK) {
         char id[TASK_ID_LEN + 1];
-        snprintf(id, sizeof(id), "%s", str(reply, "id"));
+        snprintf(id, sizeof(id), "%s", cli_str(reply, "id"));
         if (o->wait) {
             rc = wait_for(c, id, o->json);
         } else if (o->json) {
-            print_json(reply);
+            cli_print_json(reply);
         } else {
             printf("%s\n", id);
         }
@@ -424,13 +410,13 @@ static int do_submit(struct client *c, const struct opts *o)
     return rc;
 }
 
-static int simple_get(struct client *c, const char *path, const char *what, json_t **out)
+int cli_get(struct client *c, const char *path, const char *what, json_t **out)
 {
     long status = 0;
-    int rc = call(c, "GET", path, NULL, &status, out);
+    int rc = cli_call(c, "GET", path, NULL, &status, out);
 
     if (rc == EXIT_OK && status != 200) {
-        rc = server_error(what, status, *out);
+        rc = cli_server_error(what, status, *out);
         json_decref(*out);
         *out = NULL;
     }
@@ -444,20 +430,20 @@ static int do_status(struct client *c, const struct opts *o)
     int rc;
 
     if (!o->positional)
-        return usage("status needs a task id");
+        return cli_usage("status needs a task id");
     snprintf(path, sizeof(path), "/api/v1/tasks/%s", o->positional);
-    rc = simple_get(c, path, "status", &t);
+    rc = cli_get(c, path, "status", &t);
     if (rc)
         return rc;
     if (o->json) {
-        print_json(t);
+        cli_print_json(t);
     } else {
         printf("id         %s\nproblem    %s\nstatus     %s\nworker     %s\ncreated    %s\n"
-               "started    %s\ncompleted  %s\n", str(t, "id"), str(t, "problem_id"),
-               str(t, "status"), str(t, "worker_id"), str(t, "created_at"), str(t, "started_at"),
-               str(t, "completed_at"));
+               "started    %s\ncompleted  %s\n", cli_str(t, "id"), cli_str(t, "problem_id"),
+               cli_str(t, "status"), cli_str(t, "worker_id"), cli_str(t, "created_at"), cli_str(t, "started_at"),
+               cli_str(t, "completed_at"));
         if (json_is_string(json_object_get(t, "error")))
-            printf("error      %s\n", str(t, "error"));
+            printf("error      %s\n", cli_str(t, "error"));
     }
     json_decref(t);
     return EXIT_OK;
@@ -481,16 +467,16 @@ static int do_list(struct client *c, const struct opts *o)
     curl_free(esc_s);
     curl_free(esc_p);
     curl_easy_cleanup(h);
-    rc = simple_get(c, path, "list", &r);
+    rc = cli_get(c, path, "list", &r);
     if (rc)
         return rc;
     if (o->json) {
-        print_json(r);
+        cli_print_json(r);
     } else {
         printf("%-36s  %-9s  %-40s  %-18s  %s\n", "ID", "STATUS", "PROBLEM", "WORKER", "CREATED");
         json_array_foreach(json_object_get(r, "tasks"), i, t)
-            printf("%-36s  %-9s  %-40.40s  %-18.18s  %.19s\n", str(t, "id"), str(t, "status"),
-                   str(t, "problem_id"), str(t, "worker_id"), str(t, "created_at"));
+            printf("%-36s  %-9s  %-40.40s  %-18.18s  %.19s\n", cli_str(t, "id"), cli_str(t, "status"),
+                   cli_str(t, "problem_id"), cli_str(t, "worker_id"), cli_str(t, "created_at"));
         printf("(%lld of %lld)\n", (long long)json_array_size(json_object_get(r, "tasks")),
                (long long)json_integer_value(json_object_get(r, "total")));
     }
@@ -504,7 +490,7 @@ static int do_logs(struct client *c, const struct opts *o)
     int delay = 200;
 
     if (!o->positional)
-        return usage("logs needs a task id");
+        return cli_usage("logs needs a task id");
     for (;;) {
         char path[300];
         json_t *r = NULL, *e, *t = NULL;
@@ -513,7 +499,7 @@ static int do_logs(struct client *c, const struct opts *o)
 
         snprintf(path, sizeof(path), "/api/v1/tasks/%s/logs?limit=10000&offset=%lld%s%s",
                  o->positional, offset, o->level ? "&level=" : "", o->level ? o->level : "");
-        rc = simple_get(c, path, "logs", &r);
+        rc = cli_get(c, path, "logs", &r);
         if (rc)
             return rc;
         json_array_foreach(json_object_get(r, "logs"), i, e) {
@@ -522,8 +508,8 @@ static int do_logs(struct client *c, const struct opts *o)
                 puts(line ? line : "{}");
                 free(line);
             } else {
-                printf("%.23s  %-8s %s\n", str(e, "timestamp"), str(e, "level"),
-                       str(e, "message"));
+                printf("%.23s  %-8s %s\n", cli_str(e, "timestamp"), cli_str(e, "level"),
+                       cli_str(e, "message"));
             }
         }
         offset += (long long)json_array_size(json_object_get(r, "logs"));
@@ -537,10 +523,10 @@ static int do_logs(struct client *c, const struct opts *o)
         json_decref(r);
         /* --follow: until the task has ended and its last lines are out */
         snprintf(path, sizeof(path), "/api/v1/tasks/%s", o->positional);
-        rc = simple_get(c, path, "logs", &t);
+        rc = cli_get(c, path, "logs", &t);
         if (rc)
             return rc;
-        bool ended = task_status_parse(str(t, "status")) >= TASK_COMPLETED;
+        bool ended = task_status_parse(cli_str(t, "status")) >= TASK_COMPLETED;
         json_decref(t);
         if (ended && delay < 0)
             return EXIT_OK;
@@ -559,13 +545,13 @@ static int do_cancel(struct client *c, const struct opts *o)
     int rc;
 
     if (!o->positional)
-        return usage("cancel needs a task id");
+        return cli_usage("cancel needs a task id");
     snprintf(path, sizeof(path), "/api/v1/tasks/%s/cancel", o->positional);
-    rc = call(c, "POST", path, NULL, &status, &r);
+    rc = cli_call(c, "POST", path, NULL, &status, &r);
     if (rc == EXIT_OK && status != 200)
-        rc = server_error("cancel", status, r);
+        rc = cli_server_error("cancel", status, r);
     else if (rc == EXIT_OK)
-        o->json ? print_json(r) : (void)printf("%s cancelled\n", o->positional);
+        o->json ? cli_print_json(r) : (void)printf("%s cancelled\n", o->positional);
     json_decref(r);
     return rc;
 }
@@ -576,6 +562,14 @@ struct download {
     int64_t last_shown;
 };
 
+/* The size of the file at path, for the closing line. */
+static long long d_bytes_of(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 ? (long long)st.st_size : 0;
+}
+
 static size_t on_bytes(char *p, size_t size, size_t n, void *ud)
 {
     struct download *d = ud;
@@ -584,66 +578,83 @@ static size_t on_bytes(char *p, size_t size, size_t n, void *ud)
 
     d->bytes += (long long)(w * size);
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (isatty(STDERR_FILENO) && ts.tv_sec != d->last_shown) {
+    if (d->f != stdout && isatty(STDERR_FILENO) && ts.tv_sec != d->last_shown) {
         d->last_shown = ts.tv_sec;
         fprintf(stderr, "\rexporting: %.1f MB", (double)d->bytes / 1e6);
     }
     return w * size;
 }
 
+int cli_download(struct client *c, const char *path, FILE *f, long *status)
+{
+    struct download d = {.f = f};
+    char url[4096];
+    CURL *h = curl_easy_init();
+    CURLcode cc;
+
+    if (!h)
+        return EXIT_SERVER;
+    snprintf(url, sizeof(url), "%s%s", c->base, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_bytes);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(h);
+    if (isatty(STDERR_FILENO) && d.last_shown)
+        fputc('\n', stderr);
+    if (cc != CURLE_OK) {
+        fprintf(stderr, "taskexec: cannot reach %s: %s\n", c->base, curl_easy_strerror(cc));
+        return EXIT_SERVER;
+    }
+    return EXIT_OK;
+}
+
 static int do_export(struct client *c, const struct opts *o)
 {
-    char url[2048], tmp[4200];
-    struct download d = {0};
-    CURL *h;
-    CURLcode cc;
+    char path[2048], tmp[4200];
     long status = 0;
-    int rc = EXIT_OK;
+    FILE *f;
+    int rc;
 
     if (!o->output)
-        return usage("export needs --output FILE");
+        return cli_usage("export needs --output FILE");
     if (o->format && strcmp(o->format, "json") && strcmp(o->format, "jsonl"))
-        return usage("--format is json or jsonl");
-    h = curl_easy_init();
-    snprintf(url, sizeof(url),
-             "%s/api/v1/export?format=%s&include_logs=%s&include_conversations=%s%s%s%s%s%s%s%s%s",
-             c->base, o->format ? o->format : "json", o->skip_logs ? "false" : "true",
+        return cli_usage("--format is json or jsonl");
+    snprintf(path, sizeof(path),
+             "/api/v1/export?format=%s&include_logs=%s&include_conversations=%s%s%s%s%s%s%s%s%s",
+             o->format ? o->format : "json", o->skip_logs ? "false" : "true",
              o->skip_conversations ? "false" : "true", o->status ? "&status=" : "",
              o->status ? o->status : "", o->problem_id ? "&problem_id=" : "",
              o->problem_id ? o->problem_id : "", o->since ? "&since=" : "",
              o->since ? o->since : "", o->until ? "&until=" : "", o->until ? o->until : "");
     /* Written to a temp file and renamed at the end: a cut export never looks whole. */
     snprintf(tmp, sizeof(tmp), "%s.part.%d", o->output, (int)getpid());
-    d.f = fopen(tmp, "w");
-    if (!d.f) {
-        curl_easy_cleanup(h);
+    f = fopen(tmp, "w");
+    if (!f) {
         fprintf(stderr, "taskexec: cannot write %s: %s\n", tmp, strerror(errno));
         return EXIT_USAGE;
     }
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_bytes);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    cc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(h);
-    if (fclose(d.f) != 0 && cc == CURLE_OK)
-        cc = CURLE_WRITE_ERROR;
-    if (isatty(STDERR_FILENO))
-        fputc('\n', stderr);
-    if (cc != CURLE_OK || status != 200) {
-        fprintf(stderr, "taskexec: export failed: %s\n",
-                cc != CURLE_OK ? curl_easy_strerror(cc) : "the server refused it (see the file)");
-        unlink(tmp);
-        return cc != CURLE_OK ? EXIT_SERVER : EXIT_USAGE;
+    rc = cli_download(c, path, f, &status);
+    if (fclose(f) != 0 && rc == EXIT_OK) {
+        fprintf(stderr, "taskexec: cannot write %s: %s\n", tmp, strerror(errno));
+        rc = EXIT_USAGE;
     }
-    if (rename(tmp, o->output) < 0) {
+    if (rc == EXIT_OK && status != 200) {
+        fprintf(stderr, "taskexec: export failed: the server refused it (HTTP %ld)\n", status);
+        rc = EXIT_USAGE;
+    }
+    if (rc == EXIT_OK && rename(tmp, o->output) < 0) {
         fprintf(stderr, "taskexec: cannot rename %s: %s\n", tmp, strerror(errno));
-        unlink(tmp);
-        return EXIT_USAGE;
+        rc = EXIT_USAGE;
     }
-    fprintf(stderr, "exported %.1f MB to %s\n", (double)d.bytes / 1e6, o->output);
-    return rc;
+    if (rc != EXIT_OK) {
+        unlink(tmp);
+        return rc;
+    }
+    fprintf(stderr, "exported %.1f MB to %s\n", (double)d_bytes_of(o->output) / 1e6, o->output);
+    return EXIT_OK;
 }
 
 /* ---- sessions ---- */
@@ -658,10 +669,10 @@ static int session_wait_ready(struct client *c, const char *id, json_t **out)
         json_t *r = NULL;
         long status = 0;
         const char *st;
-        int rc = call(c, "GET", path, NULL, &status, &r);
+        int rc = cli_call(c, "GET", path, NULL, &status, &r);
 
         if (rc != EXIT_OK || status != 200) {
-            rc = rc != EXIT_OK ? rc : server_error("session", status, r);
+            rc = rc != EXIT_OK ? rc : cli_server_error("session", status, r);
             json_decref(r);
             return rc;
         }
@@ -681,7 +692,7 @@ static void print_session(const struct opts *o, json_t *s)
     json_t *v;
 
     if (o->json) {
-        print_json(s);
+        cli_print_json(s);
         return;
     }
     printf("session %s: %s\n", json_string_value(json_object_get(s, "id")),
@@ -703,16 +714,16 @@ static int session_open(struct client *c, const struct opts *o, json_t **session
     int rc;
 
     if (!o->problem_id)
-        return usage("session open needs --problem-id");
+        return cli_usage("session open needs --problem-id");
     body = json_pack("{s:s}", "problem_id", o->problem_id);
     if (put_run_limits(body, o) < 0) {
         json_decref(body);
         return EXIT_USAGE;
     }
-    rc = call(c, "POST", "/api/v1/sessions", body, &status, &r);
+    rc = cli_call(c, "POST", "/api/v1/sessions", body, &status, &r);
     json_decref(body);
     if (rc == EXIT_OK && status != 201 && status != 200)
-        rc = server_error("session open", status, r);
+        rc = cli_server_error("session open", status, r);
     if (rc == EXIT_OK) {
         if (!o->json && isatty(STDERR_FILENO))
             fprintf(stderr, "session %s: waiting for the environment...\n",
@@ -732,10 +743,10 @@ static int session_step(struct client *c, const char *id, const char *action, js
     int rc, step;
 
     snprintf(path, sizeof(path), "/api/v1/sessions/%s/step", id);
-    rc = call(c, "POST", path, body, &status, &r);
+    rc = cli_call(c, "POST", path, body, &status, &r);
     json_decref(body);
     if (rc != EXIT_OK || (status != 200 && status != 202)) {
-        rc = rc != EXIT_OK ? rc : server_error("step", status, r);
+        rc = rc != EXIT_OK ? rc : cli_server_error("step", status, r);
         json_decref(r);
         return rc;
     }
@@ -746,9 +757,9 @@ static int session_step(struct client *c, const char *id, const char *action, js
         r = NULL;
         usleep(200 * 1000);
         snprintf(path, sizeof(path), "/api/v1/sessions/%s", id);
-        rc = call(c, "GET", path, NULL, &status, &s);
+        rc = cli_call(c, "GET", path, NULL, &status, &s);
         if (rc != EXIT_OK || status != 200) {
-            rc = rc != EXIT_OK ? rc : server_error("session", status, s);
+            rc = rc != EXIT_OK ? rc : cli_server_error("session", status, s);
             json_decref(s);
             return rc;
         }
@@ -772,7 +783,7 @@ static int session_step(struct client *c, const char *id, const char *action, js
 static void print_answer(const struct opts *o, json_t *a)
 {
     if (o->json) {
-        print_json(a);
+        cli_print_json(a);
         return;
     }
     printf("[step %lld]\n%s\n", (long long)json_integer_value(json_object_get(a, "step")),
@@ -815,7 +826,7 @@ static int play(struct client *c, const struct opts *o, json_t *s)
     if (!done) { /* stdin ended first: give the environment back */
         json_t *r = NULL;
         snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", id);
-        if (call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
+        if (cli_call(c, "POST", path, NULL, &status, &r) == EXIT_OK && status == 200)
             fprintf(stderr, "session %s closed\n", id);
         json_decref(r);
     }
@@ -830,7 +841,7 @@ static int do_session(struct client *c, const char *sub, const struct opts *o)
     int rc;
 
     if (!sub)
-        return usage("session needs open, step, show, close or play");
+        return cli_usage("session needs open, step, show, close or play");
     if (!strcmp(sub, "open") || !strcmp(sub, "play")) {
         rc = session_open(c, o, &s);
         if (rc == EXIT_OK)
@@ -841,12 +852,12 @@ static int do_session(struct client *c, const char *sub, const struct opts *o)
         return rc;
     }
     if (!o->positional)
-        return usage("this session command needs a session id");
+        return cli_usage("this session command needs a session id");
     if (!strcmp(sub, "show")) {
         snprintf(path, sizeof(path), "/api/v1/sessions/%s", o->positional);
-        rc = call(c, "GET", path, NULL, &status, &s);
+        rc = cli_call(c, "GET", path, NULL, &status, &s);
         if (rc == EXIT_OK && status != 200)
-            rc = server_error("session", status, s);
+            rc = cli_server_error("session", status, s);
         else if (rc == EXIT_OK)
             print_session(o, s);
         json_decref(s);
@@ -854,7 +865,7 @@ static int do_session(struct client *c, const char *sub, const struct opts *o)
     }
     if (!strcmp(sub, "step")) {
         if (!o->action)
-            return usage("session step needs --action");
+            return cli_usage("session step needs --action");
         rc = session_step(c, o->positional, o->action, &a);
         if (rc == EXIT_OK)
             print_answer(o, a);
@@ -863,17 +874,17 @@ static int do_session(struct client *c, const char *sub, const struct opts *o)
     }
     if (!strcmp(sub, "close")) {
         snprintf(path, sizeof(path), "/api/v1/sessions/%s/close", o->positional);
-        rc = call(c, "POST", path, NULL, &status, &s);
+        rc = cli_call(c, "POST", path, NULL, &status, &s);
         if (rc == EXIT_OK && status != 200)
-            rc = server_error("close", status, s);
+            rc = cli_server_error("close", status, s);
         else if (rc == EXIT_OK)
-            o->json ? print_json(s)
+            o->json ? cli_print_json(s)
                     : (void)printf("session %s: %s\n", o->positional,
                                    json_string_value(json_object_get(s, "status")));
         json_decref(s);
         return rc;
     }
-    return usage("session needs open, step, show, close or play");
+    return cli_usage("session needs open, step, show, close or play");
 }
 
 int cli_main(int argc, char **argv)
@@ -884,11 +895,11 @@ int cli_main(int argc, char **argv)
     int rc;
 
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        usage(NULL);
+        cli_usage(NULL);
         return EXIT_OK;
     }
-    /* `session SUB ...`: the sub-command is not an argument of its own */
-    sub = !strcmp(cmd, "session") && argc > 1 ? argv[1] : NULL;
+    /* `session SUB ...`, `experiment SUB ...`: the sub-command is not an argument */
+    sub = (!strcmp(cmd, "session") || !strcmp(cmd, "experiment")) && argc > 1 ? argv[1] : NULL;
     rc = sub ? parse(argc - 1, argv + 1, &o) : parse(argc, argv, &o);
     if (rc)
         return rc;
@@ -911,8 +922,10 @@ int cli_main(int argc, char **argv)
         rc = do_export(&c, &o);
     else if (!strcmp(cmd, "session"))
         rc = do_session(&c, sub, &o);
+    else if (!strcmp(cmd, "experiment"))
+        rc = cli_experiment(&c, sub, &o);
     else
-        rc = usage("unknown command");
+        rc = cli_usage("unknown command");
     client_reset(&c);
     curl_global_cleanup();
     return rc;

@@ -1,6 +1,7 @@
 /* simulate: a deterministic stand-in for an AIOpsLab run (see simulate.h).
  *
  * parameters.simulate: steps (default min(max_steps, 5)), step_seconds (0.05),
+ * (parameters.agent_config.simulate, when given, overrides it key by key)
  * outcome (success | failure | crash | hang | infra_failure | infra_flaky), seed (default:
  * a hash of problem_id). infra_failure: the cluster fails before the agent's first step,
  * said as error_class infrastructure in the result line; infra_flaky: so on the task's
@@ -118,6 +119,23 @@ static json_t *read_task(void)
     return task;
 }
 
+/* parameters.simulate with parameters.agent_config.simulate over it: an agent config
+ * may carry its own simulated behaviour, so one experiment can compare simulated agents.
+ * Borrowed from params (kept there under "_simulate_merged" for the run's life). */
+static json_t *plan_settings(json_t *params)
+{
+    json_t *base = json_object_get(params, "simulate");
+    json_t *own = json_object_get(json_object_get(params, "agent_config"), "simulate");
+    json_t *merged;
+
+    if (!json_is_object(own))
+        return base;
+    merged = json_is_object(base) ? json_copy(base) : json_object();
+    json_object_update(merged, own);
+    json_object_set_new(params, "_simulate_merged", merged);
+    return merged;
+}
+
 /* Fills s and p from parameters.simulate. Returns 0, or -1 after saying on
  * stderr that the outcome is unknown. */
 static int plan_read(struct sim *s, struct plan *p)
@@ -135,7 +153,7 @@ static int plan_read(struct sim *s, struct plan *p)
     if (p->max_steps <= 0)
         p->max_steps = 30;
     p->steps = p->max_steps < 5 ? p->max_steps : 5;
-    sim_p = json_object_get(params, "simulate");
+    sim_p = plan_settings(params);
     if (json_is_integer(v = json_object_get(sim_p, "steps")))
         p->steps = (int)json_integer_value(v);
     if (json_is_number(v = json_object_get(sim_p, "step_seconds")))

@@ -119,6 +119,16 @@ int api_task_timeseries(struct request *req);
 int api_ready(struct request *req);
 int api_task_create(struct request *req);
 int api_task_list(struct request *req);
+/* api_task_list_of: the task list route's answer, limited to one experiment's tasks when
+ * experiment_id is not NULL. */
+int api_task_list_of(struct request *req, const char *experiment_id);
+int api_experiment_create(struct request *req);
+int api_experiment_list(struct request *req);
+int api_experiment_get(struct request *req);
+int api_experiment_scoreboard(struct request *req);
+int api_experiment_tasks(struct request *req);
+int api_experiment_cancel(struct request *req);
+int api_experiment_rerun(struct request *req);
 int api_task_stats(struct request *req);
 int api_task_get(struct request *req);
 int api_task_cancel(struct request *req);

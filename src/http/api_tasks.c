@@ -69,8 +69,13 @@ static int paging(struct request *req, long long def_limit, long long max_limit,
 
 int api_task_list(struct request *req)
 {
+    return api_task_list_of(req, api_query(req, "experiment_id"));
+}
+
+int api_task_list_of(struct request *req, const char *experiment_id)
+{
     struct store *st = req->srv->store;
-    struct task_filter f = {.status = -1};
+    struct task_filter f = {.status = -1, .experiment_id = experiment_id};
     struct task_page page = {0};
     const char *status = api_query(req, "status"), *sort = api_query(req, "sort");
     const char *since = api_query(req, "since"), *until = api_query(req, "until");
@@ -88,6 +93,8 @@ int api_task_list(struct request *req)
     if (sort && strcmp(sort, "created_at") && strcmp(sort, "-created_at"))
         return api_invalid_field(req, "sort", "must be created_at or -created_at");
     f.oldest_first = sort && !strcmp(sort, "created_at");
+    if (experiment_id && !api_valid_uuid(experiment_id))
+        return api_invalid_field(req, "experiment_id", "must be a UUID");
     if ((since && clock_parse(since, &f.since) < 0) || (until && clock_parse(until, &f.until) < 0))
         return api_invalid_field(req, since ? "since" : "until", "must be an RFC 3339 time");
     f.problem_id = api_query(req, "problem_id");

@@ -419,10 +419,10 @@ int api_worker_task_conversations(struct request *req)
 }
 
 static void finish(struct request *req, struct task *t, enum task_status status, json_t *result,
-                   const char *error)
+                   const char *error, enum task_error_class error_class)
 {
     struct task_end end = {.status = status, .result = result, .error = error,
-                           .now = clock_now_us()};
+                           .now = clock_now_us(), .error_class = error_class};
     int rc = queue_finish(&req->srv->queue, t, &end);
 
     if (rc == ERR_CONFLICT) {
@@ -446,7 +446,8 @@ static void task_complete(struct request *req, struct task *t, json_t *body)
     }
     /* {"result": {...}}, or the result itself as the original worker sends it. */
     result = json_object_get(body, "result");
-    finish(req, t, TASK_COMPLETED, json_is_object(result) ? result : body, NULL);
+    finish(req, t, TASK_COMPLETED, json_is_object(result) ? result : body, NULL,
+           TASK_CLASS_NONE);
 }
 
 int api_worker_task_complete(struct request *req)
@@ -457,7 +458,7 @@ int api_worker_task_complete(struct request *req)
 static void task_fail(struct request *req, struct task *t, json_t *body)
 {
     json_t *err = json_object_get(body, "error"), *status = json_object_get(body, "status"),
-           *result = json_object_get(body, "result");
+           *result = json_object_get(body, "result"), *cls = json_object_get(body, "error_class");
     const char *s = json_is_string(status) ? json_string_value(status) : "";
     enum task_status st = TASK_FAILED;
 
@@ -476,7 +477,14 @@ static void task_fail(struct request *req, struct task *t, json_t *body)
         api_invalid_field(req, "result", "must be an object");
         return;
     }
-    finish(req, t, st, json_is_object(result) ? result : NULL, json_string_value(err));
+    if (cls && !json_is_null(cls) &&
+        task_error_class_parse(json_string_value(cls)) == TASK_CLASS_NONE) {
+        api_invalid_field(req, "error_class", "must be infrastructure or agent");
+        return;
+    }
+    /* Unsaid: the agent's, as for an internal worker's run that reached the agent. */
+    finish(req, t, st, json_is_object(result) ? result : NULL, json_string_value(err),
+           st == TASK_FAILED ? task_error_class_parse(json_string_value(cls)) : TASK_CLASS_NONE);
 }
 
 int api_worker_task_fail(struct request *req)

@@ -42,6 +42,7 @@ static void exporter_free(void *ctx)
     store_task_page_reset(&e->page);
     buf_reset(&e->out);
     free((char *)(uintptr_t)e->f.problem_id);
+    free((char *)(uintptr_t)e->f.experiment_id);
     free(e);
 }
 
@@ -205,6 +206,7 @@ int api_export(struct request *req)
     const char *format = api_query(req, "format"), *status = api_query(req, "status");
     const char *since = api_query(req, "since"), *until = api_query(req, "until");
     const char *problem = api_query(req, "problem_id");
+    const char *experiment = api_query(req, "experiment_id");
     struct exporter *e;
     struct api_stream *s;
     bool logs, convs;
@@ -214,6 +216,8 @@ int api_export(struct request *req)
     if (status && task_status_parse(status) < 0)
         return api_invalid_field(req, "status", "must be one of pending, running, completed, "
                                                  "failed, timeout, cancelled");
+    if (experiment && !api_valid_uuid(experiment))
+        return api_invalid_field(req, "experiment_id", "must be a UUID");
     if (api_query_bool(req, "include_logs", true, &logs) < 0 ||
         api_query_bool(req, "include_conversations", true, &convs) < 0)
         return 0;
@@ -232,7 +236,9 @@ int api_export(struct request *req)
         free(s);
         return api_invalid_field(req, since ? "since" : "until", "must be an RFC 3339 time");
     }
-    e->f.problem_id = problem ? strdup(problem) : NULL; /* MHD's copy dies with the request */
+    /* MHD's copies die with the request */
+    e->f.problem_id = problem ? strdup(problem) : NULL;
+    e->f.experiment_id = experiment ? strdup(experiment) : NULL;
     e->st = req->srv->store;
     e->jsonl = format && !strcmp(format, "jsonl");
     e->logs = logs;

@@ -1,5 +1,6 @@
 /* experiment: spec validation and slot expansion (see experiment.h). */
 #include "model/experiment.h"
+#include "core/clock.h"
 #include "core/err.h"
 
 #include <fnmatch.h>
@@ -285,4 +286,65 @@ int experiment_spec_from_json(const json_t *stored, struct experiment_spec *out)
         return ERR_NOMEM;
     }
     return 0;
+}
+
+struct experiment *experiment_new(void)
+{
+    return calloc(1, sizeof(struct experiment));
+}
+
+void experiment_free(struct experiment *e)
+{
+    if (!e)
+        return;
+    free(e->name);
+    json_decref(e->spec);
+    json_decref(e->metadata);
+    free(e->callback_url);
+    free(e);
+}
+
+const char *experiment_status(const struct experiment *e)
+{
+    if (e->counts[TASK_PENDING] + e->counts[TASK_RUNNING] > 0)
+        return "running";
+    return e->cancelled_at ? "cancelled" : "completed";
+}
+
+static json_t *time_json(int64_t us)
+{
+    char text[40];
+
+    if (!us)
+        return json_null();
+    clock_format(us, text, sizeof(text));
+    return json_string(text);
+}
+
+json_t *experiment_to_json(const struct experiment *e)
+{
+    json_t *counts = json_object(), *o;
+    int64_t ended = 0;
+
+    for (int i = 0; counts && i < TASK_N_STATUS; i++) {
+        json_object_set_new(counts, task_status_name((enum task_status)i),
+                            json_integer(e->counts[i]));
+        if (task_status_terminal((enum task_status)i))
+            ended += e->counts[i];
+    }
+    o = json_pack("{s:s, s:s, s:s, s:I, s:o, s:I, s:f, s:O, s:O, s:O, s:s*, s:o, s:o, s:o}",
+                  "id", e->id, "name", e->name ? e->name : "", "status", experiment_status(e),
+                  "task_count", (json_int_t)e->task_count, "counts", counts, "ended",
+                  (json_int_t)ended, "progress",
+                  e->task_count ? (double)ended / (double)e->task_count : 1.0, "problems",
+                  json_object_get(e->spec, "problems") ?: json_null(), "agent_configs",
+                  json_object_get(e->spec, "agent_configs") ?: json_null(), "metadata",
+                  e->metadata ?: json_null(), "callback_url", e->callback_url, "created_at",
+                  time_json(e->created_at), "ended_at", time_json(e->ended_at),
+                  "cancelled_at", time_json(e->cancelled_at));
+    if (o)
+        json_object_set_new(o, "attempts",
+                            json_integer(json_integer_value(json_object_get(e->spec,
+                                                                            "attempts"))));
+    return o;
 }

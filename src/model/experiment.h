@@ -30,6 +30,29 @@ struct experiment_spec {
     json_t *metadata;        /* object */
 };
 
+/* An experiment as stored, with its current tasks counted per state. */
+struct experiment {
+    char id[TASK_ID_LEN + 1];
+    char *name;
+    json_t *spec;            /* experiment_spec_to_json */
+    json_t *metadata;        /* object */
+    char *callback_url;      /* NULL: none */
+    int64_t created_at;      /* us */
+    int64_t cancelled_at;    /* us; 0: not cancelled */
+    int64_t ended_at;        /* us: the last task's end once all have ended; else 0 */
+    int64_t task_count;      /* slots (each slot's current task) */
+    int64_t counts[TASK_N_STATUS];
+};
+
+/* experiment_new: a zeroed experiment (caller frees with experiment_free, NULL-safe). */
+struct experiment *experiment_new(void);
+void experiment_free(struct experiment *e);
+/* experiment_status: "running" while a task has not ended; then "cancelled" when it was
+ * cancelled, else "completed". */
+const char *experiment_status(const struct experiment *e);
+/* experiment_to_json: the API's form (new reference; NULL without memory). */
+json_t *experiment_to_json(const struct experiment *e);
+
 /* experiment_spec_parse: validates body against catalog (borrowed array of
  * {"id",...}) with at most max_tasks slots. 0 with *out filled (free with
  * experiment_spec_reset); ERR_INVALID with *errors a new array of {"field","message"}

@@ -40,6 +40,7 @@ struct metrics {
     int64_t started_us;
     uint64_t created;
     uint64_t finished[TASK_N_STATUS];
+    uint64_t retries[3];              /* by enum task_error_class */
     struct hist wait, run, claim;
     uint64_t exits[5];
     struct http_series http[MAX_SERIES];
@@ -117,6 +118,15 @@ void metrics_http(struct metrics *m, const char *route, const char *method, int 
     }
     s->count++;
     hist_observe(&s->latency, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_task_retried(struct metrics *m, enum task_error_class c)
+{
+    if (!m || (unsigned)c >= 3)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->retries[c]++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -260,6 +270,11 @@ static int render_counters(const struct metrics *m, struct buf *out, int rc)
     for (int i = TASK_COMPLETED; i < TASK_N_STATUS; i++)
         OUT("taskexec_tasks_finished_total{state=\"%s\"} %llu\n",
             task_status_name((enum task_status)i), (unsigned long long)m->finished[i]);
+    OUT("# HELP taskexec_task_retries_total Failed attempts this server put back in the "
+        "queue, by failure class.\n# TYPE taskexec_task_retries_total counter\n");
+    for (int i = TASK_CLASS_INFRASTRUCTURE; i <= TASK_CLASS_AGENT; i++)
+        OUT("taskexec_task_retries_total{class=\"%s\"} %llu\n",
+            task_error_class_name((enum task_error_class)i), (unsigned long long)m->retries[i]);
     OUT("# HELP taskexec_executor_exits_total How executors run here ended.\n"
         "# TYPE taskexec_executor_exits_total counter\n");
     for (int i = 0; i < 5; i++)

@@ -25,6 +25,8 @@ void metrics_free(struct metrics *m);
 void metrics_http(struct metrics *m, const char *route, const char *method, int status,
                   double seconds);
 void metrics_task_created(struct metrics *m);
+/* metrics_task_retried: a failed attempt went back to the queue (class: whose failure). */
+void metrics_task_retried(struct metrics *m, enum task_error_class c);
 /* metrics_task_finished: a task this process ended; wait and run are in seconds
  * (negative: unknown). */
 void metrics_task_finished(struct metrics *m, enum task_status status, double wait,

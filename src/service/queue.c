@@ -93,15 +93,41 @@ int queue_cancel(struct queue *q, const char *task_id, int level, const char *re
     return rc;
 }
 
+int64_t queue_retry_at(const struct queue *q, const struct task *t,
+                       enum task_error_class error_class, int64_t now)
+{
+    int attempt = t->attempt > 0 ? t->attempt : 1;
+
+    if (error_class != TASK_CLASS_INFRASTRUCTURE || attempt > t->max_retries)
+        return 0;
+    /* RETRY_BASE_SECONDS x 2^(attempt-1); at least 1 us so 0 still means "final". */
+    return now + (q->retry_base_us << (attempt - 1 < 20 ? attempt - 1 : 20)) + 1;
+}
+
 int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
 {
-    int rc = store_task_finish(q->store, t->id, t->lease_token, end);
+    struct task_end e = *end;
+    int rc;
 
+    if (e.status == TASK_FAILED && e.error_class == TASK_CLASS_NONE)
+        e.error_class = TASK_CLASS_AGENT;
+    if (e.status == TASK_FAILED)
+        e.retry_at = queue_retry_at(q, t, e.error_class, e.now);
+    rc = store_task_finish(q->store, t->id, t->lease_token, &e);
     if (rc < 0)
         return rc;
-    metrics_task_finished(q->metrics, end->status,
+    if (e.retry_at) {
+        log_warn("task %s: attempt %d failed (%s): %s; retrying in %.0f s", t->id,
+                 t->attempt, task_error_class_name(e.error_class), e.error ? e.error : "",
+                 (double)(e.retry_at - e.now) / 1e6);
+        metrics_task_retried(q->metrics, e.error_class);
+        if (q->wake_workers)
+            q->wake_workers(q->workers);
+        return 0;
+    }
+    metrics_task_finished(q->metrics, e.status,
                           t->started_at ? (double)(t->started_at - t->created_at) / 1e6 : -1,
-                          t->started_at ? (double)(end->now - t->started_at) / 1e6 : -1);
+                          t->started_at ? (double)(e.now - t->started_at) / 1e6 : -1);
     return 0;
 }
 
@@ -118,13 +144,17 @@ int queue_claim(struct queue *q, struct claim_req *req, struct task **out)
 int queue_reap(struct queue *q, int64_t heartbeat_timeout_us, struct reap_result *out)
 {
     struct reap_result rr;
-    int rc = store_reap(q->store, clock_now_us(), heartbeat_timeout_us, &rr);
+    int rc = store_reap(q->store, clock_now_us(), heartbeat_timeout_us, q->retry_base_us, &rr);
 
     if (rc < 0)
         return rc;
-    if (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out)
-        log_warn("reaper: %d workers offline, %d tasks failed, %d tasks timed out",
-                 rr.workers_offline, rr.tasks_failed, rr.tasks_timed_out);
+    for (int i = 0; i < rr.tasks_retried; i++)
+        metrics_task_retried(q->metrics, TASK_CLASS_INFRASTRUCTURE);
+    if (rr.workers_offline || rr.tasks_failed || rr.tasks_timed_out || rr.tasks_retried)
+        log_warn("reaper: %d workers offline, %d tasks failed, %d retried, %d timed out",
+                 rr.workers_offline, rr.tasks_failed, rr.tasks_retried, rr.tasks_timed_out);
+    if (rr.tasks_retried && q->wake_workers)
+        q->wake_workers(q->workers);
     if (out)
         *out = rr;
     return 0;

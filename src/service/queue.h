@@ -24,7 +24,8 @@ struct metrics;
 struct queue {
     struct store *store;
     struct metrics *metrics;            /* NULL: nothing counted */
-    struct task_defaults defaults;      /* DEFAULT_MAX_STEPS, DEFAULT_TIMEOUT_MINUTES */
+    struct task_defaults defaults;      /* DEFAULT_MAX_STEPS, _TIMEOUT_MINUTES, _MAX_RETRIES */
+    int64_t retry_base_us;              /* RETRY_BASE_SECONDS */
     const char *webhook_allowed_hosts;  /* borrowed from the config; NULL: every host */
     bool strict_problems;               /* PROBLEM_VALIDATION=strict */
     json_t *problems;                   /* the catalog, borrowed; read-only */
@@ -50,9 +51,17 @@ int queue_submit(struct queue *q, json_t *body, const char *idempotency_key,
 int queue_cancel(struct queue *q, const char *task_id, int level, const char *reason,
                  struct task **out) __attribute__((warn_unused_result));
 
+/* queue_retry_at: when t, failed now as error_class, is retried: an infrastructure
+ * failure with retries left (attempt <= max_retries) is pending again after
+ * RETRY_BASE_SECONDS x 2^(attempt-1); 0 for a final end. */
+int64_t queue_retry_at(const struct queue *q, const struct task *t,
+                       enum task_error_class error_class, int64_t now);
+
 /* queue_finish: records t's end under its lease (store_task_finish, end->now set by the
- * caller) and counts it. ERR_CONFLICT: it had already ended (nothing counted); other
- * codes from the store. */
+ * caller) and counts it. A failure is classified (unclassified: the agent's) and, when
+ * queue_retry_at says so, becomes a retry instead of an end (logged, counted by class,
+ * workers woken). ERR_CONFLICT: it had already ended (nothing counted); other codes from
+ * the store. */
 int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
     __attribute__((warn_unused_result));
 

@@ -190,14 +190,53 @@ int store_worker_counts(struct store *st, int64_t counts[3])
 }
 
 int store_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
-               struct reap_result *out)
+               int64_t retry_base_us, struct reap_result *out)
 {
-    return st->ops->reap(st, now, heartbeat_timeout_us, out);
+    return st->ops->reap(st, now, heartbeat_timeout_us, retry_base_us, out);
 }
 
-int store_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed)
+int store_recover(struct store *st, const char *name_prefix, int64_t now,
+                  int64_t retry_base_us, int *n_failed)
 {
-    return st->ops->recover(st, name_prefix, now, n_failed);
+    return st->ops->recover(st, name_prefix, now, retry_base_us, n_failed);
+}
+
+int store_experiment_create(struct store *st, const struct experiment *e,
+                            struct task *const *tasks, size_t n)
+{
+    return st->ops->experiment_create(st, e, tasks, n);
+}
+
+int store_experiment_get(struct store *st, const char *id, struct experiment **out)
+{
+    return st->ops->experiment_get(st, id, out);
+}
+
+int store_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                          int64_t *total)
+{
+    return st->ops->experiment_list(st, limit, offset, items, total);
+}
+
+int store_experiment_scoreboard(struct store *st, const char *id, json_t **rows)
+{
+    return st->ops->experiment_scoreboard(st, id, rows);
+}
+
+int store_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running)
+{
+    return st->ops->experiment_cancel(st, id, now, running);
+}
+
+int store_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots)
+{
+    return st->ops->experiment_slots(st, id, unsolved, slots);
+}
+
+int store_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                               size_t n)
+{
+    return st->ops->experiment_add_tasks(st, id, tasks, n);
 }
 
 int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,

@@ -25,6 +25,7 @@
 #ifndef TASKEXEC_STORE_H
 #define TASKEXEC_STORE_H
 
+#include "model/experiment.h"
 #include "model/task.h"
 #include "core/buf.h"
 
@@ -44,6 +45,7 @@ struct task_filter {
     int64_t limit, offset;
     int64_t after_seq;       /* keyset paging: only tasks queued after this one; 0: none */
     bool no_total;           /* skip counting (total stays 0) */
+    const char *experiment_id; /* NULL: any; else that experiment's current slot tasks */
 };
 
 struct task_page {
@@ -85,6 +87,12 @@ struct task_end {
     json_t *result;              /* borrowed; NULL: none */
     const char *error;           /* NULL when completed */
     int64_t now;
+    enum task_error_class error_class; /* failed: whose failure; NONE otherwise */
+    /* retry_at (failed only): not an end but a retry: the task goes back to pending with
+     * its attempt recorded in attempts, attempt + 1, and is claimed no sooner than this
+     * (us), preferably by another worker (the one it failed on waits as long again).
+     * 0: the end is final. The caller decides (service/queue.c); the store applies it. */
+    int64_t retry_at;
     const struct log_entry *logs; /* stored with the end; may be NULL */
     size_t n_logs;
     /* claim_next (optional): once the end is recorded, the same worker's next task is
@@ -113,6 +121,7 @@ struct reap_result {
     int workers_offline;
     int tasks_failed;
     int tasks_timed_out;
+    int tasks_retried;
 };
 
 struct store_ops {
@@ -223,13 +232,47 @@ struct store_ops {
     int (*worker_counts)(struct store *st, int64_t counts[3]);
 
     /* reap: workers silent for longer than heartbeat_timeout_us go offline and their
-     * running tasks fail; running tasks past their deadline by more than that time out.
-     * *out counts what changed (zeroed first). */
+     * running tasks fail as infrastructure failures: retried (pending again at
+     * now + retry_base_us x 2^(attempt-1), see task_end.retry_at) while attempt <=
+     * max_retries, else failed; running tasks past their deadline by more than that time
+     * out. *out counts what changed (zeroed first). */
     int (*reap)(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
-                struct reap_result *out);
+                int64_t retry_base_us, struct reap_result *out);
     /* recover: at start-up, tasks left running by this server's internal workers
-     * (name_prefix) fail and those workers go offline; *n_failed of them. */
-    int (*recover)(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+     * (name_prefix) fail, retried as reap does, and those workers go offline;
+     * *n_failed of them (retried or not). */
+    int (*recover)(struct store *st, const char *name_prefix, int64_t now,
+                   int64_t retry_base_us, int *n_failed);
+
+    /* experiment_create: e and its n tasks (each with experiment_id and slot) in one
+     * transaction; each task becomes its slot's current task. */
+    int (*experiment_create)(struct store *st, const struct experiment *e,
+                             struct task *const *tasks, size_t n);
+    /* experiment_get: *out the experiment with its current tasks counted per state and
+     * ended_at (caller frees). ERR_NOTFOUND. */
+    int (*experiment_get)(struct store *st, const char *id, struct experiment **out);
+    /* experiment_list: a page of experiments as API JSON, newest first; *total of them. */
+    int (*experiment_list)(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                           int64_t *total);
+    /* experiment_scoreboard: per (problem_id, agent_config_index) of the current tasks,
+     * ordered so: {"problem_id","agent_config_index","attempts","ended","solved",
+     * "reward_sum","steps_sum","tokens_sum","duration_sum"} (sums over ended tasks;
+     * solved: result.solved, else result.success; reward: result.reward, else 1 when
+     * solved; steps: result.metrics.steps_taken; tokens: the task's conversations'
+     * total_tokens). ERR_NOTFOUND. */
+    int (*experiment_scoreboard)(struct store *st, const char *id, json_t **rows);
+    /* experiment_cancel: marks the experiment cancelled (once) and cancels each of its
+     * tasks still pending or running; *running the ids of those that were running (an
+     * array of strings). ERR_NOTFOUND. */
+    int (*experiment_cancel)(struct store *st, const char *id, int64_t now, json_t **running);
+    /* experiment_slots: the slots ({"problem_id","agent_config_index","attempt"}) whose
+     * current task ended failed or timeout, or with unsolved any end but a solved one.
+     * ERR_NOTFOUND. */
+    int (*experiment_slots)(struct store *st, const char *id, bool unsolved, json_t **slots);
+    /* experiment_add_tasks: n new tasks of the experiment in one transaction, each
+     * becoming its slot's current task (the one before stays, no longer current). */
+    int (*experiment_add_tasks)(struct store *st, const char *id, struct task *const *tasks,
+                                size_t n);
 
     /* webhooks_due: up to max deliveries due by now (tasks that ended with a
      * callback_url), leased for lease_us so no other sender takes them meanwhile;
@@ -355,9 +398,25 @@ int store_worker_get(struct store *st, const char *id,
 int store_worker_counts(struct store *st,
                         int64_t counts[3]) __attribute__((warn_unused_result));
 int store_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+               int64_t retry_base_us,
                struct reap_result *out) __attribute__((warn_unused_result));
+int store_experiment_create(struct store *st, const struct experiment *e,
+                            struct task *const *tasks,
+                            size_t n) __attribute__((warn_unused_result));
+int store_experiment_get(struct store *st, const char *id,
+                         struct experiment **out) __attribute__((warn_unused_result));
+int store_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                          int64_t *total) __attribute__((warn_unused_result));
+int store_experiment_scoreboard(struct store *st, const char *id,
+                                json_t **rows) __attribute__((warn_unused_result));
+int store_experiment_cancel(struct store *st, const char *id, int64_t now,
+                            json_t **running) __attribute__((warn_unused_result));
+int store_experiment_slots(struct store *st, const char *id, bool unsolved,
+                           json_t **slots) __attribute__((warn_unused_result));
+int store_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                               size_t n) __attribute__((warn_unused_result));
 int store_recover(struct store *st, const char *name_prefix, int64_t now,
-                  int *n_failed) __attribute__((warn_unused_result));
+                  int64_t retry_base_us, int *n_failed) __attribute__((warn_unused_result));
 int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                        struct webhook_job *jobs, size_t *n) __attribute__((warn_unused_result));
 int store_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,

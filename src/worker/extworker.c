@@ -340,9 +340,10 @@ static void report_end(struct extworker *ew, struct client *c, const struct task
         body = json_pack("{s:O}", "result", res->result ? res->result : json_object());
     } else {
         snprintf(path, sizeof(path), "/api/v1/workers/%s/tasks/%s/fail", ew->id, t->id);
-        body = json_pack("{s:s, s:s, s:O}", "error", res->error, "status",
+        body = json_pack("{s:s, s:s, s:O, s:s*}", "error", res->error, "status",
                          res->status == TASK_TIMEOUT ? "timeout" : "failed", "result",
-                         res->result ? res->result : json_null());
+                         res->result ? res->result : json_null(), "error_class",
+                         task_error_class_name(res->error_class));
     }
     while (body && clock_mono_ms() < give_up) {
         json_t *reply = NULL;

@@ -163,7 +163,8 @@ static void record_end(struct slot *slot, const struct task *t, const struct run
         struct claim_req cn = claim_next ? *claim_next : (struct claim_req){0};
         struct task_end end = {.status = res->status, .result = res->result,
                                .error = res->status == TASK_COMPLETED ? NULL : res->error,
-                               .now = clock_now_us(), .logs = res->logs,
+                               .now = clock_now_us(), .error_class = res->error_class,
+                               .logs = res->logs,
                                .n_logs = res->n_logs, .next = next};
 
         /* Chain only while the slot stays: a leaving slot claims nothing more. */

@@ -52,6 +52,9 @@ class Server:
             "POLL_INTERVAL_MS": "200",
             "EXEC_GRACE_SECONDS": "2",
             "LOG_LEVEL": "info",
+            # Tests that assert a first failure (a crash before the agent's first step, a
+            # lost worker) see it final; the retry tests set their own (test_retries.py).
+            "DEFAULT_MAX_RETRIES": "0",
         })
         for k, v in self.settings.items():
             env[k.upper()] = str(v)
