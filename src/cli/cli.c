@@ -426,7 +426,8 @@ int cli_get(struct client *c, const char *path, const char *what, json_t **out)
 static int do_status(struct client *c, const struct opts *o)
 {
     char path[200];
-    json_t *t = NULL;
+    json_t *t = NULL, *a;
+    size_t i;
     int rc;
 
     if (!o->positional)
@@ -442,8 +443,19 @@ static int do_status(struct client *c, const struct opts *o)
                "started    %s\ncompleted  %s\n", cli_str(t, "id"), cli_str(t, "problem_id"),
                cli_str(t, "status"), cli_str(t, "worker_id"), cli_str(t, "created_at"), cli_str(t, "started_at"),
                cli_str(t, "completed_at"));
+        printf("attempt    %lld of %lld\n",
+               (long long)json_integer_value(json_object_get(t, "attempt")),
+               (long long)json_integer_value(json_object_get(t, "max_retries")) + 1);
         if (json_is_string(json_object_get(t, "error")))
-            printf("error      %s\n", cli_str(t, "error"));
+            printf("error      %s%s%s%s\n", cli_str(t, "error"),
+                   json_is_string(json_object_get(t, "error_class")) ? " (" : "",
+                   json_is_string(json_object_get(t, "error_class")) ? cli_str(t, "error_class")
+                                                                     : "",
+                   json_is_string(json_object_get(t, "error_class")) ? ")" : "");
+        json_array_foreach(json_object_get(t, "attempts"), i, a)
+            printf("earlier    attempt %lld on %s: %s (%s)\n",
+                   (long long)json_integer_value(json_object_get(a, "attempt")),
+                   cli_str(a, "worker_id"), cli_str(a, "error"), cli_str(a, "error_class"));
     }
     json_decref(t);
     return EXIT_OK;

@@ -92,6 +92,33 @@ async function api(page, method, p, body) {
     check(st.num_workers === 3, "the server has 3 workers");
     await page.screenshot({ path: path.join(shots, "workers.png"), fullPage: true });
 
+    // Experiments: two sweeps of the same problems, one agent config failing in the second;
+    // the page shows progress live, the scoreboard and its chart, and the comparison.
+    const spec = (name, outcome) => ({ name, problems: ["k8s_target_port-misconfig-detection-*"],
+      agent_configs: [{ name: "steady" }, { name: "trial", simulate: { outcome } }], attempts: 2,
+      parameters: { simulate: { steps: 2, step_seconds: 0.3 } } });
+    const e1 = await api(page, "POST", "/api/v1/experiments", spec("baseline", "success"));
+    const e2 = await api(page, "POST", "/api/v1/experiments", spec("regression", "failure"));
+    check(e1.task_count === 12 && e2.task_count === 12, "experiments made 12 tasks each");
+    await page.click('nav a[data-view="experiments"]');
+    await page.waitForSelector(`tr[data-experiment="${e2.id}"]`, { timeout: T });
+    await page.click(`tr[data-experiment="${e2.id}"] a`);
+    await page.waitForSelector("#scoreboard-table tbody tr", { timeout: T });
+    await page.waitForSelector('#exp-status[data-status="completed"]', { timeout: T * 4 });
+    await page.waitForFunction(() => document.querySelectorAll("#scoreboard-table tbody tr").length === 8, null, { timeout: T });
+    const trialBar = await page.$('#solve-chart rect[data-config="1"]');
+    check(trialBar !== null, "the chart has a bar per config");
+    const board = await api(page, "GET", "/api/v1/experiments/" + e2.id + "/scoreboard");
+    const shown = await page.$eval('#scoreboard-table tr[data-problem="*"][data-config="1"] td:nth-child(4)', e => e.textContent);
+    check(shown === "0%" && board.totals[1].pass_at_1 === 0, "the trial config's pass@1 is 0%");
+    await page.screenshot({ path: path.join(shots, "experiment.png"), fullPage: true });
+    await page.goto(base + "/#/experiments?a=" + e1.id + "&b=" + e2.id);
+    await page.waitForFunction(() => document.querySelectorAll("#compare-table tbody tr").length === 6, null, { timeout: T * 4 });
+    await page.waitForFunction(() => [...document.querySelectorAll('#compare-table tr[data-config="1"] td.diff')].every(td => td.textContent === "-100 pts"), null, { timeout: T * 4 });
+    const same = await page.$$eval('#compare-table tr[data-config="0"] td.diff', tds => tds.map(td => td.textContent));
+    check(same.every(x => x === "+0 pts" || x === "0 pts"), "the steady config did not change: " + same.join(","));
+    await page.screenshot({ path: path.join(shots, "compare.png"), fullPage: true });
+
     check(errors.length === 0, "no page errors: " + errors.join("; "));
     console.log("dashboard e2e: ok");
   } catch (e) {
