@@ -178,6 +178,22 @@ static const char *const migrations[] = {
     " step integer NOT NULL DEFAULT 0, answered integer NOT NULL DEFAULT 0, action text,"
     " observation text, done boolean NOT NULL DEFAULT false, reward double precision,"
     " results jsonb, last_activity_at bigint NOT NULL);",
+    /* 6: retries (attempts, their classes, a back-off before the next) and experiments
+     * (problems x agent configs x attempts; each slot's current task) */
+    "ALTER TABLE tasks ADD COLUMN max_retries integer NOT NULL DEFAULT 0,"
+    " ADD COLUMN attempt integer NOT NULL DEFAULT 1, ADD COLUMN error_class text,"
+    " ADD COLUMN attempts jsonb NOT NULL DEFAULT '[]', ADD COLUMN retry_at timestamptz,"
+    " ADD COLUMN avoid_worker text, ADD COLUMN avoid_until timestamptz,"
+    " ADD COLUMN experiment_id uuid, ADD COLUMN slot jsonb,"
+    " ADD COLUMN slot_current boolean NOT NULL DEFAULT true;"
+    "CREATE INDEX tasks_experiment ON tasks (experiment_id, seq) WHERE experiment_id IS NOT NULL"
+    " AND slot_current;"
+    "ALTER TABLE task_logs ADD COLUMN attempt integer NOT NULL DEFAULT 1;"
+    "ALTER TABLE llm_conversations ADD COLUMN attempt integer NOT NULL DEFAULT 1;"
+    "CREATE TABLE experiments (id uuid PRIMARY KEY, name text NOT NULL, spec jsonb NOT NULL,"
+    " metadata jsonb NOT NULL, callback_url text, created_at timestamptz NOT NULL,"
+    " cancelled_at timestamptz, ended_at timestamptz, seq bigint GENERATED ALWAYS AS IDENTITY);"
+    "CREATE INDEX experiments_seq ON experiments (seq);",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

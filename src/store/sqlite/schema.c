@@ -137,6 +137,25 @@ static const char *const migrations[] = {
     " step INTEGER NOT NULL DEFAULT 0, answered INTEGER NOT NULL DEFAULT 0, action TEXT,"
     " observation TEXT, done INTEGER NOT NULL DEFAULT 0, reward REAL, results TEXT,"
     " last_activity_at INTEGER NOT NULL);",
+    /* 6: retries (attempts, their classes, a back-off before the next) and experiments
+     * (problems x agent configs x attempts; each slot's current task) */
+    "ALTER TABLE tasks ADD COLUMN max_retries INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE tasks ADD COLUMN error_class TEXT;"
+    "ALTER TABLE tasks ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]';"
+    "ALTER TABLE tasks ADD COLUMN retry_at INTEGER;"
+    "ALTER TABLE tasks ADD COLUMN avoid_worker TEXT;"
+    "ALTER TABLE tasks ADD COLUMN avoid_until INTEGER;"
+    "ALTER TABLE tasks ADD COLUMN experiment_id TEXT;"
+    "ALTER TABLE tasks ADD COLUMN slot TEXT;"
+    "ALTER TABLE tasks ADD COLUMN slot_current INTEGER NOT NULL DEFAULT 1;"
+    "CREATE INDEX tasks_experiment ON tasks (experiment_id, seq) WHERE experiment_id IS NOT NULL"
+    " AND slot_current;"
+    "ALTER TABLE task_logs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE llm_conversations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;"
+    "CREATE TABLE experiments (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " name TEXT NOT NULL, spec TEXT NOT NULL, metadata TEXT NOT NULL, callback_url TEXT,"
+    " created_at INTEGER NOT NULL, cancelled_at INTEGER, ended_at INTEGER);",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
