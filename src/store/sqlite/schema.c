@@ -152,7 +152,21 @@ static const char *const migrations[] = {
     "CREATE INDEX tasks_experiment ON tasks (experiment_id, seq) WHERE experiment_id IS NOT NULL"
     " AND slot_current;"
     "ALTER TABLE task_logs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;"
-    "ALTER TABLE llm_conversations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;"
+    /* a conversation is one per (task, session, attempt): SQLite rebuilds the table to
+     * change its key */
+    "CREATE TABLE llm_conversations_6 ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task_id TEXT NOT NULL,"
+    " session_id TEXT NOT NULL, model_name TEXT, model_config TEXT NOT NULL DEFAULT '{}',"
+    " started_at INTEGER NOT NULL, ended_at INTEGER, total_messages INTEGER NOT NULL DEFAULT 0,"
+    " total_tokens INTEGER, metadata TEXT NOT NULL DEFAULT '{}',"
+    " attempt INTEGER NOT NULL DEFAULT 1, UNIQUE (task_id, session_id, attempt));"
+    "INSERT INTO llm_conversations_6 (seq, id, task_id, session_id, model_name, model_config,"
+    " started_at, ended_at, total_messages, total_tokens, metadata) SELECT seq, id, task_id,"
+    " session_id, model_name, model_config, started_at, ended_at, total_messages, total_tokens,"
+    " metadata FROM llm_conversations;"
+    "DROP TABLE llm_conversations;"
+    "ALTER TABLE llm_conversations_6 RENAME TO llm_conversations;"
+    "CREATE INDEX llm_conversations_started ON llm_conversations (started_at);"
     "CREATE TABLE experiments (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
     " name TEXT NOT NULL, spec TEXT NOT NULL, metadata TEXT NOT NULL, callback_url TEXT,"
     " created_at INTEGER NOT NULL, cancelled_at INTEGER, ended_at INTEGER);",
