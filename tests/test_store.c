@@ -371,10 +371,10 @@ static void reaper_fails_tasks_of_silent_workers(void **state)
     add(f->st, "p", 0, "default", NULL, a);
     assert_int_equal(claim(f->st, "ghost", "default", NULL, 0, &t), 0);
     /* alive: nothing happens */
-    assert_int_equal(store_reap(f->st, now, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(store_reap(f->st, now, 60 * 1000000LL, 0, &rr), 0);
     assert_int_equal(rr.tasks_failed, 0);
     /* 2 minutes later, silent for more than 60 s */
-    assert_int_equal(store_reap(f->st, now + 120 * 1000000LL, 60 * 1000000LL, &rr), 0);
+    assert_int_equal(store_reap(f->st, now + 120 * 1000000LL, 60 * 1000000LL, 0, &rr), 0);
     assert_int_equal(rr.tasks_failed, 1);
     assert_int_equal(rr.workers_offline, 1);
     assert_int_equal(store_task_get(f->st, a, &g), 0);
@@ -399,7 +399,7 @@ static void recover_fails_tasks_of_own_prefix_only(void **state)
     task_free(t);
     assert_int_equal(claim(f->st, "b-worker-001-kind", "default", NULL, 0, &t), 0);
     task_free(t);
-    assert_int_equal(store_recover(f->st, "a-", clock_now_us(), &n), 0);
+    assert_int_equal(store_recover(f->st, "a-", clock_now_us(), 0, &n), 0);
     assert_int_equal(n, 1);
     assert_int_equal(store_task_get(f->st, a, &g), 0);
     assert_int_equal(g->status, TASK_FAILED);

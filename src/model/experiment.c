@@ -340,7 +340,8 @@ json_t *experiment_to_json(const struct experiment *e)
                   json_object_get(e->spec, "problems") ?: json_null(), "agent_configs",
                   json_object_get(e->spec, "agent_configs") ?: json_null(), "metadata",
                   e->metadata ?: json_null(), "callback_url", e->callback_url, "created_at",
-                  time_json(e->created_at), "ended_at", time_json(e->ended_at),
+                  time_json(e->created_at), "ended_at",
+                  time_json(strcmp(experiment_status(e), "running") ? e->ended_at : 0),
                   "cancelled_at", time_json(e->cancelled_at));
     if (o)
         json_object_set_new(o, "attempts",

@@ -109,6 +109,29 @@ static json_t *int_or_null(const struct store_row *r, int col)
     return is_null(r, col) ? json_null() : json_integer(i64(r, col));
 }
 
+/* The attempts list as the API shows it: the times the store keeps as microseconds
+ * become RFC 3339. Takes arr; NULL stays NULL. */
+static json_t *attempts_of(json_t *arr)
+{
+    static const char *const times[] = {"started_at", "ended_at"};
+    size_t i;
+    json_t *a;
+
+    json_array_foreach(arr, i, a)
+        for (int k = 0; k < 2; k++) {
+            json_t *v = json_object_get(a, times[k]);
+            char text[40];
+
+            if (json_is_integer(v) && json_integer_value(v) > 0) {
+                clock_format(json_integer_value(v), text, sizeof(text));
+                json_object_set_new(a, times[k], json_string(text));
+            } else if (v) {
+                json_object_set_new(a, times[k], json_null());
+            }
+        }
+    return arr;
+}
+
 struct task *rows_task(const struct store_row *r)
 {
     struct task *t = task_new();
@@ -138,6 +161,13 @@ struct task *rows_task(const struct store_row *r)
     t->completed_at = i64(r, 19);
     t->deadline_at = i64(r, 20);
     t->seq = i64(r, 21);
+    t->max_retries = (int)i64(r, 22);
+    t->attempt = (int)i64(r, 23);
+    t->error_class = task_error_class_parse(r->ops->text(r, 24));
+    t->attempts = attempts_of(rows_json(r, 25));
+    t->retry_at = i64(r, 26);
+    t->experiment_id = rows_dup(r, 27);
+    t->slot = rows_json(r, 28);
     if (!t->problem_id || !t->backend_type || !t->mode) {
         task_free(t);
         return NULL;
@@ -147,9 +177,9 @@ struct task *rows_task(const struct store_row *r)
 
 json_t *rows_log(const struct store_row *r)
 {
-    return json_pack("{s:o, s:s, s:o, s:o}", "timestamp", rows_time(r, 0), "level",
+    return json_pack("{s:o, s:s, s:o, s:o, s:I}", "timestamp", rows_time(r, 0), "level",
                      proto_level_name((int)i64(r, 1)), "message", rows_str(r, 2), "context",
-                     rows_json_or_null(r, 3));
+                     rows_json_or_null(r, 3), "attempt", (json_int_t)(i64(r, 4) ? i64(r, 4) : 1));
 }
 
 json_t *rows_conversation(const struct store_row *r)
@@ -158,13 +188,14 @@ json_t *rows_conversation(const struct store_row *r)
     json_t *success = json_object_get(meta, "success");
     json_t *cfg = rows_json_or_null(r, 5);
 
-    return json_pack("{s:o, s:o, s:o, s:o, s:O, s:o, s:o, s:o, s:I, s:o, s:o, s:O}", "id",
-                     rows_str(r, 1), "task_id", rows_str(r, 2), "session_id", rows_str(r, 3),
-                     "model_name", rows_str(r, 4), "model_config", cfg, "llm_config", cfg,
-                     "started_at", rows_time(r, 6), "ended_at", rows_time(r, 7),
-                     "total_messages", (json_int_t)i64(r, 8), "total_tokens",
+    return json_pack("{s:o, s:o, s:o, s:o, s:O, s:o, s:o, s:o, s:I, s:o, s:o, s:O, s:I}",
+                     "id", rows_str(r, 1), "task_id", rows_str(r, 2), "session_id",
+                     rows_str(r, 3), "model_name", rows_str(r, 4), "model_config", cfg,
+                     "llm_config", cfg, "started_at", rows_time(r, 6), "ended_at",
+                     rows_time(r, 7), "total_messages", (json_int_t)i64(r, 8), "total_tokens",
                      int_or_null(r, 9), "metadata", meta, "success",
-                     success ? success : json_null());
+                     success ? success : json_null(), "attempt",
+                     (json_int_t)(i64(r, 11) ? i64(r, 11) : 1));
 }
 
 json_t *rows_message(const struct store_row *r)
@@ -508,4 +539,111 @@ int rows_take_convs(struct store_cursor *cur, void *ctx)
             return 0;
     }
     return rc == STORE_DONE && x->one ? ERR_NOTFOUND : rc;
+}
+
+/* ---- experiments ---- */
+
+static const char *text(const struct store_row *r, int col)
+{
+    return r->ops->text(r, col);
+}
+
+static double f64(const struct store_row *r, int col)
+{
+    return r->ops->f64(r, col);
+}
+
+
+/* EXP_COLS: id, name, spec, metadata, callback_url, created_at, cancelled_at, the last
+ * end of its current tasks. */
+static struct experiment *experiment_of_row(const struct store_row *r)
+{
+    struct experiment *e = experiment_new();
+    const char *id = text(r, 0);
+
+    if (!e)
+        return NULL;
+    snprintf(e->id, sizeof(e->id), "%s", id ? id : "");
+    e->name = rows_dup(r, 1);
+    e->spec = rows_json(r, 2);
+    e->metadata = rows_json(r, 3);
+    e->callback_url = rows_dup(r, 4);
+    e->created_at = i64(r, 5);
+    e->cancelled_at = i64(r, 6);
+    e->ended_at = i64(r, 7);
+    if (!e->name || !e->spec || !e->metadata) {
+        experiment_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+int rows_take_experiment(struct store_cursor *cur, void *ctx)
+{
+    struct experiment **out = ctx;
+    int rc = rows_one(cur);
+
+    if (rc < 0)
+        return rc;
+    *out = experiment_of_row(&cur->row);
+    return *out ? 0 : ERR_NOMEM;
+}
+
+int rows_take_experiment_counts(struct store_cursor *cur, void *ctx)
+{
+    struct experiment *e = ctx;
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW) {
+        const char *status = text(&cur->row, 0);
+        int s = status ? task_status_parse(status) : -1;
+        if (s >= 0) {
+            e->counts[s] += i64(&cur->row, 1);
+            e->task_count += i64(&cur->row, 1);
+        }
+    }
+    return rc;
+}
+
+json_t *rows_experiment_json(const struct store_row *r)
+{
+    struct experiment *e = experiment_of_row(r);
+    json_t *o;
+
+    if (!e)
+        return NULL;
+    for (int s = 0; s < TASK_N_STATUS; s++) {
+        e->counts[s] = i64(r, 8 + s);
+        e->task_count += e->counts[s];
+    }
+    o = experiment_to_json(e);
+    experiment_free(e);
+    return o;
+}
+
+json_t *rows_board_sums(const struct store_row *r)
+{
+    return json_pack("{s:s?, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "problem_id", text(r, 0),
+                     "agent_config_index", (json_int_t)i64(r, 1), "attempts",
+                     (json_int_t)i64(r, 2), "ended", (json_int_t)i64(r, 3), "solved",
+                     (json_int_t)i64(r, 4), "reward_sum", f64(r, 5), "steps_sum", f64(r, 6),
+                     "tokens_sum", f64(r, 7), "duration_sum", f64(r, 8));
+}
+
+int rows_take_running_ids(struct store_cursor *cur, void *ctx)
+{
+    json_t *ids = ctx;
+    int rc;
+
+    while ((rc = cur->next(cur)) == STORE_ROW) {
+        const char *id = text(&cur->row, 0), *was = text(&cur->row, 1);
+        if (id && was && !strcmp(was, "running") && json_array_append_new(ids, json_string(id)))
+            return ERR_NOMEM;
+    }
+    return rc;
+}
+
+json_t *rows_json_column(const struct store_row *r)
+{
+    return rows_json(r, 0);
 }

@@ -12,6 +12,7 @@
 #define TASKEXEC_STORE_ROWS_H
 
 #include "store/store.h"
+#include "model/experiment.h"
 #include "model/task.h"
 #include "core/buf.h"
 
@@ -201,6 +202,25 @@ json_t *rows_session(const struct store_row *r);
 /* The conversation statistics object from its figures; by_model is borrowed. */
 json_t *rows_conversation_stats(int64_t total, double avg_messages, int64_t tokens,
                                 int64_t successful, json_t *by_model);
+
+/* ---- experiments ----
+ * EXP_COLS (each backend): id, name, spec, metadata, callback_url, created_at,
+ * cancelled_at, the last end of its current tasks. */
+/* ctx: struct experiment **. The first row as an experiment (caller frees). */
+int rows_take_experiment(struct store_cursor *cur, void *ctx);
+/* ctx: struct experiment *. Rows (status, count) added to its counts and task_count. */
+int rows_take_experiment_counts(struct store_cursor *cur, void *ctx);
+/* EXP_COLS then the counts of its current tasks per state, in task_status order: the
+ * experiment as the API shows it. */
+json_t *rows_experiment_json(const struct store_row *r);
+/* problem_id, agent_config_index, attempts, ended, solved, and the sums of reward,
+ * steps, tokens and duration over the ended: one line of store_experiment_scoreboard. */
+json_t *rows_board_sums(const struct store_row *r);
+/* ctx: json_t * (an array). Rows (id, status before the change): the ids of those that
+ * were running, appended. */
+int rows_take_running_ids(struct store_cursor *cur, void *ctx);
+/* The first column's JSON text, parsed. */
+json_t *rows_json_column(const struct store_row *r);
 
 /* rows_worker_slot: the index in store_worker_counts' counts[3] of a worker status
  * (idle 0, busy 1, anything else offline 2). */

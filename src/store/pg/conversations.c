@@ -29,9 +29,10 @@ enum {
 static const struct pg_query conv_q[C_N] = {
     [C_UPSERT] = {"finding a conversation",
                   "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
-                  "started_at) VALUES ($1, $2, $3, COALESCE((SELECT parameters->'agent_config' "
-                  "FROM tasks WHERE id = $2), '{}'), te_ts($4)) ON CONFLICT (task_id, "
-                  "session_id) DO UPDATE SET task_id = EXCLUDED.task_id RETURNING seq"},
+                  "started_at, attempt) SELECT $1, $2, $3, COALESCE(t.parameters->"
+                  "'agent_config', '{}'), te_ts($4), COALESCE(t.attempt, 1) FROM (SELECT 1) one "
+                  "LEFT JOIN tasks t ON t.id = $2 ON CONFLICT (task_id, session_id, attempt) DO "
+                  "UPDATE SET task_id = EXCLUDED.task_id RETURNING seq"},
     [C_MSG_INSERT] = {"inserting a message",
                       "WITH m AS (INSERT INTO llm_messages (conversation_seq, ts, role, "
                       "content, step, metadata) VALUES ($1, te_ts($2), $3, $4::jsonb, $5, "

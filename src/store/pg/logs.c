@@ -25,12 +25,13 @@ enum {
 
 static const struct pg_query log_q[L_N] = {
     [L_INSERT] = {"inserting log lines",
-                  "INSERT INTO task_logs (task_id, ts, level, message, context) SELECT $1, "
-                  "te_ts(u.ts), u.level, u.message, u.context::jsonb FROM unnest($2::bigint[], "
-                  "$3::int[], $4::text[], $5::text[]) AS u(ts, level, message, context)"},
+                  "INSERT INTO task_logs (task_id, ts, level, message, context, attempt) SELECT "
+                  "$1, te_ts(u.ts), u.level, u.message, u.context::jsonb, (SELECT attempt FROM "
+                  "tasks WHERE id = $1) FROM unnest($2::bigint[], $3::int[], $4::text[], "
+                  "$5::text[]) AS u(ts, level, message, context)"},
     [L_PAGE] = {"listing logs",
-                "SELECT te_us(ts), level, message, context::text FROM task_logs WHERE task_id = "
-                "$1 AND level >= $2 ORDER BY id LIMIT $3 OFFSET $4"},
+                "SELECT te_us(ts), level, message, context::text, attempt FROM task_logs WHERE "
+                "task_id = $1 AND level >= $2 ORDER BY id LIMIT $3 OFFSET $4"},
     [L_COUNT] = {"counting logs",
                  "SELECT count(*) FROM task_logs WHERE task_id = $1 AND level >= $2"},
     [L_EXPORT_LOGS] = {
@@ -38,7 +39,7 @@ static const struct pg_query log_q[L_N] = {
         "SELECT " PG_ARRAY("json_build_object('timestamp', " PG_TIME("ts") ", 'level', CASE "
                            "level WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 THEN 'warning' "
                            "WHEN 3 THEN 'error' WHEN 4 THEN 'critical' ELSE 'info' END, "
-                           "'message', message, 'context', context)", "id")
+                           "'message', message, 'context', context, 'attempt', attempt)", "id")
         " FROM task_logs WHERE task_id = $1"},
     [L_EXPORT_CONVS] = {
         "exporting a task",
@@ -47,7 +48,8 @@ static const struct pg_query log_q[L_N] = {
         "c.model_config, 'llm_config', c.model_config, 'started_at', "
         PG_TIME("c.started_at") ", 'ended_at', " PG_TIME("c.ended_at") ", "
         "'total_messages', c.total_messages, 'total_tokens', c.total_tokens, "
-        "'metadata', c.metadata, 'success', c.metadata -> 'success', 'messages', "
+        "'metadata', c.metadata, 'success', c.metadata -> 'success', 'attempt', c.attempt, "
+        "'messages', "
         "(SELECT (" PG_ARRAY("json_build_object('timestamp', " PG_TIME("m.ts")
         ", 'role', m.role, 'content', m.content, 'step', m.step, 'metadata', "
         "m.metadata)", "m.id") ")::json FROM llm_messages m WHERE "

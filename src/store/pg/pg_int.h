@@ -46,19 +46,21 @@ struct pg_query {
     "id, problem_id, status, priority, backend_type, mode, parameters::text, "              \
     "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
     "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
-    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq"
+    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq, max_retries, attempt, " \
+    "error_class, attempts::text, te_us(retry_at), experiment_id, slot::text"
 
 #define TASK_COLS_T                                                                        \
     "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
     "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "     \
     "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "        \
     "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
-    "t.seq"
+    "t.seq, t.max_retries, t.attempt, t.error_class, t.attempts::text, te_us(t.retry_at), "   \
+    "t.experiment_id, t.slot::text"
 
 #define CONV_COLS                                                                          \
     "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config::text, "            \
     "te_us(c.started_at), te_us(c.ended_at), c.total_messages, c.total_tokens, "            \
-    "c.metadata::text"
+    "c.metadata::text, c.attempt"
 
 struct pg_store;
 
@@ -225,9 +227,20 @@ int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
-int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t retry_base_us,
             struct reap_result *out);
-int pg_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
+               int *n_failed);
+int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
+                         size_t n);
+int pg_experiment_get(struct store *st, const char *id, struct experiment **out);
+int pg_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                       int64_t *total);
+int pg_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
+int pg_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
+int pg_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
+int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                            size_t n);
 int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
 int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
                  int64_t offset, json_t **logs, int64_t *total);

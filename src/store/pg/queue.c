@@ -8,11 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A lost attempt (its worker went silent, or this server restarted under it) goes back
+ * to pending when it has retries left: the attempt is recorded, the next waits
+ * RETRY_BASE_SECONDS (base) x 2^(attempt-1), and its worker waits as long again. now and
+ * base are the parameters' SQL. */
+#define PG_LOST_RETRY(now, base, error)                                                    \
+    "status = 'pending', attempts = attempts || jsonb_build_array(jsonb_build_object("      \
+    "'attempt', attempt, 'worker_id', worker_id, 'started_at', te_us(started_at), "           \
+    "'ended_at', " now ", 'error', " error ", 'error_class', 'infrastructure')), attempt = "  \
+    "attempt + 1, worker_id = NULL, lease_token = NULL, started_at = NULL, deadline_at = "   \
+    "NULL, retry_at = te_ts(" now " + (" base " << (attempt - 1))), avoid_worker = "          \
+    "worker_id, avoid_until = te_ts(" now " + 2 * (" base " << (attempt - 1))), updated_at = " \
+    "te_ts(" now ") "
+
 enum {
     Q_CLAIM,
     Q_FINISH,
     Q_REAP_SILENT,
     Q_REAP_DEADLINES,
+    Q_RECOVER_RETRY,
     Q_RECOVER_TASKS,
     Q_RECOVER_WORKERS,
     Q_N
@@ -22,9 +36,12 @@ static const struct pg_query queue_q[Q_N] = {
     /* $5: the supported_problems as one regular expression (store/rules.c), or NULL. */
     [Q_CLAIM] = {"claiming",
                  "WITH next AS MATERIALIZED (SELECT seq FROM tasks WHERE status = 'pending' AND "
-                 "backend_type = $4 AND ($5::text IS NULL OR problem_id ~ $5::text) ORDER BY "
-                 "priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED), "
-                 "claimed AS (UPDATE tasks t SET status = 'running', worker_id = $1, "
+                 "backend_type = $4 AND ($5::text IS NULL OR problem_id ~ $5::text) AND "
+                 "(retry_at IS NULL OR retry_at <= te_ts($3)) AND (avoid_worker IS NULL OR "
+                 "avoid_worker <> $1 OR avoid_until <= te_ts($3)) ORDER BY priority DESC, seq "
+                 "LIMIT 1 FOR UPDATE SKIP LOCKED), "
+                 "claimed AS (UPDATE tasks t SET status = 'running', retry_at = NULL, "
+                 "worker_id = $1, "
                  "lease_token = $2, started_at = GREATEST(te_ts($3), t.created_at), updated_at "
                  "= GREATEST(te_ts($3), t.created_at), deadline_at = GREATEST(te_ts($3), "
                  "t.created_at) + t.timeout_seconds * interval '1 second' FROM next WHERE t.seq "
@@ -33,13 +50,30 @@ static const struct pg_query queue_q[Q_N] = {
                  "FROM claimed), last_heartbeat = te_ts($3) WHERE id = $1 AND EXISTS (SELECT 1 "
                  "FROM claimed)) SELECT * FROM claimed"},
     [Q_FINISH] = {"finishing a task",
-                  "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context) "
-                  "SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb FROM "
-                  "unnest($8::bigint[], $9::int[], $10::text[], $11::text[]) AS u(ts, level, "
-                  "message, context)), "
-                  "t AS (UPDATE tasks SET status = $3, result = $4::jsonb, error = $5, "
-                  "completed_at = te_ts($6), updated_at = te_ts($6) WHERE id = $1 AND status = "
-                  "'running' AND lease_token = $2 RETURNING worker_id), "
+                  "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context, "
+                  "attempt) SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb, (SELECT "
+                  "attempt FROM tasks WHERE id = $1) FROM unnest($8::bigint[], $9::int[], "
+                  "$10::text[], $11::text[]) AS u(ts, level, message, context)), "
+                  /* $13 (the time of the next attempt) set: not an end but a retry (the
+                   * queue's decision): the attempt recorded, the task pending again, its
+                   * worker asked to wait as long again before it takes it back */
+                  "t AS (UPDATE tasks SET status = CASE WHEN $13::bigint IS NULL THEN $3 ELSE "
+                  "'pending' END, result = CASE WHEN $13::bigint IS NULL THEN $4::jsonb END, "
+                  "error = CASE WHEN $13::bigint IS NULL THEN $5::text END, error_class = CASE "
+                  "WHEN $13::bigint IS NULL THEN $12::text END, completed_at = CASE WHEN "
+                  "$13::bigint IS NULL THEN te_ts($6) END, attempts = CASE WHEN $13::bigint IS "
+                  "NULL THEN attempts ELSE attempts || jsonb_build_array(jsonb_build_object("
+                  "'attempt', attempt, 'worker_id', worker_id, 'started_at', te_us(started_at), "
+                  "'ended_at', $6::bigint, 'error', $5::text, 'error_class', $12::text)) END, "
+                  "attempt = attempt + CASE WHEN $13::bigint IS NULL THEN 0 ELSE 1 END, "
+                  "worker_id = CASE WHEN $13::bigint IS NULL THEN worker_id END, lease_token = "
+                  "CASE WHEN $13::bigint IS NULL THEN lease_token END, started_at = CASE WHEN "
+                  "$13::bigint IS NULL THEN started_at END, deadline_at = CASE WHEN $13::bigint "
+                  "IS NULL THEN deadline_at END, retry_at = te_ts($13::bigint), avoid_worker = "
+                  "CASE WHEN $13::bigint IS NOT NULL THEN worker_id END, avoid_until = "
+                  "te_ts(2 * $13::bigint - $6::bigint), updated_at = te_ts($6) WHERE id = $1 AND "
+                  "status = 'running' AND lease_token = $2 RETURNING COALESCE(worker_id, "
+                  "avoid_worker) AS worker_id), "
                   "w AS (UPDATE workers SET status = CASE WHEN workers.status = 'offline' THEN "
                   "'offline' ELSE 'idle' END, current_task_id = NULL, tasks_completed = "
                   "tasks_completed + ($3 = 'completed')::int, tasks_failed = tasks_failed + ($3 "
@@ -53,23 +87,32 @@ static const struct pg_query queue_q[Q_N] = {
     [Q_REAP_SILENT] = {"reaping",
                        "WITH silent AS (SELECT id FROM workers WHERE status <> 'offline' AND "
                        "last_heartbeat < te_ts($1::bigint - $2::bigint) FOR UPDATE SKIP "
-                       "LOCKED), failed AS (UPDATE tasks SET status = 'failed', completed_at = "
-                       "te_ts($1), updated_at = te_ts($1), error = " RULE_ERR_SILENT("$2::bigint")
-                       " WHERE status = 'running' AND worker_id IN (SELECT id FROM silent) "
-                       "RETURNING worker_id), off AS (UPDATE workers w SET status = 'offline', "
-                       "current_task_id = NULL, tasks_failed = w.tasks_failed + (SELECT "
-                       "count(*) FROM failed f WHERE f.worker_id = w.id) WHERE w.id IN (SELECT "
+                       "LOCKED), retried AS (UPDATE tasks SET " PG_LOST_RETRY("$1::bigint",
+                       "$3::bigint", RULE_ERR_SILENT("$2::bigint")) "WHERE status = 'running' "
+                       "AND attempt <= max_retries AND worker_id IN (SELECT id FROM silent) "
+                       "RETURNING avoid_worker AS worker_id), failed AS (UPDATE tasks SET status "
+                       "= 'failed', completed_at = te_ts($1), updated_at = te_ts($1), error = "
+                       RULE_ERR_SILENT("$2::bigint") ", error_class = 'infrastructure' WHERE "
+                       "status = 'running' AND attempt > max_retries AND worker_id IN (SELECT id "
+                       "FROM silent) RETURNING worker_id), off AS (UPDATE workers w SET status = "
+                       "'offline', current_task_id = NULL, tasks_failed = w.tasks_failed + "
+                       "(SELECT count(*) FROM failed f WHERE f.worker_id = w.id) + (SELECT "
+                       "count(*) FROM retried r WHERE r.worker_id = w.id) WHERE w.id IN (SELECT "
                        "id FROM silent) RETURNING w.id) SELECT (SELECT count(*) FROM off), "
-                       "(SELECT count(*) FROM failed)"},
+                       "(SELECT count(*) FROM failed), (SELECT count(*) FROM retried)"},
     [Q_REAP_DEADLINES] = {"reaping",
                           "UPDATE tasks SET status = 'timeout', completed_at = te_ts($1), "
                           "updated_at = te_ts($1), error = " RULE_ERR_DEADLINE " WHERE status = "
                           "'running' AND deadline_at < te_ts($1::bigint - $2::bigint)"},
+    [Q_RECOVER_RETRY] = {"recovering",
+                         "UPDATE tasks SET " PG_LOST_RETRY("$2::bigint", "$3::bigint",
+                         RULE_ERR_RESTARTED) "WHERE status = 'running' AND attempt <= max_retries "
+                         "AND worker_id IN (SELECT id FROM workers WHERE name_prefix = $1)"},
     [Q_RECOVER_TASKS] = {"recovering",
                          "UPDATE tasks SET status = 'failed', completed_at = te_ts($2), "
-                         "updated_at = te_ts($2), error = " RULE_ERR_RESTARTED " WHERE status = "
-                         "'running' AND worker_id IN (SELECT id FROM workers WHERE name_prefix = "
-                         "$1)"},
+                         "updated_at = te_ts($2), error = " RULE_ERR_RESTARTED ", error_class = "
+                         "'infrastructure' WHERE status = 'running' AND worker_id IN (SELECT id "
+                         "FROM workers WHERE name_prefix = $1)"},
     [Q_RECOVER_WORKERS] = {"recovering",
                            "UPDATE workers SET status = 'offline', current_task_id = NULL WHERE "
                            "name_prefix = $1"},
@@ -110,7 +153,7 @@ static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
                      const struct task_end *end)
 {
     struct log_arrays a;
-    struct num n;
+    struct num n, r;
     struct pg_cursor cur;
     bool ok = true;
     char *res = pg_json_text(end->result, &ok);
@@ -118,12 +161,14 @@ static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
     int rc = pg_log_arrays_build(&a, end->logs, end->n_logs);
 
     if (rc == 0 && ok) {
-        const char *v[11] = {id, lease_token, task_status_name(end->status), res, end->error,
+        const char *v[13] = {id, lease_token, task_status_name(end->status), res, end->error,
                              num(&n, end->now),
                              json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
                                                       : "null",
-                             a.ts.data, a.lv.data, a.msg.data, a.ctx.data};
-        rc = pg_open_q(&cur, pc, &queue_q[Q_FINISH], 11, v);
+                             a.ts.data, a.lv.data, a.msg.data, a.ctx.data,
+                             task_error_class_name(end->error_class),
+                             end->retry_at ? num(&r, end->retry_at) : NULL};
+        rc = pg_open_q(&cur, pc, &queue_q[Q_FINISH], 13, v);
         if (rc == 0)
             rc = rows_one(&cur.base);
         if (rc == 0 && cur.base.row.ops->i64(&cur.base.row, 0) != 1)
@@ -180,31 +225,36 @@ int pg_task_finish(struct store *st, const char *id, const char *lease_token,
     return rc == 0 ? x.refused : rc;
 }
 
-int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t retry_base_us,
             struct reap_result *out)
 {
-    struct num a, b;
-    const char *v[2] = {num(&a, now), num(&b, heartbeat_timeout_us)};
-    struct rows_ints x = {.n = 2};
-    int rc = pg_read_with(st, &queue_q[Q_REAP_SILENT], 2, v, rows_take_ints, &x);
+    struct num a, b, c;
+    const char *v[3] = {num(&a, now), num(&b, heartbeat_timeout_us), num(&c, retry_base_us)};
+    struct rows_ints x = {.n = 3};
+    int rc = pg_read_with(st, &queue_q[Q_REAP_SILENT], 3, v, rows_take_ints, &x);
 
     memset(out, 0, sizeof(*out));
     if (rc == 0) {
         out->workers_offline = (int)x.v[0];
         out->tasks_failed = (int)x.v[1];
+        out->tasks_retried = (int)x.v[2];
         rc = pg_write(st, &queue_q[Q_REAP_DEADLINES], 2, v, &out->tasks_timed_out);
     }
     return rc;
 }
 
-int pg_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed)
+int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
+               int *n_failed)
 {
-    struct num a;
-    const char *v[2] = {name_prefix, num(&a, now)};
-    int rc;
+    struct num a, b;
+    const char *v[3] = {name_prefix, num(&a, now), num(&b, retry_base_us)};
+    int retried = 0, rc;
 
     *n_failed = 0;
-    rc = pg_write(st, &queue_q[Q_RECOVER_TASKS], 2, v, n_failed);
+    rc = pg_write(st, &queue_q[Q_RECOVER_RETRY], 3, v, &retried);
+    if (rc == 0)
+        rc = pg_write(st, &queue_q[Q_RECOVER_TASKS], 2, v, n_failed);
+    *n_failed += retried;
     if (rc == 0)
         rc = pg_write(st, &queue_q[Q_RECOVER_WORKERS], 1, v, NULL);
     return rc;

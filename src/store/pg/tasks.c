@@ -23,9 +23,9 @@ static const struct pg_query task_q[T_N] = {
     [T_INSERT] = {"inserting a task",
                   "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
                   "backend_type, mode, parameters, metadata, callback_url, idempotency_key, "
-                  "max_steps, timeout_seconds, created_at, updated_at) VALUES ($1, $2, "
-                  "'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
-                  "te_ts($12)) ON CONFLICT (idempotency_key) DO NOTHING RETURNING "
+                  "max_steps, timeout_seconds, created_at, updated_at, max_retries) VALUES ($1, "
+                  "$2, 'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
+                  "te_ts($12), $13) ON CONFLICT (idempotency_key) DO NOTHING RETURNING "
                   "backend_type) SELECT pg_notify('taskexec_task', backend_type) FROM ins"},
     [T_BY_ID] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE id = $1"},
     [T_BY_KEY] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = $1"},
@@ -51,19 +51,19 @@ int pg_load_task(struct pgconn *pc, bool by_key, const char *key, struct task **
 int pg_task_insert(struct store *st, struct task *t, struct task **existing)
 {
     struct pgconn *pc = pg_conn_get(P(st));
-    struct num n1, n2, n3, n4;
+    struct num n1, n2, n3, n4, n5;
     bool ok = true;
     char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
-    const char *v[12] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type, t->mode,
+    const char *v[13] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type, t->mode,
                          params, meta, t->callback_url, t->idempotency_key,
                          num(&n2, t->max_steps), num(&n3, t->timeout_seconds),
-                         num(&n4, t->created_at)};
+                         num(&n4, t->created_at), num(&n5, t->max_retries)};
     struct pg_cursor cur;
     int rc = ERR_NOMEM;
 
     *existing = NULL;
     if (ok) {
-        rc = pg_open_q(&cur, pc, &task_q[T_INSERT], 12, v);
+        rc = pg_open_q(&cur, pc, &task_q[T_INSERT], 13, v);
         if (rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
             rc = pg_load_task(pc, true, t->idempotency_key, existing); /* a known key */
         rc = pg_end(&cur, rc);
@@ -83,8 +83,8 @@ int pg_task_get(struct store *st, const char *id, struct task **out)
 
 /* A task filter as parameters and the WHERE that uses them, numbered in order. */
 struct filter {
-    char where[512];
-    const char *v[8];
+    char where[600];
+    const char *v[10];
     int n;
     struct num nums[3];
 };
@@ -114,17 +114,20 @@ static void filter_build(struct filter *q, const struct task_filter *f)
         filter_add(q, " AND created_at < te_ts($%d)", num(&q->nums[1], f->until));
     if (f->after_seq)
         filter_add(q, " AND seq > $%d", num(&q->nums[2], f->after_seq));
+    if (f->experiment_id)
+        filter_add(q, " AND experiment_id = $%d AND slot_current", f->experiment_id);
 }
 
 static int list_total(struct pgconn *pc, const struct task_filter *f, const struct filter *q,
                       int64_t *total)
 {
-    char sql[1024];
+    char sql[1400];
     struct rows_ints x = {.n = 1};
     int rc;
 
     /* Filtered by state at most: the kept counts answer without a scan. */
-    if (!f->problem_id && !f->worker_id && !f->since && !f->until && !f->after_seq)
+    if (!f->problem_id && !f->worker_id && !f->since && !f->until && !f->after_seq &&
+        !f->experiment_id)
         snprintf(sql, sizeof(sql), "SELECT COALESCE(sum(n), 0) FROM task_counts%s",
                  f->status >= 0 ? " WHERE status = $1" : "");
     else
@@ -140,7 +143,7 @@ int pg_task_list(struct store *st, const struct task_filter *f, struct task_page
     struct pgconn *pc = pg_conn_get(P(st));
     struct num limit, offset;
     struct filter q;
-    char sql[1024];
+    char sql[1400];
     int rc = 0;
 
     memset(out, 0, sizeof(*out));

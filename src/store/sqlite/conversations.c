@@ -26,11 +26,13 @@ enum {
 
 static const struct sq_query conv_q[C_N] = {
     [C_FIND] = {"finding a conversation",
-                "SELECT seq FROM llm_conversations WHERE task_id = ?1 AND session_id = ?2"},
+                "SELECT seq FROM llm_conversations WHERE task_id = ?1 AND session_id = ?2 AND "
+                "attempt = (SELECT attempt FROM tasks WHERE id = ?1)"},
     [C_INSERT] = {"creating a conversation",
                   "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
-                  "started_at) VALUES (?1, ?2, ?3, COALESCE((SELECT json_extract(parameters, "
-                  "'$.agent_config') FROM tasks WHERE id = ?2), '{}'), ?4) RETURNING seq"},
+                  "started_at, attempt) VALUES (?1, ?2, ?3, COALESCE((SELECT json_extract("
+                  "parameters, '$.agent_config') FROM tasks WHERE id = ?2), '{}'), ?4, (SELECT "
+                  "attempt FROM tasks WHERE id = ?2)) RETURNING seq"},
     [C_BUMP] = {"updating a conversation",
                 "UPDATE llm_conversations SET total_messages = total_messages + 1, "
                 "total_tokens = CASE WHEN ?2 IS NULL THEN total_tokens ELSE "

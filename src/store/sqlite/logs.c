@@ -23,11 +23,11 @@ enum {
 
 static const struct sq_query log_q[L_N] = {
     [L_INSERT] = {"inserting a log line",
-                  "INSERT INTO task_logs (task_id, ts, level, message, context) VALUES (?1,?2,"
-                  "?3,?4,?5)"},
+                  "INSERT INTO task_logs (task_id, ts, level, message, context, attempt) VALUES "
+                  "(?1,?2,?3,?4,?5,(SELECT attempt FROM tasks WHERE id = ?1))"},
     [L_PAGE] = {"listing logs",
-                "SELECT ts, level, message, context FROM task_logs WHERE task_id = ?1 AND "
-                "level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4"},
+                "SELECT ts, level, message, context, attempt FROM task_logs WHERE task_id = ?1 "
+                "AND level >= ?2 ORDER BY id LIMIT ?3 OFFSET ?4"},
     [L_COUNT] = {"counting logs",
                  "SELECT count(*) FROM task_logs WHERE task_id = ?1 AND level >= ?2"},
     /* Reads on the export path are kept prepared too: one prepare per connection. */
@@ -36,8 +36,8 @@ static const struct sq_query log_q[L_N] = {
         "SELECT json_group_array(json_object('timestamp', " SQ_TIME("ts") ", 'level', CASE "
         "level WHEN 0 THEN 'debug' WHEN 1 THEN 'info' WHEN 2 THEN 'warning' WHEN 3 THEN "
         "'error' WHEN 4 THEN 'critical' ELSE 'info' END, 'message', message, 'context', "
-        "json(context))) FROM (SELECT ts, level, message, context FROM task_logs WHERE "
-        "task_id = ?1 ORDER BY id)"},
+        "json(context), 'attempt', attempt)) FROM (SELECT ts, level, message, context, attempt "
+        "FROM task_logs WHERE task_id = ?1 ORDER BY id)"},
     [L_EXPORT_CONVS] = {
         "exporting a task",
         "SELECT json_group_array(json_object('id', c.id, 'task_id', c.task_id, 'session_id', "
@@ -46,6 +46,7 @@ static const struct sq_query log_q[L_N] = {
         "'ended_at', CASE WHEN c.ended_at IS NULL THEN NULL ELSE " SQ_TIME("c.ended_at") " "
         "END, 'total_messages', c.total_messages, 'total_tokens', c.total_tokens, "
         "'metadata', json(c.metadata), 'success', json(c.metadata -> '$.success'), "
+        "'attempt', c.attempt, "
         "'messages', (SELECT json_group_array(json_object('timestamp', " SQ_TIME("m.ts") ", "
         "'role', m.role, 'content', json(m.content), 'step', m.step, 'metadata', "
         "json(m.metadata))) FROM (SELECT ts, role, content, step, metadata FROM llm_messages "

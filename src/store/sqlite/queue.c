@@ -9,15 +9,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A lost attempt (its worker went silent, or this server restarted under it) goes back
+ * to pending when it has retries left: the attempt is recorded, the next waits
+ * RETRY_BASE_SECONDS (?4) x 2^(attempt-1), and its worker waits as long again. */
+#define SQ_LOST_RETRY(error)                                                               \
+    "status = 'pending', attempts = json_insert(attempts, '$[#]', json_object('attempt', "  \
+    "attempt, 'worker_id', worker_id, 'started_at', started_at, 'ended_at', ?2, 'error', "   \
+    error ", 'error_class', 'infrastructure')), attempt = attempt + 1, worker_id = NULL, "    \
+    "lease_token = NULL, started_at = NULL, deadline_at = NULL, retry_at = ?2 + (?4 << "      \
+    "(attempt - 1)), avoid_worker = worker_id, avoid_until = ?2 + 2 * (?4 << (attempt - "     \
+    "1)), updated_at = ?2 "
+
 enum {
     Q_CLAIM,
     Q_WORKER_BUSY,
     Q_FINISH,
+    Q_RETRY,
     Q_WORKER_DONE,
     Q_CONV_FINISH,
+    Q_REAP_RETRY,
     Q_REAP_SILENT_TASKS,
     Q_REAP_SILENT_WORKERS,
     Q_REAP_DEADLINES,
+    Q_RECOVER_RETRY,
     Q_RECOVER_TASKS,
     Q_RECOVER_WORKERS,
     Q_N
@@ -28,17 +42,30 @@ static const struct sq_query queue_q[Q_N] = {
     [Q_CLAIM] = {"claiming",
                  "UPDATE tasks SET status = 'running', worker_id = ?1, lease_token = ?2, "
                  "started_at = MAX(?3, created_at), updated_at = MAX(?3, created_at), "
-                 "deadline_at = MAX(?3, created_at) + timeout_seconds * 1000000 WHERE seq = "
-                 "(SELECT seq FROM tasks WHERE status = 'pending' AND backend_type = ?4 AND "
-                 "(?5 IS NULL OR problem_id REGEXP ?5) ORDER BY priority DESC, seq LIMIT 1) "
-                 "RETURNING " TASK_COLS},
+                 "deadline_at = MAX(?3, created_at) + timeout_seconds * 1000000, retry_at = "
+                 "NULL WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' AND "
+                 "backend_type = ?4 AND (?5 IS NULL OR problem_id REGEXP ?5) AND (retry_at IS "
+                 "NULL OR retry_at <= ?3) AND (avoid_worker IS NULL OR avoid_worker != ?1 OR "
+                 "avoid_until <= ?3) ORDER BY priority DESC, seq LIMIT 1) RETURNING " TASK_COLS},
     [Q_WORKER_BUSY] = {"marking a worker busy",
                        "UPDATE workers SET status = 'busy', current_task_id = ?2, "
                        "last_heartbeat = ?3 WHERE id = ?1"},
     [Q_FINISH] = {"finishing a task",
                   "UPDATE tasks SET status = ?3, result = ?4, error = ?5, completed_at = ?6, "
-                  "updated_at = ?6 WHERE id = ?1 AND status = 'running' AND lease_token = ?2 "
-                  "RETURNING worker_id"},
+                  "updated_at = ?6, error_class = ?7 WHERE id = ?1 AND status = 'running' AND "
+                  "lease_token = ?2 RETURNING worker_id"},
+    /* A failed attempt with retries left (the queue's decision, ?8 the time of the next):
+     * recorded in attempts, the task pending again, its worker asked to wait as long
+     * again before it takes it back. */
+    [Q_RETRY] = {"retrying a task",
+                 "UPDATE tasks SET status = 'pending', attempts = json_insert(attempts, '$[#]', "
+                 "json_object('attempt', attempt, 'worker_id', worker_id, 'started_at', "
+                 "started_at, 'ended_at', ?6, 'error', ?5, 'error_class', ?7)), attempt = "
+                 "attempt + 1, worker_id = NULL, lease_token = NULL, started_at = NULL, "
+                 "deadline_at = NULL, result = NULL, error = NULL, error_class = NULL, retry_at = "
+                 "?8, avoid_worker = worker_id, avoid_until = ?8 + (?8 - ?6), updated_at = ?6 "
+                 "WHERE id = ?1 AND status = 'running' AND lease_token = ?2 RETURNING "
+                 "avoid_worker"},
     [Q_WORKER_DONE] = {"counting a worker's task",
                        "UPDATE workers SET status = CASE WHEN status = 'offline' THEN 'offline' "
                        "ELSE 'idle' END, current_task_id = NULL, tasks_completed = "
@@ -46,12 +73,18 @@ static const struct sq_query queue_q[Q_N] = {
     [Q_CONV_FINISH] = {"closing conversations",
                        "UPDATE llm_conversations SET ended_at = COALESCE(ended_at, ?2), "
                        "metadata = json_set(metadata, '$.success', json(?3)) WHERE task_id = ?1"},
-    /* Tasks of silent workers fail first, while the workers still read as alive. */
+    /* Tasks of silent workers are retried or fail first, while the workers still read
+     * as alive. */
+    [Q_REAP_RETRY] = {"reaping",
+                      "UPDATE tasks SET " SQ_LOST_RETRY(RULE_ERR_SILENT("?3")) "WHERE status = "
+                      "'running' AND attempt <= max_retries AND worker_id IN (SELECT id FROM "
+                      "workers WHERE status != 'offline' AND last_heartbeat < ?2 - ?3)"},
     [Q_REAP_SILENT_TASKS] = {"reaping",
                              "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at "
-                             "= ?2, error = " RULE_ERR_SILENT("?3") " WHERE status = 'running' "
-                             "AND worker_id IN (SELECT id FROM workers WHERE status != "
-                             "'offline' AND last_heartbeat < ?2 - ?3)"},
+                             "= ?2, error = " RULE_ERR_SILENT("?3") ", error_class = "
+                             "'infrastructure' WHERE status = 'running' AND worker_id IN (SELECT "
+                             "id FROM workers WHERE status != 'offline' AND last_heartbeat < ?2 "
+                             "- ?3)"},
     [Q_REAP_SILENT_WORKERS] = {"reaping",
                                "UPDATE workers SET tasks_failed = tasks_failed + (SELECT "
                                "count(*) FROM tasks t WHERE t.id = workers.current_task_id AND "
@@ -63,10 +96,15 @@ static const struct sq_query queue_q[Q_N] = {
                           "UPDATE tasks SET status = 'timeout', completed_at = ?2, updated_at = "
                           "?2, error = " RULE_ERR_DEADLINE " WHERE status = 'running' AND "
                           "deadline_at < ?2 - ?3"},
+    [Q_RECOVER_RETRY] = {"recovering",
+                         "UPDATE tasks SET " SQ_LOST_RETRY(RULE_ERR_RESTARTED) "WHERE status = "
+                         "'running' AND attempt <= max_retries AND worker_id IN (SELECT id FROM "
+                         "workers WHERE name_prefix = ?1)"},
     [Q_RECOVER_TASKS] = {"recovering",
                          "UPDATE tasks SET status = 'failed', completed_at = ?2, updated_at = ?2, "
-                         "error = " RULE_ERR_RESTARTED " WHERE status = 'running' AND worker_id "
-                         "IN (SELECT id FROM workers WHERE name_prefix = ?1)"},
+                         "error = " RULE_ERR_RESTARTED ", error_class = 'infrastructure' WHERE "
+                         "status = 'running' AND worker_id IN (SELECT id FROM workers WHERE "
+                         "name_prefix = ?1)"},
     [Q_RECOVER_WORKERS] = {"recovering",
                            "UPDATE workers SET status = 'offline', current_task_id = NULL WHERE "
                            "name_prefix = ?1"},
@@ -126,10 +164,13 @@ int sq_task_claim(struct store *st, const struct claim_req *req, struct task **o
 static int finish_row(struct conn *c, const char *id, const char *lease_token,
                       const struct task_end *end, char **worker)
 {
-    const struct sq_arg args[6] = {SQ_T(id), SQ_T(lease_token),
+    const struct sq_arg args[8] = {SQ_T(id), SQ_T(lease_token),
                                    SQ_T(task_status_name(end->status)), SQ_J(end->result),
-                                   SQ_T(end->error), SQ_I(end->now)};
-    int rc = sq_take(c, &queue_q[Q_FINISH], args, 6, rows_take_text, worker);
+                                   SQ_T(end->error), SQ_I(end->now),
+                                   SQ_T(task_error_class_name(end->error_class)),
+                                   SQ_I(end->retry_at)};
+    int rc = end->retry_at ? sq_take(c, &queue_q[Q_RETRY], args, 8, rows_take_text, worker)
+                           : sq_take(c, &queue_q[Q_FINISH], args, 7, rows_take_text, worker);
 
     return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
 }
@@ -209,15 +250,19 @@ int sq_task_finish(struct store *st, const char *id, const char *lease_token,
 
 /* The context of reap's body. */
 struct reap {
-    int64_t now, timeout_us;
+    int64_t now, timeout_us, retry_base_us;
     struct reap_result *out;
 };
 
 static int reap(struct conn *c, void *ctx)
 {
     struct reap *x = ctx;
-    const struct sq_arg args[3] = {SQ_T(NULL), SQ_I(x->now), SQ_I(x->timeout_us)};
-    int rc = sq_run(c, &queue_q[Q_REAP_SILENT_TASKS], args, 3, &x->out->tasks_failed);
+    const struct sq_arg args[4] = {SQ_T(NULL), SQ_I(x->now), SQ_I(x->timeout_us),
+                                   SQ_I(x->retry_base_us)};
+    int rc = sq_run(c, &queue_q[Q_REAP_RETRY], args, 4, &x->out->tasks_retried);
+
+    if (rc == 0)
+        rc = sq_run(c, &queue_q[Q_REAP_SILENT_TASKS], args, 3, &x->out->tasks_failed);
 
     if (rc == 0)
         rc = sq_run(c, &queue_q[Q_REAP_SILENT_WORKERS], args, 3, &x->out->workers_offline);
@@ -226,10 +271,10 @@ static int reap(struct conn *c, void *ctx)
     return rc;
 }
 
-int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t retry_base_us,
             struct reap_result *out)
 {
-    struct reap x = {now, heartbeat_timeout_us, out};
+    struct reap x = {now, heartbeat_timeout_us, retry_base_us, out};
 
     memset(out, 0, sizeof(*out));
     return sq_in_write(st, reap, &x);
@@ -238,22 +283,27 @@ int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
 /* The context of recover's body. */
 struct recover {
     const char *name_prefix;
-    int64_t now;
+    int64_t now, retry_base_us;
     int *n_failed;
 };
 
 static int recover(struct conn *c, void *ctx)
 {
     struct recover *x = ctx;
-    const struct sq_arg args[2] = {SQ_T(x->name_prefix), SQ_I(x->now)};
-    int rc = sq_run(c, &queue_q[Q_RECOVER_TASKS], args, 2, x->n_failed);
+    const struct sq_arg args[4] = {SQ_T(x->name_prefix), SQ_I(x->now), SQ_I(0),
+                                   SQ_I(x->retry_base_us)};
+    int rc = sq_run(c, &queue_q[Q_RECOVER_RETRY], args, 4, x->n_failed);
+
+    if (rc == 0)
+        rc = sq_run(c, &queue_q[Q_RECOVER_TASKS], args, 2, x->n_failed);
 
     return rc == 0 ? sq_run(c, &queue_q[Q_RECOVER_WORKERS], args, 1, NULL) : rc;
 }
 
-int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed)
+int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
+               int *n_failed)
 {
-    struct recover x = {name_prefix, now, n_failed};
+    struct recover x = {name_prefix, now, retry_base_us, n_failed};
 
     *n_failed = 0;
     return sq_in_write(st, recover, &x);

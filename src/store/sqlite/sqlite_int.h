@@ -61,11 +61,14 @@ static inline struct sqlite_store *S(struct store *st)
     "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
     "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
 
-#define TASK_COLS TASK_INSERT_COLS ", seq"
+/* ... then seq and the retry and experiment columns (store/rows.h, rows_task) */
+#define TASK_COLS                                                                          \
+    TASK_INSERT_COLS ", seq, max_retries, attempt, error_class, attempts, retry_at, "        \
+    "experiment_id, slot"
 
 #define CONV_COLS                                                                          \
     "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
-    "c.ended_at, c.total_messages, c.total_tokens, c.metadata"
+    "c.ended_at, c.total_messages, c.total_tokens, c.metadata, c.attempt"
 
 /* Reads go to a reader connection, or to the writer for :memory: databases. */
 struct rd {
@@ -179,6 +182,10 @@ int sq_migrate(struct conn *c) __attribute__((warn_unused_result));
 int sq_load_task(struct conn *c, bool by_key, const char *key,
                  struct task **out) __attribute__((warn_unused_result));
 
+/* sq_insert_task: the row of a new task (with its retry and experiment fields), inside
+ * the caller's write transaction. */
+int sq_insert_task(struct conn *c, const struct task *t) __attribute__((warn_unused_result));
+
 /* queue.c */
 /* sq_claim_in: the claim, inside the caller's write transaction on c (caller frees
  * *out); ERR_NOTFOUND when no task is waiting. */
@@ -215,9 +222,20 @@ int sq_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int sq_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
-int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us,
+int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t retry_base_us,
             struct reap_result *out);
-int sq_recover(struct store *st, const char *name_prefix, int64_t now, int *n_failed);
+int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
+               int *n_failed);
+int sq_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
+                         size_t n);
+int sq_experiment_get(struct store *st, const char *id, struct experiment **out);
+int sq_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                       int64_t *total);
+int sq_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
+int sq_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
+int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
+int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                            size_t n);
 int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
                    size_t n);
 int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,

@@ -21,8 +21,9 @@ enum {
 
 static const struct sq_query task_q[T_N] = {
     [T_INSERT] = {"inserting a task",
-                  "INSERT INTO tasks (" TASK_INSERT_COLS ") VALUES (?1,?2,'pending',?3,?4,?5,?6,"
-                  "?7,?8,?9,NULL,NULL,NULL,NULL,?10,?11,?12,?12,NULL,NULL,NULL)"},
+                  "INSERT INTO tasks (" TASK_INSERT_COLS ", max_retries, experiment_id, slot) "
+                  "VALUES (?1,?2,'pending',?3,?4,?5,?6,?7,?8,?9,NULL,NULL,NULL,NULL,?10,?11,?12,"
+                  "?12,NULL,NULL,NULL,?13,?14,?15)"},
     [T_BY_ID] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE id = ?1"},
     [T_BY_KEY] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = ?1"},
     [T_CANCEL] = {"cancelling a task",
@@ -42,15 +43,15 @@ int sq_load_task(struct conn *c, bool by_key, const char *key, struct task **out
     return sq_take(c, &task_q[by_key ? T_BY_KEY : T_BY_ID], &SQ_T(key), 1, rows_take_task, out);
 }
 
-static int insert_row(struct conn *c, const struct task *t)
+int sq_insert_task(struct conn *c, const struct task *t)
 {
-    const struct sq_arg args[12] = {
+    const struct sq_arg args[15] = {
         SQ_T(t->id), SQ_T(t->problem_id), SQ_I(t->priority), SQ_T(t->backend_type),
         SQ_T(t->mode), SQ_J(t->parameters), SQ_J(t->metadata), SQ_T(t->callback_url),
         SQ_T(t->idempotency_key), SQ_I(t->max_steps), SQ_I(t->timeout_seconds),
-        SQ_I(t->created_at)};
+        SQ_I(t->created_at), SQ_I(t->max_retries), SQ_T(t->experiment_id), SQ_J(t->slot)};
 
-    return sq_run(c, &task_q[T_INSERT], args, 12, NULL);
+    return sq_run(c, &task_q[T_INSERT], args, 15, NULL);
 }
 
 /* The context of insert's body. */
@@ -69,7 +70,7 @@ static int insert(struct conn *c, void *ctx)
         if (rc != ERR_NOTFOUND)
             return rc; /* a known key (0), or the error */
     }
-    return insert_row(c, x->t);
+    return sq_insert_task(c, x->t);
 }
 
 int sq_task_insert(struct store *st, struct task *t, struct task **existing)
@@ -95,15 +96,16 @@ int sq_task_get(struct store *st, const char *id, struct task **out)
  * (?6 and ?7 are the page's limit and offset). */
 static void filter_where(const struct task_filter *f, char *where, size_t cap)
 {
-    snprintf(where, cap, "WHERE 1=1%s%s%s%s%s%s", f->status >= 0 ? " AND status = ?1" : "",
+    snprintf(where, cap, "WHERE 1=1%s%s%s%s%s%s%s", f->status >= 0 ? " AND status = ?1" : "",
              f->problem_id ? " AND problem_id = ?2" : "",
              f->worker_id ? " AND worker_id = ?3" : "", f->since ? " AND created_at >= ?4" : "",
-             f->until ? " AND created_at < ?5" : "", f->after_seq ? " AND seq > ?8" : "");
+             f->until ? " AND created_at < ?5" : "", f->after_seq ? " AND seq > ?8" : "",
+             f->experiment_id ? " AND experiment_id = ?9 AND slot_current" : "");
 }
 
 /* Every value a list statement may use, at its number; a statement leaves out what
  * it does not use, and binding those is harmless. */
-static void filter_args(const struct task_filter *f, struct sq_arg a[8])
+static void filter_args(const struct task_filter *f, struct sq_arg a[9])
 {
     a[0] = SQ_T(f->status >= 0 ? task_status_name((enum task_status)f->status) : NULL);
     a[1] = SQ_T(f->problem_id);
@@ -113,6 +115,7 @@ static void filter_args(const struct task_filter *f, struct sq_arg a[8])
     a[5] = SQ_I(f->limit);
     a[6] = SQ_I(f->offset);
     a[7] = SQ_I(f->after_seq);
+    a[8] = SQ_T(f->experiment_id);
 }
 
 static int list_total(struct conn *c, const struct task_filter *f, const char *where,
@@ -123,12 +126,13 @@ static int list_total(struct conn *c, const struct task_filter *f, const char *w
     int rc;
 
     /* Filtered by state at most: the kept counts answer without a scan. */
-    if (!f->problem_id && !f->worker_id && !f->since && !f->until && !f->after_seq)
+    if (!f->problem_id && !f->worker_id && !f->since && !f->until && !f->after_seq &&
+        !f->experiment_id)
         snprintf(sql, sizeof(sql), "SELECT COALESCE(sum(n), 0) FROM task_counts%s",
                  f->status >= 0 ? " WHERE status = ?1" : "");
     else
         snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks %s", where);
-    rc = sq_take_sql(c, "listing tasks", sql, args, 8, rows_take_ints, &x);
+    rc = sq_take_sql(c, "listing tasks", sql, args, 9, rows_take_ints, &x);
     if (rc == 0)
         *total = x.v[0];
     return rc;
@@ -137,7 +141,7 @@ static int list_total(struct conn *c, const struct task_filter *f, const char *w
 int sq_task_list(struct store *st, const struct task_filter *f, struct task_page *out)
 {
     char where[512], sql[1024];
-    struct sq_arg args[8];
+    struct sq_arg args[9];
     struct rd r = sq_rd_get(st);
     int rc = 0;
 
@@ -149,7 +153,7 @@ int sq_task_list(struct store *st, const struct task_filter *f, struct task_page
     if (!f->no_total)
         rc = list_total(r.c, f, where, args, &out->total);
     if (rc == 0)
-        rc = sq_take_sql(r.c, "listing tasks", sql, args, 8, rows_take_tasks, out);
+        rc = sq_take_sql(r.c, "listing tasks", sql, args, 9, rows_take_tasks, out);
     sq_rd_put(&r);
     if (rc < 0)
         store_task_page_reset(out);
