@@ -85,11 +85,11 @@ static const struct pg_query exp_q[X_N] = {
                   "UPDATE experiments SET cancelled_at = COALESCE(cancelled_at, te_ts($2)) WHERE "
                   "id = $1 RETURNING id"},
     [X_CANCEL_TASKS] = {"cancelling an experiment's tasks",
-                        "WITH c AS (SELECT seq, status FROM tasks WHERE experiment_id = $1 AND "
-                        "slot_current AND status IN ('pending', 'running') FOR UPDATE) UPDATE "
-                        "tasks t SET status = 'cancelled', completed_at = te_ts($2), updated_at "
-                        "= te_ts($2), error = " RULE_ERR_CANCELLED " FROM c WHERE t.seq = c.seq "
-                        "RETURNING t.id, c.status"},
+                        "WITH c AS (SELECT seq, status AS was FROM tasks WHERE experiment_id = "
+                        "$1 AND slot_current AND status IN ('pending', 'running') FOR UPDATE) "
+                        "UPDATE tasks SET status = 'cancelled', completed_at = te_ts($2), "
+                        "updated_at = te_ts($2), error = " RULE_ERR_CANCELLED " FROM c WHERE "
+                        "tasks.seq = c.seq RETURNING tasks.id, c.was"},
     [X_SLOTS_FAILED] = {"an experiment's failed slots",
                         "SELECT t.slot::text FROM tasks t WHERE t.experiment_id = $1 AND "
                         "t.slot_current AND t.status IN ('failed', 'timeout') ORDER BY t.seq"},
