@@ -106,6 +106,25 @@ stop_server
 row "session step p50 / p99 ms, one server (PG)" "$S1_50 / $S1_99"
 row "session step p50 / p99 ms, across two servers (PG)" "$S2_50 / $S2_99"
 
+# ---- experiments: a 10,000-task experiment in one request (beside the same rows made by
+# one INSERT ... SELECT in psql), and the scoreboard over 100,000 finished tasks (beside
+# the same GROUP BY in psql) ----
+ms_of() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
+"${PSQL[@]}" -c "CREATE DATABASE exps" postgres
+EURL="postgresql:///exps?host=$DIR&port=$PORT&user=postgres"
+start_server exps DATABASE_URL="$EURL" NUM_INTERNAL_WORKERS=0
+read -r EXP_N EXP_MS <<<"$(/usr/bin/python3 bench/experiments.py "$API" 4 28)"  # 89 x 4 x 28
+EXP_REF=$(ms_of "${PSQL[@]}" exps -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, max_steps, timeout_seconds, created_at, updated_at, slot) SELECT gen_random_uuid(), 'ref-' || (i % 89), 'cancelled', 0, 'ref', 'batch', jsonb_build_object('agent_config', jsonb_build_object('model', 'm' || (i % 4))), '{}', 30, 1800, now(), now(), jsonb_build_object('problem_id', 'ref-' || (i % 89), 'agent_config_index', i % 4, 'attempt', i % 28) FROM generate_series(1, $EXP_N) i")
+EID=$(/usr/bin/python3 -c 'import uuid; print(uuid.uuid4())')
+"${PSQL[@]}" exps -c "INSERT INTO experiments (id, name, spec, metadata, created_at) VALUES ('$EID', 'board', '{\"name\": \"board\", \"problems\": [], \"agent_configs\": [{}, {}, {}, {}], \"attempts\": 250, \"template\": {}}', '{}', now())"
+"${PSQL[@]}" exps -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, max_steps, timeout_seconds, created_at, updated_at, started_at, completed_at, experiment_id, slot, result) SELECT gen_random_uuid(), 'p-' || (i % 100), 'completed', 0, 'board', 'batch', '{}', '{}', 30, 1800, now(), now(), now() - interval '3 s', now(), '$EID', jsonb_build_object('problem_id', 'p-' || (i % 100), 'agent_config_index', (i / 100) % 4, 'attempt', i / 400), jsonb_build_object('success', i % 3 = 0, 'metrics', jsonb_build_object('steps_taken', i % 20)) FROM generate_series(0, 99999) i"
+"${PSQL[@]}" exps -c "VACUUM ANALYZE tasks"
+BOARD_MS=$(/usr/bin/python3 bench/experiments.py "$API" 0 0 "$EID")
+BOARD_REF=$(ms_of "${PSQL[@]}" exps -c "SELECT problem_id, slot->>'agent_config_index', count(*), count(*) FILTER (WHERE (result->>'success')::boolean), avg((result->'metrics'->>'steps_taken')::float8) FROM tasks WHERE experiment_id = '$EID' GROUP BY 1, 2")
+stop_server
+row "create a $EXP_N-task experiment, ms (PG)" "$EXP_MS" "$EXP_REF" "$(ratio "$EXP_MS" "$EXP_REF")"
+row "scoreboard over 100,000 tasks, ms (PG)" "$BOARD_MS" "$BOARD_REF" "$(ratio "$BOARD_MS" "$BOARD_REF")"
+
 # ---- a big table: claim and list latency with BIG_ROWS finished tasks against 1,000 ----
 BIG_ROWS=${BENCH_BIG_ROWS:-1000000}
 median_ms() {  # median time of 50 GETs of $1, in ms

@@ -23,7 +23,7 @@
 #define BATCH 1000            /* rows per table per poll */
 #define CATCH_UP_MAX 10000    /* rows a reconnecting client is caught up with, at most */
 
-enum { T_TASK = 1, T_LOG = 2, T_WORKER = 4, T_ALL = 7 };
+enum { T_TASK = 1, T_LOG = 2, T_WORKER = 4, T_EXPERIMENT = 8, T_ALL = 15 };
 
 /* One listener. Owned by its HTTP response (freed by client_free when MHD is done with
  * it); on the bus's list while alive. */
@@ -60,7 +60,10 @@ struct event_bus {
 
 static unsigned kind_type(const char *kind)
 {
-    return !strcmp(kind, "task") ? T_TASK : !strcmp(kind, "worker") ? T_WORKER : T_LOG;
+    return !strcmp(kind, "task")         ? T_TASK
+           : !strcmp(kind, "worker")     ? T_WORKER
+           : !strcmp(kind, "experiment") ? T_EXPERIMENT
+                                         : T_LOG;
 }
 
 /* The data object of one journal row or log line (row: as the store returns it). */
@@ -75,6 +78,10 @@ static json_t *frame_data(const char *kind, json_t *row)
                          "timestamp", ts, "level", json_object_get(row, "level"), "message",
                          json_object_get(row, "message"), "context",
                          json_object_get(row, "context"));
+    if (!strcmp(kind, "experiment")) /* an experiment ended: its status, completed or cancelled */
+        return json_pack("{s:O, s:O, s:s}", "experiment_id",
+                         json_object_get(row, "experiment_id"), "status",
+                         json_object_get(row, "status"), "timestamp", ts);
     if (!strcmp(kind, "worker"))
         return json_pack("{s:O, s:O, s:O, s:s}", "worker_id", json_object_get(row, "worker_id"),
                          "status", json_object_get(row, "status"), "current_task_id",
@@ -107,7 +114,7 @@ static bool wants(const struct sse_client *c, unsigned type, json_t *row)
     if (!(c->types & type))
         return false;
     if (c->task_id[0])
-        return type != T_WORKER && task && !strcmp(task, c->task_id);
+        return (type == T_TASK || type == T_LOG) && task && !strcmp(task, c->task_id);
     return true;
 }
 
@@ -473,6 +480,8 @@ static int parse_types(const char *s, unsigned *out)
             t |= T_LOG;
         else if (n == 6 && !strncmp(p, "worker", 6))
             t |= T_WORKER;
+        else if (n == 10 && !strncmp(p, "experiment", 10))
+            t |= T_EXPERIMENT;
         else
             return -1;
         p += n;
@@ -580,7 +589,7 @@ int api_events(struct request *req)
 
     if (parse_types(api_query(req, "types"), &types) < 0)
         return api_invalid_field(req, "types", "must be a comma-separated list of task, log, "
-                                               "worker");
+                                               "worker, experiment");
     return open_stream(req, NULL, types);
 }
 

@@ -227,13 +227,18 @@ static json_t *board_totals(const json_t *sums, const json_t *configs)
 
 int experiments_scoreboard(struct queue *q, const char *id, json_t **out)
 {
+    return experiments_board(q->store, id, out);
+}
+
+int experiments_board(struct store *st, const char *id, json_t **out)
+{
     struct experiment *e = NULL;
     json_t *sums = NULL, *rows = json_array(), *configs, *g;
     size_t i;
-    int rc = store_experiment_get(q->store, id, &e);
+    int rc = store_experiment_get(st, id, &e);
 
     if (rc == 0)
-        rc = store_experiment_scoreboard(q->store, id, &sums);
+        rc = store_experiment_scoreboard(st, id, &sums);
     if (rc < 0 || !rows) {
         json_decref(rows);
         experiment_free(e);
@@ -254,6 +259,29 @@ int experiments_scoreboard(struct queue *q, const char *id, json_t **out)
     json_decref(sums);
     experiment_free(e);
     return *out ? 0 : ERR_NOMEM;
+}
+
+json_t *experiments_report(struct store *st, const char *id)
+{
+    struct experiment *e = NULL;
+    json_t *o = NULL, *board = NULL;
+
+    if (store_experiment_get(st, id, &e) == 0 && experiments_board(st, id, &board) == 0 &&
+        (o = experiment_to_json(e)))
+        json_object_set_new(o, "scoreboard", board);
+    else
+        json_decref(board);
+    experiment_free(e);
+    return o;
+}
+
+int experiments_end(struct queue *q)
+{
+    int n = 0, rc = store_experiments_end(q->store, clock_now_us(), &n);
+
+    if (rc == 0 && n)
+        log_info("%d experiments ended", n);
+    return rc;
 }
 
 /* One CSV field: numbers as they are, null empty, text quoted when it must be. 0, or

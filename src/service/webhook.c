@@ -1,5 +1,6 @@
 /* webhook: see webhook.h. */
 #include "service/webhook.h"
+#include "service/experiments.h"
 #include "core/thread.h"
 #include "core/clock.h"
 #include "core/crypto.h"
@@ -76,7 +77,8 @@ static long post(CURL *h, const struct webhook_settings *cfg, const struct webho
     curl_easy_reset(h);
     hdr = curl_slist_append(hdr, "Content-Type: application/json");
     hdr = curl_slist_append(hdr, "User-Agent: taskexec");
-    hdr = curl_slist_append(hdr, "X-Taskexec-Event: task.finished");
+    hdr = curl_slist_append(hdr, job->experiment ? "X-Taskexec-Event: experiment.finished"
+                                                 : "X-Taskexec-Event: task.finished");
     snprintf(line, sizeof(line), "X-Taskexec-Delivery: %.36s-%d", job->task_id, job->attempts + 1);
     hdr = curl_slist_append(hdr, line);
     if (cfg->secret && *cfg->secret) {
@@ -114,20 +116,24 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
     int64_t delay;
 
     if (!webhook_host_allowed(job->url, cfg->allowed_hosts)) {
-        if (store_webhook_result(st, job->task_id, "failed", job->attempts, clock_now_us(),
+        if (store_webhook_result(st, job, "failed", job->attempts, clock_now_us(),
                                     "callback_url's host is not in WEBHOOK_ALLOWED_HOSTS") < 0)
             log_warn("webhook %s: could not record the refusal", job->task_id);
         return;
     }
-    if (store_task_get(st, job->task_id, &t) < 0 || !(o = task_to_json(t)) ||
-        !(body = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10)))) {
+    /* A task's end sends the task; an experiment's, the experiment and its scoreboard. */
+    if (job->experiment)
+        o = experiments_report(st, job->task_id);
+    else if (store_task_get(st, job->task_id, &t) == 0)
+        o = task_to_json(t);
+    if (!o || !(body = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10)))) {
         task_free(t);
         json_decref(o);
         return; /* the lease runs out and the delivery comes back */
     }
     status = post(h, cfg, job, body, why, sizeof(why));
     if (status >= 200 && status < 300) {
-        if (store_webhook_result(st, job->task_id, "delivered", attempts, clock_now_us(),
+        if (store_webhook_result(st, job, "delivered", attempts, clock_now_us(),
                                     NULL) < 0)
             log_warn("webhook %s: delivered, but the database did not record it", job->task_id);
         else
@@ -142,7 +148,7 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
         bool last = attempts >= cfg->max_attempts;
         log_warn("webhook %s: attempt %d to %s failed (%s)%s", job->task_id, attempts, job->url,
                  why, last ? "; giving up" : "");
-        if (store_webhook_result(st, job->task_id, last ? "failed" : "pending", attempts,
+        if (store_webhook_result(st, job, last ? "failed" : "pending", attempts,
                                     clock_now_us() + delay, why) < 0)
             log_warn("webhook %s: could not record the attempt", job->task_id);
     }

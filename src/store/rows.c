@@ -218,10 +218,10 @@ json_t *rows_worker(const struct store_row *r)
 
 json_t *rows_event(const struct store_row *r)
 {
-    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)i64(r, 0),
+    return json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "id", (json_int_t)i64(r, 0),
                      "ts_us", (json_int_t)i64(r, 1), "kind", rows_str(r, 2), "task_id",
                      rows_str(r, 3), "worker_id", rows_str(r, 4), "status", rows_str(r, 5),
-                     "problem_id", rows_str(r, 6));
+                     "problem_id", rows_str(r, 6), "experiment_id", rows_str(r, 7));
 }
 
 json_t *rows_new_log(const struct store_row *r)
@@ -460,6 +460,7 @@ int rows_take_jobs(struct store_cursor *cur, void *ctx)
         snprintf(j->task_id, sizeof(j->task_id), "%s", id ? id : "");
         j->url = rows_dup(&cur->row, 1);
         j->attempts = (int)i64(&cur->row, 2);
+        j->experiment = x->experiment;
         if (!j->url) {
             rc = ERR_NOMEM;
             break;

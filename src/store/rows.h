@@ -136,6 +136,7 @@ int rows_take_action(struct store_cursor *cur, void *ctx);
 struct rows_jobs {
     struct webhook_job *jobs;    /* borrowed, max elements */
     size_t max, n;
+    bool experiment;             /* the rows are experiments' deliveries */
 };
 int rows_take_jobs(struct store_cursor *cur, void *ctx);
 /* ctx: struct rows_convs. Every row (CONV_COLS) as a conversation into a new array v,
@@ -190,7 +191,7 @@ json_t *rows_message(const struct store_row *r);
 /* WORKER_COLS: id, backend_type, status, last_heartbeat, current_task_id,
  * capabilities, metadata, tasks_completed, tasks_failed, registered_at, internal */
 json_t *rows_worker(const struct store_row *r);
-/* id, ts, kind, task_id, worker_id, status, problem_id */
+/* id, ts, kind, task_id, worker_id, status, problem_id, experiment_id */
 json_t *rows_event(const struct store_row *r);
 /* id, task_id, ts, level, message, context */
 json_t *rows_new_log(const struct store_row *r);

@@ -245,10 +245,16 @@ int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t m
     return st->ops->webhooks_due(st, now, lease_us, max, jobs, n);
 }
 
-int store_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
+int store_experiments_end(struct store *st, int64_t now, int *n)
+{
+    return st->ops->experiments_end(st, now, n);
+}
+
+int store_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                         int attempts,
                          int64_t next_at, const char *error)
 {
-    return st->ops->webhook_result(st, task_id, state, attempts, next_at, error);
+    return st->ops->webhook_result(st, job, state, attempts, next_at, error);
 }
 
 int store_events_head(struct store *st, int64_t *event_id, int64_t *log_id)

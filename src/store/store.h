@@ -112,7 +112,8 @@ struct worker_reg {
 };
 
 struct webhook_job {
-    char task_id[TASK_ID_LEN + 1];
+    char task_id[TASK_ID_LEN + 1];   /* the task's id, or the experiment's */
+    bool experiment;                 /* an experiment's end, not a task's */
     char *url;                   /* owned: free() */
     int attempts;                /* made so far */
 };
@@ -279,9 +280,15 @@ struct store_ops {
      * *n of them in jobs (each url malloc'd: the caller frees it; *n 0 on error). */
     int (*webhooks_due)(struct store *st, int64_t now, int64_t lease_us, size_t max,
                         struct webhook_job *jobs, size_t *n);
-    /* webhook_result: state "delivered", "pending" (try again at next_at) or "failed". */
-    int (*webhook_result)(struct store *st, const char *task_id, const char *state,
+    /* webhook_result: state "delivered", "pending" (try again at next_at) or "failed", of
+     * job's task or experiment. */
+    int (*webhook_result)(struct store *st, const struct webhook_job *job, const char *state,
                           int attempts, int64_t next_at, const char *error);
+    /* experiments_end: each experiment not ended yet whose current tasks have all ended
+     * gets ended_at now, its webhook made due (when it has a callback_url) and an
+     * "experiment" event in the journal, in one transaction, so one server does it once;
+     * *n of them. A rerun opens an experiment again (experiment_add_tasks). */
+    int (*experiments_end)(struct store *st, int64_t now, int *n);
 
     /* The event journal, written by triggers on tasks and workers. events_head: the newest
      * event id and log line id. events_after / logs_after: up to limit rows after an id, in
@@ -419,9 +426,10 @@ int store_recover(struct store *st, const char *name_prefix, int64_t now,
                   int64_t retry_base_us, int *n_failed) __attribute__((warn_unused_result));
 int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                        struct webhook_job *jobs, size_t *n) __attribute__((warn_unused_result));
-int store_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
-                         int64_t next_at,
+int store_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                         int attempts, int64_t next_at,
                          const char *error) __attribute__((warn_unused_result));
+int store_experiments_end(struct store *st, int64_t now, int *n) __attribute__((warn_unused_result));
 int store_events_head(struct store *st, int64_t *event_id,
                       int64_t *log_id) __attribute__((warn_unused_result));
 int store_events_after(struct store *st, int64_t after, int limit,

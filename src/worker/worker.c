@@ -13,6 +13,7 @@
 #include "exec/provision.h"
 #include "exec/runner.h"
 #include "service/queue.h"
+#include "service/experiments.h"
 #include "store/store.h"
 #include "core/uuidgen.h"
 
@@ -540,6 +541,9 @@ static void *housekeeper_main(void *arg)
             (void)queue_reap(wm->d.queue, (int64_t)cfg->heartbeat_timeout_seconds * 1000000,
                              NULL);
         }
+        /* Every tick (a second at most), so an experiment's end is announced promptly; an
+         * error is passed over likewise: the next tick tries again. */
+        (void)experiments_end(wm->d.queue);
         refresh_gauges(wm);
         pthread_mutex_lock(&wm->lock);
         if (!wm->shutdown) {

@@ -192,3 +192,52 @@ def test_cli_runs_a_spec_and_prints_the_scoreboard(make_server, tmpdir_path):
     p = subprocess.run([BIN, "experiment", "rerun", eid, "--api", s.url], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "3 tasks queued again" in p.stdout
+
+
+def test_the_readme_spec_is_accepted(make_server):
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    section = readme.split("## Experiments: sweeps of rollouts as one object", 1)[1]
+    spec = json.loads(re.search(r"<<'JSON'\n(.*?)\nJSON", section, re.S).group(1))
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    r = s.post("/api/v1/experiments", json=spec)
+    assert r.status_code == 201, r.text
+    e = r.json()
+    assert e["task_count"] == 5 * 2 * 3 and e["attempts"] == 3
+    task = s.get(f"/api/v1/experiments/{e['id']}/tasks", params={"limit": 1}).json()["tasks"][0]
+    assert task["max_retries"] == 2 and task["parameters"]["max_steps"] == 20
+    assert s.post(f"/api/v1/experiments/{e['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_an_ended_experiment_calls_back_once_and_is_announced(make_server):
+    import sys
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_webhooks import Receiver, wait_for
+    from test_events import Stream
+    rec = Receiver(fail_first=1)
+    try:
+        s = make_server(NUM_INTERNAL_WORKERS=2, WEBHOOK_RETRY_BASE_MS=100)
+        stream = Stream(s.api + "/events?types=experiment")
+        e = create(s, problems=[PORT], agent_configs=[GOOD, BAD], callback_url=rec.url)
+        wait_ended(s, e["id"])
+        assert wait_for(lambda: len(rec.accepted()) == 1, 30), rec.deliveries
+        _, _, headers, body = rec.accepted()[0]
+        sent = json.loads(body)
+        assert headers["X-Taskexec-Event"] == "experiment.finished"
+        assert sent["id"] == e["id"] and sent["status"] == "completed"
+        assert len(sent["scoreboard"]["rows"]) == 6
+        assert [d[1] for d in rec.deliveries] == [500, 200]   # retried after a failure
+        # no task of the experiment has a callback of its own
+        assert all(t["callback_url"] is None for t in all_tasks(s, e["id"]))
+        assert wait_for(lambda: any(t == "experiment" for _, t, _ in stream.events), 10)
+        ev = [d for _, t, d in stream.events if t == "experiment"][0]
+        assert ev["experiment_id"] == e["id"] and ev["status"] == "completed"
+        time.sleep(1.5)              # several heartbeats later: still one delivery, one event
+        assert len(rec.accepted()) == 1
+        assert sum(t == "experiment" for _, t, _ in stream.events) == 1
+        stream.resp.close()
+    finally:
+        rec.close()

@@ -715,6 +715,7 @@ const struct store_ops store_pg_ops = {
     .experiment_cancel = pg_experiment_cancel,
     .experiment_slots = pg_experiment_slots,
     .experiment_add_tasks = pg_experiment_add_tasks,
+    .experiments_end = pg_experiments_end,
     .webhooks_due = pg_webhooks_due,
     .webhook_result = pg_webhook_result,
     .events_head = pg_events_head,

@@ -19,8 +19,8 @@ static const struct pg_query event_q[E_N] = {
                 "SELECT (SELECT COALESCE(max(id), 0) FROM task_events), "
                 "(SELECT COALESCE(max(id), 0) FROM task_logs)"},
     [E_AFTER] = {"reading events",
-                 "SELECT id, ts, kind, task_id, worker_id, status, problem_id FROM task_events "
-                 "WHERE id > $1 ORDER BY id LIMIT $2"},
+                 "SELECT id, ts, kind, task_id, worker_id, status, problem_id, experiment_id "
+                 "FROM task_events WHERE id > $1 ORDER BY id LIMIT $2"},
     [E_LOGS_AFTER] = {"reading new logs",
                       "SELECT id, task_id, te_us(ts), level, message, context::text FROM "
                       "task_logs WHERE id > $1 ORDER BY id LIMIT $2"},

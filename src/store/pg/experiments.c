@@ -17,6 +17,12 @@
     "::boolean ELSE false END)"
 #define PG_ENDED "t.status IN ('completed', 'failed', 'timeout', 'cancelled')"
 
+/* An experiment not ended yet whose current tasks have all ended (x: its row). */
+#define ENDED_NOW(x)                                                                       \
+    x ".ended_at IS NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.experiment_id = " x      \
+    ".id AND t.slot_current) AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.experiment_id = " \
+    x ".id AND t.slot_current AND t.status IN ('pending', 'running'))"
+
 enum {
     X_INSERT,
     X_TASKS,
@@ -30,6 +36,8 @@ enum {
     X_SLOTS_FAILED,
     X_SLOTS_UNSOLVED,
     X_RETIRE,
+    X_REOPEN,
+    X_END,
     X_N
 };
 
@@ -99,6 +107,17 @@ static const struct pg_query exp_q[X_N] = {
     [X_RETIRE] = {"replacing an experiment's slots",
                   "UPDATE tasks SET slot_current = false WHERE experiment_id = $1 AND "
                   "slot_current AND slot = ANY($2::jsonb[])"},
+    [X_REOPEN] = {"reopening an experiment",
+                  "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = $1"},
+    /* One statement: a server that meets a row another is ending waits, then sees it
+     * ended and leaves it. */
+    [X_END] = {"ending experiments",
+               "WITH e AS (UPDATE experiments x SET ended_at = te_ts($1), webhook_state = CASE "
+               "WHEN x.callback_url IS NOT NULL THEN 'pending' END, webhook_next_at = te_ts($1), "
+               "webhook_attempts = 0 WHERE " ENDED_NOW("x") " RETURNING x.id, x.cancelled_at) "
+               "INSERT INTO task_events (ts, kind, experiment_id, status) SELECT $1, "
+               "'experiment', id, CASE WHEN cancelled_at IS NULL THEN 'completed' ELSE "
+               "'cancelled' END FROM e"},
 };
 
 /* The per-slot arrays of an experiment's tasks, as array literals. */
@@ -315,7 +334,22 @@ static int add_body(struct pgconn *pc, void *ctx)
         PQclear(pg_run(pc, &exp_q[X_RETIRE], 2, v, &rc));
     }
     buf_reset(&slots);
-    return rc == 0 ? insert_tasks(pc, x->e->id, x->tasks, x->n) : rc;
+    if (rc == 0)
+        rc = insert_tasks(pc, x->e->id, x->tasks, x->n);
+    if (rc == 0) {
+        const char *v[1] = {x->e->id};
+        PQclear(pg_run(pc, &exp_q[X_REOPEN], 1, v, &rc));
+    }
+    return rc;
+}
+
+int pg_experiments_end(struct store *st, int64_t now, int *n)
+{
+    struct num a;
+    const char *v[1] = {num(&a, now)};
+
+    *n = 0;
+    return pg_write(st, &exp_q[X_END], 1, v, n);
 }
 
 int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,

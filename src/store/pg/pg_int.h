@@ -264,8 +264,9 @@ int pg_worker_get(struct store *st, const char *id, json_t **out);
 int pg_worker_counts(struct store *st, int64_t counts[3]);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int pg_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
-                      int64_t next_at, const char *error);
+int pg_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                      int attempts, int64_t next_at, const char *error);
+int pg_experiments_end(struct store *st, int64_t now, int *n);
 int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
 int pg_events_after(struct store *st, int64_t after, int limit, json_t **out);
 int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out);

@@ -194,8 +194,12 @@ static const char *const migrations[] = {
     " ADD UNIQUE (task_id, session_id, attempt);"
     "CREATE TABLE experiments (id uuid PRIMARY KEY, name text NOT NULL, spec jsonb NOT NULL,"
     " metadata jsonb NOT NULL, callback_url text, created_at timestamptz NOT NULL,"
-    " cancelled_at timestamptz, ended_at timestamptz, seq bigint GENERATED ALWAYS AS IDENTITY);"
-    "CREATE INDEX experiments_seq ON experiments (seq);",
+    " cancelled_at timestamptz, ended_at timestamptz, seq bigint GENERATED ALWAYS AS IDENTITY,"
+    " webhook_state text, webhook_attempts integer NOT NULL DEFAULT 0,"
+    " webhook_next_at timestamptz, webhook_error text);"
+    "CREATE INDEX experiments_seq ON experiments (seq);"
+    "CREATE INDEX experiments_open ON experiments (seq) WHERE ended_at IS NULL;"
+    "ALTER TABLE task_events ADD COLUMN experiment_id uuid;",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

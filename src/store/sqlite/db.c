@@ -590,6 +590,7 @@ const struct store_ops store_sqlite_ops = {
     .experiment_cancel = sq_experiment_cancel,
     .experiment_slots = sq_experiment_slots,
     .experiment_add_tasks = sq_experiment_add_tasks,
+    .experiments_end = sq_experiments_end,
     .webhooks_due = sq_webhooks_due,
     .webhook_result = sq_webhook_result,
     .events_head = sq_events_head,

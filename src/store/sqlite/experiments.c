@@ -20,6 +20,12 @@
     "(SELECT max(completed_at) FROM tasks t WHERE t.experiment_id = e.id AND "               \
     "t.slot_current)"
 
+/* An experiment not ended yet whose current tasks have all ended (x: its row). */
+#define ENDED_NOW(x)                                                                       \
+    x ".ended_at IS NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.experiment_id = " x      \
+    ".id AND t.slot_current) AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.experiment_id = " \
+    x ".id AND t.slot_current AND t.status IN ('pending', 'running'))"
+
 enum {
     X_INSERT,
     X_GET,
@@ -33,6 +39,9 @@ enum {
     X_SLOTS_FAILED,
     X_SLOTS_UNSOLVED,
     X_RETIRE,
+    X_REOPEN,
+    X_END_EVENTS,
+    X_END,
     X_N
 };
 
@@ -83,6 +92,17 @@ static const struct sq_query exp_q[X_N] = {
     [X_RETIRE] = {"replacing an experiment's slot",
                   "UPDATE tasks SET slot_current = 0 WHERE experiment_id = ?1 AND slot_current "
                   "AND json(slot) = json(?2)"},
+    [X_REOPEN] = {"reopening an experiment",
+                  "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = ?1"},
+    /* The journal first, while the rows still read as open; then the end, made due. */
+    [X_END_EVENTS] = {"ending experiments",
+                      "INSERT INTO task_events (ts, kind, experiment_id, status) SELECT ?1, "
+                      "'experiment', x.id, CASE WHEN x.cancelled_at IS NULL THEN 'completed' "
+                      "ELSE 'cancelled' END FROM experiments x WHERE " ENDED_NOW("x")},
+    [X_END] = {"ending experiments",
+               "UPDATE experiments SET ended_at = ?1, webhook_state = CASE WHEN callback_url IS "
+               "NOT NULL THEN 'pending' END, webhook_next_at = ?1, webhook_attempts = 0 WHERE "
+               ENDED_NOW("experiments")},
 };
 
 struct create {
@@ -214,7 +234,35 @@ int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t 
 
 static int add_body(struct conn *c, void *ctx)
 {
-    return insert_tasks(c, ctx, true);
+    struct create *x = ctx;
+    int rc = insert_tasks(c, x, true);
+
+    return rc == 0 ? sq_run(c, &exp_q[X_REOPEN], &SQ_T(x->id), 1, NULL) : rc;
+}
+
+/* The context of end_body. */
+struct end {
+    int64_t now;
+    int n;
+};
+
+static int end_body(struct conn *c, void *ctx)
+{
+    struct end *x = ctx;
+    const struct sq_arg a[1] = {SQ_I(x->now)};
+    int rc = sq_run(c, &exp_q[X_END_EVENTS], a, 1, NULL);
+
+    x->n = 0;
+    return rc == 0 ? sq_run(c, &exp_q[X_END], a, 1, &x->n) : rc;
+}
+
+int sq_experiments_end(struct store *st, int64_t now, int *n)
+{
+    struct end x = {now, 0};
+    int rc = sq_in_write(st, end_body, &x);
+
+    *n = rc == 0 ? x.n : 0;
+    return rc;
 }
 
 int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,

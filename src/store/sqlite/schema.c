@@ -169,7 +169,11 @@ static const char *const migrations[] = {
     "CREATE INDEX llm_conversations_started ON llm_conversations (started_at);"
     "CREATE TABLE experiments (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
     " name TEXT NOT NULL, spec TEXT NOT NULL, metadata TEXT NOT NULL, callback_url TEXT,"
-    " created_at INTEGER NOT NULL, cancelled_at INTEGER, ended_at INTEGER);",
+    " created_at INTEGER NOT NULL, cancelled_at INTEGER, ended_at INTEGER, webhook_state TEXT,"
+    " webhook_attempts INTEGER NOT NULL DEFAULT 0, webhook_next_at INTEGER,"
+    " webhook_error TEXT);"
+    "CREATE INDEX experiments_open ON experiments (seq) WHERE ended_at IS NULL;"
+    "ALTER TABLE task_events ADD COLUMN experiment_id TEXT;",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

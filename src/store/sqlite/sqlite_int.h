@@ -265,8 +265,9 @@ int sq_events_prune(struct store *st, int64_t before);
 int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int sq_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
-                      int64_t next_at, const char *error);
+int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                      int attempts, int64_t next_at, const char *error);
+int sq_experiments_end(struct store *st, int64_t now, int *n);
 int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
                      int64_t now);
 int sq_session_get(struct store *st, const char *task_id, json_t **out);

@@ -9,6 +9,8 @@
 enum {
     H_DUE,
     H_RESULT,
+    H_DUE_EXPERIMENTS,
+    H_RESULT_EXPERIMENT,
     H_N
 };
 
@@ -21,6 +23,15 @@ static const struct sq_query webhook_q[H_N] = {
     [H_RESULT] = {"webhooks",
                   "UPDATE tasks SET webhook_state = ?2, webhook_attempts = ?3, webhook_next_at "
                   "= ?4, webhook_error = ?5 WHERE id = ?1"},
+    /* The same for experiments that ended (store_experiments_end made them due). */
+    [H_DUE_EXPERIMENTS] = {"webhooks",
+                           "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
+                           "seq FROM experiments WHERE webhook_state = 'pending' AND "
+                           "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
+                           "id, callback_url, webhook_attempts"},
+    [H_RESULT_EXPERIMENT] = {"webhooks",
+                             "UPDATE experiments SET webhook_state = ?2, webhook_attempts = ?3, "
+                             "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1"},
 };
 
 /* The context of due's body. */
@@ -34,7 +45,15 @@ static int due(struct conn *c, void *ctx)
     struct due *x = ctx;
     const struct sq_arg args[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)x->jobs.max)};
 
-    return sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
+    int rc = sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
+    struct rows_jobs more = {x->jobs.jobs + x->jobs.n, x->jobs.max - x->jobs.n, 0, true};
+
+    if (rc < 0 || more.max == 0)
+        return rc;
+    const struct sq_arg rest[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)more.max)};
+    rc = sq_take(c, &webhook_q[H_DUE_EXPERIMENTS], rest, 3, rows_take_jobs, &more);
+    x->jobs.n += more.n;
+    return rc;
 }
 
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
@@ -52,11 +71,12 @@ int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
     return rc;
 }
 
-int sq_webhook_result(struct store *st, const char *task_id, const char *state, int attempts,
-                      int64_t next_at, const char *error)
+int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                      int attempts, int64_t next_at, const char *error)
 {
-    const struct sq_arg args[5] = {SQ_T(task_id), SQ_T(state), SQ_I(attempts), SQ_I(next_at),
-                                   SQ_T(error)};
+    const struct sq_arg args[5] = {SQ_T(job->task_id), SQ_T(state), SQ_I(attempts),
+                                   SQ_I(next_at), SQ_T(error)};
 
-    return sq_write(st, &webhook_q[H_RESULT], args, 5, NULL);
+    return sq_write(st, &webhook_q[job->experiment ? H_RESULT_EXPERIMENT : H_RESULT], args, 5,
+                    NULL);
 }
