@@ -3,6 +3,7 @@
 #include "http/api.h"
 #include "core/err.h"
 #include "service/experiments.h"
+#include "service/scoreboard.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +109,7 @@ int api_experiment_scoreboard(struct request *req)
         return not_found_or(req, rc, id);
     if (!format || strcmp(format, "csv"))
         return api_reply(req, 200, board);
-    csv = experiments_scoreboard_csv(board);
+    csv = scoreboard_csv(board);
     json_decref(board);
     if (!csv)
         return api_reply_error(req, ERR_NOMEM, "the scoreboard");

@@ -38,27 +38,14 @@ int experiments_cancel(struct queue *q, const char *id, struct experiment **out)
 int experiments_rerun(struct queue *q, const char *id, bool unsolved, int64_t *created)
     __attribute__((warn_unused_result));
 
-/* experiments_scoreboard: {"experiment_id","rows":[…],"totals":[…]} (new reference):
- * a row per (problem, agent config) and a total per agent config, as CONTRACT.md
- * says. ERR_NOTFOUND. */
+/* experiments_scoreboard: the scoreboard of experiment id (service/scoreboard.h:
+ * scoreboard_compute). ERR_NOTFOUND. */
 int experiments_scoreboard(struct queue *q, const char *id, json_t **out)
     __attribute__((warn_unused_result));
 
-/* experiments_board: experiments_scoreboard on a store (for the webhook sender). */
-int experiments_board(struct store *st, const char *id, json_t **out)
-    __attribute__((warn_unused_result));
-
-/* experiments_report: the experiment as the API shows it with its "scoreboard": what
- * its callback_url is sent when it ends. A new reference; NULL when it cannot be read. */
-json_t *experiments_report(struct store *st, const char *id);
-
 /* experiments_end: marks the experiments whose tasks have all ended (their webhooks made
  * due, an "experiment" event each; store_experiments_end), logging how many. Called by
- * the housekeeper every heartbeat. */
+ * the housekeeper every tick. */
 int experiments_end(struct queue *q);
-
-/* experiments_scoreboard_csv: the scoreboard as CSV (a header, the rows, then the
- * totals with problem_id "*"). Caller frees; NULL without memory. */
-char *experiments_scoreboard_csv(const json_t *board);
 
 #endif

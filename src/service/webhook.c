@@ -1,6 +1,6 @@
 /* webhook: see webhook.h. */
 #include "service/webhook.h"
-#include "service/experiments.h"
+#include "service/scoreboard.h"
 #include "core/thread.h"
 #include "core/clock.h"
 #include "core/crypto.h"
@@ -123,7 +123,7 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
     }
     /* A task's end sends the task; an experiment's, the experiment and its scoreboard. */
     if (job->experiment)
-        o = experiments_report(st, job->task_id);
+        o = scoreboard_report(st, job->task_id);
     else if (store_task_get(st, job->task_id, &t) == 0)
         o = task_to_json(t);
     if (!o || !(body = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10)))) {
