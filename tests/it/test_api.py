@@ -251,7 +251,8 @@ def test_logs_route_level_filter_and_limit(server):
     body = server.get(f"/api/v1/tasks/{t['id']}/logs").json()
     assert body["task_id"] == t["id"] and body["total"] == len(body["logs"]) >= 8
     for entry in body["logs"]:
-        assert set(entry) == {"timestamp", "level", "message", "context"}
+        assert set(entry) == {"timestamp", "level", "message", "context", "attempt"}
+        assert entry["attempt"] == 1
     msgs = [e["message"] for e in body["logs"]]
     assert any("step 4/4" in m for m in msgs)
     times = [e["timestamp"] for e in body["logs"]]
