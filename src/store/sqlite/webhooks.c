@@ -59,7 +59,7 @@ static int due(struct conn *c, void *ctx)
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n)
 {
-    struct due x = {now, lease_us, {jobs, max, 0}};
+    struct due x = {now, lease_us, {jobs, max, 0, false}};
     int rc = sq_in_write(st, due, &x);
 
     if (rc < 0) {
