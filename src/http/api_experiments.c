@@ -77,18 +77,28 @@ int api_experiment_list(struct request *req)
                                          "offset", (json_int_t)offset));
 }
 
-int api_experiment_get(struct request *req)
+/* The {id} capture's experiment (caller frees); NULL after replying 404 or the store's
+ * error. */
+static struct experiment *load_experiment(struct request *req)
 {
     const char *id = experiment_id(req);
     struct experiment *e = NULL;
     int rc;
 
     if (!id)
-        return 0;
+        return NULL;
     rc = store_experiment_get(req->srv->store, id, &e);
     if (rc < 0)
-        return not_found_or(req, rc, id);
-    reply_experiment(req, 200, e);
+        not_found_or(req, rc, id);
+    return rc < 0 ? NULL : e;
+}
+
+int api_experiment_get(struct request *req)
+{
+    struct experiment *e = load_experiment(req);
+
+    if (e)
+        reply_experiment(req, 200, e);
     experiment_free(e);
     return 0;
 }
@@ -118,17 +128,11 @@ int api_experiment_scoreboard(struct request *req)
 
 int api_experiment_tasks(struct request *req)
 {
-    const char *id = experiment_id(req);
-    struct experiment *e = NULL;
-    int rc;
+    struct experiment *e = load_experiment(req);
+    int rc = e ? api_task_list_of(req, e->id) : 0;
 
-    if (!id)
-        return 0;
-    rc = store_experiment_get(req->srv->store, id, &e);
-    if (rc < 0)
-        return not_found_or(req, rc, id);
     experiment_free(e);
-    return api_task_list_of(req, id);
+    return rc;
 }
 
 int api_experiment_cancel(struct request *req)
