@@ -62,6 +62,11 @@ def test_counts_and_scoreboard_match_the_tasks_results(make_server):
     # the task list and export filter by experiment too
     listed = s.get("/api/v1/tasks", params={"experiment_id": e["id"], "limit": 100}).json()
     assert listed["total"] == 12
+    s.submit(problem_id="outside-the-experiment", parameters={"simulate": {"steps": 1}})
+    lines = s.get("/api/v1/export", params={"format": "jsonl", "experiment_id": e["id"]}).text
+    exported = [json.loads(x) for x in lines.splitlines() if x.strip()]
+    assert sorted(x["task"]["id"] for x in exported) == sorted(t["id"] for t in tasks)
+    assert all(x["logs"] and x["logs"][0]["attempt"] == 1 for x in exported)
     board = s.get(f"/api/v1/experiments/{e['id']}/scoreboard").json()
     assert board["experiment_id"] == e["id"]
     assert len(board["rows"]) == 6 and len(board["totals"]) == 2
