@@ -135,6 +135,21 @@ static void seeds_draw_the_same_problem(void **state)
     json_decref(cat);
 }
 
+static void a_cut_character_is_dropped(void **state)
+{
+    char a[] = "caf\xc3\xa9", b[] = "caf\xc3", c[] = "\xe2\x82", d[] = "plain";
+
+    (void)state;
+    openenv_utf8_trim(a);
+    openenv_utf8_trim(b);
+    openenv_utf8_trim(c);
+    openenv_utf8_trim(d);
+    assert_string_equal(a, "caf\xc3\xa9");   /* whole: kept */
+    assert_string_equal(b, "caf");
+    assert_string_equal(c, "");
+    assert_string_equal(d, "plain");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +157,7 @@ int main(void)
         cmocka_unit_test(step_actions),
         cmocka_unit_test(observations_leave_reward_and_done_outside),
         cmocka_unit_test(seeds_draw_the_same_problem),
+        cmocka_unit_test(a_cut_character_is_dropped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,6 +39,7 @@
 
 #define HELD_MAX 16            /* requests held while one is in progress */
 #define STEP_WAIT_SECONDS 60   /* a parked step; then the row is read each tick */
+#define START_READ_FAILURES 50 /* ticks (10 s) of failed reads before a reset gives up */
 #define MAX_ACTION_BYTES 65536
 
 enum phase { ENV_IDLE, ENV_STARTING, ENV_READY, ENV_STEPPING };
@@ -59,6 +60,7 @@ struct env {
     char problem_id[TASK_PROBLEM_ID_MAX + 1];
     char episode_id[256];
     int step, step_count;
+    int read_failures;             /* consecutive failed reads while starting */
     bool parked, done;
     struct {
         int type;
@@ -104,6 +106,7 @@ static void send_error(struct env *e, const char *code, json_t *errors, const ch
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    openenv_utf8_trim(msg); /* a message cut inside a character would not be JSON text */
     send_json(e, openenv_error(code, errors, msg));
 }
 
@@ -209,7 +212,15 @@ static void watch_start(struct env *e)
     const char *state;
     int rc = store_task_get(e->srv->store, e->task_id, &t);
 
-    if (rc == 0 && task_status_terminal(t->status)) {
+    /* A session that cannot be read (gone, or the database failing for longer than
+     * START_READ_FAILURES ticks) is not waited for forever. */
+    e->read_failures = rc < 0 ? e->read_failures + 1 : 0;
+    if (rc == ERR_NOTFOUND || e->read_failures > START_READ_FAILURES) {
+        send_error(e, "EXECUTION_ERROR", NULL, "the session could not be read: %s",
+                   err_str(rc));
+        e->phase = ENV_IDLE;
+        e->done = true;
+    } else if (rc == 0 && task_status_terminal(t->status)) {
         send_error(e, "EXECUTION_ERROR", NULL, "the environment did not start: the session "
                    "ended %s%s%s", task_status_name(t->status), t->error ? ": " : "",
                    t->error ? t->error : "");

@@ -7,6 +7,20 @@
 #include <stdio.h>
 #include <string.h>
 
+void openenv_utf8_trim(char *s)
+{
+    size_t n = strlen(s), i = n, need;
+
+    while (i > 0 && n - i < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80)
+        i--;                                   /* back over continuation bytes */
+    if (i == 0 || ((unsigned char)s[i - 1] & 0x80) == 0)
+        return;                                /* ends in ASCII (or only continuations) */
+    i--;                                       /* the lead byte */
+    need = ((unsigned char)s[i] & 0xE0) == 0xC0 ? 2 : ((unsigned char)s[i] & 0xF0) == 0xE0 ? 3 : 4;
+    if (n - i < need)
+        s[i] = '\0';
+}
+
 json_t *openenv_error(const char *code, json_t *errors, const char *message)
 {
     json_t *data = json_pack("{s:s, s:s}", "message", message, "code", code);
@@ -50,6 +64,7 @@ int openenv_parse(const char *text, size_t len, json_t **msg, json_t **data, jso
     *error = NULL;
     if (!m) {
         snprintf(why, sizeof(why), "Invalid JSON: %s", jerr.text);
+        openenv_utf8_trim(why);
         *error = openenv_error("INVALID_JSON", NULL, why);
         return -1;
     }
@@ -78,6 +93,7 @@ int openenv_parse(const char *text, size_t len, json_t **msg, json_t **data, jso
         return (int)types[i].type;
     }
     snprintf(why, sizeof(why), "Unknown message type: %.200s", type ? type : "");
+    openenv_utf8_trim(why);
     json_decref(m); /* after: type was m's */
     *error = openenv_error("UNKNOWN_TYPE", NULL, why);
     return -1;

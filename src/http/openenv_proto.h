@@ -23,6 +23,10 @@ int openenv_parse(const char *text, size_t len, json_t **msg, json_t **data, jso
  * NULL with *error (VALIDATION_ERROR) otherwise. */
 const char *openenv_action(json_t *data, size_t max, json_t **error);
 
+/* openenv_utf8_trim: drops a UTF-8 sequence that a cut (snprintf's) left incomplete at
+ * the end of s, so the text stays valid for JSON. */
+void openenv_utf8_trim(char *s);
+
 /* openenv_error: {"type":"error","data":{"message","code"[,"errors"]}}; errors (may be
  * NULL) is taken. A new reference. */
 json_t *openenv_error(const char *code, json_t *errors, const char *message);

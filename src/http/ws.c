@@ -78,21 +78,19 @@ void ws_hub_close_all(struct ws_hub *h, int timeout_ms)
 
     if (!h)
         return;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
+    clock_deadline(&until, timeout_ms);
     pthread_mutex_lock(&h->lock);
     h->closing = true;
     for (struct ws_conn *c = h->conns; c; c = c->next)
         ws_wake(c);
-    while (h->n > 0 && pthread_cond_timedwait(&h->gone, &h->lock, &until) == 0)
-        ;
-    if (h->n > 0)
-        log_warn("websocket: %d connections did not close in time", h->n);
+    /* Every connection's thread must be gone before MHD stops and the hub and the store
+     * are freed under it; one stuck in a database call is waited for (the shutdown
+     * watchdog bounds the whole stop), with a word every timeout_ms. */
+    while (h->n > 0)
+        if (pthread_cond_timedwait(&h->gone, &h->lock, &until) != 0 && h->n > 0) {
+            log_warn("websocket: waiting for %d connections to close", h->n);
+            clock_deadline(&until, timeout_ms);
+        }
     pthread_mutex_unlock(&h->lock);
 }
 

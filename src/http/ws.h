@@ -56,7 +56,8 @@ struct ws_app {
 int ws_hub_new(const struct ws_limits *limits, struct ws_hub **out)
     __attribute__((warn_unused_result));
 /* ws_hub_close_all: every connection is closed (1001, going away) and its thread ends;
- * waits up to timeout_ms for them. New upgrades are refused from now on. */
+ * waits for all of them (saying so every timeout_ms). New upgrades are refused from now
+ * on. */
 void ws_hub_close_all(struct ws_hub *h, int timeout_ms);
 /* ws_hub_free: NULL-safe; after ws_hub_close_all. */
 void ws_hub_free(struct ws_hub *h);

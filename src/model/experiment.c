@@ -158,10 +158,14 @@ static json_t *make_template(json_t *body, const struct task_defaults *defs, jso
     } else if (t && t->callback_url) {
         *callback_url = strdup(t->callback_url);
     }
-    if (json_object_get(templ, "idempotency_key") || json_object_get(templ, "mode")) {
-        fail(errors, json_object_get(templ, "mode") ? "mode" : "idempotency_key",
-             "is not a field of an experiment");
-    }
+    /* Not fields of an experiment's tasks, at the top level or in parameters: every
+     * slot is a batch task, keyed by its slot, and the callback is the experiment's. */
+    for (const char *const *k = (const char *const[]){"mode", "idempotency_key", NULL}; *k;
+         k++)
+        if (json_object_get(templ, *k) || json_object_get(json_object_get(templ, "parameters"), *k))
+            fail(errors, *k, "is not a field of an experiment's tasks");
+    if (json_object_get(json_object_get(templ, "parameters"), "callback_url"))
+        fail(errors, "callback_url", "is the experiment's own: give it at the top level");
     task_free(t);
     json_decref(errs);
     json_decref(probe);

@@ -119,6 +119,7 @@ int experiments_cancel(struct queue *q, const char *id, struct experiment **out)
 
 int experiments_rerun(struct queue *q, const char *id, bool unsolved, int64_t *created)
 {
+    size_t added = 0;
     struct experiment *e = NULL;
     struct experiment_spec s = {0};
     json_t *slots = NULL, *slot;
@@ -149,10 +150,10 @@ int experiments_rerun(struct queue *q, const char *id, bool unsolved, int64_t *c
         uuidgen(tasks[i]->id);
         tasks[i]->created_at = tasks[i]->updated_at = clock_now_us();
     }
-    rc = n ? store_experiment_add_tasks(q->store, id, tasks, n) : 0;
+    rc = n ? store_experiment_add_tasks(q->store, id, tasks, n, &added) : 0;
     if (rc == 0) {
-        *created = (int64_t)n;
-        if (n && q->wake_workers)
+        *created = (int64_t)added;
+        if (added && q->wake_workers)
             q->wake_workers(q->workers);
     }
 out:

@@ -234,9 +234,9 @@ int store_experiment_slots(struct store *st, const char *id, bool unsolved, json
 }
 
 int store_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                               size_t n)
+                               size_t n, size_t *added)
 {
-    return st->ops->experiment_add_tasks(st, id, tasks, n);
+    return st->ops->experiment_add_tasks(st, id, tasks, n, added);
 }
 
 int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,

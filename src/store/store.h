@@ -270,10 +270,12 @@ struct store_ops {
      * current task ended failed or timeout, or with unsolved any end but a solved one.
      * ERR_NOTFOUND. */
     int (*experiment_slots)(struct store *st, const char *id, bool unsolved, json_t **slots);
-    /* experiment_add_tasks: n new tasks of the experiment in one transaction, each
-     * becoming its slot's current task (the one before stays, no longer current). */
+    /* experiment_add_tasks: new tasks of the experiment in one transaction, each
+     * becoming its slot's current task (the one before stays, no longer current) — but
+     * only where that one has ended, so two reruns at once add each slot once; *added:
+     * how many were added. */
     int (*experiment_add_tasks)(struct store *st, const char *id, struct task *const *tasks,
-                                size_t n);
+                                size_t n, size_t *added);
 
     /* webhooks_due: up to max deliveries due by now (tasks that ended with a
      * callback_url), leased for lease_us so no other sender takes them meanwhile;
@@ -421,7 +423,7 @@ int store_experiment_cancel(struct store *st, const char *id, int64_t now,
 int store_experiment_slots(struct store *st, const char *id, bool unsolved,
                            json_t **slots) __attribute__((warn_unused_result));
 int store_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                               size_t n) __attribute__((warn_unused_result));
+                               size_t n, size_t *added) __attribute__((warn_unused_result));
 int store_recover(struct store *st, const char *name_prefix, int64_t now,
                   int64_t retry_base_us, int *n_failed) __attribute__((warn_unused_result));
 int store_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,

@@ -246,3 +246,27 @@ def test_an_ended_experiment_calls_back_once_and_is_announced(make_server):
         stream.resp.close()
     finally:
         rec.close()
+
+
+def test_two_reruns_at_once_add_each_slot_once(make_server):
+    import threading
+    s = make_server(NUM_INTERNAL_WORKERS=0)     # nothing runs: the new tasks stay pending
+    e = create(s, problems=[PORT], agent_configs=[GOOD])
+    ids = [t["id"] for t in all_tasks(s, e["id"])]
+    for i in ids:                               # end them as failed, as a lost run would
+        assert s.post(f"/api/v1/tasks/{i}/cancel").status_code == 200
+    created = []
+
+    def rerun():
+        r = s.post(f"/api/v1/experiments/{e['id']}/rerun", json={"only": "unsolved"})
+        created.append(r.json()["created"])
+
+    threads = [threading.Thread(target=rerun) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sum(created) == 3, created
+    now = all_tasks(s, e["id"])
+    assert len(now) == 3 and all(t["status"] == "pending" for t in now)
+    assert s.get("/api/v1/experiments/" + e["id"]).json()["task_count"] == 3

@@ -109,8 +109,14 @@ struct pgconn *pg_conn_get(struct pg_store *s)
 
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        while (!(pc = pick_slot(s, clock_mono_ms())))
-            pthread_cond_wait(&s->cond, &s->lock);
+        while (!(pc = pick_slot(s, clock_mono_ms()))) {
+            /* Until a connection comes back, or a connect attempt is due again. */
+            struct timespec until;
+            int64_t wait_ms = s->retry_at_ms - clock_mono_ms();
+
+            clock_deadline(&until, wait_ms > 0 && wait_ms < 1000 ? wait_ms : 1000);
+            pthread_cond_timedwait(&s->cond, &s->lock, &until);
+        }
         pc->busy = true;
         pthread_mutex_unlock(&s->lock);
         /* A server that restarted told its clients so; reading that (without blocking)

@@ -108,7 +108,8 @@ static const struct pg_query exp_q[X_N] = {
                           "t.slot_current AND " PG_ENDED " AND NOT " PG_SOLVED " ORDER BY t.seq"},
     [X_RETIRE] = {"replacing an experiment's slots",
                   "UPDATE tasks SET slot_current = false WHERE experiment_id = $1 AND "
-                  "slot_current AND slot = ANY($2::jsonb[])"},
+                  "slot_current AND slot = ANY($2::jsonb[]) AND status IN ('completed', "
+                  "'failed', 'timeout', 'cancelled') RETURNING slot::text"},
     [X_REOPEN] = {"reopening an experiment",
                   "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = $1"},
     /* One statement: a server that meets a row another is ending waits, then sees it
@@ -190,6 +191,7 @@ struct create {
     const struct experiment *e;
     struct task *const *tasks;
     size_t n;
+    size_t added;
 };
 
 static int create_body(struct pgconn *pc, void *ctx)
@@ -215,7 +217,7 @@ static int create_body(struct pgconn *pc, void *ctx)
 int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
                          size_t n)
 {
-    struct create x = {e, tasks, n};
+    struct create x = {e, tasks, n, 0};
 
     return pg_in_tx(st, create_body, &x);
 }
@@ -318,7 +320,10 @@ int pg_experiment_slots(struct store *st, const char *id, bool unsolved, json_t 
 static int add_body(struct pgconn *pc, void *ctx)
 {
     struct create *x = ctx;
+    struct rows_array retired = {rows_json_column, false, NULL};
+    struct task **chosen = NULL;
     struct buf slots;
+    size_t m = 0;
     int rc = 0;
 
     buf_init(&slots, SIZE_MAX / 2);
@@ -333,11 +338,28 @@ static int add_body(struct pgconn *pc, void *ctx)
         rc = buf_append(&slots, "}", 1);
     if (rc == 0) {
         const char *v[2] = {x->e->id, slots.data};
-        PQclear(pg_run(pc, &exp_q[X_RETIRE], 2, v, &rc));
+        rc = pg_take(pc, &exp_q[X_RETIRE], 2, v, rows_take_array, &retired);
     }
     buf_reset(&slots);
-    if (rc == 0)
-        rc = insert_tasks(pc, x->e->id, x->tasks, x->n);
+    /* Only the slots whose current task had ended were retired (another rerun's pending
+     * task is kept): only those get a new one. */
+    if (rc == 0 && !(chosen = calloc(x->n ? x->n : 1, sizeof(*chosen))))
+        rc = ERR_NOMEM;
+    for (size_t i = 0; rc == 0 && i < x->n; i++) {
+        size_t k;
+        json_t *slot;
+
+        json_array_foreach(retired.v, k, slot)
+            if (json_equal(slot, x->tasks[i]->slot)) {
+                chosen[m++] = x->tasks[i];
+                break;
+            }
+    }
+    if (rc == 0 && m)
+        rc = insert_tasks(pc, x->e->id, chosen, m);
+    x->added = rc == 0 ? m : 0;
+    free(chosen);
+    json_decref(retired.v);
     if (rc == 0) {
         const char *v[1] = {x->e->id};
         PQclear(pg_run(pc, &exp_q[X_REOPEN], 1, v, &rc));
@@ -355,11 +377,14 @@ int pg_experiments_end(struct store *st, int64_t now, int *n)
 }
 
 int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n)
+                            size_t n, size_t *added)
 {
     struct experiment e = {0};
-    struct create x = {&e, tasks, n};
+    struct create x = {&e, tasks, n, 0};
+    int rc;
 
     snprintf(e.id, sizeof(e.id), "%s", id);
-    return n ? pg_in_tx(st, add_body, &x) : 0;
+    rc = n ? pg_in_tx(st, add_body, &x) : 0;
+    *added = rc == 0 ? x.added : 0;
+    return rc;
 }

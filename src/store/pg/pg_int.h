@@ -240,7 +240,7 @@ int pg_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
 int pg_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
 int pg_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
 int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n);
+                            size_t n, size_t *added);
 int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
 int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
                  int64_t offset, json_t **logs, int64_t *total);

@@ -96,9 +96,8 @@ static const struct pg_query queue_q[Q_N] = {
                        "status = 'running' AND attempt > max_retries AND worker_id IN (SELECT id "
                        "FROM silent) RETURNING worker_id), off AS (UPDATE workers w SET status = "
                        "'offline', current_task_id = NULL, tasks_failed = w.tasks_failed + "
-                       "(SELECT count(*) FROM failed f WHERE f.worker_id = w.id) + (SELECT "
-                       "count(*) FROM retried r WHERE r.worker_id = w.id) WHERE w.id IN (SELECT "
-                       "id FROM silent) RETURNING w.id) SELECT (SELECT count(*) FROM off), "
+                       "(SELECT count(*) FROM failed f WHERE f.worker_id = w.id) WHERE w.id IN "
+                       "(SELECT id FROM silent) RETURNING w.id) SELECT (SELECT count(*) FROM off), "
                        "(SELECT count(*) FROM failed), (SELECT count(*) FROM retried)"},
     [Q_REAP_DEADLINES] = {"reaping",
                           "UPDATE tasks SET status = 'timeout', completed_at = te_ts($1), "

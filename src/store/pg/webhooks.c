@@ -34,7 +34,8 @@ static const struct pg_query webhook_q[H_N] = {
                            "callback_url, webhook_attempts"},
     [H_RESULT_EXPERIMENT] = {"webhooks",
                              "UPDATE experiments SET webhook_state = $2, webhook_attempts = $3, "
-                             "webhook_next_at = te_ts($4), webhook_error = $5 WHERE id = $1"},
+                             "webhook_next_at = te_ts($4), webhook_error = $5 WHERE id = $1 AND "
+                             "ended_at IS NOT NULL AND webhook_state = 'pending'"},
 };
 
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,

@@ -91,7 +91,8 @@ static const struct sq_query exp_q[X_N] = {
                           "t.slot_current AND " SQ_ENDED " AND NOT " SQ_SOLVED " ORDER BY t.seq"},
     [X_RETIRE] = {"replacing an experiment's slot",
                   "UPDATE tasks SET slot_current = 0 WHERE experiment_id = ?1 AND slot_current "
-                  "AND json(slot) = json(?2)"},
+                  "AND json(slot) = json(?2) AND status IN ('completed', 'failed', 'timeout', "
+                  "'cancelled')"},
     [X_REOPEN] = {"reopening an experiment",
                   "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = ?1"},
     /* The journal first, while the rows still read as open; then the end, made due. */
@@ -110,20 +111,26 @@ struct create {
     const char *id;
     struct task *const *tasks;
     size_t n;
+    size_t added;
 };
 
 /* The tasks of x, each replacing its slot's current task when retire, on c. */
-static int insert_tasks(struct conn *c, const struct create *x, bool retire)
+static int insert_tasks(struct conn *c, struct create *x, bool retire)
 {
     int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < x->n; i++) {
+        int retired = 0;
+
         if (retire) {
             const struct sq_arg a[2] = {SQ_T(x->id), SQ_J(x->tasks[i]->slot)};
-            rc = sq_run(c, &exp_q[X_RETIRE], a, 2, NULL);
+            rc = sq_run(c, &exp_q[X_RETIRE], a, 2, &retired);
+            if (rc == 0 && !retired)
+                continue; /* its current task has not ended (another rerun's): kept */
         }
         if (rc == 0)
             rc = sq_insert_task(c, x->tasks[i]);
+        x->added += rc == 0;
     }
     return rc;
 }
@@ -142,7 +149,7 @@ static int create_body(struct conn *c, void *ctx)
 int sq_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
                          size_t n)
 {
-    struct create x = {e, e->id, tasks, n};
+    struct create x = {e, e->id, tasks, n, 0};
 
     return sq_in_write(st, create_body, &x);
 }
@@ -266,9 +273,11 @@ int sq_experiments_end(struct store *st, int64_t now, int *n)
 }
 
 int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n)
+                            size_t n, size_t *added)
 {
-    struct create x = {NULL, id, tasks, n};
+    struct create x = {NULL, id, tasks, n, 0};
+    int rc = n ? sq_in_write(st, add_body, &x) : 0;
 
-    return n ? sq_in_write(st, add_body, &x) : 0;
+    *added = rc == 0 ? x.added : 0;
+    return rc;
 }

@@ -235,7 +235,7 @@ int sq_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
 int sq_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
 int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
 int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n);
+                            size_t n, size_t *added);
 int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
                    size_t n);
 int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,

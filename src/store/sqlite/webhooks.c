@@ -31,7 +31,8 @@ static const struct sq_query webhook_q[H_N] = {
                            "id, callback_url, webhook_attempts"},
     [H_RESULT_EXPERIMENT] = {"webhooks",
                              "UPDATE experiments SET webhook_state = ?2, webhook_attempts = ?3, "
-                             "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1"},
+                             "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1 AND "
+                             "ended_at IS NOT NULL AND webhook_state = 'pending'"},
 };
 
 /* The context of due's body. */
