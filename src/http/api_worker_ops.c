@@ -430,9 +430,19 @@ static void finish(struct request *req, struct task *t, enum task_status status,
     } else if (rc < 0) {
         api_reply_error(req, rc, "the task");
     } else {
-        log_info("%s: task %s %s", t->worker_id, t->id, task_status_name(status));
-        api_reply(req, 200, json_pack("{s:s, s:s, s:s}", "message", "Task updated", "task_id",
-                                      t->id, "status", task_status_name(status)));
+        /* A retried attempt is pending again, not failed: say so, and when. */
+        const char *now_status = end.retry_at ? "pending" : task_status_name(status);
+        json_t *o = json_pack("{s:s, s:s, s:s}", "message", end.retry_at ? "Attempt failed; "
+                              "the task will be retried" : "Task updated", "task_id", t->id,
+                              "status", now_status);
+
+        log_info("%s: task %s %s", t->worker_id, t->id, now_status);
+        if (o && end.retry_at) {
+            char when[40];
+            clock_format(end.retry_at, when, sizeof(when));
+            json_object_set_new(o, "retry_at", json_string(when));
+        }
+        api_reply(req, 200, o);
     }
 }
 

@@ -104,15 +104,16 @@ int64_t queue_retry_at(const struct queue *q, const struct task *t,
     return now + (q->retry_base_us << (attempt - 1 < 20 ? attempt - 1 : 20)) + 1;
 }
 
-int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
+int queue_finish(struct queue *q, const struct task *t, struct task_end *end)
 {
-    struct task_end e = *end;
+    struct task_end e;
     int rc;
 
-    if (e.status == TASK_FAILED && e.error_class == TASK_CLASS_NONE)
-        e.error_class = TASK_CLASS_AGENT;
-    if (e.status == TASK_FAILED)
-        e.retry_at = queue_retry_at(q, t, e.error_class, e.now);
+    if (end->status == TASK_FAILED && end->error_class == TASK_CLASS_NONE)
+        end->error_class = TASK_CLASS_AGENT;
+    end->retry_at = end->status == TASK_FAILED
+                        ? queue_retry_at(q, t, end->error_class, end->now) : 0;
+    e = *end;
     rc = store_task_finish(q->store, t->id, t->lease_token, &e);
     if (rc < 0)
         return rc;

@@ -60,9 +60,10 @@ int64_t queue_retry_at(const struct queue *q, const struct task *t,
 /* queue_finish: records t's end under its lease (store_task_finish, end->now set by the
  * caller) and counts it. A failure is classified (unclassified: the agent's) and, when
  * queue_retry_at says so, becomes a retry instead of an end (logged, counted by class,
- * workers woken). ERR_CONFLICT: it had already ended (nothing counted); other codes from
+ * workers woken); end->error_class and end->retry_at then say what was done (retry_at 0:
+ * an end). ERR_CONFLICT: it had already ended (nothing counted); other codes from
  * the store. */
-int queue_finish(struct queue *q, const struct task *t, const struct task_end *end)
+int queue_finish(struct queue *q, const struct task *t, struct task_end *end)
     __attribute__((warn_unused_result));
 
 /* queue_claim: claims the next task req matches (req->now is set here), for internal

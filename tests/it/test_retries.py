@@ -85,3 +85,22 @@ def test_max_retries_out_of_range_is_422(make_server, value):
     r = s.post("/api/v1/tasks", json={"problem_id": "p", "max_retries": value})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "max_retries"
     assert s.get("/api/v1/tasks").json()["total"] == 0
+
+
+def test_an_external_workers_infrastructure_failure_is_retried_and_said_so(make_server):
+    from test_worker_api import auth, register
+    s = make_server(NUM_INTERNAL_WORKERS=0, RETRY_BASE_SECONDS=30)
+    token = register(s)
+    t = s.submit(backend_type="ext", max_retries=1)
+    assert s.post("/api/v1/workers/ext-001-kind/claim", headers=auth(token)).status_code == 200
+    base = f"/api/v1/workers/ext-001-kind/tasks/{t['id']}/fail"
+    bad = s.post(base, json={"error": "x", "error_class": "cosmic"}, headers=auth(token))
+    assert bad.status_code == 422 and "error_class" in bad.text
+    r = s.post(base, json={"error": "kind cluster is gone", "error_class": "infrastructure"},
+               headers=auth(token))
+    assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["retry_at"]
+    back = s.task(t["id"])
+    assert back["status"] == "pending" and back["attempt"] == 2
+    assert back["attempts"][0]["error"] == "kind cluster is gone"
+    # its worker waits out the back-off before it may take it again (30 s here)
+    assert s.post("/api/v1/workers/ext-001-kind/claim", headers=auth(token)).status_code == 204
