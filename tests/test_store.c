@@ -7,8 +7,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <libpq-fe.h>
-#include <sqlite3.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,77 +18,42 @@
 #include "model/proto.h"
 #include "store/store.h"
 #include "core/uuidgen.h"
+#include "testdb.h"
 
 struct fx {
-    char dir[64];
-    char url[512];
-    bool pg;
+    struct testdb db;
     struct store *st;
 };
 
-/* Runs SQL on the fixture's database behind the store's back (a fresh schema, or
- * damage for the error cases). 0 when it ran. */
-static int raw_sql(struct fx *f, const char *sql)
+static int setup(void **state, bool pg)
 {
-    int rc = -1;
+    struct fx *f = calloc(1, sizeof(*f));
 
-    if (f->pg) {
-        PGconn *c = PQconnectdb(f->url);
-        PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
-        if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
-            rc = 0;
-        PQclear(r);
-        PQfinish(c);
-    } else {
-        char path[128];
-        sqlite3 *db = NULL;
-        snprintf(path, sizeof(path), "%s/t.db", f->dir);
-        if (sqlite3_open(path, &db) == SQLITE_OK &&
-            sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK)
-            rc = 0;
-        sqlite3_close(db);
-    }
-    return rc;
+    *state = f;
+    if (!f || testdb_fresh(&f->db, pg) < 0)
+        return -1;
+    return store_open(f->db.url, &f->st) < 0 ? -1 : 0;
 }
 
 static int setup_sqlite(void **state)
 {
-    struct fx *f = calloc(1, sizeof(*f));
-
-    snprintf(f->dir, sizeof(f->dir), "/tmp/taskexec-store-XXXXXX");
-    if (!mkdtemp(f->dir))
-        return -1;
-    snprintf(f->url, sizeof(f->url), "sqlite://%s/t.db", f->dir);
-    *state = f;
-    return store_open(f->url, &f->st) < 0 ? -1 : 0;
+    return setup(state, false);
 }
 
 static int setup_pg(void **state)
 {
-    struct fx *f = calloc(1, sizeof(*f));
-
-    f->pg = true;
-    snprintf(f->url, sizeof(f->url), "%s", getenv("TASKEXEC_TEST_PG_URL"));
-    *state = f;
-    if (raw_sql(f, "SET client_min_messages = warning; DROP SCHEMA public CASCADE; "
-                   "CREATE SCHEMA public") < 0)
-        return -1;
-    return store_open(f->url, &f->st) < 0 ? -1 : 0;
+    return setup(state, true);
 }
 
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    char cmd[128];
+    int rc;
 
     store_close(f->st);
-    if (!f->pg) {
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-        if (system(cmd) != 0)
-            return -1;
-    }
+    rc = testdb_remove(&f->db);
     free(f);
-    return 0;
+    return rc;
 }
 
 /* Inserts a pending task; returns its id in out. */
@@ -492,7 +455,7 @@ static void failed_reads_are_errors(void **state)
     assert_int_equal(store_worker_get(f->st, "w1", &out), 0);
     json_decref(out);
     out = NULL;
-    assert_int_equal(raw_sql(f, "ALTER TABLE task_logs RENAME TO task_logs_gone; "
+    assert_int_equal(testdb_sql(&f->db, "ALTER TABLE task_logs RENAME TO task_logs_gone; "
                                 "ALTER TABLE workers RENAME TO workers_gone; "
                                 "ALTER TABLE tasks RENAME TO tasks_gone"), 0);
     assert_true(store_logs_list(f->st, a, LEVEL_DEBUG, 10, 0, &out, &total) < 0);
