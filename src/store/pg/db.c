@@ -491,6 +491,27 @@ char *pg_json_text(const json_t *v, bool *ok)
 
 
 /* Appends one array element in PostgreSQL's literal syntax, quoted and escaped. */
+int pg_arrays_open(struct buf *const *bufs, int k)
+{
+    int rc = 0;
+
+    for (int i = 0; i < k; i++) {
+        buf_init(bufs[i], SIZE_MAX / 2);
+        if (rc == 0)
+            rc = buf_append(bufs[i], "{", 1);
+    }
+    return rc;
+}
+
+int pg_arrays_close(struct buf *const *bufs, int k)
+{
+    int rc = 0;
+
+    for (int i = 0; rc == 0 && i < k; i++)
+        rc = buf_append(bufs[i], "}", 1);
+    return rc;
+}
+
 int pg_array_add(struct buf *b, const char *s, bool is_null)
 {
     int rc = buf_append(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);

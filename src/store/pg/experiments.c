@@ -138,14 +138,9 @@ static void slot_arrays_reset(struct slot_arrays *a)
 
 static int slot_arrays_build(struct slot_arrays *a, struct task *const *tasks, size_t n)
 {
-    struct buf *all[4] = {&a->id, &a->problem, &a->params, &a->slot};
-    int rc = 0;
+    struct buf *const all[4] = {&a->id, &a->problem, &a->params, &a->slot};
+    int rc = pg_arrays_open(all, 4);
 
-    for (int k = 0; k < 4; k++) {
-        buf_init(all[k], SIZE_MAX / 2);
-        if (buf_append(all[k], "{", 1) < 0)
-            rc = ERR_NOMEM;
-    }
     for (size_t i = 0; rc == 0 && i < n; i++) {
         bool ok = true;
         char *params = pg_json_text(tasks[i]->parameters, &ok);
@@ -158,10 +153,7 @@ static int slot_arrays_build(struct slot_arrays *a, struct task *const *tasks, s
         free(params);
         free(slot);
     }
-    for (int k = 0; rc == 0 && k < 4; k++)
-        if (buf_append(all[k], "}", 1) < 0)
-            rc = ERR_NOMEM;
-    return rc;
+    return rc == 0 ? pg_arrays_close(all, 4) : rc;
 }
 
 /* The n tasks of experiment id in one statement, inside the caller's transaction. */

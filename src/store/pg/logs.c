@@ -63,15 +63,10 @@ static const struct pg_query log_q[L_N] = {
 
 int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n)
 {
-    struct buf *all[4] = {&a->ts, &a->lv, &a->msg, &a->ctx};
+    struct buf *const all[4] = {&a->ts, &a->lv, &a->msg, &a->ctx};
     struct num x;
-    int rc = 0;
+    int rc = pg_arrays_open(all, 4);
 
-    for (int k = 0; k < 4; k++) {
-        buf_init(all[k], SIZE_MAX / 2);
-        if (buf_append(all[k], "{", 1) < 0)
-            rc = ERR_NOMEM;
-    }
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char *c = e[i].context ? json_dumps(e[i].context, JSON_COMPACT) : strdup("{}");
         if (!c || pg_array_add(&a->ts, num(&x, e[i].ts), false) < 0 ||
@@ -81,10 +76,7 @@ int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t 
             rc = ERR_NOMEM;
         free(c);
     }
-    for (int k = 0; rc == 0 && k < 4; k++)
-        if (buf_append(all[k], "}", 1) < 0)
-            rc = ERR_NOMEM;
-    return rc;
+    return rc == 0 ? pg_arrays_close(all, 4) : rc;
 }
 
 void pg_log_arrays_reset(struct log_arrays *a)

@@ -191,6 +191,10 @@ int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *c
 /* pg_json_text: JSON text of v (caller frees) or NULL for NULL; *ok false when out of
  * memory. */
 char *pg_json_text(const json_t *v, bool *ok);
+/* pg_arrays_open / pg_arrays_close: k array literals begun ("{", each buffer made
+ * empty first) and ended ("}"); the caller buf_reset's them either way. 0 or ERR_NOMEM. */
+int pg_arrays_open(struct buf *const *bufs, int k) __attribute__((warn_unused_result));
+int pg_arrays_close(struct buf *const *bufs, int k) __attribute__((warn_unused_result));
 /* pg_array_add: appends one element to an array literal, quoted and escaped. */
 int pg_array_add(struct buf *b, const char *s, bool is_null) __attribute__((warn_unused_result));
 /* pg_exec_simple: SQL text without parameters on a bare connection (migrations, LISTEN);
