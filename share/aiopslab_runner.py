@@ -3,7 +3,9 @@ agent and streams the run as taskexec's executor protocol (JSON lines on stdout)
 
 Input: the task as one JSON line on stdin. Environment: TASK_ID, PROBLEM_ID, MAX_STEPS,
 WORKER_ID, KUBE_CONTEXT, KUBECONFIG, AIOPSLAB_CLUSTER (set by the worker), the model's
-endpoint and key (OPENAI_BASE_URL, OPENAI_API_KEY, or the names agent_config gives).
+endpoint and key (OPENAI_BASE_URL, OPENAI_API_KEY, or the names agent_config gives;
+with TASKEXEC_LLM_GATEWAY=1 the first two are taskexec's LLM gateway and the task's key,
+and the gateway applies agent_config's base_url and api_key_env itself).
 
 agent_config: model, temperature, max_tokens, top_p, seed, base_url, api_key_env, name,
 request_timeout, max_context_tokens.
@@ -238,9 +240,14 @@ class ChatModel:
 
     def __init__(self, cfg):
         self.model = cfg.get("model") or os.environ.get("OPENAI_MODEL") or "gpt-4o"
-        self.base_url = (cfg.get("base_url") or os.environ.get("OPENAI_BASE_URL")
+        # Through taskexec's LLM gateway when it gave us one: the gateway forwards to the
+        # upstream agent_config names, with the key only the server holds, and records
+        # every call.
+        via_gateway = os.environ.get("TASKEXEC_LLM_GATEWAY") == "1"
+        self.base_url = ((None if via_gateway else cfg.get("base_url"))
+                         or os.environ.get("OPENAI_BASE_URL")
                          or "https://api.openai.com/v1").rstrip("/")
-        key_env = cfg.get("api_key_env") or "OPENAI_API_KEY"
+        key_env = ("OPENAI_API_KEY" if via_gateway else cfg.get("api_key_env")) or "OPENAI_API_KEY"
         self.key = os.environ.get(key_env)
         if not self.key:
             fail(f"no API key: set {key_env} in the worker's environment (or name another "

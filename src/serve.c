@@ -7,6 +7,7 @@
 #include "exec/executor.h"
 #include "exec/runner.h"
 #include "http/events.h"
+#include "service/gateway.h"
 #include "service/session.h"
 #include "http/http.h"
 #include "http/ws.h"
@@ -16,6 +17,7 @@
 #include "service/webhook.h"
 #include "worker/worker.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -174,7 +176,8 @@ static int start_core(struct server *srv)
     wd = (struct worker_deps){.cfg = &srv->cfg, .store = srv->store, .queue = &srv->queue,
                               .metrics = srv->metrics, .sessions = srv->sessions,
                               .problems = srv->problems, .self_exe = srv->self_exe,
-                              .aiopslab_script = srv->aiopslab_script};
+                              .aiopslab_script = srv->aiopslab_script,
+                              .llm_url = srv->llm_url, .llm_hide = srv->llm_hide};
     if (worker_manager_new(&wd, &srv->workers) < 0)
         return -1;
     /* Submitting wakes a worker; cancelling stops the run if one of ours has it. */
@@ -193,6 +196,24 @@ static int start_core(struct server *srv)
     return 0;
 }
 
+/* Where this server's executors reach its LLM gateway: its own address (a wildcard
+ * address is reached on loopback). */
+static void gateway_url(struct server *srv)
+{
+    const char *h = srv->cfg.host;
+    int port = http_port(srv->http);
+
+    snprintf(srv->llm_hide, sizeof(srv->llm_hide), "%s,%s", srv->cfg.llm_upstream_key_env,
+             srv->cfg.llm_key_envs ? srv->cfg.llm_key_envs : "");
+    if (!strcmp(h, "0.0.0.0"))
+        h = "127.0.0.1";
+    else if (!strcmp(h, "::"))
+        h = "::1";
+    snprintf(srv->llm_url, sizeof(srv->llm_url), strchr(h, ':') ? "http://[%s]:%d/llm/v1"
+                                                                : "http://%s:%d/llm/v1",
+             h, port);
+}
+
 /* The workers (if started at once), webhooks, the event pump and HTTP. Returns 0 or
  * -1. */
 static int start_serving(struct server *srv)
@@ -204,9 +225,6 @@ static int start_serving(struct server *srv)
                                   .timeout_seconds = srv->cfg.webhook_timeout_seconds};
     int prev;
 
-    if (srv->cfg.auto_start_workers && srv->cfg.num_internal_workers > 0 &&
-        worker_manager_scale(srv->workers, srv->cfg.num_internal_workers, &prev) < 0)
-        return -1;
     if (webhook_start(srv->store, &ws, &srv->webhooks) < 0)
         return -1;
     if (events_start(srv, &srv->events) < 0)
@@ -218,7 +236,21 @@ static int start_serving(struct server *srv)
                        .max_queued = (size_t)srv->cfg.openenv_max_message_bytes * 4 + (1u << 20)},
                    &srv->ws) < 0)
         return -1;
+    if (gateway_new(srv->store, srv->metrics,
+                    &(struct gateway_settings){
+                        .upstream_url = srv->cfg.llm_upstream_url,
+                        .key_env = srv->cfg.llm_upstream_key_env,
+                        .key_envs = srv->cfg.llm_key_envs,
+                        .timeout_seconds = srv->cfg.llm_timeout_seconds,
+                        .max_per_task = srv->cfg.llm_max_calls_per_task},
+                    &srv->gateway) < 0)
+        return -1;
     if (http_start(srv, &srv->http) < 0)
+        return -1;
+    gateway_url(srv);
+    /* Workers start once the gateway's address is known (PORT=0 picks it now). */
+    if (srv->cfg.auto_start_workers && srv->cfg.num_internal_workers > 0 &&
+        worker_manager_scale(srv->workers, srv->cfg.num_internal_workers, &prev) < 0)
         return -1;
     log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
              TASKEXEC_VERSION, srv->cfg.host, http_port(srv->http), store_name(srv->store),
@@ -238,7 +270,9 @@ static void teardown(struct server *srv)
     session_hub_close_waits(srv->sessions); /* parked steps are answered 503 */
     /* WebSocket connections close (1001) before MHD stops: it must not stop under them. */
     ws_hub_close_all(srv->ws, 10000);
+    gateway_close(srv->gateway); /* calls in flight are answered (503) and recorded */
     http_stop(srv->http);
+    gateway_free(srv->gateway);
     ws_hub_free(srv->ws);
     worker_manager_free(srv->workers);
     events_stop(srv->events);
@@ -271,6 +305,8 @@ int server_run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Once, before any thread: the gateway and the webhook sender use libcurl. */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     if (open_store(&srv) < 0 || start_core(&srv) < 0 || start_serving(&srv) < 0)
         goto out;
     while (sigwait(&set, &sig) != 0)
@@ -288,6 +324,7 @@ out:
         pthread_cancel(dog);
         pthread_join(dog, NULL);
     }
+    curl_global_cleanup();
     if (code == 0)
         log_info("stopped");
     return code;

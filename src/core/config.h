@@ -17,6 +17,11 @@ struct config {
     int openenv_max_message_bytes;
     int openenv_idle_seconds;
     int retry_base_seconds;
+    char *llm_upstream_url;      /* the LLM gateway's default upstream, or NULL */
+    char *llm_upstream_key_env;  /* variable holding its key */
+    char *llm_key_envs;          /* more key variables an agent_config may name */
+    int llm_timeout_seconds;
+    int llm_max_calls_per_task;
     int max_experiment_tasks;
     char *log_level;
     char *log_format;            /* text | json */

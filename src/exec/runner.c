@@ -328,9 +328,25 @@ static enum exec_stop should_stop(void *ctx)
 
 #define ENV_ITEM 1100
 
-/* Our environment with each NAME=value of `ours` replacing the variable of that name.
- * Returns a NULL-terminated array (caller frees with free_env), NULL without memory. */
-static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours)
+/* Whether the variable env (NAME=value) is named in the comma-separated list hide. */
+static bool hidden(const char *env, const char *hide)
+{
+    size_t n = strcspn(env, "=");
+
+    for (const char *p = hide; p && *p; p += strspn(p, ", ")) {
+        size_t k = strcspn(p, ", ");
+
+        if (k == n && !strncmp(p, env, n))
+            return true;
+        p += k;
+    }
+    return false;
+}
+
+/* Our environment with each NAME=value of `ours` replacing the variable of that name,
+ * without the variables named in hide (comma-separated; NULL: none). Returns a
+ * NULL-terminated array (caller frees with free_env), NULL without memory. */
+static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours, const char *hide)
 {
     size_t n = 0, k = 0;
     char **env;
@@ -346,6 +362,8 @@ static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours)
             size_t len = strcspn(ours[j], "=") + 1;
             mine = !strncmp(environ[i], ours[j], len);
         }
+        if (!mine && hidden(environ[i], hide))
+            continue;
         if (!mine && !(env[k++] = strdup(environ[i])))
             goto fail;
     }
@@ -372,7 +390,7 @@ static void pythonpath_item(char *dst, const char *dir)
 static char **child_env(const struct runner *rn, const struct task *t)
 {
     const char *worker = rn->worker_id;
-    char ours[9][ENV_ITEM];
+    char ours[12][ENV_ITEM];
     size_t n_ours = 7;
 
     snprintf(ours[0], sizeof(ours[0]), "TASK_ID=%s", t->id);
@@ -386,7 +404,14 @@ static char **child_env(const struct runner *rn, const struct task *t)
         snprintf(ours[n_ours++], sizeof(ours[0]), "KUBECONFIG=%s", rn->kubeconfig);
     if (rn->pythonpath)
         pythonpath_item(ours[n_ours++], rn->pythonpath);
-    return env_with(ours, n_ours);
+    if (rn->llm_url && rn->llm_key) {
+        /* Any OpenAI client the executor starts reaches the gateway with a key that is
+         * this attempt's alone; the upstream's real key stays on the server. */
+        snprintf(ours[n_ours++], sizeof(ours[0]), "OPENAI_BASE_URL=%s", rn->llm_url);
+        snprintf(ours[n_ours++], sizeof(ours[0]), "OPENAI_API_KEY=%s", rn->llm_key);
+        snprintf(ours[n_ours++], sizeof(ours[0]), "TASKEXEC_LLM_GATEWAY=1");
+    }
+    return env_with(ours, n_ours, rn->llm_url && rn->llm_key ? rn->llm_hide : NULL);
 }
 
 char **runner_python_env(const char *pythonpath)
@@ -394,9 +419,9 @@ char **runner_python_env(const char *pythonpath)
     char ours[1][ENV_ITEM];
 
     if (!pythonpath)
-        return env_with(ours, 0);
+        return env_with(ours, 0, NULL);
     pythonpath_item(ours[0], pythonpath);
-    return env_with(ours, 1);
+    return env_with(ours, 1, NULL);
 }
 
 void runner_env_free(char **env)

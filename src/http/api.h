@@ -57,6 +57,8 @@ struct request {
     json_t *reply;                   /* owned; NULL: no body (204) */
     char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
     const char *content_type;        /* of reply_raw or stream */
+    char own_content_type[128];      /* storage for a content_type made at run time */
+    char retry_after[32];            /* a Retry-After to send, or "" */
     struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
     struct api_upgrade *upgrade;     /* owned; a protocol switch, sent instead of reply */
     bool deferred;                   /* answered later, from another thread (http_request_defer) */
@@ -163,6 +165,10 @@ int api_session_create(struct request *req);
 int api_session_get(struct request *req);
 int api_session_step(struct request *req);
 int api_session_close(struct request *req);
+/* api_llm.c: the LLM gateway (OpenAI-compatible) */
+int api_llm_chat(struct request *req);
+int api_llm_models(struct request *req);
+int api_task_llm_calls(struct request *req);
 /* events.c: GET /api/v1/events?types=task,log,worker and GET /api/v1/tasks/{id}/events */
 int api_events(struct request *req);
 int api_task_events(struct request *req);

@@ -1,5 +1,6 @@
 /* api_tasks: the task routes (CONTRACT.md "Tasks"). */
 #include "http/api.h"
+#include "service/gateway.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "model/proto.h"
@@ -254,6 +255,25 @@ int api_task_conversations(struct request *req)
         return api_reply_error(req, rc, "the conversations");
     return api_reply(req, 200, json_pack("{s:s, s:o}", "task_id", req->params[0],
                                          "conversations", convs));
+}
+
+int api_task_llm_calls(struct request *req)
+{
+    struct task *t = NULL;
+    json_t *calls = NULL;
+    bool tokens;
+    int rc;
+
+    if (load_task(req, req->params[0], &t) < 0)
+        return 0;
+    task_free(t);
+    if (api_query_bool(req, "tokens", false, &tokens) < 0)
+        return 0;
+    rc = gateway_task_calls(req->srv->store, req->params[0], tokens, &calls);
+    if (rc < 0)
+        return api_reply_error(req, rc, "the LLM calls");
+    return api_reply(req, 200, json_pack("{s:s, s:I, s:o}", "task_id", req->params[0], "total",
+                                         (json_int_t)json_array_size(calls), "calls", calls));
 }
 
 int api_problems(struct request *req)

@@ -4,6 +4,7 @@
  * task calls need the task to be running on this worker (403 otherwise, 409 once
  * it has ended). */
 #include "http/api.h"
+#include "model/llm_call.h"
 #include "service/session.h"
 #include "core/clock.h"
 #include "core/crypto.h"
@@ -245,6 +246,13 @@ int api_worker_claim(struct request *req)
     o = task_to_json(t);
     clock_format(t->deadline_at, deadline, sizeof(deadline));
     json_object_set_new(o, "lease", json_pack("{s:s, s:s}", "token", lease, "deadline", deadline));
+    if (llm_gateway_applies(srv->cfg.llm_upstream_url, t->parameters)) {
+        /* The executor reaches this API's gateway with a key of this attempt alone. */
+        char key[LLM_KEY_SIZE];
+
+        llm_task_key(t->id, lease, key);
+        json_object_set_new(o, "llm", json_pack("{s:s, s:s}", "path", "/llm/v1", "key", key));
+    }
     task_free(t);
     return api_reply(req, 200, o);
 }

@@ -193,6 +193,8 @@ static enum MHD_Result send_reply(struct request *req)
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, "X-Request-ID", req->request_id);
+    if (req->retry_after[0])
+        MHD_add_response_header(resp, "Retry-After", req->retry_after);
     ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     seconds = (double)(clock_now_us() - req->started_us) / 1e6;

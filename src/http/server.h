@@ -16,6 +16,7 @@ struct http;
 struct metrics;
 struct webhook_sender;
 struct ws_hub;
+struct gateway;
 
 struct server {
     struct config cfg;              /* read-only once serving */
@@ -28,9 +29,12 @@ struct server {
     struct event_bus *events;       /* live streams */
     struct session_hub *sessions;   /* interactive sessions: parked steps, hosts */
     struct ws_hub *ws;              /* WebSocket connections (the OpenEnv endpoint) */
+    struct gateway *gateway;        /* the LLM gateway's engine */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
+    char llm_url[128];              /* this server's LLM gateway, for its workers' executors */
+    char llm_hide[512];             /* LLM_UPSTREAM_KEY_ENV and LLM_KEY_ENVS, comma-separated */
     int64_t started_at;             /* us */
 };
 

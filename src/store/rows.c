@@ -648,3 +648,19 @@ json_t *rows_json_column(const struct store_row *r)
 {
     return rows_json(r, 0);
 }
+
+json_t *rows_llm_call(const struct store_row *r)
+{
+    json_t *first = is_null(r, 5) ? json_null() : json_real(r->ops->f64(r, 5));
+
+    return json_pack("{s:o, s:o, s:I, s:o, s:f, s:o, s:I, s:b, s:b, s:o, s:o, s:o, s:o, s:o, "
+                     "s:o, s:o, s:o}",
+                     "id", rows_str(r, 0), "task_id", rows_str(r, 1), "attempt",
+                     (json_int_t)i64(r, 2), "started_at", rows_time(r, 3), "latency_ms",
+                     r->ops->f64(r, 4), "first_byte_ms", first, "status", (json_int_t)i64(r, 6),
+                     "stream", (int)r->ops->boolean(r, 7), "cut", (int)r->ops->boolean(r, 8),
+                     "upstream", rows_str(r, 9), "model", rows_str(r, 10), "finish_reason",
+                     rows_str(r, 11), "prompt_tokens", int_or_null(r, 12), "completion_tokens",
+                     int_or_null(r, 13), "error", rows_str(r, 14), "request",
+                     rows_json_or_null(r, 15), "response", rows_json_or_null(r, 16));
+}

@@ -227,4 +227,9 @@ json_t *rows_json_column(const struct store_row *r);
  * (idle 0, busy 1, anything else offline 2). */
 int rows_worker_slot(const char *status);
 
+/* LLM_CALL_COLS: id, task_id, attempt, started_at (us), latency_ms, first_byte_ms, status,
+ * stream, cut, upstream, model, finish_reason, prompt_tokens, completion_tokens, error,
+ * request, response -> the object store.h's llm_calls describes. */
+json_t *rows_llm_call(const struct store_row *r);
+
 #endif

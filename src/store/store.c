@@ -320,3 +320,13 @@ int store_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t
 {
     return st->ops->session_idle(st, before, ids, max, n);
 }
+
+int store_llm_call_insert(struct store *st, const struct llm_call_rec *rec)
+{
+    return st->ops->llm_call_insert(st, rec);
+}
+
+int store_llm_calls(struct store *st, const char *task_id, json_t **out)
+{
+    return st->ops->llm_calls(st, task_id, out);
+}

@@ -26,6 +26,7 @@
 #define TASKEXEC_STORE_H
 
 #include "model/experiment.h"
+#include "model/llm_call.h"
 #include "model/task.h"
 #include "core/buf.h"
 
@@ -337,6 +338,16 @@ struct store_ops {
      * ids, *n of them; 0 on error). */
     int (*session_idle)(struct store *st, int64_t before, char (*ids)[37], size_t max,
                         size_t *n);
+
+    /* The LLM gateway's calls. llm_call_insert: one call, as rec says (its id is the
+     * row's; inserting an id twice is ERR_CONFLICT, so a call is never recorded twice).
+     * llm_calls: a task's calls in the order they started, each {"id", "task_id",
+     * "attempt", "started_at", "latency_ms", "first_byte_ms", "status", "stream", "cut",
+     * "upstream", "model", "finish_reason", "prompt_tokens", "completion_tokens",
+     * "error", "request", "response"} (caller frees); an empty array for a task with
+     * none (or no such task). */
+    int (*llm_call_insert)(struct store *st, const struct llm_call_rec *rec);
+    int (*llm_calls)(struct store *st, const char *task_id, json_t **out);
 };
 
 /* Every backend's handle starts with this. */
@@ -456,6 +467,11 @@ int store_session_end(struct store *st,
                       const char *task_id) __attribute__((warn_unused_result));
 int store_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max,
                        size_t *n) __attribute__((warn_unused_result));
+
+int store_llm_call_insert(struct store *st,
+                          const struct llm_call_rec *rec) __attribute__((warn_unused_result));
+int store_llm_calls(struct store *st, const char *task_id,
+                    json_t **out) __attribute__((warn_unused_result));
 
 /* store_name: "sqlite" or "postgresql". */
 const char *store_name(const struct store *st);

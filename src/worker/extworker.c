@@ -419,6 +419,10 @@ static void run_one(struct extworker *ew, struct client *c, json_t *claimed)
                                .session_end = sink_session_end, .wake_fd = -1};
     struct runner rn;
     struct runner_result res;
+    const json_t *llm = json_object_get(claimed, "llm");
+    const char *llm_key = json_string_value(json_object_get(llm, "key"));
+    const char *llm_path = json_string_value(json_object_get(llm, "path"));
+    char llm_url[512];
 
     if (!t) {
         log_error("%s: the API sent a task this worker cannot read", ew->id);
@@ -426,6 +430,16 @@ static void run_one(struct extworker *ew, struct client *c, json_t *claimed)
     }
     runner_init(&rn, &ew->cfg, ew->id, ew->has_command ? ew->command.we_wordv : NULL,
                 ew->self_exe, ew->script, ew->pythonpath, ew->kubeconfig);
+    if (llm_key && llm_path) {
+        /* The API we work for records this task's model calls at its gateway. */
+        size_t n = strlen(ew->api);
+
+        while (n && ew->api[n - 1] == '/')
+            n--;
+        snprintf(llm_url, sizeof(llm_url), "%.*s%s", (int)n, ew->api, llm_path);
+        rn.llm_url = llm_url;
+        rn.llm_key = llm_key;
+    }
     pthread_mutex_lock(&ew->lock);
     memcpy(ew->current_task, t->id, sizeof(ew->current_task));
     atomic_store(&ew->stop_task, EXEC_STOP_NONE);

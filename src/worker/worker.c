@@ -1,5 +1,6 @@
 /* worker: internal workers (see worker.h for the DESIGN and locking rules). */
 #include "worker/worker.h"
+#include "model/llm_call.h"
 #include "service/session.h"
 #include "model/catalog.h"
 #include "core/clock.h"
@@ -217,6 +218,7 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
     bool interactive = task_mode_of(t) == TASK_INTERACTIVE;
     struct runner rn;
     struct runner_result res;
+    char llm_key[LLM_KEY_SIZE];
 
     /* A session's steps wake the runner through this eventfd (the hub writes it). */
     if (interactive) {
@@ -227,6 +229,13 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
     runner_init(&rn, d->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
                 d->self_exe, d->aiopslab_script, slot->pythonpath, slot->kubeconfig);
     rn.keep_final_logs = true; /* stored with the task's end, in one transaction */
+    if (d->llm_url && *d->llm_url && t->lease_token &&
+        llm_gateway_applies(d->cfg->llm_upstream_url, t->parameters)) {
+        llm_task_key(t->id, t->lease_token, llm_key);
+        rn.llm_url = d->llm_url;
+        rn.llm_key = llm_key;
+        rn.llm_hide = d->llm_hide;
+    }
     log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);
     if (sink.wake_fd >= 0) {

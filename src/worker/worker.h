@@ -35,6 +35,8 @@ struct worker_deps {
     json_t *problems;                /* the catalog; read-only */
     const char *self_exe;            /* this binary, for the simulated executor */
     const char *aiopslab_script;     /* the aiopslab runner written out; "" if unused */
+    const char *llm_url;             /* this server's LLM gateway ("" until it listens) */
+    const char *llm_hide;            /* the upstreams' key variables, kept from executors */
 };
 
 /* worker_manager_new: prepared, with no threads; deps is copied. Caller frees with

@@ -758,5 +758,7 @@ const struct store_ops store_pg_ops = {
     .session_answer = pg_session_answer,
     .session_end = pg_session_end,
     .session_idle = pg_session_idle,
+    .llm_call_insert = pg_llm_call_insert,
+    .llm_calls = pg_llm_calls,
     .listen_sessions = pg_listen_sessions,
 };

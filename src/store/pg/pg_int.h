@@ -288,4 +288,8 @@ int pg_session_answer(struct store *st, const char *task_id, int step, json_t *a
 int pg_session_end(struct store *st, const char *task_id);
 int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
+/* llm_calls.c */
+int pg_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
+int pg_llm_calls(struct store *st, const char *task_id, json_t **out);
+
 #endif

@@ -606,4 +606,6 @@ const struct store_ops store_sqlite_ops = {
     .session_answer = sq_session_answer,
     .session_end = sq_session_end,
     .session_idle = sq_session_idle,
+    .llm_call_insert = sq_llm_call_insert,
+    .llm_calls = sq_llm_calls,
 };

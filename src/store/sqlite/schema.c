@@ -174,6 +174,15 @@ static const char *const migrations[] = {
     " webhook_error TEXT);"
     "CREATE INDEX experiments_open ON experiments (seq) WHERE ended_at IS NULL;"
     "ALTER TABLE task_events ADD COLUMN experiment_id TEXT;",
+    /* 7: the LLM gateway's calls: the request and answer as JSON text, a few columns
+     * read out of them once */
+    "CREATE TABLE llm_calls (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " task_id TEXT NOT NULL, attempt INTEGER NOT NULL, started_at INTEGER NOT NULL,"
+    " latency_ms REAL NOT NULL, first_byte_ms REAL, status INTEGER NOT NULL,"
+    " stream INTEGER NOT NULL, cut INTEGER NOT NULL, upstream TEXT, model TEXT,"
+    " finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+    " request TEXT NOT NULL, response TEXT);"
+    "CREATE INDEX llm_calls_task ON llm_calls (task_id, seq);",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

@@ -280,4 +280,8 @@ int sq_session_answer(struct store *st, const char *task_id, int step, json_t *a
 int sq_session_end(struct store *st, const char *task_id);
 int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
+/* llm_calls.c */
+int sq_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
+int sq_llm_calls(struct store *st, const char *task_id, json_t **out);
+
 #endif
