@@ -273,3 +273,38 @@ def test_the_sample_env_files_name_real_settings_with_valid_values(tmpdir_path, 
 
 def test_install_deps_has_the_tools_these_checks_use():
     assert {"docker-compose", "systemd"} <= install_deps_packages()
+
+
+# ---- the README's section ----
+
+def readme_deploying():
+    text = read(os.path.join(ROOT, "README.md"))
+    return text.split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+
+
+# Variables the section names that are not settings: the worker's API, and what a unit or
+# the executor sets for a run.
+README_VARIABLES = {"TASKEXEC_API", "HOME", "KUBECONFIG", "KUBE_CONTEXT"}
+
+
+def test_the_readme_deploying_section_names_what_exists():
+    """Its files, settings and metric names exist (no invented metric), and its shell
+    examples parse."""
+    section = readme_deploying()
+    for path in set(re.findall(r"\bdeploy/[\w.@-]+", section)):
+        assert os.path.exists(os.path.join(ROOT, path)), path
+    metrics_c = read(os.path.join(ROOT, "src", "service", "metrics.c"))
+    named = set(re.findall(r"\btaskexec_[a-z_]+", section))
+    assert len(named) >= 10
+    for metric in named:
+        assert re.search(r'"[^"]*\b' + metric + r'\b', metrics_c), f"no metric {metric}"
+    settings = known_settings()
+    for name in set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)(?:=[^`]*)?`", section)):
+        assert name in settings or name in README_VARIABLES, f"no setting {name}"
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        r = subprocess.run(["bash", "-n"], input=block.replace("\n   ", "\n"),
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, (block, r.stderr)
+    assert "<!-- access control: added with the API_TOKEN work -->" in section
