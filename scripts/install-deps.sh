@@ -6,11 +6,14 @@ set -euo pipefail
 pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libsqlite3-dev uuid-dev
       libcmocka-dev python3-pytest python3-requests python3-yaml python3-rich sqlite3 libpq-dev
       libssl-dev libcurl4-openssl-dev libwslay-dev python3-websockets prometheus clang libclang-rt-14-dev
-      postgresql-15 postgresql-client-15 chromium fonts-dejavu-core)
+      postgresql-15 postgresql-client-15 chromium fonts-dejavu-core
+      systemd docker-compose)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# systemd (systemd-analyze) and docker-compose check deploy/'s units and compose file
+# (tests/it/test_deploy.py; docker-compose reads a compose file without a Docker daemon).
 # node and npm fetch the OpenAPI validator the tests use (any recent node will do).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
