@@ -6,14 +6,16 @@
  * stays the size of one page and one task however many tasks there are.
  * json is {"exported_at", "format", "tasks":[…], "task_count"} (task_count comes last
  * because it is known last; the shape of the original export_task_data.py); jsonl is one
- * {"task","logs","conversations"} a line. Each conversation also carries "chat": its
- * messages as OpenAI chat messages ({"role","content"}), ready for a trainer. */
+ * {"task","logs","conversations","llm_calls"} a line. Each conversation also carries "chat":
+ * its messages as OpenAI chat messages ({"role","content"}), ready for a trainer; each
+ * LLM call its request, response, token ids and logprobs (model/llm_call.h). */
 #include "http/export.h"
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "model/proto.h"
+#include "service/gateway.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,7 @@ enum phase { HEADER, ITEMS, FOOTER, DONE };
 struct exporter {
     struct store *st;
     struct task_filter f;
-    bool jsonl, logs, convs;
+    bool jsonl, logs, convs, llm;
     struct buf out;            /* produced, not yet handed out */
     size_t pos;
     enum phase phase;
@@ -85,6 +87,11 @@ static int item(struct exporter *e, const struct task *t, json_t **out)
             json_object_set_new(o, "conversations", v);
         }
     }
+    if (rc == 0 && e->llm) {
+        rc = gateway_task_calls(e->st, t->id, true, &v);
+        if (rc == 0)
+            json_object_set_new(o, "llm_calls", v);
+    }
     if (rc < 0)
         json_decref(o);
     else
@@ -95,6 +102,21 @@ static int item(struct exporter *e, const struct task *t, json_t **out)
 static int dump_to_buf(const char *p, size_t n, void *ud)
 {
     return buf_append(ud, p, n) == 0 ? 0 : -1;
+}
+
+/* ,"llm_calls":[…] of a task, with token ids and logprobs (what a trainer exports for). */
+static int append_llm_calls(struct exporter *e, const char *task_id)
+{
+    json_t *calls = NULL;
+    int rc = gateway_task_calls(e->st, task_id, true, &calls);
+
+    if (rc == 0)
+        rc = buf_append(&e->out, ",\"llm_calls\":", 13);
+    if (rc == 0 && json_dump_callback(calls, dump_to_buf, &e->out,
+                                      JSON_COMPACT | JSON_REAL_PRECISION(10)) != 0)
+        rc = ERR_NOMEM;
+    json_decref(calls);
+    return rc;
 }
 
 /* One item as text, its logs and conversations made by the database. */
@@ -112,6 +134,8 @@ static int item_text(struct exporter *e, const struct task *t)
         rc = ERR_NOMEM;
     if (rc == 0)
         rc = store_export_extras(e->st, t->id, e->logs, e->convs, &e->out);
+    if (rc == 0 && e->llm)
+        rc = append_llm_calls(e, t->id);
     if (rc == 0)
         rc = buf_append(&e->out, e->jsonl ? "}\n" : "}", e->jsonl ? 2 : 1);
     json_decref(tj);
@@ -209,7 +233,7 @@ int api_export(struct request *req)
     const char *experiment = api_query(req, "experiment_id");
     struct exporter *e;
     struct api_stream *s;
-    bool logs, convs;
+    bool logs, convs, llm;
 
     if (format && strcmp(format, "json") && strcmp(format, "jsonl"))
         return api_invalid_field(req, "format", "must be json or jsonl");
@@ -219,7 +243,8 @@ int api_export(struct request *req)
     if (experiment && !api_valid_uuid(experiment))
         return api_invalid_field(req, "experiment_id", "must be a UUID");
     if (api_query_bool(req, "include_logs", true, &logs) < 0 ||
-        api_query_bool(req, "include_conversations", true, &convs) < 0)
+        api_query_bool(req, "include_conversations", true, &convs) < 0 ||
+        api_query_bool(req, "include_llm_calls", true, &llm) < 0)
         return 0;
     e = calloc(1, sizeof(*e));
     s = calloc(1, sizeof(*s));
@@ -243,6 +268,7 @@ int api_export(struct request *req)
     e->jsonl = format && !strcmp(format, "jsonl");
     e->logs = logs;
     e->convs = convs;
+    e->llm = llm;
     buf_init(&e->out, 1u << 30);
     s->ctx = e;
     s->read = exporter_read;

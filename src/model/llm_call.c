@@ -36,6 +36,14 @@ int llm_key_task(const char *key, char task_id[TASK_ID_LEN + 1])
     for (size_t i = p + TASK_ID_LEN + 1; i < LLM_KEY_LEN; i++)
         if (!strchr("0123456789abcdef", key[i]))
             return ERR_INVALID;
+    /* The task id as a canonical UUID, so a made-up key never reaches the database. */
+    for (size_t i = 0; i < TASK_ID_LEN; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+        if (dash ? key[p + i] != '-' : !strchr("0123456789abcdefABCDEF", key[p + i]) ||
+                                           !key[p + i])
+            return ERR_INVALID;
+    }
     memcpy(task_id, key + p, TASK_ID_LEN);
     task_id[TASK_ID_LEN] = '\0';
     return 0;

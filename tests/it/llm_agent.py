@@ -5,11 +5,13 @@ stream read event by event until "data: [DONE]"), for the LLM gateway's tests. I
 nothing of taskexec beyond those two variables, as a user's agent would not.
 
 agent_config.calls: the calls to make, each a request body (stream or not); "list_models":
-true also asks GET /models. agent_config.env_out: a file to write its environment to.
+true also asks GET /models. agent_config.env_out: a file to write its environment to;
+agent_config.hold: a file whose appearance it waits for (60 s at most) before it ends.
 Its result's output lists, per call, the status and the text it got."""
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -67,6 +69,10 @@ def main():
                                          headers={"Authorization": f"Bearer {key}"})
             with urllib.request.urlopen(req, timeout=30) as r:
                 results.append({"status": r.status, "models": json.load(r)})
+    if cfg.get("hold"):
+        deadline = time.time() + 60
+        while not os.path.exists(cfg["hold"]) and time.time() < deadline:
+            time.sleep(0.05)
     out({"type": "result", "success": True, "output": {"base_url": base, "calls": results}})
 
 
