@@ -1,7 +1,8 @@
 /* Unit tests: folding a streamed chat completion (model/llm.c) with chunks in vLLM's and
  * OpenAI's shapes (docs/notes/llm-gateway-shapes.md): content, reasoning, tool calls by
  * index, logprobs and token ids, usage, n > 1, an error mid-stream, and bytes split
- * anywhere. */
+ * anywhere. And a recorded call (model/llm_call.c): the task key, what is read out of a
+ * response, and how a call is shown. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 
 #include "core/err.h"
 #include "model/llm.h"
+#include "model/llm_call.h"
 
 /* A vLLM stream (return_token_ids, logprobs with return_tokens_as_token_ids, a tool
  * call in fragments, include_usage) as the bytes arrive. */
@@ -141,6 +143,130 @@ static void an_endless_event_is_refused(void **state)
     llm_stream_reset(&s);
 }
 
+static const char task_id[] = "0b7c6a52-4f7e-4d4c-9a55-5f1f3b0e2a10";
+
+static void a_key_admits_its_attempt_only(void **state)
+{
+    char key[LLM_KEY_SIZE], id[TASK_ID_LEN + 1], bad[LLM_KEY_SIZE + 8];
+
+    (void)state;
+    llm_task_key(task_id, "lease-1", key);
+    assert_int_equal(strlen(key), LLM_KEY_LEN);
+    assert_int_equal(llm_key_task(key, id), 0);
+    assert_string_equal(id, task_id);
+    assert_true(llm_key_matches(key, task_id, "lease-1"));
+    assert_false(llm_key_matches(key, task_id, "lease-2")); /* a retried attempt */
+    assert_false(llm_key_matches(key, task_id, NULL));
+    assert_false(llm_key_matches(key, task_id, ""));
+    assert_null(strstr(key, "lease-1")); /* the lease itself never leaves the server */
+    /* Malformed keys are refused before any lookup. */
+    const char *const shapes[] = {"", "txk-", "sk-abc", "txk-0b7c6a52", NULL};
+    for (const char *const *k = shapes; *k; k++)
+        assert_int_equal(llm_key_task(*k, id), ERR_INVALID);
+    memcpy(bad, key, sizeof(key));
+    bad[LLM_KEY_LEN - 1] = 'Z';                       /* not hex */
+    assert_int_equal(llm_key_task(bad, id), ERR_INVALID);
+    memcpy(bad, key, sizeof(key));
+    bad[4 + 8] = 'x';                                 /* the UUID's first dash */
+    assert_int_equal(llm_key_task(bad, id), ERR_INVALID);
+    memcpy(bad, key, sizeof(key));
+    bad[4 + 3] = 'g';                                 /* not a UUID digit */
+    assert_int_equal(llm_key_task(bad, id), ERR_INVALID);
+    memcpy(bad, key, sizeof(key));
+    memcpy(bad + LLM_KEY_LEN, "00", 3);                 /* too long */
+    assert_int_equal(llm_key_task(bad, id), ERR_INVALID);
+}
+
+/* The error text of each error body shape seen (docs/notes/llm-gateway-shapes.md §3). */
+static void errors_are_read_in_every_shape(void **state)
+{
+    const char *const bodies[][2] = {
+        {"{\"error\":{\"message\":\"nested\",\"type\":\"BadRequestError\",\"code\":400}}",
+         "nested"},
+        {"{\"object\":\"error\",\"message\":\"flat\",\"type\":\"NotFoundError\",\"code\":404}",
+         "flat"},
+        {"{\"error\":\"Unauthorized\"}", "Unauthorized"},
+        {"{\"choices\":[{\"message\":{\"content\":\"hi\"},\"finish_reason\":\"length\"}],"
+         "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7},\"model\":\"m1\"}",
+         NULL},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        json_t *req = json_pack("{s:s}", "model", "asked"), *resp = json_loads(bodies[i][0], 0, NULL);
+        struct llm_call_rec rec = {.request = req, .response = resp};
+
+        llm_call_summarize(&rec);
+        if (bodies[i][1]) {
+            assert_string_equal(rec.error, bodies[i][1]);
+            assert_string_equal(rec.model, "asked");
+            assert_int_equal(rec.prompt_tokens, -1);
+        } else {
+            assert_null(rec.error);
+            assert_string_equal(rec.model, "m1");
+            assert_string_equal(rec.finish_reason, "length");
+            assert_int_equal(rec.prompt_tokens, 5);
+            assert_int_equal(rec.completion_tokens, 7);
+        }
+        json_decref(req);
+        json_decref(resp);
+    }
+}
+
+static json_t *row_with(const char *response)
+{
+    return json_pack("{s:s, s:o}", "id", "c1", "response", json_loads(response, 0, NULL));
+}
+
+static void token_ids_come_from_vllm_or_from_token_strings(void **state)
+{
+    json_t *row;
+
+    (void)state;
+    /* vLLM's return_token_ids wins; logprobs are flattened in order. */
+    row = row_with("{\"prompt_token_ids\":[1,2],\"choices\":[{\"message\":{\"content\":\"a\"},"
+                   "\"token_ids\":[7,8],\"logprobs\":{\"content\":[{\"token\":\"a\","
+                   "\"logprob\":-0.5},{\"token\":\"b\",\"logprob\":-1}]}}]}");
+    assert_int_equal(llm_call_present(row, true), 0);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(row, "token_ids"), 1)), 8);
+    assert_int_equal(json_array_size(json_object_get(row, "prompt_token_ids")), 2);
+    assert_true(json_real_value(json_array_get(json_object_get(row, "logprobs"), 1)) == -1.0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(row, "message"),
+                                                          "content")), "a");
+    json_decref(row);
+    /* return_tokens_as_token_ids: ids read from "token_id:N". */
+    row = row_with("{\"choices\":[{\"logprobs\":{\"content\":[{\"token\":\"token_id:42\","
+                   "\"logprob\":-0.1},{\"token\":\"token_id:7\",\"logprob\":-0.2}]}}]}");
+    assert_int_equal(llm_call_present(row, true), 0);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(row, "token_ids"), 0)), 42);
+    assert_true(json_is_null(json_object_get(row, "prompt_token_ids")));
+    json_decref(row);
+    /* Text tokens (OpenAI): no ids rather than wrong ones. */
+    row = row_with("{\"choices\":[{\"logprobs\":{\"content\":[{\"token\":\"token_id:1\","
+                   "\"logprob\":-0.1},{\"token\":\"Hi\",\"logprob\":-0.2}]}}]}");
+    assert_int_equal(llm_call_present(row, true), 0);
+    assert_true(json_is_null(json_object_get(row, "token_ids")));
+    assert_int_equal(json_array_size(json_object_get(row, "logprobs")), 2);
+    json_decref(row);
+    /* Without tokens they are left out, from the response too; the message stays. */
+    row = row_with("{\"prompt_token_ids\":[1],\"choices\":[{\"message\":{\"content\":\"a\"},"
+                   "\"token_ids\":[7],\"logprobs\":{\"content\":[]}}]}");
+    assert_int_equal(llm_call_present(row, false), 0);
+    assert_null(json_object_get(row, "token_ids"));
+    assert_null(json_object_get(json_object_get(row, "response"), "prompt_token_ids"));
+    assert_null(json_object_get(json_array_get(json_object_get(json_object_get(row, "response"),
+                                                               "choices"), 0), "token_ids"));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(row, "message"),
+                                                          "content")), "a");
+    json_decref(row);
+    /* A call with no response (refused before any answer). */
+    row = json_pack("{s:s, s:n}", "id", "c2", "response");
+    assert_int_equal(llm_call_present(row, true), 0);
+    assert_true(json_is_null(json_object_get(row, "message")));
+    assert_true(json_is_null(json_object_get(row, "token_ids")));
+    json_decref(row);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -148,6 +274,9 @@ int main(void)
         cmocka_unit_test(bytes_split_anywhere_fold_the_same),
         cmocka_unit_test(choices_interleaved_and_an_error_mid_stream),
         cmocka_unit_test(an_endless_event_is_refused),
+        cmocka_unit_test(a_key_admits_its_attempt_only),
+        cmocka_unit_test(errors_are_read_in_every_shape),
+        cmocka_unit_test(token_ids_come_from_vllm_or_from_token_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

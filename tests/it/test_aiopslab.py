@@ -277,6 +277,32 @@ def test_a_run_records_the_whole_trajectory_and_leaves_the_cluster_clean(make_se
     lab.assert_clean("worker-001-kind", runs=2)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_runs_model_calls_go_through_the_gateway_and_are_recorded(make_server, llm, lab):
+    lab.create_cluster("worker-001-kind")
+    # The task names its upstream; the server holds its key (the runner's environment
+    # carries only the gateway and the task's own key).
+    s = aiopslab_server(make_server, llm, lab, OPENAI_API_KEY="", LLM_KEY_ENVS="LAB_KEY",
+                        LAB_KEY="lab-secret")
+    t = s.submit(problem_id=DETECTION, max_steps=5,
+                 agent_config={"model": "gpt-test", "base_url": llm.url,
+                               "api_key_env": "LAB_KEY"})
+    done = s.wait_status(t["id"], ("completed", "failed", "timeout"), timeout=300)
+    assert done["status"] == "completed", (done, logs_of(s, t["id"]))
+    assert [q["auth"] for q in llm.requests] == ["Bearer lab-secret"] * 2
+    calls = s.get(f"/api/v1/tasks/{t['id']}/llm-calls").json()["calls"]
+    deadline = time.time() + 10
+    while len(calls) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+        calls = s.get(f"/api/v1/tasks/{t['id']}/llm-calls").json()["calls"]
+    assert [c["request"] for c in calls] == [q["body"] for q in llm.requests]
+    assert [c["model"] for c in calls] == ["gpt-test-0613"] * 2
+    assert calls[1]["message"]["content"].startswith("Action:")
+    # Its conversation lines stay as they were.
+    conv = s.get(f"/api/v1/tasks/{t['id']}/conversations").json()["conversations"]
+    assert [m["role"] for m in conv[0]["messages"]][-1] == "assistant"
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_long_history_is_trimmed_to_the_context_budget(make_server, llm, lab):
     lab.create_cluster("worker-001-kind")
