@@ -5,6 +5,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/uuidgen.h"
+#include "service/metrics.h"
 #include "model/llm.h"
 #include "model/llm_call.h"
 
@@ -328,6 +329,10 @@ static void end_call(struct call *c, CURLcode res, bool closing)
                        c->retry_after[0] ? c->retry_after : NULL);
     }
     c->sink.release(c->ctx);
+    metrics_llm(g->m, c->cut                                ? METRICS_LLM_CUT
+                      : res == CURLE_OK                     ? METRICS_LLM_ANSWERED
+                      : res == CURLE_OPERATION_TIMEDOUT     ? METRICS_LLM_TIMEOUT
+                                                            : METRICS_LLM_UNREACHABLE);
     pthread_mutex_lock(&g->lock);
     for (struct call **p = &g->all; *p; p = &(*p)->next_all)
         if (*p == c) {
@@ -490,6 +495,8 @@ static void write_record(struct gateway *g, struct call *c)
         struct timespec ts = {0, (long)(100000000L << i)};
         nanosleep(&ts, NULL);
     }
+    if (rc < 0 && rc != ERR_CONFLICT)
+        metrics_llm(g->m, METRICS_LLM_LOST);
     if (rc < 0 && rc != ERR_CONFLICT)
         log_error("gateway: lost the record of an LLM call of task %s: %s", c->task_id,
                   err_str(rc));

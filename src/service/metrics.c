@@ -41,6 +41,7 @@ struct metrics {
     uint64_t created;
     uint64_t finished[TASK_N_STATUS];
     uint64_t retries[3];              /* by enum task_error_class */
+    uint64_t llm[METRICS_LLM_N];      /* gateway calls by enum metrics_llm */
     struct hist wait, run, claim;
     uint64_t exits[5];
     struct http_series http[MAX_SERIES];
@@ -52,6 +53,8 @@ struct metrics {
 };
 
 static const char *const exit_causes[5] = {"success", "failure", "crash", "timeout", "cancel"};
+static const char *const llm_outcomes[METRICS_LLM_LOST] = {"answered", "unreachable", "timeout",
+                                                           "cut"};
 
 static void hist_init(struct hist *h, const double *bounds, size_t n)
 {
@@ -127,6 +130,15 @@ void metrics_task_retried(struct metrics *m, enum task_error_class c)
         return;
     pthread_mutex_lock(&m->lock);
     m->retries[c]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_llm(struct metrics *m, enum metrics_llm what)
+{
+    if (!m || (unsigned)what >= METRICS_LLM_N)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->llm[what]++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -275,6 +287,15 @@ static int render_counters(const struct metrics *m, struct buf *out, int rc)
     for (int i = TASK_CLASS_INFRASTRUCTURE; i <= TASK_CLASS_AGENT; i++)
         OUT("taskexec_task_retries_total{class=\"%s\"} %llu\n",
             task_error_class_name((enum task_error_class)i), (unsigned long long)m->retries[i]);
+    OUT("# HELP taskexec_llm_calls_total Model calls through this server's LLM gateway, by "
+        "outcome (answered: the upstream's answer, any status, reached the agent).\n"
+        "# TYPE taskexec_llm_calls_total counter\n");
+    for (int i = 0; i < METRICS_LLM_LOST; i++)
+        OUT("taskexec_llm_calls_total{outcome=\"%s\"} %llu\n", llm_outcomes[i],
+            (unsigned long long)m->llm[i]);
+    OUT("# HELP taskexec_llm_records_lost_total Gateway calls whose record the database "
+        "refused after retries.\n# TYPE taskexec_llm_records_lost_total counter\n"
+        "taskexec_llm_records_lost_total %llu\n", (unsigned long long)m->llm[METRICS_LLM_LOST]);
     OUT("# HELP taskexec_executor_exits_total How executors run here ended.\n"
         "# TYPE taskexec_executor_exits_total counter\n");
     for (int i = 0; i < 5; i++)

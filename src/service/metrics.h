@@ -25,6 +25,16 @@ void metrics_free(struct metrics *m);
 void metrics_http(struct metrics *m, const char *route, const char *method, int status,
                   double seconds);
 void metrics_task_created(struct metrics *m);
+/* What became of a call through the LLM gateway. */
+enum metrics_llm {
+    METRICS_LLM_ANSWERED,       /* the upstream's answer (any status) reached the agent */
+    METRICS_LLM_UNREACHABLE,    /* 502/503: the upstream could not be reached (or shutdown) */
+    METRICS_LLM_TIMEOUT,        /* 504, or a stream cut by LLM_TIMEOUT_SECONDS */
+    METRICS_LLM_CUT,            /* the agent went away mid-stream */
+    METRICS_LLM_LOST,           /* its record could not be written */
+    METRICS_LLM_N
+};
+void metrics_llm(struct metrics *m, enum metrics_llm what);
 /* metrics_task_retried: a failed attempt went back to the queue (class: whose failure). */
 void metrics_task_retried(struct metrics *m, enum task_error_class c);
 /* metrics_task_finished: a task this process ended; wait and run are in seconds

@@ -172,6 +172,10 @@ def test_unreachable_and_slow_upstreams_are_502_and_504(make_server, upstream, t
     release()
     calls = calls_of(s, t["id"], 1)
     assert calls[0]["status"] == 504 and "did not answer within 1 s" in calls[0]["error"]
+    metrics = s.get("/metrics").text
+    assert 'taskexec_llm_calls_total{outcome="unreachable"} 1\n' in metrics
+    assert 'taskexec_llm_calls_total{outcome="timeout"} 1\n' in metrics
+    assert "taskexec_llm_records_lost_total 0\n" in metrics
 
 
 def test_keys_admit_one_running_attempt(make_server, upstream, tmpdir_path):
@@ -234,6 +238,7 @@ def test_an_agent_leaving_mid_stream_is_recorded_as_cut(make_server, upstream, t
     assert calls[0]["cut"] is True and calls[0]["stream"] is True
     assert calls[0]["message"]["content"] == "echo: 1", "what had passed is kept"
     assert calls[0]["error"] == "the agent went away before the end"
+    assert 'taskexec_llm_calls_total{outcome="cut"} 1\n' in s.get("/metrics").text
     release()
     assert s.wait_status(t["id"], ("completed",))["status"] == "completed"
 
