@@ -299,3 +299,28 @@ def test_export_carries_the_calls(make_server, upstream):
         assert [c["token_ids"] for c in item["llm_calls"]] == [
             [fake_llm.tok_id(w) for w in ["echo:", " x", " y"]]] * 2
         assert item["llm_calls"][0]["request"] == call
+
+
+def test_the_readme_example(make_server, upstream, tmpdir_path):
+    """The README's gateway example, run as the executor's shell would run it."""
+    import re
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    section = readme.split("## LLM gateway", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    s = gateway_server(make_server, upstream.url)
+    t, env, release = held_task(s, tmpdir_path)
+    lines = block.strip().splitlines()
+    first, last = "\n".join(lines[:-1]), lines[-1].replace("localhost:8000", s.url[7:])
+    run_env = dict(os.environ, OPENAI_BASE_URL=env["OPENAI_BASE_URL"],
+                   OPENAI_API_KEY=env["OPENAI_API_KEY"], TASK=t["id"])
+    out = subprocess.run(["bash", "-ec", first], env=run_env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["choices"][0]["message"]["content"] == "echo: hi"
+    calls_of(s, t["id"], 1)
+    out = subprocess.run(["bash", "-ec", last], env=run_env, capture_output=True, text=True)
+    got = json.loads(out.stdout)
+    assert got["total"] == 1 and got["calls"][0]["token_ids"] == [fake_llm.tok_id("echo:"),
+                                                                    fake_llm.tok_id(" hi")]
+    release()
