@@ -324,3 +324,22 @@ def test_the_readme_example(make_server, upstream, tmpdir_path):
     assert got["total"] == 1 and got["calls"][0]["token_ids"] == [fake_llm.tok_id("echo:"),
                                                                     fake_llm.tok_id(" hi")]
     release()
+
+
+def test_the_dashboard_shows_each_call_and_its_tokens_on_demand(make_server, upstream):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    s = gateway_server(make_server, upstream.url, NUM_INTERNAL_WORKERS=1)
+    call = {"model": "m", "messages": [{"role": "user", "content": "p q"}], "logprobs": True,
+            "return_tokens_as_token_ids": True}
+    t = s.submit(problem_id="p", agent_config={"calls": [call, dict(call, stream=True)]})
+    s.wait_status(t["id"], ("completed",))
+    calls_of(s, t["id"], 2)
+    want = {"calls": 2, "answer": "echo: p q",
+            "token_ids": [fake_llm.tok_id(w) for w in ["echo:", " p", " q"]]}
+    shots = os.path.join(root, "build", "screenshots")
+    os.makedirs(shots, exist_ok=True)
+    r = subprocess.run(["node", os.path.join(root, "tests", "e2e", "llm_calls.cjs"), s.url,
+                        t["id"], json.dumps(want), os.path.join(shots, "llm-calls.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
