@@ -219,6 +219,23 @@ row "session step p50 / p99 ms, one server (SQLite)" "$SQ_50 / $SQ_99"
 row "OpenEnv WebSocket step p50 / p99 ms (same server)" "$WS_50 / $WS_99" "$SQ_50" \
     "$(awk -v a="$WS_50" -v b="$SQ_50" 'BEGIN { printf "%+.2f ms", a - b }')"
 
+# ---- the LLM gateway: the same call to the stand-in upstream directly and through it ----
+FAKE_PORT=$(port)
+/usr/bin/python3 tests/it/fake_llm.py "$FAKE_PORT" > "$DIR/fake_llm.log" 2>&1 &
+FAKE=$!
+for _ in $(seq 100); do grep -q '^port' "$DIR/fake_llm.log" && break; sleep 0.05; done
+start_server gateway DATABASE_URL="sqlite://$DIR/gateway/g.db" EXECUTOR=command \
+    EXECUTOR_COMMAND="$PWD/tests/it/llm_agent.py" NUM_INTERNAL_WORKERS=1 \
+    LLM_UPSTREAM_URL="http://127.0.0.1:$FAKE_PORT/v1"
+read -r GD50 GD99 GG50 GG99 GSD GSG <<<"$(/usr/bin/python3 bench/llm_gateway.py "$API" \
+    "http://127.0.0.1:$FAKE_PORT/v1" "$DIR/gateway" "${BENCH_LLM_CALLS:-1000}")"
+stop_server
+kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null || true
+row "LLM gateway call p50 / p99 ms (vs upstream direct)" "$GG50 / $GG99" "$GD50 / $GD99" \
+    "$(awk -v a="$GG50" -v b="$GD50" 'BEGIN { printf "%+.2f ms", a - b }')"
+row "LLM gateway stream, first chunk p50 ms" "$GSG" "$GSD" \
+    "$(awk -v a="$GSG" -v b="$GSD" 'BEGIN { printf "%+.2f ms", a - b }')"
+
 # ---- executor ingest: one chatty child into the store ----
 cat > "$DIR/chatty.py" <<PY
 import json, sys
@@ -264,4 +281,5 @@ echo
 echo "taskexec benchmarks: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1e6}' /proc/meminfo), fsync on, $CONC clients, $WORKERS workers"
 printf '%-50s %12s %12s %8s\n' "figure" "taskexec" "reference" "ratio"
 for r in "${ROWS[@]}"; do echo "$r"; done
-echo "references: pgbench running the same SQL on the same database; nginx serving the same JSON."
+echo "references: pgbench running the same SQL on the same database; nginx serving the same JSON;"
+echo "the LLM gateway beside the same call made directly to its upstream (tests/it/fake_llm.py)."
