@@ -17,7 +17,6 @@
 #include "service/webhook.h"
 #include "worker/worker.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -305,8 +304,6 @@ int server_run(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    /* Once, before any thread: the gateway and the webhook sender use libcurl. */
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     if (open_store(&srv) < 0 || start_core(&srv) < 0 || start_serving(&srv) < 0)
         goto out;
     while (sigwait(&set, &sig) != 0)
@@ -324,7 +321,6 @@ out:
         pthread_cancel(dog);
         pthread_join(dog, NULL);
     }
-    curl_global_cleanup();
     if (code == 0)
         log_info("stopped");
     return code;

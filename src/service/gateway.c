@@ -67,7 +67,7 @@ struct gateway {
     struct call *rhead, *rtail;
     bool rstop;
     pthread_t rthread;
-    bool started, closed;
+    bool started, closed, curl_inited;
 };
 
 static void call_free(struct call *c)
@@ -527,6 +527,34 @@ static void *recorder_main(void *arg)
     return NULL;
 }
 
+/* libcurl and the two threads, at the first call: a server whose agents never call a
+ * model does not carry them (libcurl's TLS set-up alone is 2.4 MB of resident memory).
+ * Called with g->lock held. libcurl 7.84 and later initialise thread-safely (Debian 12's
+ * says "threadsafe"), as the webhook sender also relies on. */
+static int start(struct gateway *g)
+{
+    if (g->started)
+        return 0;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return ERR_NOMEM;
+    g->curl_inited = true;
+    if (!(g->multi = curl_multi_init()))
+        return ERR_NOMEM;
+    if (pthread_create(&g->rthread, NULL, recorder_main, g) != 0)
+        return ERR_IO;
+    if (pthread_create(&g->thread, NULL, gateway_main, g) != 0) {
+        pthread_mutex_lock(&g->rlock);
+        g->rstop = true;
+        pthread_cond_signal(&g->rcond);
+        pthread_mutex_unlock(&g->rlock);
+        pthread_join(g->rthread, NULL);
+        g->rstop = false;
+        return ERR_IO;
+    }
+    g->started = true;
+    return 0;
+}
+
 /* ---- the interface ---- */
 
 /* The running calls of task_id; called with g->lock held. */
@@ -602,6 +630,8 @@ int gateway_call(struct gateway *g, const struct gateway_req *rq, const struct g
     if (g->closing) {
         rc = ERR_UNAVAILABLE;
         snprintf(why, why_size, "the server is shutting down");
+    } else if ((rc = start(g)) < 0) {
+        snprintf(why, why_size, "the gateway could not start (%s)", err_str(rc));
     } else if (running_of(g, c->task_id) >= g->s.max_per_task) {
         rc = ERR_TOOBIG;
         snprintf(why, why_size, "this task has %d model calls in flight, the most "
@@ -661,36 +691,27 @@ int gateway_new(struct store *st, struct metrics *m, const struct gateway_settin
     pthread_mutex_init(&g->lock, NULL);
     pthread_mutex_init(&g->rlock, NULL);
     pthread_cond_init(&g->rcond, NULL);
-    if (!g->s.key_env || !(g->multi = curl_multi_init())) {
+    if (!g->s.key_env) {
         gateway_free(g);
         return ERR_NOMEM;
     }
-    if (pthread_create(&g->rthread, NULL, recorder_main, g) != 0) {
-        gateway_free(g);
-        return ERR_IO;
-    }
-    if (pthread_create(&g->thread, NULL, gateway_main, g) != 0) {
-        pthread_mutex_lock(&g->rlock);
-        g->rstop = true;
-        pthread_cond_signal(&g->rcond);
-        pthread_mutex_unlock(&g->rlock);
-        pthread_join(g->rthread, NULL);
-        gateway_free(g);
-        return ERR_IO;
-    }
-    g->started = true;
     *out = g;
     return 0;
 }
 
 void gateway_close(struct gateway *g)
 {
-    if (!g || !g->started || g->closed)
+    bool started;
+
+    if (!g || g->closed)
         return;
     g->closed = true;
     pthread_mutex_lock(&g->lock);
     g->closing = true;
+    started = g->started;
     pthread_mutex_unlock(&g->lock);
+    if (!started)
+        return;
     curl_multi_wakeup(g->multi);
     pthread_join(g->thread, NULL);
     pthread_mutex_lock(&g->rlock);
@@ -707,6 +728,8 @@ void gateway_free(struct gateway *g)
     gateway_close(g);
     if (g->multi)
         curl_multi_cleanup(g->multi);
+    if (g->curl_inited)
+        curl_global_cleanup();
     free((char *)(uintptr_t)g->s.upstream_url);
     free((char *)(uintptr_t)g->s.key_env);
     free((char *)(uintptr_t)g->s.key_envs);

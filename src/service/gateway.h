@@ -13,6 +13,8 @@
  * When a call ends its record goes to a second thread that writes it to the store, so a
  * slow commit delays no answer; records are written in the order calls end and a
  * record the store refuses is tried again a few times (then logged and counted).
+ * libcurl and both threads start with the first call, so a server whose agents never
+ * call a model pays nothing for them.
  * Lock order: gateway lock, then nothing (sinks are called without it). */
 #ifndef TASKEXEC_GATEWAY_H
 #define TASKEXEC_GATEWAY_H
@@ -66,8 +68,8 @@ struct gateway_req {
     bool record;                /* store the call (model calls; not the model list) */
 };
 
-/* gateway_new: the engine with its two threads started. Caller frees with
- * gateway_free. */
+/* gateway_new: the engine, with nothing started: libcurl and its two threads start at
+ * the first call. Caller frees with gateway_free. */
 int gateway_new(struct store *st, struct metrics *m, const struct gateway_settings *s,
                 struct gateway **out) __attribute__((warn_unused_result));
 /* gateway_call: starts rq; the answer reaches sink with ctx, then release(ctx). On
