@@ -1,5 +1,6 @@
 /* server: `taskexec serve`, wiring the modules together and shutting down in order. */
 #include "http/server.h"
+#include "model/access.h"
 #include "model/catalog.h"
 #include "core/clock.h"
 #include "core/err.h"
@@ -45,6 +46,27 @@ static int check_config(const struct config *cfg)
         log_error("WORKER_BACKEND_TYPE must be 1 to 64 characters from [A-Za-z0-9_.:-]");
         return ERR_INVALID;
     }
+    return 0;
+}
+
+/* The API tokens (model/access.h); a bad token or tokens file stops the start, naming
+ * the setting or the line. */
+static int load_access(struct server *srv)
+{
+    char why[400] = "";
+
+    if (srv->cfg.worker_join_token && !access_token_valid(srv->cfg.worker_join_token)) {
+        log_error("WORKER_JOIN_TOKEN: a token must be %d to %d printable characters without "
+                  "spaces", ACCESS_TOKEN_MIN, ACCESS_TOKEN_MAX);
+        return ERR_INVALID;
+    }
+    if (access_load(srv->cfg.api_token, srv->cfg.api_tokens_file, &srv->access, why,
+                    sizeof(why)) < 0) {
+        log_error("%s", why[0] ? why : "cannot load the API tokens");
+        return ERR_INVALID;
+    }
+    if (access_enabled(srv->access))
+        log_info("API tokens required (every route but /health, /ready and /metrics)");
     return 0;
 }
 
@@ -219,6 +241,7 @@ static int start_serving(struct server *srv)
 {
     struct webhook_settings ws = {.secret = srv->cfg.webhook_secret,
                                   .allowed_hosts = srv->cfg.webhook_allowed_hosts,
+                                  .outbound_allow_hosts = srv->cfg.outbound_allow_hosts,
                                   .max_attempts = srv->cfg.webhook_max_attempts,
                                   .retry_base_ms = srv->cfg.webhook_retry_base_ms,
                                   .timeout_seconds = srv->cfg.webhook_timeout_seconds};
@@ -241,7 +264,8 @@ static int start_serving(struct server *srv)
                         .key_env = srv->cfg.llm_upstream_key_env,
                         .key_envs = srv->cfg.llm_key_envs,
                         .timeout_seconds = srv->cfg.llm_timeout_seconds,
-                        .max_per_task = srv->cfg.llm_max_calls_per_task},
+                        .max_per_task = srv->cfg.llm_max_calls_per_task,
+                        .allow_hosts = srv->cfg.outbound_allow_hosts},
                     &srv->gateway) < 0)
         return -1;
     if (http_start(srv, &srv->http) < 0)
@@ -280,6 +304,7 @@ static void teardown(struct server *srv)
     store_close(srv->store);
     metrics_free(srv->metrics);
     json_decref(srv->problems);
+    access_free(srv->access);
     config_reset(&srv->cfg);
 }
 
@@ -294,7 +319,8 @@ int server_run(int argc, char **argv)
 
     memset(&srv, 0, sizeof(srv));
     srv.started_at = clock_now_us();
-    if (config_load(&srv.cfg, argc, argv) < 0 || check_config(&srv.cfg) < 0) {
+    if (config_load(&srv.cfg, argc, argv) < 0 || check_config(&srv.cfg) < 0 ||
+        load_access(&srv) < 0) {
         config_reset(&srv.cfg);
         return 2;
     }

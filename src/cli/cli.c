@@ -41,7 +41,7 @@ int cli_usage(const char *msg)
             "  taskexec experiment list | show ID | scoreboard ID [--csv] | cancel ID\n"
             "  taskexec experiment rerun ID [--only failed|unsolved]\n"
             "every command: --api URL (default $TASKEXEC_API, then http://127.0.0.1:8000), "
-            "--json\n");
+            "--json;\n  a server with API tokens gets $TASKEXEC_TOKEN\n");
     return EXIT_USAGE;
 }
 
@@ -600,7 +600,8 @@ static size_t on_bytes(char *p, size_t size, size_t n, void *ud)
 int cli_download(struct client *c, const char *path, FILE *f, long *status)
 {
     struct download d = {.f = f};
-    char url[4096];
+    char url[4096], auth[600];
+    struct curl_slist *hdr = NULL;
     CURL *h = curl_easy_init();
     CURLcode cc;
 
@@ -611,9 +612,15 @@ int cli_download(struct client *c, const char *path, FILE *f, long *status)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_bytes);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (c->token) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", c->token);
+        hdr = curl_slist_append(NULL, auth);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    }
     cc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     curl_easy_cleanup(h);
+    curl_slist_free_all(hdr);
     if (isatty(STDERR_FILENO) && d.last_shown)
         fputc('\n', stderr);
     if (cc != CURLE_OK) {
@@ -916,7 +923,12 @@ int cli_main(int argc, char **argv)
     if (rc)
         return rc;
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (client_init(&c, o.api) < 0) {
+    if (client_init(&c, o.api) < 0 ||
+        /* a server with API tokens (API_TOKEN) takes ours from the environment */
+        client_set_token(&c, getenv("TASKEXEC_TOKEN") && *getenv("TASKEXEC_TOKEN")
+                                  ? getenv("TASKEXEC_TOKEN")
+                                  : NULL) < 0) {
+        client_reset(&c);
         curl_global_cleanup();
         return EXIT_SERVER;
     }

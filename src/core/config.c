@@ -73,6 +73,16 @@ static const struct param params[] = {
     {"PROBLEM_VALIDATION", K_ENUM, S(problem_validation), "lenient", 0, 0,
      "lenient or strict (unknown problem_id is a 422)"},
     {"BACKEND_PROVISION", K_ENUM, S(backend_provision), "none", 0, 0, "none or kind"},
+    {"API_TOKEN", K_STR, S(api_token), NULL, 0, 0,
+     "when set, every route but /health, /ready and /metrics needs 'Authorization: Bearer' "
+     "with it (role admin) or a token of API_TOKENS_FILE"},
+    {"API_TOKENS_FILE", K_PATH, S(api_tokens_file), NULL, 0, 0,
+     "a file of 'token role' lines (roles: read, write, admin)"},
+    {"WORKER_JOIN_TOKEN", K_STR, S(worker_join_token), NULL, 0, 0,
+     "when set, registering an external worker needs it as 'Authorization: Bearer'"},
+    {"OUTBOUND_ALLOW_HOSTS", K_STR, S(outbound_allow_hosts), NULL, 0, 0,
+     "hosts (comma-separated) webhooks and LLM upstreams may reach on link-local or cloud "
+     "metadata addresses; others are refused"},
     {"WEBHOOK_SECRET", K_STR, S(webhook_secret), NULL, 0, 0, "HMAC key for webhook signatures"},
     {"WEBHOOK_ALLOWED_HOSTS", K_STR, S(webhook_allowed_hosts), NULL, 0, 0,
      "hosts callback_url may name (default any)"},

@@ -35,6 +35,10 @@ struct config {
     int max_body_bytes;
     char *problem_validation;    /* lenient | strict */
     char *backend_provision;     /* none | kind */
+    char *api_token;             /* an admin token; NULL: see api_tokens_file */
+    char *api_tokens_file;       /* "token role" lines */
+    char *worker_join_token;     /* registering a worker needs it; NULL: open */
+    char *outbound_allow_hosts;  /* hosts outbound calls may reach on link-local addresses */
     char *webhook_secret;
     char *webhook_allowed_hosts;
     int webhook_max_attempts;

@@ -59,6 +59,7 @@ struct request {
     const char *content_type;        /* of reply_raw or stream */
     char own_content_type[128];      /* storage for a content_type made at run time */
     char retry_after[32];            /* a Retry-After to send, or "" */
+    bool www_authenticate;           /* a 401 that asks for a Bearer token */
     struct api_stream *stream;       /* owned; a streamed body, sent instead of reply */
     struct api_upgrade *upgrade;     /* owned; a protocol switch, sent instead of reply */
     bool deferred;                   /* answered later, from another thread (http_request_defer) */

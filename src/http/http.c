@@ -2,6 +2,8 @@
 #include "http/http.h"
 #include "http/api.h"
 #include "core/clock.h"
+#include "core/crypto.h"
+#include "model/access.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "service/metrics.h"
@@ -195,6 +197,8 @@ static enum MHD_Result send_reply(struct request *req)
     MHD_add_response_header(resp, "X-Request-ID", req->request_id);
     if (req->retry_after[0])
         MHD_add_response_header(resp, "Retry-After", req->retry_after);
+    if (req->www_authenticate)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     seconds = (double)(clock_now_us() - req->started_us) / 1e6;
@@ -203,6 +207,57 @@ static enum MHD_Result send_reply(struct request *req)
     log_request(req->request_id, req->method, req->path, req->route, req->status,
                 seconds * 1000.0);
     return ret;
+}
+
+/* Whether the caller may call route (CONTRACT.md "Deployment and access control");
+ * otherwise it has answered 401 (no usable token) or 403 (too small a role). */
+static bool allowed(struct request *req, const struct route *route)
+{
+    const struct server *srv = req->srv;
+    const char *header = api_header(req, "Authorization"), *token = access_bearer(header);
+    enum access_role need, have;
+    char a[CRYPTO_HEX_SHA256], b[CRYPTO_HEX_SHA256];
+
+    switch (route->access) {
+    case ACCESS_OPEN:
+    case ACCESS_WORKER:
+    case ACCESS_TASK_KEY:
+        return true;
+    case ACCESS_JOIN:
+        if (!srv->cfg.worker_join_token)
+            return true;
+        if (token) {
+            crypto_sha256_hex(token, a);
+            crypto_sha256_hex(srv->cfg.worker_join_token, b);
+            if (crypto_equal(a, b))
+                return true;
+        }
+        req->www_authenticate = true;
+        api_fail(req, 401, "registering a worker needs WORKER_JOIN_TOKEN as "
+                           "'Authorization: Bearer …'");
+        return false;
+    case ACCESS_READ: need = ROLE_READ; break;
+    case ACCESS_WRITE: need = ROLE_WRITE; break;
+    default: need = ROLE_ADMIN; break;
+    }
+    if (!access_enabled(srv->access))
+        return true;
+    have = access_role_of(srv->access, token);
+    if (have >= need)
+        return true;
+    if (have == ROLE_NONE) {
+        req->www_authenticate = true;
+        api_fail(req, 401, header && !token
+                               ? "the Authorization header is not 'Bearer <token>' with a "
+                                 "token of printable characters"
+                               : header ? "the token is not valid"
+                                        : "this server needs an API token: send "
+                                          "'Authorization: Bearer <token>'");
+    } else {
+        api_fail(req, 403, "%s %s needs the %s role; this token has %s", req->method,
+                 route->pattern, access_role_name(need), access_role_name(have));
+    }
+    return false;
 }
 
 static void dispatch(struct request *req)
@@ -222,6 +277,8 @@ static void dispatch(struct request *req)
         return;
     }
     req->route = route->pattern;
+    if (!allowed(req, route))
+        return;
     rc = route->handler(req);
     if (req->deferred)
         return; /* another thread answers it (and may be doing so now) */

@@ -7,10 +7,23 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Who may call a route (CONTRACT.md "Deployment and access control"; http.c enforces it
+ * before the handler runs, except where the handler checks a token of its own). */
+enum route_access {
+    ACCESS_OPEN,      /* anyone: health, readiness, metrics, the dashboard's page */
+    ACCESS_READ,      /* an API token of role read or above (no tokens configured: anyone) */
+    ACCESS_WRITE,     /* role write or above: submit, cancel, sessions, experiments */
+    ACCESS_ADMIN,     /* role admin: worker control */
+    ACCESS_JOIN,      /* WORKER_JOIN_TOKEN when it is set, else anyone (registration) */
+    ACCESS_WORKER,    /* the worker's own token, checked by the handler */
+    ACCESS_TASK_KEY,  /* a running task's key, checked by the handler (the LLM gateway) */
+};
+
 struct route {
     const char *method;
     const char *pattern;   /* "/api/v1/tasks/{id}": {name} captures one segment */
     api_handler handler;
+    enum route_access access;
 };
 
 enum router_result { ROUTER_FOUND, ROUTER_NO_PATH, ROUTER_NO_METHOD };

@@ -17,6 +17,7 @@ struct metrics;
 struct webhook_sender;
 struct ws_hub;
 struct gateway;
+struct access;
 
 struct server {
     struct config cfg;              /* read-only once serving */
@@ -30,6 +31,7 @@ struct server {
     struct session_hub *sessions;   /* interactive sessions: parked steps, hosts */
     struct ws_hub *ws;              /* WebSocket connections (the OpenEnv endpoint) */
     struct gateway *gateway;        /* the LLM gateway's engine */
+    struct access *access;          /* API tokens and their roles (none: everyone is admin) */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/netguard.h"
 #include "core/uuidgen.h"
 #include "service/metrics.h"
 #include "model/llm.h"
@@ -47,6 +48,7 @@ struct call {
     struct buf whole;            /* a whole answer, kept for the record */
     struct llm_stream folded;    /* a streamed answer, folded for the record */
     char curl_error[CURL_ERROR_SIZE];
+    struct netguard guard;       /* no link-local or metadata upstream */
     char error[400];             /* why the call failed, when it did */
     struct gateway_sink sink;
     void *ctx;
@@ -249,6 +251,7 @@ static int prepare(struct call *c, const char *key, const char *method, const ch
     curl_easy_setopt(c->easy, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c->easy, CURLOPT_USERAGENT, "taskexec-llm-gateway");
+    netguard_apply(&c->guard, c->easy, c->url, c->g->s.allow_hosts);
     return 0;
 }
 
@@ -280,6 +283,9 @@ static int failure_status(struct call *c, CURLcode res, bool closing, const char
         *type = "upstream_timeout";
         return 504;
     }
+    if (!c->error[0] && c->guard.refused[0])
+        snprintf(c->error, sizeof(c->error), "the upstream %.150s: %.200s", c->upstream,
+                 c->guard.refused);
     if (!c->error[0])
         snprintf(c->error, sizeof(c->error), "the upstream %.150s could not be reached: %.150s",
                  c->upstream, c->curl_error[0] ? c->curl_error : curl_easy_strerror(res));
@@ -688,6 +694,7 @@ int gateway_new(struct store *st, struct metrics *m, const struct gateway_settin
     g->s.upstream_url = dup_or_null(s->upstream_url);
     g->s.key_env = strdup(s->key_env ? s->key_env : "OPENAI_API_KEY");
     g->s.key_envs = dup_or_null(s->key_envs);
+    g->s.allow_hosts = dup_or_null(s->allow_hosts);
     pthread_mutex_init(&g->lock, NULL);
     pthread_mutex_init(&g->rlock, NULL);
     pthread_cond_init(&g->rcond, NULL);
@@ -733,6 +740,7 @@ void gateway_free(struct gateway *g)
     free((char *)(uintptr_t)g->s.upstream_url);
     free((char *)(uintptr_t)g->s.key_env);
     free((char *)(uintptr_t)g->s.key_envs);
+    free((char *)(uintptr_t)g->s.allow_hosts);
     pthread_mutex_destroy(&g->lock);
     pthread_mutex_destroy(&g->rlock);
     pthread_cond_destroy(&g->rcond);

@@ -36,6 +36,7 @@ struct gateway_settings {
     const char *key_envs;       /* LLM_KEY_ENVS: more variables agent_config may name */
     int timeout_seconds;        /* LLM_TIMEOUT_SECONDS: a whole call */
     int max_per_task;           /* LLM_MAX_CALLS_PER_TASK: calls of one task at once */
+    const char *allow_hosts;    /* OUTBOUND_ALLOW_HOSTS (core/netguard.h) */
 };
 
 /* How the agent is answered, called on the gateway thread (never with its lock). */

@@ -1,5 +1,6 @@
 /* webhook: see webhook.h. */
 #include "service/webhook.h"
+#include "core/netguard.h"
 #include "service/scoreboard.h"
 #include "core/thread.h"
 #include "core/clock.h"
@@ -65,13 +66,15 @@ static size_t discard(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-/* One POST. Returns the HTTP status, or 0 with the reason in why. */
+/* One POST. Returns the HTTP status, or 0 with the reason in why (*refused: the address
+ * guard stopped it, which no retry will change). */
 static long post(CURL *h, const struct webhook_settings *cfg, const struct webhook_job *job,
-                 const char *body, char *why, size_t size)
+                 const char *body, char *why, size_t size, bool *refused)
 {
     struct curl_slist *hdr = NULL;
     char line[200], sig[CRYPTO_HEX_SHA256];
     long status = 0;
+    struct netguard guard;
     CURLcode cc;
 
     curl_easy_reset(h);
@@ -95,11 +98,13 @@ static long post(CURL *h, const struct webhook_settings *cfg, const struct webho
     /* The allowed-hosts rule must not be sidestepped by a redirect. */
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    netguard_apply(&guard, h, job->url, cfg->outbound_allow_hosts);
     cc = curl_easy_perform(h);
     if (cc == CURLE_OK)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    else
-        snprintf(why, size, "%s", curl_easy_strerror(cc));
+    else /* the guard's refusal is the reason, recorded on the delivery */
+        snprintf(why, size, "%s", guard.refused[0] ? guard.refused : curl_easy_strerror(cc));
+    *refused = cc != CURLE_OK && guard.refused[0];
     curl_slist_free_all(hdr);
     return status;
 }
@@ -114,6 +119,7 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
     int attempts = job->attempts + 1;
     long status = 0;
     int64_t delay;
+    bool refused = false;
 
     if (!webhook_host_allowed(job->url, cfg->allowed_hosts)) {
         if (store_webhook_result(st, job, "failed", job->attempts, clock_now_us(),
@@ -131,8 +137,12 @@ static void deliver(struct webhook_sender *w, CURL *h, struct webhook_job *job)
         json_decref(o);
         return; /* the lease runs out and the delivery comes back */
     }
-    status = post(h, cfg, job, body, why, sizeof(why));
-    if (status >= 200 && status < 300) {
+    status = post(h, cfg, job, body, why, sizeof(why), &refused);
+    if (refused) {
+        log_warn("webhook %s: %s (%s); not retried", job->task_id, why, job->url);
+        if (store_webhook_result(st, job, "failed", attempts, clock_now_us(), why) < 0)
+            log_warn("webhook %s: could not record the refusal", job->task_id);
+    } else if (status >= 200 && status < 300) {
         if (store_webhook_result(st, job, "delivered", attempts, clock_now_us(),
                                     NULL) < 0)
             log_warn("webhook %s: delivered, but the database did not record it", job->task_id);

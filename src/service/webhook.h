@@ -19,6 +19,7 @@ struct webhook_sender;
 struct webhook_settings {
     const char *secret;          /* WEBHOOK_SECRET; NULL or "": deliveries are not signed */
     const char *allowed_hosts;   /* WEBHOOK_ALLOWED_HOSTS; NULL or "": every host */
+    const char *outbound_allow_hosts; /* OUTBOUND_ALLOW_HOSTS (core/netguard.h) */
     int max_attempts;            /* WEBHOOK_MAX_ATTEMPTS */
     int retry_base_ms;           /* WEBHOOK_RETRY_BASE_MS */
     int timeout_seconds;         /* WEBHOOK_TIMEOUT_SECONDS */
