@@ -411,7 +411,7 @@ static char **child_env(const struct runner *rn, const struct task *t)
         snprintf(ours[n_ours++], sizeof(ours[0]), "OPENAI_API_KEY=%s", rn->llm_key);
         snprintf(ours[n_ours++], sizeof(ours[0]), "TASKEXEC_LLM_GATEWAY=1");
     }
-    return env_with(ours, n_ours, rn->llm_url && rn->llm_key ? rn->llm_hide : NULL);
+    return env_with(ours, n_ours, rn->llm_hide);
 }
 
 char **runner_python_env(const char *pythonpath)

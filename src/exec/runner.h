@@ -53,8 +53,8 @@ struct runner {
     size_t max_output;
     const char *llm_url;          /* the LLM gateway for this task (OPENAI_BASE_URL), or NULL */
     const char *llm_key;          /* its key for this task's attempt (OPENAI_API_KEY) */
-    const char *llm_hide;         /* with the gateway: variables (comma-separated) kept from
-                                     the executor: the upstreams' real keys */
+    const char *llm_hide;         /* variables (comma-separated) kept from the executor: the
+                                     upstreams' real keys (NULL: none) */
     bool keep_final_logs;         /* leave the last log lines in the result, for the caller
                                      to store with the task's end in one transaction */
 };

@@ -56,6 +56,7 @@ struct request {
     int status;
     json_t *reply;                   /* owned; NULL: no body (204) */
     char *reply_raw;                 /* owned; a non-JSON body, sent instead of reply */
+    size_t reply_raw_len;            /* its length when it may hold a NUL; 0: strlen */
     const char *content_type;        /* of reply_raw or stream */
     char own_content_type[128];      /* storage for a content_type made at run time */
     char retry_after[32];            /* a Retry-After to send, or "" */

@@ -20,12 +20,15 @@
 #include "service/gateway.h"
 #include "store/store.h"
 
+#include <errno.h>
+#include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #define PIPE_MAX (16u << 20) /* streamed bytes the agent has not read yet; more cuts it */
 
@@ -144,12 +147,33 @@ static void sink_stream_start(void *ctx, int status, const char *content_type)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* Whether the agent closed its connection while it is parked (called with the lock
+ * held). MHD does not watch a suspended connection, so we look: a peek that reads the
+ * end of the stream, or fails for any reason but "nothing yet", means it is gone. Only
+ * while parked: then MHD neither reads nor closes the socket. */
+static bool parked_and_gone(const struct pipe *p)
+{
+    const union MHD_ConnectionInfo *ci;
+    char byte;
+    ssize_t r;
+
+    if (!p->suspended && !p->req)
+        return false;
+    ci = MHD_get_connection_info(p->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return false;
+    r = recv(ci->connect_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 static bool sink_stream_data(void *ctx, const char *bytes, size_t n)
 {
     struct pipe *p = ctx;
     bool alive;
 
     pthread_mutex_lock(&p->lock);
+    if (!n && !p->gone && parked_and_gone(p))
+        p->gone = true;
     if (!p->gone && n && buf_append(&p->out, bytes, n) < 0) {
         log_warn("llm gateway: an agent read none of %u bytes of its stream; cut", PIPE_MAX);
         p->gone = true;
@@ -170,7 +194,6 @@ static void sink_finish(void *ctx, bool ok, int status, const char *content_type
     struct request *req;
     bool drop = false;
 
-    (void)len;
     pthread_mutex_lock(&p->lock);
     req = p->req;
     if (req) { /* a whole answer to the parked request */
@@ -182,6 +205,7 @@ static void sink_finish(void *ctx, bool ok, int status, const char *content_type
             req->status = status;
             req->content_type = req->own_content_type;
             req->reply_raw = body;
+            req->reply_raw_len = len; /* an upstream's body may hold a NUL */
             if (retry_after)
                 snprintf(req->retry_after, sizeof(req->retry_after), "%s", retry_after);
         } else {

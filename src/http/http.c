@@ -137,13 +137,14 @@ static struct MHD_Response *body_response(struct request *req)
 
     if (req->reply_raw) {
         text = req->reply_raw;
+        len = req->reply_raw_len;
         req->reply_raw = NULL;
     } else if (req->reply) {
         text = json_dumps(req->reply, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
         if (!text)
             req->status = 500;
     }
-    if (text)
+    if (text && !len)
         len = strlen(text);
     resp = MHD_create_response_from_buffer(len, text ? text : (char *)"",
                                            text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);

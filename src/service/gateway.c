@@ -35,6 +35,7 @@ struct call {
     size_t len;
     json_t *request;             /* a reference of ours; NULL for GET */
     char task_id[TASK_ID_LEN + 1];
+    char request_id[48];
     int attempt;
     char *upstream;              /* the base URL (owned) */
     bool record, stream_req;
@@ -44,6 +45,7 @@ struct call {
     char content_type[128];
     char retry_after[32];
     bool decided, streaming, cut, fold_broken;
+    size_t streamed;             /* bytes of a stream so far */
     int64_t probed_ms;
     struct buf whole;            /* a whole answer, kept for the record */
     struct llm_stream folded;    /* a streamed answer, folded for the record */
@@ -112,8 +114,53 @@ static bool listed(const char *list, const char *name)
     return false;
 }
 
-/* The upstream's base URL (without a trailing slash) and key of a task (*key NULL when
- * the variable is unset: an upstream without keys). ERR_INVALID with why. */
+/* base as a clean base URL (malloc'd into *out): http or https, a host, an optional port
+ * and path, without a trailing slash; no credentials, query or fragment, which would let
+ * a task point the gateway's requests (and the answers it hands back) at any path.
+ * ERR_INVALID with why. */
+static int clean_base(const char *base, char **out, char *why, size_t size)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *bad = NULL;
+    int rc = u ? 0 : ERR_NOMEM;
+    size_t n;
+
+    if (rc == 0 && (curl_url_set(u, CURLUPART_URL, base, 0) != CURLUE_OK ||
+                    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+                    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+                    (strcmp(scheme, "http") && strcmp(scheme, "https")))) {
+        snprintf(why, size, "the upstream %.200s is not an http:// or https:// URL", base);
+        rc = ERR_INVALID;
+    }
+    if (rc == 0 && (curl_url_get(u, CURLUPART_USER, &bad, 0) == CURLUE_OK ||
+                    curl_url_get(u, CURLUPART_QUERY, &bad, 0) == CURLUE_OK ||
+                    curl_url_get(u, CURLUPART_FRAGMENT, &bad, 0) == CURLUE_OK)) {
+        snprintf(why, size, "the upstream URL may not carry credentials, a query or a "
+                            "fragment (the key goes in the variable api_key_env names)");
+        rc = ERR_INVALID;
+    }
+    if (rc == 0) {
+        curl_url_get(u, CURLUPART_PORT, &port, 0);
+        curl_url_get(u, CURLUPART_PATH, &path, 0);
+        n = path ? strlen(path) : 0;
+        while (n && path[n - 1] == '/')
+            n--;
+        *out = malloc(strlen(scheme) + strlen(host) + (port ? strlen(port) : 0) + n + 8);
+        if (*out)
+            sprintf(*out, "%s://%s%s%s%.*s", scheme, host, port ? ":" : "", port ? port : "",
+                    (int)n, path ? path : "");
+        else
+            rc = ERR_NOMEM;
+    }
+    curl_free(scheme), curl_free(host), curl_free(port), curl_free(path), curl_free(bad);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+/* The upstream's base URL and key of a task (*key NULL: none is sent). The server's
+ * default key goes only to the server's default upstream; a task that names its own
+ * base_url gets a key only from a variable it names and LLM_KEY_ENVS allows, so no task
+ * can have the operator's key sent where it chooses. ERR_INVALID with why. */
 static int upstream_of(const struct gateway *g, const json_t *params, char **url, char **key,
                        char *why, size_t size)
 {
@@ -121,35 +168,37 @@ static int upstream_of(const struct gateway *g, const json_t *params, char **url
     const char *base = json_string_value(json_object_get(ac, "base_url"));
     const char *env = json_string_value(json_object_get(ac, "api_key_env"));
     const char *value;
-    size_t n;
+    int rc;
 
-    if (!base)
-        base = g->s.upstream_url && *g->s.upstream_url ? g->s.upstream_url : NULL;
+    if (!base && g->s.upstream_url && *g->s.upstream_url) {
+        base = g->s.upstream_url;
+        if (!env)
+            env = g->s.key_env; /* the default upstream with its own key */
+        else if (strcmp(env, g->s.key_env) && !listed(g->s.key_envs, env))
+            goto not_allowed;
+    } else if (env && !listed(g->s.key_envs, env)) {
+        goto not_allowed;
+    }
     if (!base) {
         snprintf(why, size, "no upstream for this task: set LLM_UPSTREAM_URL on the server or "
                             "agent_config.base_url on the task");
         return ERR_INVALID;
     }
-    if (strncasecmp(base, "http://", 7) && strncasecmp(base, "https://", 8)) {
-        snprintf(why, size, "the upstream %.200s is not an http:// or https:// URL", base);
-        return ERR_INVALID;
-    }
-    if (env && strcmp(env, g->s.key_env) && !listed(g->s.key_envs, env)) {
-        snprintf(why, size, "agent_config.api_key_env names %.100s, which the server does not "
-                            "allow (LLM_KEY_ENVS lists the variables a task may name)", env);
-        return ERR_INVALID;
-    }
-    value = getenv(env ? env : g->s.key_env);
-    n = strlen(base);
-    while (n && base[n - 1] == '/')
-        n--;
-    *url = strndup(base, n);
+    rc = clean_base(base, url, why, size);
+    if (rc < 0)
+        return rc;
+    value = env ? getenv(env) : NULL;
     *key = value && *value ? strdup(value) : NULL;
-    if (!*url || (value && *value && !*key)) {
+    if (value && *value && !*key) {
         free(*url);
         return ERR_NOMEM;
     }
     return 0;
+not_allowed:
+    snprintf(why, size, "agent_config.api_key_env names %.100s, which the server does not "
+                        "allow for this upstream (LLM_KEY_ENVS lists the variables a task may "
+                        "name)", env);
+    return ERR_INVALID;
 }
 
 /* ---- curl callbacks (gateway thread) ---- */
@@ -183,8 +232,13 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
                  ANSWER_MAX);
         return 0;
     }
-    if (!c->fold_broken && llm_stream_feed(&c->folded, p, n) < 0)
+    c->streamed += n;
+    if (!c->fold_broken && (c->streamed > ANSWER_MAX || llm_stream_feed(&c->folded, p, n) < 0)) {
         c->fold_broken = true; /* passed on still; the record keeps what was folded */
+        snprintf(c->error, sizeof(c->error), "the stream passed %u bytes or had an event "
+                                             "too large to fold: the record keeps its start",
+                 ANSWER_MAX);
+    }
     if (!c->first_byte_us)
         c->first_byte_us = clock_now_us();
     if (!c->sink.stream_data(c->ctx, p, n)) {
@@ -258,10 +312,12 @@ static int prepare(struct call *c, const char *key, const char *method, const ch
 /* ---- the end of a call ---- */
 
 /* An error answer of ours, in the OpenAI shape every client reads (malloc'd). */
-static char *our_error(int status, const char *type, const char *message, size_t *len)
+static char *our_error(int status, const char *type, const char *message,
+                       const char *request_id, size_t *len)
 {
-    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:i}, s:s}", "error", "message", message, "type",
-                          type, "param", "code", status, "detail", message);
+    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:i}, s:s, s:s}", "error", "message", message,
+                          "type", type, "param", "code", status, "detail", message,
+                          "request_id", request_id);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
 
     json_decref(o);
@@ -272,6 +328,11 @@ static char *our_error(int status, const char *type, const char *message, size_t
 /* A failed transfer that answered nothing yet: our status and why. */
 static int failure_status(struct call *c, CURLcode res, bool closing, const char **type)
 {
+    if (c->cut) { /* nobody reads this answer; 499 as nginx records it */
+        snprintf(c->error, sizeof(c->error), "the agent went away before the end");
+        *type = "client_closed_request";
+        return 499;
+    }
     if (closing) {
         snprintf(c->error, sizeof(c->error), "the server shut down during the call");
         *type = "unavailable";
@@ -308,6 +369,15 @@ static void end_call(struct call *c, CURLcode res, bool closing)
     if (!c->decided && res == CURLE_OK)
         decide(c);
     c->ended_us = clock_now_us();
+    /* Off the task's count before the agent hears the end, so its next call is not
+     * refused as one too many. */
+    pthread_mutex_lock(&g->lock);
+    for (struct call **p = &g->all; *p; p = &(*p)->next_all)
+        if (*p == c) {
+            *p = c->next_all;
+            break;
+        }
+    pthread_mutex_unlock(&g->lock);
     if (c->streaming) {
         if (res != CURLE_OK && !c->cut && !c->error[0])
             failure_status(c, res, closing, &type);
@@ -327,7 +397,7 @@ static void end_call(struct call *c, CURLcode res, bool closing)
             status = failure_status(c, res, closing, &type);
             c->status = status;
             snprintf(c->content_type, sizeof(c->content_type), "application/json");
-            body = our_error(status, type, c->error, &len);
+            body = our_error(status, type, c->error, c->request_id, &len);
         }
         if (!c->first_byte_us)
             c->first_byte_us = c->ended_us;
@@ -339,13 +409,6 @@ static void end_call(struct call *c, CURLcode res, bool closing)
                       : res == CURLE_OK                     ? METRICS_LLM_ANSWERED
                       : res == CURLE_OPERATION_TIMEDOUT     ? METRICS_LLM_TIMEOUT
                                                             : METRICS_LLM_UNREACHABLE);
-    pthread_mutex_lock(&g->lock);
-    for (struct call **p = &g->all; *p; p = &(*p)->next_all)
-        if (*p == c) {
-            *p = c->next_all;
-            break;
-        }
-    pthread_mutex_unlock(&g->lock);
     if (c->record)
         record_queue(g, c);
     else
@@ -406,7 +469,7 @@ static void reap(struct gateway *g)
     }
     for (struct call *c = g->active, *next; c; c = next) {
         next = c->next;
-        if (!c->streaming || now - c->probed_ms < PROBE_MS)
+        if (now - c->probed_ms < PROBE_MS)
             continue;
         c->probed_ms = now;
         if (c->sink.stream_data(c->ctx, NULL, 0))
@@ -457,6 +520,22 @@ static void record_queue(struct gateway *g, struct call *c)
     pthread_mutex_unlock(&g->rlock);
 }
 
+/* An answer that is not JSON, kept as a string: as it is when it is UTF-8, else (a
+ * proxy's Latin-1 page, or a cut inside a character) with every byte above 0x7f as '?'. */
+static json_t *text_of(const char *p, size_t n)
+{
+    json_t *v = json_stringn(p, n);
+    char *copy;
+
+    if (v || !(copy = malloc(n + 1)))
+        return v;
+    for (size_t i = 0; i < n; i++)
+        copy[i] = (unsigned char)p[i] < 0x80 && p[i] ? p[i] : '?';
+    v = json_stringn(copy, n);
+    free(copy);
+    return v;
+}
+
 /* What the call answered, as JSON: the folded stream (with an error chunk's "error"),
  * the whole body when it is JSON, else its text; NULL when there was none. */
 static json_t *response_of(struct call *c)
@@ -474,7 +553,7 @@ static json_t *response_of(struct call *c)
     if (c->whole.len == 0) /* our own error: its body is made again, small */
         return json_pack("{s:{s:s, s:i}}", "error", "message", c->error, "code", (int)c->status);
     r = json_loadb(c->whole.data, c->whole.len, 0, NULL);
-    return r ? r : json_stringn_nocheck(c->whole.data, c->whole.len < 65536 ? c->whole.len : 65536);
+    return r ? r : text_of(c->whole.data, c->whole.len < 65536 ? c->whole.len : 65536);
 }
 
 static void write_record(struct gateway *g, struct call *c)
@@ -493,11 +572,13 @@ static void write_record(struct gateway *g, struct call *c)
     uuidgen(rec.id);
     if (c->streaming && !c->cut && !c->folded.done && !rec.error)
         rec.error = "the upstream's stream ended without [DONE]";
+    if (!c->streaming && !response && !rec.error)
+        rec.error = "the upstream answered with an empty body";
     llm_call_summarize(&rec);
     for (int i = 0; i < STORE_TRIES; i++) {
         rc = store_llm_call_insert(g->st, &rec);
-        if (rc == 0 || rc == ERR_CONFLICT)
-            break;
+        if (rc == 0 || rc == ERR_CONFLICT || rc == ERR_NOMEM || i == STORE_TRIES - 1)
+            break; /* done, or trying again changes nothing */
         struct timespec ts = {0, (long)(100000000L << i)};
         nanosleep(&ts, NULL);
     }
@@ -624,6 +705,7 @@ int gateway_call(struct gateway *g, const struct gateway_req *rq, const struct g
     if (rc < 0)
         return rc;
     memcpy(c->task_id, rq->task->id, sizeof(c->task_id));
+    snprintf(c->request_id, sizeof(c->request_id), "%s", rq->request_id);
     c->attempt = rq->task->attempt;
     c->request = json_incref((json_t *)(uintptr_t)rq->request);
     c->stream_req = json_is_true(json_object_get(rq->request, "stream"));

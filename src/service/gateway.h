@@ -44,7 +44,8 @@ struct gateway_sink {
     /* A streamed answer begins with status and content type. */
     void (*stream_start)(void *ctx, int status, const char *content_type);
     /* More of a streamed answer. false: the agent is gone (the call is cut). n == 0 only
-     * asks whether the agent is still there. */
+     * asks whether the agent is still there; it is asked of every call in flight, twice
+     * a second, streamed or not. */
     bool (*stream_data)(void *ctx, const char *bytes, size_t n);
     /* The end. For a streamed answer, ok says whether it ended whole (else the agent's
      * stream is to be broken off) and the rest is unused. Otherwise the whole answer:
@@ -85,8 +86,8 @@ int gateway_call(struct gateway *g, const struct gateway_req *rq, const struct g
  * frees). */
 int gateway_task_calls(struct store *st, const char *task_id, bool tokens, json_t **out)
     __attribute__((warn_unused_result));
-/* gateway_close: ends every call in flight (answered 503, or a stream broken off, and
- * recorded as cut), refuses new ones, and writes the records still queued. The HTTP
+/* gateway_close: ends every call in flight (answered 503, or a stream broken off; each
+ * recorded with that reason), refuses new ones, and writes the records still queued. The HTTP
  * layer can then stop. NULL-safe. */
 void gateway_close(struct gateway *g);
 /* gateway_free: closes (if not yet) and frees; NULL-safe. */

@@ -235,6 +235,8 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
         rn.llm_url = d->llm_url;
         rn.llm_key = llm_key;
         rn.llm_hide = d->llm_hide;
+    } else {
+        rn.llm_hide = d->cfg->llm_key_envs; /* kept for the gateway, whoever runs */
     }
     log_task(LOG_INFO, t->id, "%s: running task %s (%s)", slot->name, t->id, t->problem_id);
     runner_run(&rn, &sink, t, &res);

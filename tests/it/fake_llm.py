@@ -21,7 +21,9 @@ What it mirrors, and from where (details and sources in docs/notes/llm-gateway-s
   "owned_by": "vllm", "root", "parent", "max_model_len", "permission": [...]}]}.
 Behaviour is chosen by the request's model name: "fake-error" answers 400, "fake-500"
 a 500, "fake-slow" waits 3 s, "fake-midstream-error" breaks its stream with an error
-chunk, "fake-stall" sends two chunks and then nothing until the client goes away.
+chunk, "fake-stall" sends two chunks and then comments until the client goes away,
+"fake-silent" one chunk and then 8 s of silence; "fake-latin1" a proxy's Latin-1 error
+page, "fake-nul" a body with a NUL byte, "fake-empty" an empty 200.
 The tokenizer is a toy (one token per word); ids are stable per word.
 Run: fake_llm.py [port] — prints "port N" and serves until killed."""
 import json
@@ -94,6 +96,13 @@ def make_handler(fake):
             self.end_headers()
             self.wfile.write(body)
 
+        def raw(self, status, content_type, body):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def error(self, status, message, typ):
             self.send_json(status, {"error": {"message": message, "type": typ, "param": None,
                                               "code": status}})
@@ -136,6 +145,13 @@ def make_handler(fake):
                 return self.error(429, "slow down", "RateLimitError")
             if model == "fake-slow":
                 time.sleep(3)
+            if model == "fake-latin1":      # a proxy's error page, not UTF-8
+                return self.raw(502, "text/html; charset=iso-8859-1",
+                                "<h1>Passerelle d\xe9faillante</h1>".encode("latin-1"))
+            if model == "fake-nul":
+                return self.raw(200, "application/octet-stream", b"before\x00after")
+            if model == "fake-empty":
+                return self.raw(200, "application/json", b"")
             if req.get("stream"):
                 return self.stream(req, model)
             return self.whole(req)
@@ -199,6 +215,9 @@ def make_handler(fake):
                                               "code": 500}})
                         self.event("[DONE]")
                         self.wfile.write(b"0\r\n\r\n")
+                        return
+                    if model == "fake-silent" and i == 1:
+                        time.sleep(8)          # silence: nothing tells the gateway anything
                         return
                     if model == "fake-stall" and i == 2:
                         for _ in range(600):  # until the gateway hangs up (2 min at most)

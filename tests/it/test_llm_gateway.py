@@ -343,3 +343,73 @@ def test_the_dashboard_shows_each_call_and_its_tokens_on_demand(make_server, ups
                         t["id"], json.dumps(want), os.path.join(shots, "llm-calls.png")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_task_chosen_upstream_never_gets_the_servers_key(make_server, upstream, tmpdir_path):
+    s = gateway_server(make_server, upstream.url)
+    call = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    t = s.submit(problem_id="p", agent_config={"base_url": upstream.url, "calls": [call]})
+    got = s.wait_status(t["id"], ("completed",))["result"]["output"]["calls"][0]
+    assert got["status"] == 200
+    assert "Authorization" not in upstream.seen()[-1][1], "no key unless the task names one"
+    n = len(upstream.seen())
+    for base in [upstream.url + "#frag", upstream.url + "/x?y=1",
+                 upstream.url.replace("http://", "http://user:pw@"), "file:///etc/passwd",
+                 "gopher://127.0.0.1/"]:
+        t = s.submit(problem_id="p", agent_config={"base_url": base, "calls": [call]})
+        got = s.wait_status(t["id"], ("completed",))["result"]["output"]["calls"][0]
+        assert got["status"] == 502, (base, got)
+        assert got["body"]["error"]["type"] == "upstream_not_configured", got
+    assert len(upstream.seen()) == n, "nothing was sent"
+    t = s.submit(problem_id="p", agent_config={"api_key_env": "UPSTREAM_SECRET",
+                                               "base_url": upstream.url, "calls": [call]})
+    got = s.wait_status(t["id"], ("completed",))["result"]["output"]["calls"][0]
+    assert got["status"] == 502 and "LLM_KEY_ENVS" in got["body"]["error"]["message"]
+
+
+def test_an_agent_leaving_a_silent_stream_frees_its_slot(make_server, upstream, tmpdir_path):
+    s = gateway_server(make_server, upstream.url, LLM_MAX_CALLS_PER_TASK=1)
+    t, env, release = held_task(s, tmpdir_path)
+    r = post(env, {"model": "fake-silent", "stream": True,
+                   "messages": [{"role": "user", "content": "1 2 3"}]}, stream=True)
+    next(line for line in r.iter_lines() if line.startswith(b"data: "))
+    r.close()
+    left = time.time()
+    calls = calls_of(s, t["id"], 1, timeout=6)
+    assert calls[0]["cut"] is True and time.time() - left < 4, "noticed while the upstream is silent"
+    assert post(env, {"model": "m", "messages": []}).status_code == 200, "its slot is free"
+    # A parked plain call whose agent leaves is noticed too.
+    import socket as so
+    with so.create_connection(("127.0.0.1", s.port)) as c:
+        body = json.dumps({"model": "fake-slow", "messages": []})
+        c.sendall((f"POST /llm/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                   f"{env['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        time.sleep(0.3)
+    calls = calls_of(s, t["id"], 3, timeout=6)
+    gone = [c for c in calls if c["request"]["model"] == "fake-slow"][0]
+    assert gone["cut"] is True and gone["status"] == 499, gone
+    release()
+
+
+def test_odd_answers_are_passed_and_recorded_whole(make_server, upstream, tmpdir_path):
+    s = gateway_server(make_server, upstream.url, LLM_MAX_CALLS_PER_TASK=1)
+    t, env, release = held_task(s, tmpdir_path)
+    r = post(env, {"model": "fake-latin1", "messages": []})
+    assert r.status_code == 502 and r.content == "<h1>Passerelle d\xe9faillante</h1>".encode("latin-1")
+    r = post(env, {"model": "fake-nul", "messages": []})
+    assert r.status_code == 200 and r.content == b"before\x00after"
+    r = post(env, {"model": "fake-empty", "messages": []})
+    assert r.status_code == 200 and r.content == b""
+    # Back to back, one at a time: never refused as one too many.
+    with requests.Session() as sess:
+        codes = [sess.post(env["OPENAI_BASE_URL"] + "/chat/completions",
+                           json={"model": "m", "messages": []},
+                           headers={"Authorization": "Bearer " + env["OPENAI_API_KEY"]}).status_code
+                 for _ in range(100)]
+    assert set(codes) == {200}, codes
+    release()
+    calls = calls_of(s, t["id"], 103)
+    assert calls[0]["status"] == 502 and calls[0]["response"] == "<h1>Passerelle d?faillante</h1>"
+    assert calls[2]["error"] == "the upstream answered with an empty body"
+    assert "taskexec_llm_records_lost_total 0\n" in s.get("/metrics").text

@@ -15,13 +15,13 @@ enum { LC_INSERT, LC_OF_TASK, LC_N };
 static const struct pg_query llm_q[LC_N] = {
     [LC_INSERT] = {"recording an LLM call",
                    "INSERT INTO llm_calls (" LLM_CALL_COLS ") VALUES ($1, $2, $3, te_ts($4), $5, "
-                   "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17::jsonb) "
+                   "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::json, $17::json) "
                    "ON CONFLICT (id) DO NOTHING"},
     [LC_OF_TASK] = {"reading LLM calls",
                     "SELECT id, task_id, attempt, te_us(started_at), latency_ms, first_byte_ms, "
                     "status, stream, cut, upstream, model, finish_reason, prompt_tokens, "
                     "completion_tokens, error, request::text, response::text FROM llm_calls "
-                    "WHERE task_id = $1 ORDER BY seq"},
+                    "WHERE task_id = $1 ORDER BY started_at, seq"},
 };
 
 /* A real as a text parameter (NULL when negative: not measured). */

@@ -200,15 +200,15 @@ static const char *const migrations[] = {
     "CREATE INDEX experiments_seq ON experiments (seq);"
     "CREATE INDEX experiments_open ON experiments (seq) WHERE ended_at IS NULL;"
     "ALTER TABLE task_events ADD COLUMN experiment_id uuid;",
-    /* 7: the LLM gateway's calls: the request and answer as JSON, a few columns read out
-     * of them once */
+    /* 7: the LLM gateway's calls: the request and answer as json, not jsonb (kept as sent,
+     * and a model may emit \u0000, which jsonb refuses), a few columns read out of them */
     "CREATE TABLE llm_calls (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
     " id uuid NOT NULL UNIQUE, task_id uuid NOT NULL, attempt integer NOT NULL,"
     " started_at timestamptz NOT NULL, latency_ms double precision NOT NULL,"
     " first_byte_ms double precision, status integer NOT NULL, stream boolean NOT NULL,"
     " cut boolean NOT NULL, upstream text, model text, finish_reason text,"
-    " prompt_tokens bigint, completion_tokens bigint, error text, request jsonb NOT NULL,"
-    " response jsonb);"
+    " prompt_tokens bigint, completion_tokens bigint, error text, request json NOT NULL,"
+    " response json);"
     "CREATE INDEX llm_calls_task ON llm_calls (task_id, seq);",
 };
 

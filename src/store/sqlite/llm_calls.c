@@ -15,7 +15,8 @@ static const struct sq_query llm_q[LC_N] = {
                    "INSERT OR IGNORE INTO llm_calls (" LLM_CALL_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
                    "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"},
     [LC_OF_TASK] = {"reading LLM calls",
-                    "SELECT " LLM_CALL_COLS " FROM llm_calls WHERE task_id = ?1 ORDER BY seq"},
+                    "SELECT " LLM_CALL_COLS " FROM llm_calls WHERE task_id = ?1 "
+                    "ORDER BY started_at, seq"},
 };
 
 /* A count or time, or NULL when it was not reported (< 0). */
