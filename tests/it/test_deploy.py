@@ -284,7 +284,8 @@ def readme_deploying():
 
 # Variables the section names that are not settings: the worker's API, and what a unit or
 # the executor sets for a run.
-README_VARIABLES = {"TASKEXEC_API", "HOME", "KUBECONFIG", "KUBE_CONTEXT"}
+README_VARIABLES = {"TASKEXEC_API", "TASKEXEC_TOKEN", "WRITE_TOKEN", "HOME", "KUBECONFIG",
+                    "KUBE_CONTEXT"}
 
 
 def test_the_readme_deploying_section_names_what_exists():
@@ -307,4 +308,4 @@ def test_the_readme_deploying_section_names_what_exists():
         r = subprocess.run(["bash", "-n"], input=block.replace("\n   ", "\n"),
                            capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, (block, r.stderr)
-    assert "<!-- access control: added with the API_TOKEN work -->" in section
+    assert "### Access control" in section and "`WORKER_JOIN_TOKEN`" in section
