@@ -16,7 +16,7 @@ static bool v4_refused(const uint8_t a[4])
 
 bool netguard_refused_addr(const struct sockaddr *sa, char *text, size_t size)
 {
-    static const uint8_t aws[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x54};
+    static const uint8_t aws[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     bool refused = false;
 
