@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: the benchmark suite. Every figure is measured here, now, on this machine, and
-# where there is a reference (pgbench on the same database, nginx serving the same bytes)
-# the reference is measured in the same run and the ratio printed beside it.
+# where there is a reference (pgbench on the same database, the plain-SQL ceiling of issue
+# 17, graphile-worker draining the same queue, nginx serving the same bytes) the reference
+# is measured in the same run and the ratio printed beside it.
 # Prints one table; never fails on a number. Usage: bench/run.sh [TASKS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,12 +39,15 @@ row() { ROWS+=("$(printf '%-50s %12s %12s %8s' "$1" "$2" "${3:--}" "${4:--}")");
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 field() { echo "$1" | awk -v k="$2" '{for (i=1;i<=NF;i++) if ($i==k) print $(i+1)}'; }
 
-# start_server NAME ENV... : a release server in $DIR/NAME; sets SERVER and API
+# start_server NAME ENV... : a release server in $DIR/NAME; sets SERVER and API.
+# HTTP_THREADS=16 unless DEFAULTS=1 is set for the call (then the server's own default).
 start_server() {
     local name=$1; shift
     local p; p=$(port)
+    local threads=(HTTP_THREADS=16)
+    [ "${DEFAULTS:-}" = 1 ] && threads=()
     mkdir -p "$DIR/$name"
-    ( cd "$DIR/$name" && exec env PORT="$p" LOG_LEVEL=warning HTTP_THREADS=16 "$@" "$BIN" serve \
+    ( cd "$DIR/$name" && exec env PORT="$p" LOG_LEVEL=warning "${threads[@]}" "$@" "$BIN" serve \
         > "$DIR/$name/server.log" 2>&1 ) &
     SERVER=$!
     API="http://127.0.0.1:$p"
@@ -53,6 +57,21 @@ start_server() {
 stop_server() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 server_pid() { echo "$SERVER"; }  # the subshell execs the server
 rss_mb() { awk '/^'"$2"':/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# pgb SCRIPT DB CLIENTS: transactions/s of bench/SCRIPT, pgbench -M prepared for 10 s
+pgb() {
+    local t
+    cp "bench/$1" "$DIR/" && chmod 644 "$DIR/$1"
+    t=$("${AS[@]}" "$PGBIN/pgbench" -n -M prepared -c "$3" -j 2 -T "${BENCH_PGBENCH_SECONDS:-10}" \
+        -f "$DIR/$1" -h "$DIR" -p "$PORT" -U postgres "$2" 2>"$DIR/pgbench.err" | awk '/^tps/ {print $3; exit}') || true
+    [ -n "$t" ] || { echo "pgbench $1 failed:" >&2; cat "$DIR/pgbench.err" >&2; t=0; }
+    printf "%.0f" "$t"
+}
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+# wrk_ok_rps WRK_OUTPUT: requests/s that got a 2xx answer
+wrk_ok_rps() {
+    echo "$1" | awk '/ requests in / {n = $1; s = $4; sub(/s,?$/, "", s)} /Non-2xx/ {bad = $NF}
+        END {if (s > 0) printf "%.0f", (n - bad) / s; else print 0}'
+}
 
 # ---- PostgreSQL: lifecycle, submit-to-start, and pgbench with the same SQL ----
 "${AS[@]}" "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
@@ -68,27 +87,56 @@ OURS=$("$LOAD" throughput "$API" "$TASKS" "$CONC")
 LAT=$("${PSQL[@]}" bench -c "SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY x))::numeric, 2) || ' ' || round((percentile_cont(0.99) WITHIN GROUP (ORDER BY x))::numeric, 2) FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS x FROM tasks WHERE problem_id = 'latency') s")
 stop_server
 "${PSQL[@]}" bench -c "INSERT INTO workers (id, backend_type, status, last_heartbeat, registered_at) SELECT 'pgb-' || i, 'pgbench', 'idle', now(), now() FROM generate_series(1, 8) i"
-cp bench/lifecycle.pgbench "$DIR/" && chmod 644 "$DIR/lifecycle.pgbench"
-PGB=$("${AS[@]}" "$PGBIN/pgbench" -n -M prepared -c "$CONC" -j 2 -T 10 -f "$DIR/lifecycle.pgbench" -h "$DIR" -p "$PORT" -U postgres bench 2>"$DIR/pgbench.err" | awk '/^tps/ {print $3; exit}') || true
-[ -n "$PGB" ] || { echo "pgbench failed:"; cat "$DIR/pgbench.err"; PGB=0; }
-PGB=$(printf "%.0f" "$PGB")
+PGB=$(pgb lifecycle.pgbench bench "$CONC")
 PG_RATE=$(field "$OURS" lifecycle_per_s)
 read -r P50 P99 <<<"$LAT"
 row "lifecycle/s on PostgreSQL (HTTP create->claim->done)" "$PG_RATE" "$PGB" "$(ratio "$PG_RATE" "$PGB")"
 row "submit-to-start p50 ms, idle worker (PostgreSQL)" "$P50"
 row "submit-to-start p99 ms, idle worker (PostgreSQL)" "$P99"
 
-# ---- internal workers draining a queue: no HTTP per task (graphile-worker's measure) ----
-DRAIN=${BENCH_DRAIN_TASKS:-$TASKS}
+# ---- the plain-SQL ceiling (issue 17): the tasks table's columns with only a uuid primary
+# key and the partial pending index (no triggers, no NOTIFY, no other index), and the
+# least a queue does on it, by pgbench -M prepared -c 4 -j 2: (a) INSERT ... RETURNING id;
+# (b) INSERT, SKIP LOCKED claim, UPDATE to completed, three autocommit statements.
+# Beside them: HTTP create at 32 connections (no workers, default settings, wrk), the
+# lifecycle above, and GET /api/v1/tasks/{id} on PostgreSQL with the default settings. ----
+"${PSQL[@]}" -c "CREATE DATABASE plain" postgres
+"$BIN" migrate --database-url "postgresql:///plain?host=$DIR&port=$PORT&user=postgres" >/dev/null 2>"$DIR/migrate.log" ||
+    { cat "$DIR/migrate.log"; exit 1; }
+"${PSQL[@]}" plain -c "CREATE TABLE plain_tasks (LIKE tasks INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS); ALTER TABLE plain_tasks ADD PRIMARY KEY (id); CREATE INDEX plain_tasks_claim ON plain_tasks (backend_type, priority DESC, seq) WHERE status = 'pending'"
+PLAIN_INS=$(pgb plain_insert.pgbench plain 4)
+"${PSQL[@]}" plain -c "TRUNCATE plain_tasks"
+PLAIN_LIFE=$(pgb plain_lifecycle.pgbench plain 4)
+"${PSQL[@]}" -c "CREATE DATABASE create_get" postgres
+DEFAULTS=1 start_server create DATABASE_URL="postgresql:///create_get?host=$DIR&port=$PORT&user=postgres" NUM_INTERNAL_WORKERS=0
+wrk -t2 -c32 -d2s -s bench/create.lua "$API/api/v1/tasks" >/dev/null 2>&1
+CREATE_RPS=$(wrk_ok_rps "$(wrk -t2 -c32 -d10s -s bench/create.lua "$API/api/v1/tasks" 2>/dev/null)")
+GID=$(curl -s "$API/api/v1/tasks?limit=1" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["tasks"][0]["id"])')
+PG_GET=$(wrk -t2 -c32 -d10s --latency "$API/api/v1/tasks/$GID" 2>/dev/null)
+PG_GET_RPS=$(wrk_ok_rps "$PG_GET")
+PG_GET_P99=$(echo "$PG_GET" | awk '$1 == "99%" {print $2}')
+stop_server
+row "create a task, req/s (HTTP, 32 connections)" "$CREATE_RPS" "$PLAIN_INS" "$(ratio "$CREATE_RPS" "$PLAIN_INS")"
+row "create->claim->complete/s (HTTP create, $CONC conns)" "$PG_RATE" "$PLAIN_LIFE" "$(ratio "$PG_RATE" "$PLAIN_LIFE")"
+
+# ---- internal workers draining a queue: no HTTP per task, beside graphile-worker 0.16.6
+# draining as many queued no-op jobs with runOnce at the same concurrency (bench/graphile) ----
+DRAIN=${BENCH_DRAIN_TASKS:-20000}
+DRAIN_CONC=8
 "${PSQL[@]}" -c "CREATE DATABASE drain" postgres
 DURL="postgresql:///drain?host=$DIR&port=$PORT&user=postgres"
-"$BIN" migrate --database-url "$DURL" >/dev/null
+"$BIN" migrate --database-url "$DURL" >/dev/null 2>"$DIR/migrate.log" || { cat "$DIR/migrate.log"; exit 1; }
 "${PSQL[@]}" drain -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, max_steps, timeout_seconds, created_at, updated_at) SELECT gen_random_uuid(), 'drain', 'pending', 0, 'default', 'batch', '{}', '{}', 30, 1800, now(), now() FROM generate_series(1, $DRAIN)"
-start_server drain DATABASE_URL="$DURL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
+start_server drain DATABASE_URL="$DURL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$DRAIN_CONC"
 while [ "$("${PSQL[@]}" drain -c "SELECT count(*) FROM tasks WHERE status = 'completed'")" -lt "$DRAIN" ]; do sleep 0.2; done
 stop_server
 DRATE=$("${PSQL[@]}" drain -c "SELECT round(count(*) / extract(epoch FROM max(completed_at) - min(started_at))) FROM tasks")
-row "internal workers draining $DRAIN queued tasks/s (PG)" "$DRATE" "$PGB" "$(ratio "$DRATE" "$PGB")"
+GW=bench/graphile
+[ -d "$GW/node_modules/graphile-worker" ] || npm ci --prefix "$GW" --no-audit --no-fund --silent >/dev/null 2>&1 || true
+"${PSQL[@]}" -c "CREATE DATABASE graphile" postgres
+GRATE=$(node "$GW/drain.js" "$DIR" "$PORT" graphile "$DRAIN" "$DRAIN_CONC" 2>"$DIR/graphile.err" | awk '{print $6}') || true
+[ -n "$GRATE" ] || { echo "graphile-worker drain failed:"; cat "$DIR/graphile.err"; GRATE=0; }
+row "queue drain, $(thousands "$DRAIN") no-op tasks, tasks/s" "$DRATE" "$GRATE" "$(ratio "$DRATE" "$GRATE")"
 
 # ---- session step round trip on the simulated environment (PostgreSQL: one server, and
 # a step sent to a second server while the first hosts the session) ----
@@ -204,6 +252,8 @@ row "GET /api/v1/tasks/{id} p99, 64 connections" "$OUR_P99" "$N_P99"
 row "GET /api/v1/tasks/{id} p99, 32 connections" "$OUR_P99_32" "$N_P99_32"
 row "GET requests/s, 32 conns, HTTP_THREADS=$(nproc)" "$OUR_RPS_N" "$N_RPS_32" "$(ratio "$OUR_RPS_N" "$N_RPS_32")"
 row "GET p99, 32 conns, HTTP_THREADS=$(nproc)" "$OUR_P99_N" "$N_P99_32"
+row "GET requests/s, 32 conns, PG, default settings" "$PG_GET_RPS" "$N_RPS_32" "$(ratio "$PG_GET_RPS" "$N_RPS_32")"
+row "GET p99, 32 conns, PG, default settings" "$PG_GET_P99" "$N_P99_32"
 
 start_server idle DATABASE_URL="sqlite://$DIR/idle/i.db" NUM_INTERNAL_WORKERS=3
 sleep 2
@@ -281,5 +331,8 @@ echo
 echo "taskexec benchmarks: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1e6}' /proc/meminfo), fsync on, $CONC clients, $WORKERS workers"
 printf '%-50s %12s %12s %8s\n' "figure" "taskexec" "reference" "ratio"
 for r in "${ROWS[@]}"; do echo "$r"; done
-echo "references: pgbench running the same SQL on the same database; nginx serving the same JSON;"
+echo "references: pgbench running the same SQL on the same database; the plain-SQL ceiling (pgbench"
+echo "-c 4 on a copy of the tasks table with only its uuid key and pending index: bench/plain_*.pgbench;"
+echo "create against its INSERT, the lifecycle against its INSERT + claim + complete);"
+echo "graphile-worker 0.16.6 runOnce at the same concurrency (bench/graphile); nginx serving the same JSON;"
 echo "the LLM gateway beside the same call made directly to its upstream (tests/it/fake_llm.py)."
