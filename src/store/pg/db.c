@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 static struct pg_store *owner_of(struct pgconn *pc)
@@ -576,6 +577,7 @@ static int pg_open(const char *url, struct store **out)
         s->conns[i].owner = s;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s->conninfo = conninfo_of(url);
     if (!s->conninfo) {
         rc = ERR_INVALID;
@@ -595,6 +597,15 @@ fail:
     return rc;
 }
 
+void pg_tasks_queued(struct pg_store *s)
+{
+    uint64_t one = 1;
+
+    atomic_store(&s->notify_due, true);
+    if (s->wake_fd >= 0 && write(s->wake_fd, &one, sizeof(one)) < 0)
+        (void)0; /* the counter is full: the listener is awake already */
+}
+
 static void pg_close(struct store *st)
 {
     struct pg_store *s = P(st);
@@ -602,6 +613,8 @@ static void pg_close(struct store *st)
     atomic_store(&s->stopping, true);
     if (s->has_listener)
         pthread_join(s->listener, NULL);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
     for (int i = 0; i < POOL_SIZE; i++)
         if (s->conns[i].c)
             PQfinish(s->conns[i].c);
@@ -620,7 +633,7 @@ static void *listen_main(void *arg)
     int backoff_ms = 100;
 
     while (!atomic_load(&s->stopping)) {
-        struct pollfd pfd;
+        struct pollfd pfd[2];
         PGnotify *n;
 
         if (!c) {
@@ -637,10 +650,24 @@ static void *listen_main(void *arg)
             if (s->on_session)
                 s->on_session(s->on_session_ctx, NULL);
         }
-        pfd.fd = PQsocket(c);
-        pfd.events = POLLIN;
-        if (poll(&pfd, 1, 200) < 0 && errno != EINTR)
+        pfd[0] = (struct pollfd){.fd = PQsocket(c), .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
+        if (poll(pfd, s->wake_fd >= 0 ? 2 : 1, 200) < 0 && errno != EINTR)
             break;
+        if (pfd[1].revents & POLLIN) {
+            uint64_t n_woken;
+
+            if (read(s->wake_fd, &n_woken, sizeof(n_woken)) < 0)
+                (void)0; /* drained by an earlier read */
+        }
+        /* One NOTIFY for every task queued since the last, sent here, committed alone. */
+        if (atomic_exchange(&s->notify_due, false) &&
+            pg_exec_simple(c, "NOTIFY taskexec_task") < 0) {
+            atomic_store(&s->notify_due, true); /* again once reconnected */
+            PQfinish(c);
+            c = NULL;
+            continue;
+        }
         if (!PQconsumeInput(c)) {
             PQfinish(c);
             c = NULL;

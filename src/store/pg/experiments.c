@@ -53,14 +53,12 @@ static const struct pg_query exp_q[X_N] = {
     /* The tasks of one call share the template's fields; what differs per slot comes in
      * arrays. One statement, so the statement triggers count and journal them once. */
     [X_TASKS] = {"queueing an experiment's tasks",
-                 "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
+                 "INSERT INTO tasks (id, problem_id, status, priority, "
                  "backend_type, mode, parameters, metadata, max_steps, timeout_seconds, "
                  "max_retries, experiment_id, slot, created_at, updated_at) SELECT u.id::uuid, "
                  "u.problem_id, 'pending', $2, $3, 'batch', u.parameters::jsonb, $4::jsonb, $5, "
                  "$6, $7, $1, u.slot::jsonb, te_ts($8), te_ts($8) FROM unnest($9::text[], "
-                 "$10::text[], $11::text[], $12::text[]) AS u(id, problem_id, parameters, slot) "
-                 "RETURNING backend_type) SELECT pg_notify('taskexec_task', min(backend_type)) "
-                 "FROM ins"},
+                 "$10::text[], $11::text[], $12::text[]) AS u(id, problem_id, parameters, slot)"},
     [X_GET] = {"loading an experiment", "SELECT " EXP_COLS " FROM experiments e WHERE e.id = $1"},
     [X_COUNTS] = {"counting an experiment's tasks",
                   "SELECT status, count(*) FROM tasks WHERE experiment_id = $1 AND slot_current "
@@ -210,8 +208,11 @@ int pg_experiment_create(struct store *st, const struct experiment *e, struct ta
                          size_t n)
 {
     struct create x = {e, tasks, n, 0};
+    int rc = pg_in_tx(st, create_body, &x);
 
-    return pg_in_tx(st, create_body, &x);
+    if (rc == 0 && n)
+        pg_tasks_queued(P(st)); /* committed: other servers' workers may claim them */
+    return rc;
 }
 
 struct get {
@@ -378,5 +379,7 @@ int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const
     snprintf(e.id, sizeof(e.id), "%s", id);
     rc = n ? pg_in_tx(st, add_body, &x) : 0;
     *added = rc == 0 ? x.added : 0;
+    if (*added)
+        pg_tasks_queued(P(st));
     return rc;
 }

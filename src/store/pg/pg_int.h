@@ -91,6 +91,11 @@ struct pg_store {
     void *on_task_ctx;
     void (*on_session)(void *ctx, const char *payload); /* NULL: sessions not listened to */
     void *on_session_ctx;
+    /* New tasks are announced by the listener's connection, not by the inserting
+     * transaction: PostgreSQL serialises the commits of notifying transactions on one
+     * lock, which cost the insert path half its rate at 16 clients (#17). */
+    atomic_bool notify_due;    /* tasks were queued since the last NOTIFY */
+    int wake_fd;               /* eventfd: wakes the listener to send it; -1: none */
 };
 
 static inline struct pg_store *P(struct store *st)
@@ -122,6 +127,10 @@ struct log_arrays {
 };
 
 /* db.c */
+/* pg_tasks_queued: tasks were committed to the queue: the listener sends one NOTIFY
+ * taskexec_task for all that came since its last (every server's listener then wakes its
+ * idle workers). Cheap; any thread. */
+void pg_tasks_queued(struct pg_store *s);
 /* pg_conn_get: a pooled connection, (re)connected lazily with back-off (its c may be
  * NULL: statements on it then fail with ERR_UNAVAILABLE). Give it back with
  * pg_conn_put. */

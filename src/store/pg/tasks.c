@@ -21,12 +21,11 @@ enum {
 
 static const struct pg_query task_q[T_N] = {
     [T_INSERT] = {"inserting a task",
-                  "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
+                  "INSERT INTO tasks (id, problem_id, status, priority, "
                   "backend_type, mode, parameters, metadata, callback_url, idempotency_key, "
                   "max_steps, timeout_seconds, created_at, updated_at, max_retries) VALUES ($1, "
                   "$2, 'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
-                  "te_ts($12), $13) ON CONFLICT (idempotency_key) DO NOTHING RETURNING "
-                  "backend_type) SELECT pg_notify('taskexec_task', backend_type) FROM ins"},
+                  "te_ts($12), $13) ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq"},
     [T_BY_ID] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE id = $1"},
     [T_BY_KEY] = {"loading a task", "SELECT " TASK_COLS " FROM tasks WHERE idempotency_key = $1"},
     [T_CANCEL] = {"cancelling a task",
@@ -66,6 +65,8 @@ int pg_task_insert(struct store *st, struct task *t, struct task **existing)
         rc = pg_open_q(&cur, pc, &task_q[T_INSERT], 13, v);
         if (rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
             rc = pg_load_task(pc, true, t->idempotency_key, existing); /* a known key */
+        else if (rc == 0)
+            pg_tasks_queued(P(st)); /* committed: other servers' workers may claim it */
         rc = pg_end(&cur, rc);
     }
     free(params);
