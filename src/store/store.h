@@ -339,9 +339,13 @@ struct store_ops {
                         size_t *n);
 };
 
+struct db_ops;
+
 /* Every backend's handle starts with this. */
 struct store {
     const struct store_ops *ops;
+    const struct db_ops *db;     /* how the code above both backends runs its SQL
+                                  * (store/db.h) */
 };
 
 /* store_open: picks the backend from the URL scheme ("sqlite://PATH";

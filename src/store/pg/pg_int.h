@@ -22,6 +22,7 @@
 #ifndef TASKEXEC_STORE_PG_INT_H
 #define TASKEXEC_STORE_PG_INT_H
 
+#include "store/db.h"
 #include "store/rows.h"
 #include "store/store.h"
 #include "core/buf.h"
@@ -65,10 +66,12 @@ struct pg_query {
 struct pg_store;
 
 struct pgconn {
+    struct db_conn base;       /* for the code above both backends (store/db.h) */
     struct pg_store *owner;
     PGconn *c;
     bool in_tx;                /* inside BEGIN ... COMMIT: a lost statement is not retried */
-    const struct pg_query *prepared[PG_CACHE]; /* prepared[i] is statement "te_<i>" */
+    const void *prepared[PG_CACHE]; /* prepared[i] (a pg_query or db_stmt) is statement
+                                     * "te_<i>" */
     int n_prepared;
     bool busy;                 /* lent out; guarded by the pool lock */
     bool live;                 /* had a working connection when last given back; guarded

@@ -68,14 +68,14 @@ static int conversation_seq(struct conn *c, const char *task_id, const char *ses
                             int64_t ts, int64_t *seq)
 {
     char id[TASK_ID_LEN + 1];
-    int rc = sq_one_i64(c, &conv_q[C_FIND], (struct sq_arg[]){SQ_T(task_id), SQ_T(session)}, 2,
+    int rc = sq_one_i64(c, &conv_q[C_FIND], (struct db_arg[]){DB_T(task_id), DB_T(session)}, 2,
                         seq);
 
     if (rc != ERR_NOTFOUND)
         return rc;
     uuidgen(id);
     rc = sq_one_i64(c, &conv_q[C_INSERT],
-                    (struct sq_arg[]){SQ_T(id), SQ_T(task_id), SQ_T(session), SQ_I(ts)}, 4, seq);
+                    (struct db_arg[]){DB_T(id), DB_T(task_id), DB_T(session), DB_I(ts)}, 4, seq);
     return rc == ERR_NOTFOUND ? sq_fail_db(c->db, conv_q[C_INSERT].what) : rc;
 }
 
@@ -89,16 +89,16 @@ static int insert_message(struct conn *c, const char *task_id, const struct msg_
                               e->ts, &seq);
 
     if (rc == 0) {
-        const struct sq_arg args[6] = {
-            SQ_I(seq), SQ_I(e->ts), SQ_T(json_string_value(json_object_get(m, "role"))),
-            SQ_J(json_object_get(m, "content")),
-            json_is_integer(step) ? SQ_I(json_integer_value(step)) : SQ_T(NULL), SQ_O(meta)};
+        const struct db_arg args[6] = {
+            DB_I(seq), DB_I(e->ts), DB_T(json_string_value(json_object_get(m, "role"))),
+            DB_J(json_object_get(m, "content")),
+            json_is_integer(step) ? DB_I(json_integer_value(step)) : DB_T(NULL), DB_O(meta)};
         rc = sq_run(c, &conv_q[C_MSG_INSERT], args, 6, NULL);
     }
     if (rc == 0) {
-        const struct sq_arg args[4] = {SQ_I(seq), tokens >= 0 ? SQ_I(tokens) : SQ_T(NULL),
-                                       SQ_I(e->ts),
-                                       SQ_T(json_is_string(model) ? json_string_value(model)
+        const struct db_arg args[4] = {DB_I(seq), tokens >= 0 ? DB_I(tokens) : DB_T(NULL),
+                                       DB_I(e->ts),
+                                       DB_T(json_is_string(model) ? json_string_value(model)
                                                                   : NULL)};
         rc = sq_run(c, &conv_q[C_BUMP], args, 4, NULL);
     }
@@ -128,7 +128,7 @@ static int add_messages(void *conn, int64_t seq, json_t *conv)
 {
     struct conn *c = conn;
     struct rows_array a = {.build = rows_message};
-    int rc = sq_take(c, &conv_q[C_MESSAGES], &SQ_I(seq), 1, rows_take_array, &a);
+    int rc = sq_take(c, &conv_q[C_MESSAGES], &DB_I(seq), 1, rows_take_array, &a);
 
     if (rc == 0 && json_object_set_new(conv, "messages", a.v))
         return ERR_NOMEM; /* set_new took a.v */
@@ -138,7 +138,7 @@ static int add_messages(void *conn, int64_t seq, json_t *conv)
 int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
                           int64_t limit, int64_t offset, json_t **items, int64_t *total)
 {
-    const struct sq_arg args[4] = {SQ_T(task_id), SQ_T(model_name), SQ_I(limit), SQ_I(offset)};
+    const struct db_arg args[4] = {DB_T(task_id), DB_T(model_name), DB_I(limit), DB_I(offset)};
     struct rows_array page = {.build = rows_conversation};
     struct rd r = sq_rd_get(st);
     int64_t n = 0;
@@ -159,7 +159,7 @@ static int read_convs(struct store *st, int q, const char *key, bool one, bool w
 {
     struct rd r = sq_rd_get(st);
     struct rows_convs x = {add_messages, r.c, one, with_messages, NULL};
-    int rc = sq_take(r.c, &conv_q[q], &SQ_T(key), 1, rows_take_convs, &x);
+    int rc = sq_take(r.c, &conv_q[q], &DB_T(key), 1, rows_take_convs, &x);
 
     sq_rd_put(&r);
     return rows_give(rc, x.v, out);

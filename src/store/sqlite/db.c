@@ -7,6 +7,7 @@
 #include "core/clock.h"
 
 #include <regex.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -131,28 +132,36 @@ static int prepare(struct sq_cursor *cur, const char *sql, unsigned flags)
     return 0;
 }
 
-int sq_open_q(struct sq_cursor *cur, struct conn *c, const struct sq_query *q)
+/* A cursor on the statement of table entry key (a struct sq_query or db_stmt),
+ * prepared on c once, on first use. */
+static int open_keyed(struct sq_cursor *cur, struct conn *c, const void *key, const char *what,
+                      const char *sql)
 {
     int rc;
 
-    cursor_init(cur, c, q->what);
+    cursor_init(cur, c, what);
     cur->cached = true;
     for (int i = 0; i < c->n_cached; i++) {
-        if (c->cache[i].q == q) {
+        if (c->cache[i].key == key) {
             cur->s = c->cache[i].s;
             cur->base.row.impl = cur->s;
             return 0;
         }
     }
-    rc = prepare(cur, q->sql, SQLITE_PREPARE_PERSISTENT);
+    rc = prepare(cur, sql, SQLITE_PREPARE_PERSISTENT);
     if (rc == 0 && c->n_cached < SQ_CACHE) {
-        c->cache[c->n_cached].q = q;
+        c->cache[c->n_cached].key = key;
         c->cache[c->n_cached].s = cur->s;
         c->n_cached++;
     } else if (rc == 0) {
         cur->cached = false; /* a full cache: this one is finalized after use */
     }
     return rc;
+}
+
+int sq_open_q(struct sq_cursor *cur, struct conn *c, const struct sq_query *q)
+{
+    return open_keyed(cur, c, q, q->what, q->sql);
 }
 
 int sq_open_sql(struct sq_cursor *cur, struct conn *c, const char *what, const char *sql)
@@ -197,35 +206,58 @@ int sq_end(struct sq_cursor *cur, int rc)
     return rc < 0 ? rc : cur->rc;
 }
 
-int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n)
+/* Binds a at parameter k (from 1). */
+static int bind_one(sqlite3_stmt *s, int k, const struct db_arg *a)
 {
+    switch (a->kind) {
+    case DB_INT:
+        sqlite3_bind_int64(s, k, a->i);
+        return 0;
+    case DB_REAL:
+        sqlite3_bind_double(s, k, a->r);
+        return 0;
+    case DB_JSON:
+        return bind_json(s, k, a->json);
+    case DB_OBJECT:
+        return bind_object(s, k, a->json);
+    case DB_TEXT:
+        bind_text(s, k, a->text);
+        return 0;
+    }
+    return 0;
+}
+
+/* The parameter args[i] binds to: ?i+1, or in SQL written for both dialects (whose
+ * parameters SQLite knows by the names $1..$n, numbered as they first appear) the one
+ * named $i+1, or 0 when the SQL does not use it. */
+static int param_of(sqlite3_stmt *s, bool named, int i)
+{
+    char name[16];
+
+    if (!named)
+        return i + 1;
+    snprintf(name, sizeof(name), "$%d", i + 1);
+    return sqlite3_bind_parameter_index(s, name);
+}
+
+int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n)
+{
+    const char *first = sqlite3_bind_parameter_name(s, 1);
+    bool named = first && first[0] == '$';
     int rc = 0;
 
     for (int i = 0; rc == 0 && i < n; i++) {
-        switch (args[i].kind) {
-        case SQ_INT:
-            sqlite3_bind_int64(s, i + 1, args[i].i);
-            break;
-        case SQ_REAL:
-            sqlite3_bind_double(s, i + 1, args[i].r);
-            break;
-        case SQ_JSON:
-            rc = bind_json(s, i + 1, args[i].json);
-            break;
-        case SQ_OBJECT:
-            rc = bind_object(s, i + 1, args[i].json);
-            break;
-        case SQ_TEXT:
-            bind_text(s, i + 1, args[i].text);
-            break;
-        }
+        int k = param_of(s, named, i);
+
+        if (k > 0)
+            rc = bind_one(s, k, &args[i]);
     }
     return rc;
 }
 
 /* Opens a cursor on q and binds args to it; the cursor is to be ended either way. */
 static int open_bound(struct sq_cursor *cur, struct conn *c, const struct sq_query *q,
-                      const struct sq_arg *args, int n)
+                      const struct db_arg *args, int n)
 {
     int rc = sq_open_q(cur, c, q);
 
@@ -234,7 +266,7 @@ static int open_bound(struct sq_cursor *cur, struct conn *c, const struct sq_que
 
 /* Binds args to the cursor just opened (unless opening failed, rc), hands it to take
  * and ends it. */
-static int bind_take(struct sq_cursor *cur, int rc, const struct sq_arg *args, int n,
+static int bind_take(struct sq_cursor *cur, int rc, const struct db_arg *args, int n,
                      rows_take_fn take, void *ctx)
 {
     if (rc == 0)
@@ -244,7 +276,7 @@ static int bind_take(struct sq_cursor *cur, int rc, const struct sq_arg *args, i
     return sq_end(cur, rc);
 }
 
-int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx)
 {
     struct sq_cursor cur;
@@ -252,7 +284,7 @@ int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args,
     return bind_take(&cur, sq_open_q(&cur, c, q), args, n, take, ctx);
 }
 
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
+int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct db_arg *args,
                 int n, rows_take_fn take, void *ctx)
 {
     struct sq_cursor cur;
@@ -260,7 +292,7 @@ int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct 
     return bind_take(&cur, sq_open_sql(&cur, c, what, sql), args, n, take, ctx);
 }
 
-int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
                  rows_take_fn take, void *ctx)
 {
     struct rd r = sq_rd_get(st);
@@ -270,20 +302,26 @@ int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg
     return rc;
 }
 
-int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+/* Steps a cursor just opened and bound (unless that failed, rc) to its end, adding
+ * the rows it changed to *changes (may be NULL), and ends it. */
+static int run_opened(struct sq_cursor *cur, int rc, int *changes)
+{
+    if (rc == 0)
+        rc = sq_exec(cur);
+    if (rc == 0 && changes)
+        *changes += sqlite3_changes(cur->c->db);
+    return sq_end(cur, rc);
+}
+
+int sq_run(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
            int *changes)
 {
     struct sq_cursor cur;
-    int rc = open_bound(&cur, c, q, args, n);
 
-    if (rc == 0)
-        rc = sq_exec(&cur);
-    if (rc == 0 && changes)
-        *changes += sqlite3_changes(c->db);
-    return sq_end(&cur, rc);
+    return run_opened(&cur, open_bound(&cur, c, q, args, n), changes);
 }
 
-int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
                int64_t *out)
 {
     struct rows_ints x = {.n = 1};
@@ -297,7 +335,7 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *ar
 /* The context of sq_write's body. */
 struct write_one {
     const struct sq_query *q;
-    const struct sq_arg *args;
+    const struct db_arg *args;
     int n;
     int *changes;
 };
@@ -309,7 +347,7 @@ static int write_one(struct conn *c, void *ctx)
     return sq_run(c, w->q, w->args, w->n, w->changes);
 }
 
-int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
              int *changes)
 {
     struct write_one w = {q, args, n, changes};
@@ -317,7 +355,7 @@ int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *ar
     return sq_in_write(st, write_one, &w);
 }
 
-int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
             json_t *(*build)(const struct store_row *r), json_t **out)
 {
     struct rows_array a = {.build = build};
@@ -326,7 +364,7 @@ int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *arg
     return rows_give(rc, a.v, out);
 }
 
-int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
                 json_t *(*build)(const struct store_row *r), json_t **out)
 {
     struct rows_array a = {.build = build, .one = true};
@@ -334,6 +372,104 @@ int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg 
 
     return rows_give(rc, a.v, out);
 }
+
+/* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
+
+static struct conn *conn_of(struct db_conn *dc)
+{
+    return (struct conn *)dc; /* every struct conn starts with its db_conn */
+}
+
+/* Opens a cursor on q's SQLite text and binds args; the cursor is ended either way. */
+static int open_stmt(struct sq_cursor *cur, struct db_conn *dc, const struct db_stmt *q,
+                     const struct db_arg *args, int n)
+{
+    int rc = open_keyed(cur, conn_of(dc), q, q->what, q->sqlite);
+
+    return rc == 0 ? sq_bind(cur->s, args, n) : rc;
+}
+
+static int db_take_sq(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                      int n, rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+    int rc = open_stmt(&cur, dc, q, args, n);
+
+    if (rc == 0)
+        rc = take(&cur.base, ctx);
+    return sq_end(&cur, rc);
+}
+
+static int db_run_sq(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                     int n, int *changes)
+{
+    struct sq_cursor cur;
+
+    return run_opened(&cur, open_stmt(&cur, dc, q, args, n), changes);
+}
+
+static int db_on_read_sq(struct store *st, db_body_fn body, void *ctx)
+{
+    struct rd r = sq_rd_get(st);
+    int rc = body(&r.c->base, ctx);
+
+    sq_rd_put(&r);
+    return rc;
+}
+
+/* A db_body_fn run as the body of sq_in_write. */
+struct body_call {
+    db_body_fn body;
+    void *ctx;
+};
+
+static int call_body(struct conn *c, void *ctx)
+{
+    struct body_call *x = ctx;
+
+    return x->body(&c->base, x->ctx);
+}
+
+static int db_in_write_sq(struct store *st, db_body_fn body, void *ctx)
+{
+    struct body_call x = {body, ctx};
+
+    return sq_in_write(st, call_body, &x);
+}
+
+/* The context of write_stmt. */
+struct write_stmt {
+    const struct db_stmt *q;
+    const struct db_arg *args;
+    int n;
+    int *changes;
+};
+
+static int write_stmt(struct db_conn *dc, void *ctx)
+{
+    struct write_stmt *w = ctx;
+
+    return db_run_sq(dc, w->q, w->args, w->n, w->changes);
+}
+
+static int db_write_sq(struct store *st, const struct db_stmt *q, const struct db_arg *args,
+                       int n, int *changes)
+{
+    struct write_stmt w = {q, args, n, changes};
+
+    if (changes)
+        *changes = 0;
+    return db_in_write_sq(st, write_stmt, &w);
+}
+
+static const struct db_ops sq_db_ops = {
+    .take = db_take_sq,
+    .run = db_run_sq,
+    .on_read = db_on_read_sq,
+    .read_tx = db_on_read_sq,
+    .in_write = db_in_write_sq,
+    .write = db_write_sq,
+};
 
 /* regexp(pattern, text): SQLite's REGEXP operator, for the claim's supported_problems
  * (the regular expression of store/rules.c). The compiled pattern is kept with the
@@ -373,6 +509,7 @@ static int conn_open(struct conn *c, const char *path)
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
 
     memset(c, 0, sizeof(*c));
+    c->base.ops = &sq_db_ops;
     if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
         int rc = sq_fail_db(c->db, path);
         sqlite3_close(c->db);
@@ -479,6 +616,7 @@ static int sq_open(const char *path, struct store **out)
     if (!s)
         return ERR_NOMEM;
     s->base.ops = &store_sqlite_ops;
+    s->base.db = &sq_db_ops;
     pthread_mutex_init(&s->wlock, NULL);
     pthread_mutex_init(&s->rlock, NULL);
     pthread_cond_init(&s->rcond, NULL);

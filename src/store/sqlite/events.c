@@ -50,7 +50,7 @@ int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id)
 static int read2(struct store *st, int q, int64_t a1, int64_t a2,
                  json_t *(*build)(const struct store_row *r), json_t **out)
 {
-    return sq_read(st, &event_q[q], (struct sq_arg[]){SQ_I(a1), SQ_I(a2)}, 2, build, out);
+    return sq_read(st, &event_q[q], (struct db_arg[]){DB_I(a1), DB_I(a2)}, 2, build, out);
 }
 
 int sq_events_after(struct store *st, int64_t after, int limit, json_t **out)
@@ -65,7 +65,7 @@ int sq_logs_after(struct store *st, int64_t after, int limit, json_t **out)
 
 int sq_events_prune(struct store *st, int64_t before)
 {
-    return sq_write(st, &event_q[E_PRUNE], &SQ_I(before), 1, NULL);
+    return sq_write(st, &event_q[E_PRUNE], &DB_I(before), 1, NULL);
 }
 
 int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out)

@@ -123,7 +123,7 @@ static int insert_tasks(struct conn *c, struct create *x, bool retire)
         int retired = 0;
 
         if (retire) {
-            const struct sq_arg a[2] = {SQ_T(x->id), SQ_J(x->tasks[i]->slot)};
+            const struct db_arg a[2] = {DB_T(x->id), DB_J(x->tasks[i]->slot)};
             rc = sq_run(c, &exp_q[X_RETIRE], a, 2, &retired);
             if (rc == 0 && !retired)
                 continue; /* its current task has not ended (another rerun's): kept */
@@ -139,8 +139,8 @@ static int create_body(struct conn *c, void *ctx)
 {
     struct create *x = ctx;
     const struct experiment *e = x->e;
-    const struct sq_arg a[6] = {SQ_T(e->id), SQ_T(e->name), SQ_J(e->spec), SQ_O(e->metadata),
-                                SQ_T(e->callback_url), SQ_I(e->created_at)};
+    const struct db_arg a[6] = {DB_T(e->id), DB_T(e->name), DB_J(e->spec), DB_O(e->metadata),
+                                DB_T(e->callback_url), DB_I(e->created_at)};
     int rc = sq_run(c, &exp_q[X_INSERT], a, 6, NULL);
 
     return rc == 0 ? insert_tasks(c, x, false) : rc;
@@ -157,7 +157,7 @@ int sq_experiment_create(struct store *st, const struct experiment *e, struct ta
 int sq_experiment_get(struct store *st, const char *id, struct experiment **out)
 {
     struct rd r = sq_rd_get(st);
-    const struct sq_arg a[1] = {SQ_T(id)};
+    const struct db_arg a[1] = {DB_T(id)};
     struct experiment *e = NULL;
     int rc = sq_take(r.c, &exp_q[X_GET], a, 1, rows_take_experiment, &e);
 
@@ -175,7 +175,7 @@ int sq_experiment_get(struct store *st, const char *id, struct experiment **out)
 int sq_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
                        int64_t *total)
 {
-    const struct sq_arg a[2] = {SQ_I(limit), SQ_I(offset)};
+    const struct db_arg a[2] = {DB_I(limit), DB_I(offset)};
     struct rows_ints count = {.n = 1};
     json_t *arr = NULL;
     int rc = sq_read_with(st, &exp_q[X_LIST_COUNT], NULL, 0, rows_take_ints, &count);
@@ -191,7 +191,7 @@ int sq_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t *
 
 int sq_experiment_scoreboard(struct store *st, const char *id, json_t **rows)
 {
-    const struct sq_arg a[1] = {SQ_T(id)};
+    const struct db_arg a[1] = {DB_T(id)};
 
     return sq_read(st, &exp_q[X_BOARD], a, 1, rows_board_sums, rows);
 }
@@ -205,7 +205,7 @@ struct cancel {
 static int cancel_body(struct conn *c, void *ctx)
 {
     struct cancel *x = ctx;
-    const struct sq_arg a[2] = {SQ_T(x->id), SQ_I(x->now)};
+    const struct db_arg a[2] = {DB_T(x->id), DB_I(x->now)};
     int changed = 0;
     int rc = sq_run(c, &exp_q[X_CANCEL], a, 2, &changed);
 
@@ -233,7 +233,7 @@ int sq_experiment_cancel(struct store *st, const char *id, int64_t now, json_t *
 
 int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots)
 {
-    const struct sq_arg a[1] = {SQ_T(id)};
+    const struct db_arg a[1] = {DB_T(id)};
 
     return sq_read(st, &exp_q[unsolved ? X_SLOTS_UNSOLVED : X_SLOTS_FAILED], a, 1,
                    rows_json_column, slots);
@@ -244,7 +244,7 @@ static int add_body(struct conn *c, void *ctx)
     struct create *x = ctx;
     int rc = insert_tasks(c, x, true);
 
-    return rc == 0 ? sq_run(c, &exp_q[X_REOPEN], &SQ_T(x->id), 1, NULL) : rc;
+    return rc == 0 ? sq_run(c, &exp_q[X_REOPEN], &DB_T(x->id), 1, NULL) : rc;
 }
 
 /* The context of end_body. */
@@ -256,7 +256,7 @@ struct end {
 static int end_body(struct conn *c, void *ctx)
 {
     struct end *x = ctx;
-    const struct sq_arg a[1] = {SQ_I(x->now)};
+    const struct db_arg a[1] = {DB_I(x->now)};
     int rc = sq_run(c, &exp_q[X_END_EVENTS], a, 1, NULL);
 
     x->n = 0;

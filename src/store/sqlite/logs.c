@@ -65,8 +65,8 @@ int sq_insert_logs(struct conn *c, void *batch)
 
     /* The statement stays prepared on c, so a line costs a bind and a step. */
     for (size_t i = 0; rc == 0 && i < b->n; i++) {
-        const struct sq_arg args[5] = {SQ_T(b->task_id), SQ_I(e[i].ts), SQ_I(e[i].level),
-                                       SQ_T(e[i].message), SQ_O(e[i].context)};
+        const struct db_arg args[5] = {DB_T(b->task_id), DB_I(e[i].ts), DB_I(e[i].level),
+                                       DB_T(e[i].message), DB_O(e[i].context)};
         rc = sq_run(c, &log_q[L_INSERT], args, 5, NULL);
     }
     return rc;
@@ -80,7 +80,7 @@ int sq_logs_append(struct store *st, const char *task_id, const struct log_entry
 int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
                  int64_t offset, json_t **logs, int64_t *total)
 {
-    const struct sq_arg args[4] = {SQ_T(task_id), SQ_I(min_level), SQ_I(limit), SQ_I(offset)};
+    const struct db_arg args[4] = {DB_T(task_id), DB_I(min_level), DB_I(limit), DB_I(offset)};
     struct rows_array page = {.build = rows_log};
     struct rd r = sq_rd_get(st);
     int64_t n = 0;
@@ -107,10 +107,10 @@ int sq_export_extras(struct store *st, const char *task_id, bool logs, bool conv
     int rc = 0;
 
     if (logs)
-        rc = sq_take(r.c, &log_q[L_EXPORT_LOGS], &SQ_T(task_id), 1, rows_take_export,
+        rc = sq_take(r.c, &log_q[L_EXPORT_LOGS], &DB_T(task_id), 1, rows_take_export,
                      &logs_part);
     if (rc == 0 && convs)
-        rc = sq_take(r.c, &log_q[L_EXPORT_CONVS], &SQ_T(task_id), 1, rows_take_export,
+        rc = sq_take(r.c, &log_q[L_EXPORT_CONVS], &DB_T(task_id), 1, rows_take_export,
                      &convs_part);
     sq_rd_put(&r);
     return rc;

@@ -54,17 +54,17 @@ int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int m
                      int64_t now)
 {
     json_t *actions = json_object_get(ready, "actions");
-    const struct sq_arg args[6] = {
-        SQ_T(task_id), SQ_T(json_string_value(json_object_get(ready, "task_description"))),
-        SQ_T(json_string_value(json_object_get(ready, "instructions"))), SQ_O(actions),
-        SQ_I(max_steps), SQ_I(now)};
+    const struct db_arg args[6] = {
+        DB_T(task_id), DB_T(json_string_value(json_object_get(ready, "task_description"))),
+        DB_T(json_string_value(json_object_get(ready, "instructions"))), DB_O(actions),
+        DB_I(max_steps), DB_I(now)};
 
     return sq_write(st, &session_q[S_READY], args, 6, NULL);
 }
 
 int sq_session_get(struct store *st, const char *task_id, json_t **out)
 {
-    return sq_read_one(st, &session_q[S_GET], &SQ_T(task_id), 1, rows_session, out);
+    return sq_read_one(st, &session_q[S_GET], &DB_T(task_id), 1, rows_session, out);
 }
 
 /* The context of step's body. */
@@ -77,7 +77,7 @@ struct step {
 static int step(struct conn *c, void *ctx)
 {
     struct step *x = ctx;
-    const struct sq_arg args[3] = {SQ_T(x->task_id), SQ_T(x->action), SQ_I(x->now)};
+    const struct db_arg args[3] = {DB_T(x->task_id), DB_T(x->action), DB_I(x->now)};
     int rc = sq_take(c, &session_q[S_STEP], args, 3, rows_take_int_drain, x->step);
 
     return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
@@ -99,7 +99,7 @@ int sq_session_next(struct store *st, const char *task_id, int after, int *step,
                     char **action)
 {
     struct rows_action a = {0, NULL};
-    int rc = sq_read_with(st, &session_q[S_NEXT], (struct sq_arg[]){SQ_T(task_id), SQ_I(after)},
+    int rc = sq_read_with(st, &session_q[S_NEXT], (struct db_arg[]){DB_T(task_id), DB_I(after)},
                           2, rows_take_action, &a);
 
     *step = a.step;
@@ -123,12 +123,12 @@ static int answer(struct conn *c, void *ctx)
     struct answer *x = ctx;
     json_t *reward = json_object_get(x->answer, "reward");
     json_t *res = json_object_get(x->answer, "results");
-    const struct sq_arg args[7] = {
-        SQ_T(x->task_id), SQ_I(x->step),
-        SQ_T(json_string_value(json_object_get(x->answer, "observation"))),
-        SQ_I(json_is_true(json_object_get(x->answer, "done"))),
-        json_is_number(reward) ? SQ_R(json_number_value(reward)) : SQ_T(NULL),
-        SQ_J(json_is_null(res) ? NULL : res), SQ_I(x->now)};
+    const struct db_arg args[7] = {
+        DB_T(x->task_id), DB_I(x->step),
+        DB_T(json_string_value(json_object_get(x->answer, "observation"))),
+        DB_I(json_is_true(json_object_get(x->answer, "done"))),
+        json_is_number(reward) ? DB_R(json_number_value(reward)) : DB_T(NULL),
+        DB_J(json_is_null(res) ? NULL : res), DB_I(x->now)};
     int rc = sq_insert_messages(c, &(struct sq_batch){x->task_id, x->msgs, x->n_msgs});
 
     return rc == 0 ? sq_run(c, &session_q[S_ANSWER], args, 7, NULL) : rc;
@@ -144,13 +144,13 @@ int sq_session_answer(struct store *st, const char *task_id, int step, json_t *a
 
 int sq_session_end(struct store *st, const char *task_id)
 {
-    return sq_write(st, &session_q[S_END], &SQ_T(task_id), 1, NULL);
+    return sq_write(st, &session_q[S_END], &DB_T(task_id), 1, NULL);
 }
 
 int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n)
 {
     struct rows_ids x = {ids, max, 0};
-    const struct sq_arg args[2] = {SQ_I(before), SQ_I((int64_t)max)};
+    const struct db_arg args[2] = {DB_I(before), DB_I((int64_t)max)};
     int rc = sq_read_with(st, &session_q[S_IDLE], args, 2, rows_take_ids, &x);
 
     *n = x.n;

@@ -15,6 +15,7 @@
 #ifndef TASKEXEC_STORE_SQLITE_INT_H
 #define TASKEXEC_STORE_SQLITE_INT_H
 
+#include "store/db.h"
 #include "store/rows.h"
 #include "store/store.h"
 
@@ -32,9 +33,11 @@ struct sq_query {
 };
 
 struct conn {
+    struct db_conn base;            /* for the code above both backends (store/db.h) */
     sqlite3 *db;
     struct {
-        const struct sq_query *q;   /* the statement's entry in its table */
+        const void *key;            /* the statement's entry in its table (sq_query or
+                                     * db_stmt) */
         sqlite3_stmt *s;            /* prepared once (persistent), reset after each use */
     } cache[SQ_CACHE];
     int n_cached;
@@ -87,21 +90,7 @@ struct sq_cursor {
     int rc;                         /* the first error met; returned by sq_end */
 };
 
-/* One parameter of a statement, bound at its position in an array. Made with the
- * macros: text (NULL binds NULL), integer, real, JSON as compact text (NULL binds NULL),
- * or a JSON object ("{}" for NULL). */
-struct sq_arg {
-    enum { SQ_TEXT, SQ_INT, SQ_REAL, SQ_JSON, SQ_OBJECT } kind;
-    const char *text;
-    int64_t i;
-    double r;
-    const json_t *json;             /* borrowed */
-};
-#define SQ_T(v) ((struct sq_arg){.kind = SQ_TEXT, .text = (v)})
-#define SQ_I(v) ((struct sq_arg){.kind = SQ_INT, .i = (v)})
-#define SQ_R(v) ((struct sq_arg){.kind = SQ_REAL, .r = (v)})
-#define SQ_J(v) ((struct sq_arg){.kind = SQ_JSON, .json = (v)})
-#define SQ_O(v) ((struct sq_arg){.kind = SQ_OBJECT, .json = (v)})
+/* Parameters are struct db_arg (store/db.h), made with DB_T, DB_I, DB_R, DB_J, DB_O. */
 
 /* db.c */
 /* sq_fail_db: logs what failed with SQLite's message; returns ERR_STORE. */
@@ -125,25 +114,25 @@ int sq_exec(struct sq_cursor *cur) __attribute__((warn_unused_result));
 int sq_end(struct sq_cursor *cur, int rc) __attribute__((warn_unused_result));
 /* sq_bind: binds args[0..n) to ?1..?n; 0, or ERR_NOMEM when a JSON value cannot be
  * dumped. */
-int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n) __attribute__((warn_unused_result));
+int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n) __attribute__((warn_unused_result));
 /* sq_take: named statement q on c with args, its cursor handed to take(cur, ctx) (a
  * consumer of store/rows.h). Returns take's result, or ERR_STORE / ERR_NOMEM when the
  * statement cannot be prepared or bound (take is then not called). */
-int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* sq_take_sql: the same on SQL made at run time, prepared for this use only. */
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
+int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct db_arg *args,
                 int n, rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* sq_read_with: sq_take on a read connection, taken and given back around it. */
-int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
                  rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* sq_run: named statement q on c with args, stepped to its end, adding the rows it
  * changed to *changes (may be NULL). 0, ERR_NOMEM or ERR_STORE. */
-int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_run(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
            int *changes) __attribute__((warn_unused_result));
 /* sq_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND
  * when there is no row. */
-int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
                int64_t *out) __attribute__((warn_unused_result));
 /* sq_in_write: body(c, ctx) in a write transaction of its own: takes the writer,
  * BEGINs IMMEDIATE, runs body, COMMITs when body returned >= 0 and else rolls back,
@@ -154,7 +143,7 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *ar
 int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx),
                 void *ctx) __attribute__((warn_unused_result));
 /* sq_write: sq_run in a write transaction of its own. */
-int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
              int *changes) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
@@ -164,10 +153,10 @@ void sq_rd_put(struct rd *r);
  * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
  * unchanged on error. sq_read_one: the first row's build() (caller frees), or
  * ERR_NOTFOUND when there is none. */
-int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
             json_t *(*build)(const struct store_row *r),
             json_t **out) __attribute__((warn_unused_result));
-int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
                 json_t *(*build)(const struct store_row *r),
                 json_t **out) __attribute__((warn_unused_result));
 

@@ -40,16 +40,16 @@ static const struct sq_query task_q[T_N] = {
 
 int sq_load_task(struct conn *c, bool by_key, const char *key, struct task **out)
 {
-    return sq_take(c, &task_q[by_key ? T_BY_KEY : T_BY_ID], &SQ_T(key), 1, rows_take_task, out);
+    return sq_take(c, &task_q[by_key ? T_BY_KEY : T_BY_ID], &DB_T(key), 1, rows_take_task, out);
 }
 
 int sq_insert_task(struct conn *c, const struct task *t)
 {
-    const struct sq_arg args[15] = {
-        SQ_T(t->id), SQ_T(t->problem_id), SQ_I(t->priority), SQ_T(t->backend_type),
-        SQ_T(t->mode), SQ_J(t->parameters), SQ_J(t->metadata), SQ_T(t->callback_url),
-        SQ_T(t->idempotency_key), SQ_I(t->max_steps), SQ_I(t->timeout_seconds),
-        SQ_I(t->created_at), SQ_I(t->max_retries), SQ_T(t->experiment_id), SQ_J(t->slot)};
+    const struct db_arg args[15] = {
+        DB_T(t->id), DB_T(t->problem_id), DB_I(t->priority), DB_T(t->backend_type),
+        DB_T(t->mode), DB_J(t->parameters), DB_J(t->metadata), DB_T(t->callback_url),
+        DB_T(t->idempotency_key), DB_I(t->max_steps), DB_I(t->timeout_seconds),
+        DB_I(t->created_at), DB_I(t->max_retries), DB_T(t->experiment_id), DB_J(t->slot)};
 
     return sq_run(c, &task_q[T_INSERT], args, 15, NULL);
 }
@@ -89,7 +89,7 @@ int sq_task_insert(struct store *st, struct task *t, struct task **existing)
 
 int sq_task_get(struct store *st, const char *id, struct task **out)
 {
-    return sq_read_with(st, &task_q[T_BY_ID], &SQ_T(id), 1, rows_take_task, out);
+    return sq_read_with(st, &task_q[T_BY_ID], &DB_T(id), 1, rows_take_task, out);
 }
 
 /* The WHERE of a task filter; its parameters are numbered as filter_args places them
@@ -105,21 +105,21 @@ static void filter_where(const struct task_filter *f, char *where, size_t cap)
 
 /* Every value a list statement may use, at its number; a statement leaves out what
  * it does not use, and binding those is harmless. */
-static void filter_args(const struct task_filter *f, struct sq_arg a[9])
+static void filter_args(const struct task_filter *f, struct db_arg a[9])
 {
-    a[0] = SQ_T(f->status >= 0 ? task_status_name((enum task_status)f->status) : NULL);
-    a[1] = SQ_T(f->problem_id);
-    a[2] = SQ_T(f->worker_id);
-    a[3] = SQ_I(f->since);
-    a[4] = SQ_I(f->until);
-    a[5] = SQ_I(f->limit);
-    a[6] = SQ_I(f->offset);
-    a[7] = SQ_I(f->after_seq);
-    a[8] = SQ_T(f->experiment_id);
+    a[0] = DB_T(f->status >= 0 ? task_status_name((enum task_status)f->status) : NULL);
+    a[1] = DB_T(f->problem_id);
+    a[2] = DB_T(f->worker_id);
+    a[3] = DB_I(f->since);
+    a[4] = DB_I(f->until);
+    a[5] = DB_I(f->limit);
+    a[6] = DB_I(f->offset);
+    a[7] = DB_I(f->after_seq);
+    a[8] = DB_T(f->experiment_id);
 }
 
 static int list_total(struct conn *c, const struct task_filter *f, const char *where,
-                      const struct sq_arg *args, int64_t *total)
+                      const struct db_arg *args, int64_t *total)
 {
     char sql[1024];
     struct rows_ints x = {.n = 1};
@@ -141,7 +141,7 @@ static int list_total(struct conn *c, const struct task_filter *f, const char *w
 int sq_task_list(struct store *st, const struct task_filter *f, struct task_page *out)
 {
     char where[512], sql[1024];
-    struct sq_arg args[9];
+    struct db_arg args[9];
     struct rd r = sq_rd_get(st);
     int rc = 0;
 
@@ -170,7 +170,7 @@ struct cancel {
 static int cancel(struct conn *c, void *ctx)
 {
     struct cancel *x = ctx;
-    int rc = sq_take(c, &task_q[T_CANCEL], (struct sq_arg[]){SQ_T(x->id), SQ_I(x->now)}, 2,
+    int rc = sq_take(c, &task_q[T_CANCEL], (struct db_arg[]){DB_T(x->id), DB_I(x->now)}, 2,
                      rows_take_task, x->out);
 
     if (rc == ERR_NOTFOUND) {
@@ -194,7 +194,7 @@ int sq_task_lease_status(struct store *st, const char *id, const char *lease_tok
                          enum task_status *status)
 {
     struct rows_lease l = {.token = lease_token};
-    int rc = sq_read_with(st, &task_q[T_LEASE], &SQ_T(id), 1, rows_take_lease, &l);
+    int rc = sq_read_with(st, &task_q[T_LEASE], &DB_T(id), 1, rows_take_lease, &l);
 
     if (rc == 0 || rc == ERR_FORBIDDEN)
         *status = l.status;

@@ -44,14 +44,14 @@ struct due {
 static int due(struct conn *c, void *ctx)
 {
     struct due *x = ctx;
-    const struct sq_arg args[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)x->jobs.max)};
+    const struct db_arg args[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)x->jobs.max)};
 
     int rc = sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
     struct rows_jobs more = {x->jobs.jobs + x->jobs.n, x->jobs.max - x->jobs.n, 0, true};
 
     if (rc < 0 || more.max == 0)
         return rc;
-    const struct sq_arg rest[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)more.max)};
+    const struct db_arg rest[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)more.max)};
     rc = sq_take(c, &webhook_q[H_DUE_EXPERIMENTS], rest, 3, rows_take_jobs, &more);
     x->jobs.n += more.n;
     return rc;
@@ -75,8 +75,8 @@ int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
 int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
                       int attempts, int64_t next_at, const char *error)
 {
-    const struct sq_arg args[5] = {SQ_T(job->task_id), SQ_T(state), SQ_I(attempts),
-                                   SQ_I(next_at), SQ_T(error)};
+    const struct db_arg args[5] = {DB_T(job->task_id), DB_T(state), DB_I(attempts),
+                                   DB_I(next_at), DB_T(error)};
 
     return sq_write(st, &webhook_q[job->experiment ? H_RESULT_EXPERIMENT : H_RESULT], args, 5,
                     NULL);

@@ -57,16 +57,16 @@ static const struct sq_query worker_q[W_N] = {
 static int registration(struct conn *c, void *ctx)
 {
     const struct worker_reg *reg = ctx;
-    const struct sq_arg args[6] = {SQ_T(reg->id), SQ_T(reg->backend_type), SQ_I(reg->now),
-                                   SQ_O(reg->capabilities), SQ_T(reg->token_hash),
-                                   SQ_T(reg->name_prefix)};
+    const struct db_arg args[6] = {DB_T(reg->id), DB_T(reg->backend_type), DB_I(reg->now),
+                                   DB_O(reg->capabilities), DB_T(reg->token_hash),
+                                   DB_T(reg->name_prefix)};
     int changed = 0;
     int rc = sq_run(c, &worker_q[W_REGISTER], args, 6, &changed);
 
     if (rc == 0 && changed == 0)
         rc = ERR_CONFLICT;
     if (rc == 0 && reg->token_hash)
-        rc = sq_run(c, &worker_q[W_LOSE_RUNS], (struct sq_arg[]){SQ_T(reg->id), SQ_I(reg->now)},
+        rc = sq_run(c, &worker_q[W_LOSE_RUNS], (struct db_arg[]){DB_T(reg->id), DB_I(reg->now)},
                     2, NULL);
     return rc;
 }
@@ -80,7 +80,7 @@ int sq_worker_register(struct store *st, const struct worker_reg *reg)
 
 int sq_worker_token(struct store *st, const char *id, char **token_hash)
 {
-    return sq_read_with(st, &worker_q[W_TOKEN], &SQ_T(id), 1, rows_take_text, token_hash);
+    return sq_read_with(st, &worker_q[W_TOKEN], &DB_T(id), 1, rows_take_text, token_hash);
 }
 
 int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now)
@@ -92,7 +92,7 @@ int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int6
         if (json_array_append_new(arr, json_string(ids[i])))
             rc = ERR_NOMEM;
     if (rc == 0)
-        rc = sq_write(st, &worker_q[W_HEARTBEAT], (struct sq_arg[]){SQ_J(arr), SQ_I(now)}, 2,
+        rc = sq_write(st, &worker_q[W_HEARTBEAT], (struct db_arg[]){DB_J(arr), DB_I(now)}, 2,
                       NULL);
     json_decref(arr);
     return rc;
@@ -102,19 +102,19 @@ int sq_worker_set_status(struct store *st, const char *id, const char *status,
                          json_t *metadata)
 {
     return sq_write(st, &worker_q[W_STATUS],
-                    (struct sq_arg[]){SQ_T(id), SQ_T(status), SQ_J(metadata)}, 3, NULL);
+                    (struct db_arg[]){DB_T(id), DB_T(status), DB_J(metadata)}, 3, NULL);
 }
 
 int sq_worker_list(struct store *st, const char *status, const char *backend_type,
                    json_t **out)
 {
-    return sq_read(st, &worker_q[W_LIST], (struct sq_arg[]){SQ_T(status), SQ_T(backend_type)},
+    return sq_read(st, &worker_q[W_LIST], (struct db_arg[]){DB_T(status), DB_T(backend_type)},
                    2, rows_worker, out);
 }
 
 int sq_worker_get(struct store *st, const char *id, json_t **out)
 {
-    return sq_read_one(st, &worker_q[W_BY_ID], &SQ_T(id), 1, rows_worker, out);
+    return sq_read_one(st, &worker_q[W_BY_ID], &DB_T(id), 1, rows_worker, out);
 }
 
 int sq_worker_counts(struct store *st, int64_t counts[3])

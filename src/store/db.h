@@ -1,0 +1,132 @@
+/* store/db: running a statement on either backend, for the code written once above both.
+ *
+ * DESIGN
+ * A concern whose C logic is the same on SQLite and PostgreSQL lives once, in
+ * src/store/<concern>.c: one table of named statements (struct db_stmt: what it does,
+ * SQLite's SQL, PostgreSQL's SQL), typed arguments (struct db_arg), and the logic that
+ * builds the arguments, runs the statements and hands their cursors to the consumers
+ * of store/rows.h. A backend supplies struct db_ops (its handle's st->db) and starts
+ * each of its connections with struct db_conn, whose ops run one statement: that is
+ * all the shared code knows of it. Each backend prepares a db_stmt once per connection
+ * on first use, like its own statements.
+ * What differs on purpose stays in the backend's folder: PostgreSQL's SKIP LOCKED
+ * claim and unnest() batch inserts, its NOTIFY and listener; SQLite's BEGIN IMMEDIATE
+ * writer and reader pool; and statements whose shape differs (one CTE on PostgreSQL
+ * where SQLite runs several statements in its write transaction).
+ *
+ * Parameters: PostgreSQL's SQL numbers them $1..$n. SQLite's numbers them ?1..?n, or
+ * $1..$n where one text serves both dialects (DB_SQL): SQLite takes "$1" as a name,
+ * so such statements are bound by name. Times are integer microseconds on both
+ * sides (PostgreSQL's SQL converts with te_ts()/te_us()); JSON goes in as text. */
+#ifndef TASKEXEC_STORE_DB_H
+#define TASKEXEC_STORE_DB_H
+
+#include "store/rows.h"
+#include "store/store.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DB_MAX_ARGS 16              /* parameters a db_stmt may take */
+
+/* One named statement in both dialects. */
+struct db_stmt {
+    const char *what;               /* what it does, for the log */
+    const char *sqlite;             /* SQLite's SQL */
+    const char *pg;                 /* PostgreSQL's SQL */
+};
+/* A statement both dialects accept as written (parameters $1..$n). */
+#define DB_SQL(what_, sql_) {.what = (what_), .sqlite = (sql_), .pg = (sql_)}
+
+/* One parameter, bound at its position: text (NULL binds NULL), integer, real, JSON as
+ * compact text (NULL binds NULL), or a JSON object ("{}" for NULL). */
+struct db_arg {
+    enum { DB_TEXT, DB_INT, DB_REAL, DB_JSON, DB_OBJECT } kind;
+    const char *text;               /* borrowed */
+    int64_t i;
+    double r;
+    const json_t *json;             /* borrowed */
+};
+#define DB_T(v) ((struct db_arg){.kind = DB_TEXT, .text = (v)})
+#define DB_I(v) ((struct db_arg){.kind = DB_INT, .i = (v)})
+#define DB_R(v) ((struct db_arg){.kind = DB_REAL, .r = (v)})
+#define DB_J(v) ((struct db_arg){.kind = DB_JSON, .json = (v)})
+#define DB_O(v) ((struct db_arg){.kind = DB_OBJECT, .json = (v)})
+#define DB_NULL DB_T(NULL)
+
+struct db_conn;
+
+/* A body run on one connection (db_on_read, db_in_write, db_read_tx). */
+typedef int (*db_body_fn)(struct db_conn *c, void *ctx);
+
+/* A backend, as the shared code sees it. Errors as in store.h (logged by the backend). */
+struct db_ops {
+    /* take: q on c with args[0..n), its cursor handed to take(cur, ctx); take's result,
+     * or the statement's error, ERR_NOMEM (an argument could not be made) with take not
+     * called. */
+    int (*take)(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+                rows_take_fn take, void *ctx);
+    /* run: q on c stepped to its end, adding the rows it changed to *changes (may be
+     * NULL). */
+    int (*run)(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+               int *changes);
+    /* on_read: body(c, ctx) on a connection to read on, taken and given back around it
+     * (no transaction); body's result. */
+    int (*on_read)(struct store *st, db_body_fn body, void *ctx);
+    /* read_tx: body on one connection whose reads should agree: PostgreSQL runs them in
+     * one transaction (one snapshot); SQLite as on_read. */
+    int (*read_tx)(struct store *st, db_body_fn body, void *ctx);
+    /* in_write: body in a write transaction of its own, committed when body returned
+     * >= 0, else rolled back; body's result, or the error of BEGIN (body not called)
+     * or COMMIT. */
+    int (*in_write)(struct store *st, db_body_fn body, void *ctx);
+    /* write: q alone as a write (SQLite: in its own write transaction; PostgreSQL: one
+     * statement, retried once on a lost connection); *changes (may be NULL) set to the
+     * rows it changed. */
+    int (*write)(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
+                 int *changes);
+};
+
+/* Every backend connection starts with this. */
+struct db_conn {
+    const struct db_ops *ops;
+};
+
+/* Thin wrappers of the ops (contracts above), for the shared code. */
+int db_take(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+            rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+int db_run(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+           int *changes) __attribute__((warn_unused_result));
+int db_on_read(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+int db_read_tx(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+int db_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+int db_write(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
+             int *changes) __attribute__((warn_unused_result));
+
+/* db_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND when
+ * there is no row; *out unchanged on error. */
+int db_one_i64(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+               int64_t *out) __attribute__((warn_unused_result));
+/* db_read_with: db_take on a read connection (db_on_read). */
+int db_read_with(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* db_read: on a read connection, q's rows through build() into a new array *out (caller
+ * frees). db_read_one: the first row's build() (caller frees), ERR_NOTFOUND when none.
+ * *out unchanged on error. */
+int db_read(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
+            json_t *(*build)(const struct store_row *r),
+            json_t **out) __attribute__((warn_unused_result));
+int db_read_one(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
+                json_t *(*build)(const struct store_row *r),
+                json_t **out) __attribute__((warn_unused_result));
+/* db_read_page: a page of a list and the list's total, on one read connection: the
+ * integer count of q_count with args[0..n_count), then the rows of page with
+ * args[0..n) through build() into a new array *items (caller frees). The outputs are
+ * unchanged on error. */
+int db_read_page(struct store *st, const struct db_stmt *count, int n_count,
+                 const struct db_stmt *page, const struct db_arg *args, int n,
+                 json_t *(*build)(const struct store_row *r), json_t **items,
+                 int64_t *total) __attribute__((warn_unused_result));
+
+#endif
