@@ -129,4 +129,31 @@ int db_read_page(struct store *st, const struct db_stmt *count, int n_count,
                  json_t *(*build)(const struct store_row *r), json_t **items,
                  int64_t *total) __attribute__((warn_unused_result));
 
+/* ---- the operations written once (contracts in store.h), one file per concern,
+ * named in both backends' ops tables ---- */
+
+/* events.c */
+int db_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
+int db_events_after(struct store *st, int64_t after, int limit, json_t **out);
+int db_logs_after(struct store *st, int64_t after, int limit, json_t **out);
+int db_events_prune(struct store *st, int64_t before);
+int db_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
+
+/* workers.c */
+int db_worker_token(struct store *st, const char *id, char **token_hash);
+int db_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
+int db_worker_set_status(struct store *st, const char *id, const char *status,
+                         json_t *metadata);
+int db_worker_list(struct store *st, const char *status, const char *backend_type,
+                   json_t **out);
+int db_worker_get(struct store *st, const char *id, json_t **out);
+int db_worker_counts(struct store *st, int64_t counts[3]);
+
+/* conversations.c */
+int db_conversations_list(struct store *st, const char *task_id, const char *model_name,
+                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
+int db_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
+int db_task_conversations(struct store *st, const char *task_id, json_t **out);
+int db_conversation_stats(struct store *st, json_t **out);
+
 #endif

@@ -58,11 +58,6 @@ struct pg_query {
     "t.seq, t.max_retries, t.attempt, t.error_class, t.attempts::text, te_us(t.retry_at), "   \
     "t.experiment_id, t.slot::text"
 
-#define CONV_COLS                                                                          \
-    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config::text, "            \
-    "te_us(c.started_at), te_us(c.ended_at), c.total_messages, c.total_tokens, "            \
-    "c.metadata::text, c.attempt"
-
 struct pg_store;
 
 struct pgconn {
@@ -255,30 +250,12 @@ int pg_export_extras(struct store *st, const char *task_id, bool logs, bool conv
                      struct buf *out);
 int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
                        size_t n);
-int pg_conversations_list(struct store *st, const char *task_id, const char *model_name,
-                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
-int pg_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
-int pg_task_conversations(struct store *st, const char *task_id, json_t **out);
-int pg_conversation_stats(struct store *st, json_t **out);
 int pg_worker_register(struct store *st, const struct worker_reg *reg);
-int pg_worker_token(struct store *st, const char *id, char **token_hash);
-int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
-int pg_worker_set_status(struct store *st, const char *id, const char *status,
-                         json_t *metadata);
-int pg_worker_list(struct store *st, const char *status, const char *backend_type,
-                   json_t **out);
-int pg_worker_get(struct store *st, const char *id, json_t **out);
-int pg_worker_counts(struct store *st, int64_t counts[3]);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
 int pg_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
                       int attempts, int64_t next_at, const char *error);
 int pg_experiments_end(struct store *st, int64_t now, int *n);
-int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
-int pg_events_after(struct store *st, int64_t after, int limit, json_t **out);
-int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out);
-int pg_events_prune(struct store *st, int64_t before);
-int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 int pg_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
                      int64_t now);
 int pg_session_get(struct store *st, const char *task_id, json_t **out);

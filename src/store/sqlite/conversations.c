@@ -1,4 +1,6 @@
-/* store/sqlite/conversations: LLM conversations and their messages. */
+/* store/sqlite/conversations: appending LLM messages, each finding or making its
+ * conversation and updating its counts in statements of their own, inside the write
+ * transaction. Reading conversations is written once, in store/conversations.c. */
 #include "store/sqlite/sqlite_int.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -7,20 +9,11 @@
 
 #include <stdlib.h>
 
-#define CONV_WHERE "WHERE (?1 IS NULL OR c.task_id = ?1) AND (?2 IS NULL OR c.model_name = ?2)"
-
 enum {
     C_FIND,
     C_INSERT,
     C_BUMP,
     C_MSG_INSERT,
-    C_COUNT,
-    C_PAGE,
-    C_BY_ID,
-    C_OF_TASK,
-    C_MESSAGES,
-    C_STATS,
-    C_BY_MODEL,
     C_N
 };
 
@@ -41,26 +34,6 @@ static const struct sq_query conv_q[C_N] = {
     [C_MSG_INSERT] = {"inserting a message",
                       "INSERT INTO llm_messages (conversation_seq, ts, role, content, step, "
                       "metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
-    [C_COUNT] = {"counting conversations",
-                 "SELECT count(*) FROM llm_conversations c " CONV_WHERE},
-    [C_PAGE] = {"listing conversations",
-                "SELECT " CONV_COLS " FROM llm_conversations c " CONV_WHERE " ORDER BY "
-                "c.started_at DESC, c.seq DESC LIMIT ?3 OFFSET ?4"},
-    [C_BY_ID] = {"reading a conversation",
-                 "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.id = ?1"},
-    [C_OF_TASK] = {"reading conversations",
-                   "SELECT " CONV_COLS " FROM llm_conversations c WHERE c.task_id = ?1 "
-                   "ORDER BY c.seq"},
-    [C_MESSAGES] = {"reading messages",
-                    "SELECT ts, role, content, step, metadata FROM llm_messages "
-                    "WHERE conversation_seq = ?1 ORDER BY id"},
-    [C_STATS] = {"conversation stats",
-                 "SELECT count(*), COALESCE(avg(total_messages), 0), "
-                 "COALESCE(sum(total_tokens), 0), COALESCE(sum(json_extract(metadata, "
-                 "'$.success') = 1), 0) FROM llm_conversations"},
-    [C_BY_MODEL] = {"conversation stats",
-                    "SELECT model_name, count(*) FROM llm_conversations "
-                    "WHERE model_name IS NOT NULL GROUP BY model_name"},
 };
 
 /* The conversation of (task, session), made on its first message. */
@@ -120,76 +93,4 @@ int sq_messages_append(struct store *st, const char *task_id, const struct msg_e
                        size_t n)
 {
     return sq_in_write(st, sq_insert_messages, &(struct sq_batch){task_id, e, n});
-}
-
-/* Sets conv's "messages" to the messages of conversation seq, read on conn (a
- * struct conn; for rows_take_convs). */
-static int add_messages(void *conn, int64_t seq, json_t *conv)
-{
-    struct conn *c = conn;
-    struct rows_array a = {.build = rows_message};
-    int rc = sq_take(c, &conv_q[C_MESSAGES], &DB_I(seq), 1, rows_take_array, &a);
-
-    if (rc == 0 && json_object_set_new(conv, "messages", a.v))
-        return ERR_NOMEM; /* set_new took a.v */
-    return rc;
-}
-
-int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
-                          int64_t limit, int64_t offset, json_t **items, int64_t *total)
-{
-    const struct db_arg args[4] = {DB_T(task_id), DB_T(model_name), DB_I(limit), DB_I(offset)};
-    struct rows_array page = {.build = rows_conversation};
-    struct rd r = sq_rd_get(st);
-    int64_t n = 0;
-    int rc = sq_one_i64(r.c, &conv_q[C_COUNT], args, 2, &n);
-
-    if (rc == 0)
-        rc = sq_take(r.c, &conv_q[C_PAGE], args, 4, rows_take_array, &page);
-    sq_rd_put(&r);
-    if (rc == 0)
-        *total = n;
-    return rows_give(rc, page.v, items);
-}
-
-/* The conversations q reads for key (with one, the first: ERR_NOTFOUND when none),
- * with their messages when asked. */
-static int read_convs(struct store *st, int q, const char *key, bool one, bool with_messages,
-                      json_t **out)
-{
-    struct rd r = sq_rd_get(st);
-    struct rows_convs x = {add_messages, r.c, one, with_messages, NULL};
-    int rc = sq_take(r.c, &conv_q[q], &DB_T(key), 1, rows_take_convs, &x);
-
-    sq_rd_put(&r);
-    return rows_give(rc, x.v, out);
-}
-
-int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out)
-{
-    return read_convs(st, C_BY_ID, id, true, with_messages, out);
-}
-
-int sq_task_conversations(struct store *st, const char *task_id, json_t **out)
-{
-    return read_convs(st, C_OF_TASK, task_id, false, true, out);
-}
-
-int sq_conversation_stats(struct store *st, json_t **out)
-{
-    struct rd r = sq_rd_get(st);
-    json_t *by_model = json_object();
-    struct rows_conv_totals t = {0};
-    int rc = by_model ? sq_take(r.c, &conv_q[C_STATS], NULL, 0, rows_take_conv_totals, &t)
-                      : ERR_NOMEM;
-
-    if (rc == 0)
-        rc = sq_take(r.c, &conv_q[C_BY_MODEL], NULL, 0, rows_take_by_model, by_model);
-    sq_rd_put(&r);
-    if (rc == 0) {
-        *out = rows_conversation_stats(t.total, t.avg_messages, t.tokens, t.successful, by_model);
-        rc = *out ? 0 : ERR_NOMEM;
-    }
-    json_decref(by_model);
-    return rc;
 }

@@ -69,10 +69,6 @@ static inline struct sqlite_store *S(struct store *st)
     TASK_INSERT_COLS ", seq, max_retries, attempt, error_class, attempts, retry_at, "        \
     "experiment_id, slot"
 
-#define CONV_COLS                                                                          \
-    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
-    "c.ended_at, c.total_messages, c.total_tokens, c.metadata, c.attempt"
-
 /* Reads go to a reader connection, or to the writer for :memory: databases. */
 struct rd {
     struct sqlite_store *s;
@@ -233,25 +229,7 @@ int sq_export_extras(struct store *st, const char *task_id, bool logs, bool conv
                      struct buf *out);
 int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
                        size_t n);
-int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
-                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
-int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
-int sq_task_conversations(struct store *st, const char *task_id, json_t **out);
-int sq_conversation_stats(struct store *st, json_t **out);
 int sq_worker_register(struct store *st, const struct worker_reg *reg);
-int sq_worker_token(struct store *st, const char *id, char **token_hash);
-int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
-int sq_worker_set_status(struct store *st, const char *id, const char *status,
-                         json_t *metadata);
-int sq_worker_list(struct store *st, const char *status, const char *backend_type,
-                   json_t **out);
-int sq_worker_get(struct store *st, const char *id, json_t **out);
-int sq_worker_counts(struct store *st, int64_t counts[3]);
-int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
-int sq_events_after(struct store *st, int64_t after, int limit, json_t **out);
-int sq_logs_after(struct store *st, int64_t after, int limit, json_t **out);
-int sq_events_prune(struct store *st, int64_t before);
-int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
 int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
