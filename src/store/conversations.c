@@ -1,6 +1,6 @@
-/* store/conversations: reading LLM conversations and their messages, written once for
- * both backends (store/db.h). Appending messages stays in each backend
- * (sqlite/conversations.c, pg/conversations.c): PostgreSQL finds or makes a
+/* store/conversations: LLM conversations and their messages, written once for both
+ * backends (store/db.h), but for inserting messages (each backend's insert_messages,
+ * in sqlite/conversations.c and pg/conversations.c): PostgreSQL finds or makes a
  * conversation with one upsert and counts a message in the statement that inserts it;
  * SQLite looks the conversation up, makes it when missing, and updates its counts
  * apart, inside its write transaction. */
@@ -63,6 +63,28 @@ static const struct db_stmt conv_q[C_N] = {
                           "SELECT model_name, count(*) FROM llm_conversations "
                           "WHERE model_name IS NOT NULL GROUP BY model_name"),
 };
+
+/* The context of append_body. */
+struct append {
+    const char *task_id;
+    const struct msg_entry *e;
+    size_t n;
+};
+
+static int append_body(struct db_conn *c, void *ctx)
+{
+    struct append *x = ctx;
+
+    return c->ops->insert_messages(c, x->task_id, x->e, x->n);
+}
+
+int db_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n)
+{
+    struct append x = {task_id, e, n};
+
+    return n ? db_in_write(st, append_body, &x) : 0;
+}
 
 /* Sets conv's "messages" to the messages of conversation seq, read on conn (a
  * struct db_conn; for rows_take_convs). */

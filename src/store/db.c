@@ -9,6 +9,12 @@ int db_take(struct db_conn *c, const struct db_stmt *q, const struct db_arg *arg
     return c->ops->take(c, q, args, n, take, ctx);
 }
 
+int db_take_once(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx)
+{
+    return c->ops->take_once(c, q, args, n, take, ctx);
+}
+
 int db_run(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
            int *changes)
 {
@@ -28,6 +34,11 @@ int db_read_tx(struct store *st, db_body_fn body, void *ctx)
 int db_in_write(struct store *st, db_body_fn body, void *ctx)
 {
     return st->db->in_write(st, body, ctx);
+}
+
+int db_on_write(struct store *st, db_body_fn body, void *ctx)
+{
+    return st->db->on_write(st, body, ctx);
 }
 
 int db_write(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,

@@ -8,7 +8,9 @@
  * of store/rows.h. A backend supplies struct db_ops (its handle's st->db) and starts
  * each of its connections with struct db_conn, whose ops run one statement: that is
  * all the shared code knows of it. Each backend prepares a db_stmt once per connection
- * on first use, like its own statements.
+ * on first use, like its own statements. A step one dialect does without (SQLite
+ * selects the running tasks it is about to cancel; PostgreSQL's UPDATE returns them)
+ * has NULL for that dialect's text: take and run then return 0 at once.
  * What differs on purpose stays in the backend's folder: PostgreSQL's SKIP LOCKED
  * claim and unnest() batch inserts, its NOTIFY and listener; SQLite's BEGIN IMMEDIATE
  * writer and reader pool; and statements whose shape differs (one CTE on PostgreSQL
@@ -33,8 +35,8 @@
 /* One named statement in both dialects. */
 struct db_stmt {
     const char *what;               /* what it does, for the log */
-    const char *sqlite;             /* SQLite's SQL */
-    const char *pg;                 /* PostgreSQL's SQL */
+    const char *sqlite;             /* SQLite's SQL; NULL: not run on SQLite */
+    const char *pg;                 /* PostgreSQL's SQL; NULL: not run on PostgreSQL */
 };
 /* A statement both dialects accept as written (parameters $1..$n). */
 #define DB_SQL(what_, sql_) {.what = (what_), .sqlite = (sql_), .pg = (sql_)}
@@ -67,10 +69,22 @@ struct db_ops {
      * called. */
     int (*take)(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
                 rows_take_fn take, void *ctx);
+    /* take_once: take on SQL made at run time (q on the caller's stack), prepared for
+     * this use only. */
+    int (*take_once)(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args,
+                     int n, rows_take_fn take, void *ctx);
     /* run: q on c stepped to its end, adding the rows it changed to *changes (may be
      * NULL). */
     int (*run)(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
                int *changes);
+    /* insert_messages: n messages of a task (each with its conversation, made on first
+     * use), inside the caller's write transaction on c, stopping at the first error. */
+    int (*insert_messages)(struct db_conn *c, const char *task_id, const struct msg_entry *e,
+                           size_t n);
+    /* insert_logs: n log lines of a task, on c (inside the caller's write transaction,
+     * where there is one). */
+    int (*insert_logs)(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                       size_t n);
     /* on_read: body(c, ctx) on a connection to read on, taken and given back around it
      * (no transaction); body's result. */
     int (*on_read)(struct store *st, db_body_fn body, void *ctx);
@@ -81,6 +95,11 @@ struct db_ops {
      * >= 0, else rolled back; body's result, or the error of BEGIN (body not called)
      * or COMMIT. */
     int (*in_write)(struct store *st, db_body_fn body, void *ctx);
+    /* on_write: body on a connection to write on, for statements each of which is
+     * atomic alone: SQLite runs body in its write transaction (as in_write; the writer
+     * knows no other way); PostgreSQL on a pooled connection, each statement its own
+     * transaction (and retried once on a lost connection). */
+    int (*on_write)(struct store *st, db_body_fn body, void *ctx);
     /* write: q alone as a write (SQLite: in its own write transaction; PostgreSQL: one
      * statement, retried once on a lost connection); *changes (may be NULL) set to the
      * rows it changed. */
@@ -96,11 +115,14 @@ struct db_conn {
 /* Thin wrappers of the ops (contracts above), for the shared code. */
 int db_take(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+int db_take_once(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 int db_run(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args, int n,
            int *changes) __attribute__((warn_unused_result));
 int db_on_read(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 int db_read_tx(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 int db_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+int db_on_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 int db_write(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
              int *changes) __attribute__((warn_unused_result));
 
@@ -150,10 +172,57 @@ int db_worker_get(struct store *st, const char *id, json_t **out);
 int db_worker_counts(struct store *st, int64_t counts[3]);
 
 /* conversations.c */
+int db_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n);
 int db_conversations_list(struct store *st, const char *task_id, const char *model_name,
                           int64_t limit, int64_t offset, json_t **items, int64_t *total);
 int db_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
 int db_task_conversations(struct store *st, const char *task_id, json_t **out);
 int db_conversation_stats(struct store *st, json_t **out);
+
+/* experiments.c */
+int db_experiment_get(struct store *st, const char *id, struct experiment **out);
+int db_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
+                       int64_t *total);
+int db_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
+int db_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
+int db_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
+int db_experiments_end(struct store *st, int64_t now, int *n);
+
+/* tasks.c */
+/* db_load_task: the task of id (or, by_key, of idempotency key) read on c (caller
+ * frees); ERR_NOTFOUND when there is none. */
+int db_load_task(struct db_conn *c, bool by_key, const char *key,
+                 struct task **out) __attribute__((warn_unused_result));
+int db_task_get(struct store *st, const char *id, struct task **out);
+int db_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
+int db_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
+int db_task_lease_status(struct store *st, const char *id, const char *lease_token,
+                         enum task_status *status);
+int db_task_stats(struct store *st, bool with_averages, struct task_stats *out);
+
+/* sessions.c */
+int db_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
+                     int64_t now);
+int db_session_get(struct store *st, const char *task_id, json_t **out);
+int db_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
+                    int *step);
+int db_session_next(struct store *st, const char *task_id, int after, int *step,
+                    char **action);
+int db_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
+int db_session_end(struct store *st, const char *task_id);
+int db_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
+
+/* logs.c */
+int db_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
+int db_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
+                 int64_t offset, json_t **logs, int64_t *total);
+int db_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
+                     struct buf *out);
+
+/* webhooks.c */
+int db_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
+                      int attempts, int64_t next_at, const char *error);
 
 #endif

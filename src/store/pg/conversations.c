@@ -72,9 +72,10 @@ static int insert_one(struct pgconn *pc, const char *seq, const struct msg_entry
     return rc;
 }
 
-int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_entry *e,
+int pg_insert_messages(struct db_conn *dc, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
+    struct pgconn *pc = (struct pgconn *)dc; /* every struct pgconn starts with its db_conn */
     char seq[24] = "", seq_of[256] = ""; /* the conversation of the previous message */
     int rc = 0;
 
@@ -91,26 +92,4 @@ int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_
             rc = insert_one(pc, seq, &e[i]);
     }
     return rc;
-}
-
-/* The context of append's body. */
-struct append {
-    const char *task_id;
-    const struct msg_entry *e;
-    size_t n;
-};
-
-static int append(struct pgconn *pc, void *ctx)
-{
-    struct append *x = ctx;
-
-    return pg_insert_messages(pc, x->task_id, x->e, x->n);
-}
-
-int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                       size_t n)
-{
-    struct append x = {task_id, e, n};
-
-    return n ? pg_in_tx(st, append, &x) : 0;
 }

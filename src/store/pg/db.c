@@ -544,12 +544,13 @@ static int vals_make(struct vals *x, const struct db_arg *args, int n)
     return rc;
 }
 
-/* Runs q's PostgreSQL text with args on the connection dc and opens a cursor on its
- * result; the cursor is ended with pg_end either way. */
+/* Runs q's PostgreSQL text with args on the connection dc, prepared there once when
+ * prepare (else for this use only), and opens a cursor on its result; the cursor is
+ * ended with pg_end either way. */
 static int open_stmt(struct pg_cursor *cur, struct db_conn *dc, const struct db_stmt *q,
-                     const struct db_arg *args, int n)
+                     bool prepare, const struct db_arg *args, int n)
 {
-    const struct stmt t = {q, q->what, q->pg};
+    const struct stmt t = {prepare ? q : NULL, q->what, q->pg};
     struct vals x;
     int rc = vals_make(&x, args, n);
     PGresult *r = rc == 0 ? run_any((struct pgconn *)dc, &t, n, x.v, &rc) : NULL;
@@ -564,15 +565,28 @@ static int db_take_pg(struct db_conn *dc, const struct db_stmt *q, const struct 
 {
     struct pg_cursor cur;
 
-    return take_opened(&cur, open_stmt(&cur, dc, q, args, n), take, ctx);
+    if (!q->pg)
+        return 0; /* not a statement of this dialect */
+    return take_opened(&cur, open_stmt(&cur, dc, q, true, args, n), take, ctx);
+}
+
+static int db_take_once_pg(struct db_conn *dc, const struct db_stmt *q,
+                           const struct db_arg *args, int n, rows_take_fn take, void *ctx)
+{
+    struct pg_cursor cur;
+
+    return take_opened(&cur, open_stmt(&cur, dc, q, false, args, n), take, ctx);
 }
 
 static int db_run_pg(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
                      int n, int *changes)
 {
     struct pg_cursor cur;
-    int rc = open_stmt(&cur, dc, q, args, n);
+    int rc;
 
+    if (!q->pg)
+        return 0; /* not a statement of this dialect */
+    rc = open_stmt(&cur, dc, q, true, args, n);
     if (rc == 0 && changes)
         *changes += pg_changes(&cur);
     return pg_end(&cur, rc);
@@ -622,10 +636,14 @@ static int db_write_pg(struct store *st, const struct db_stmt *q, const struct d
 
 static const struct db_ops pg_db_ops = {
     .take = db_take_pg,
+    .take_once = db_take_once_pg,
     .run = db_run_pg,
+    .insert_messages = pg_insert_messages,
+    .insert_logs = pg_insert_logs,
     .on_read = db_on_read_pg,
     .read_tx = db_in_tx_pg,
     .in_write = db_in_tx_pg,
+    .on_write = db_on_read_pg,
     .write = db_write_pg,
 };
 
@@ -872,16 +890,16 @@ const struct store_ops store_pg_ops = {
     .ping = pg_ping,
     .listen = pg_listen,
     .task_insert = pg_task_insert,
-    .task_get = pg_task_get,
-    .task_list = pg_task_list,
-    .task_cancel = pg_task_cancel,
+    .task_get = db_task_get,
+    .task_list = db_task_list,
+    .task_cancel = db_task_cancel,
     .task_claim = pg_task_claim,
     .task_finish = pg_task_finish,
-    .task_lease_status = pg_task_lease_status,
-    .task_stats = pg_task_stats,
-    .logs_append = pg_logs_append,
-    .logs_list = pg_logs_list,
-    .messages_append = pg_messages_append,
+    .task_lease_status = db_task_lease_status,
+    .task_stats = db_task_stats,
+    .logs_append = db_logs_append,
+    .logs_list = db_logs_list,
+    .messages_append = db_messages_append,
     .conversations_list = db_conversations_list,
     .conversation_get = db_conversation_get,
     .task_conversations = db_task_conversations,
@@ -896,27 +914,27 @@ const struct store_ops store_pg_ops = {
     .reap = pg_reap,
     .recover = pg_recover,
     .experiment_create = pg_experiment_create,
-    .experiment_get = pg_experiment_get,
-    .experiment_list = pg_experiment_list,
-    .experiment_scoreboard = pg_experiment_scoreboard,
-    .experiment_cancel = pg_experiment_cancel,
-    .experiment_slots = pg_experiment_slots,
+    .experiment_get = db_experiment_get,
+    .experiment_list = db_experiment_list,
+    .experiment_scoreboard = db_experiment_scoreboard,
+    .experiment_cancel = db_experiment_cancel,
+    .experiment_slots = db_experiment_slots,
     .experiment_add_tasks = pg_experiment_add_tasks,
-    .experiments_end = pg_experiments_end,
+    .experiments_end = db_experiments_end,
     .webhooks_due = pg_webhooks_due,
-    .webhook_result = pg_webhook_result,
+    .webhook_result = db_webhook_result,
     .events_head = db_events_head,
     .events_after = db_events_after,
     .logs_after = db_logs_after,
     .events_prune = db_events_prune,
     .task_timeseries = db_task_timeseries,
-    .export_extras = pg_export_extras,
-    .session_ready = pg_session_ready,
-    .session_get = pg_session_get,
-    .session_step = pg_session_step,
-    .session_next = pg_session_next,
-    .session_answer = pg_session_answer,
-    .session_end = pg_session_end,
-    .session_idle = pg_session_idle,
+    .export_extras = db_export_extras,
+    .session_ready = db_session_ready,
+    .session_get = db_session_get,
+    .session_step = db_session_step,
+    .session_next = db_session_next,
+    .session_answer = db_session_answer,
+    .session_end = db_session_end,
+    .session_idle = db_session_idle,
     .listen_sessions = pg_listen_sessions,
 };

@@ -43,20 +43,8 @@ struct pg_query {
     const char *sql;
 };
 
-#define TASK_COLS                                                                          \
-    "id, problem_id, status, priority, backend_type, mode, parameters::text, "              \
-    "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
-    "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
-    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq, max_retries, attempt, " \
-    "error_class, attempts::text, te_us(retry_at), experiment_id, slot::text"
-
-#define TASK_COLS_T                                                                        \
-    "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
-    "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "     \
-    "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "        \
-    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
-    "t.seq, t.max_retries, t.attempt, t.error_class, t.attempts::text, te_us(t.retry_at), "   \
-    "t.experiment_id, t.slot::text"
+#define TASK_COLS TASK_COLS_PG           /* store/rows.h */
+#define TASK_COLS_T TASK_COLS_T_PG
 
 struct pg_store;
 
@@ -206,26 +194,18 @@ int pg_migrate(PGconn *c) __attribute__((warn_unused_result));
 /* pg_log_arrays_build: the array literals of n log lines (reset a even on error). */
 int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n);
 void pg_log_arrays_reset(struct log_arrays *a);
+/* pg_insert_logs: the db_ops insert_logs of PostgreSQL (store/db.h). */
+int pg_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
 
 /* conversations.c */
-/* pg_insert_messages: n messages (and their conversations), inside the caller's
- * transaction on pc; 0 or the error. */
-int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_entry *e,
+/* pg_insert_messages: the db_ops insert_messages of PostgreSQL (store/db.h). */
+int pg_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
                        size_t n) __attribute__((warn_unused_result));
 
-/* tasks.c */
-/* pg_load_task: the task of id (or, by_key, idempotency key) (caller frees). */
-int pg_load_task(struct pgconn *pc, bool by_key, const char *key,
-                 struct task **out) __attribute__((warn_unused_result));
 
 /* The operations of store_pg_ops (contracts in store.h), one file per concern. */
 int pg_task_insert(struct store *st, struct task *t, struct task **existing);
-int pg_task_get(struct store *st, const char *id, struct task **out);
-int pg_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
-int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
-int pg_task_lease_status(struct store *st, const char *id, const char *lease_token,
-                         enum task_status *status);
-int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
@@ -235,37 +215,10 @@ int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t r
                int *n_failed);
 int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
                          size_t n);
-int pg_experiment_get(struct store *st, const char *id, struct experiment **out);
-int pg_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
-                       int64_t *total);
-int pg_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
-int pg_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
-int pg_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
 int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
                             size_t n, size_t *added);
-int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
-int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                 int64_t offset, json_t **logs, int64_t *total);
-int pg_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
-                     struct buf *out);
-int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                       size_t n);
 int pg_worker_register(struct store *st, const struct worker_reg *reg);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int pg_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error);
-int pg_experiments_end(struct store *st, int64_t now, int *n);
-int pg_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
-                     int64_t now);
-int pg_session_get(struct store *st, const char *task_id, json_t **out);
-int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step);
-int pg_session_next(struct store *st, const char *task_id, int after, int *step,
-                    char **action);
-int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
-int pg_session_end(struct store *st, const char *task_id);
-int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
 #endif

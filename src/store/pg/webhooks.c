@@ -1,4 +1,5 @@
-/* store/pg/webhooks: due deliveries (leased, SKIP LOCKED) and their results. */
+/* store/pg/webhooks: leasing the due deliveries (SKIP LOCKED), each statement committing
+ * alone. A delivery's result is written once, in store/webhooks.c. */
 #include "store/pg/pg_int.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -9,9 +10,7 @@
 
 enum {
     H_DUE,
-    H_RESULT,
     H_DUE_EXPERIMENTS,
-    H_RESULT_EXPERIMENT,
     H_N
 };
 
@@ -22,9 +21,6 @@ static const struct pg_query webhook_q[H_N] = {
                "(SELECT seq FROM tasks WHERE webhook_state = 'pending' AND webhook_next_at <= "
                "te_ts($1) ORDER BY webhook_next_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING "
                "id, callback_url, webhook_attempts"},
-    [H_RESULT] = {"webhooks",
-                  "UPDATE tasks SET webhook_state = $2, webhook_attempts = $3, webhook_next_at "
-                  "= te_ts($4), webhook_error = $5 WHERE id = $1"},
     /* The same for experiments that ended (store_experiments_end made them due). */
     [H_DUE_EXPERIMENTS] = {"webhooks",
                            "UPDATE experiments SET webhook_next_at = te_ts($1::bigint + "
@@ -32,10 +28,6 @@ static const struct pg_query webhook_q[H_N] = {
                            "webhook_state = 'pending' AND webhook_next_at <= te_ts($1) ORDER BY "
                            "webhook_next_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, "
                            "callback_url, webhook_attempts"},
-    [H_RESULT_EXPERIMENT] = {"webhooks",
-                             "UPDATE experiments SET webhook_state = $2, webhook_attempts = $3, "
-                             "webhook_next_at = te_ts($4), webhook_error = $5 WHERE id = $1 AND "
-                             "ended_at IS NOT NULL AND webhook_state = 'pending'"},
 };
 
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
@@ -56,14 +48,4 @@ int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
     }
     *n = x.n + more.n;
     return rc;
-}
-
-int pg_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error)
-{
-    struct num a, b;
-    const char *v[5] = {job->task_id, state, num(&a, attempts), num(&b, next_at), error};
-
-    return pg_write(st, &webhook_q[job->experiment ? H_RESULT_EXPERIMENT : H_RESULT], 5, v,
-                    NULL);
 }

@@ -78,19 +78,13 @@ static int insert_message(struct conn *c, const char *task_id, const struct msg_
     return rc;
 }
 
-int sq_insert_messages(struct conn *c, void *batch)
-{
-    const struct sq_batch *b = batch;
-    const struct msg_entry *e = b->items;
-    int rc = 0;
-
-    for (size_t i = 0; rc == 0 && i < b->n; i++)
-        rc = insert_message(c, b->task_id, &e[i]);
-    return rc;
-}
-
-int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+int sq_insert_messages(struct db_conn *dc, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
-    return sq_in_write(st, sq_insert_messages, &(struct sq_batch){task_id, e, n});
+    struct conn *c = (struct conn *)dc; /* every struct conn starts with its db_conn */
+    int rc = 0;
+
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = insert_message(c, task_id, &e[i]);
+    return rc;
 }

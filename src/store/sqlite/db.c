@@ -393,11 +393,23 @@ static int db_take_sq(struct db_conn *dc, const struct db_stmt *q, const struct 
                       int n, rows_take_fn take, void *ctx)
 {
     struct sq_cursor cur;
-    int rc = open_stmt(&cur, dc, q, args, n);
+    int rc;
 
+    if (!q->sqlite)
+        return 0; /* not a statement of this dialect */
+    rc = open_stmt(&cur, dc, q, args, n);
     if (rc == 0)
         rc = take(&cur.base, ctx);
     return sq_end(&cur, rc);
+}
+
+static int db_take_once_sq(struct db_conn *dc, const struct db_stmt *q,
+                           const struct db_arg *args, int n, rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+
+    return bind_take(&cur, sq_open_sql(&cur, conn_of(dc), q->what, q->sqlite), args, n, take,
+                     ctx);
 }
 
 static int db_run_sq(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
@@ -405,6 +417,8 @@ static int db_run_sq(struct db_conn *dc, const struct db_stmt *q, const struct d
 {
     struct sq_cursor cur;
 
+    if (!q->sqlite)
+        return 0; /* not a statement of this dialect */
     return run_opened(&cur, open_stmt(&cur, dc, q, args, n), changes);
 }
 
@@ -464,10 +478,14 @@ static int db_write_sq(struct store *st, const struct db_stmt *q, const struct d
 
 static const struct db_ops sq_db_ops = {
     .take = db_take_sq,
+    .take_once = db_take_once_sq,
     .run = db_run_sq,
+    .insert_messages = sq_insert_messages,
+    .insert_logs = sq_insert_logs,
     .on_read = db_on_read_sq,
     .read_tx = db_on_read_sq,
     .in_write = db_in_write_sq,
+    .on_write = db_in_write_sq,
     .write = db_write_sq,
 };
 
@@ -698,16 +716,16 @@ const struct store_ops store_sqlite_ops = {
     .close = sq_close,
     .ping = sq_ping,
     .task_insert = sq_task_insert,
-    .task_get = sq_task_get,
-    .task_list = sq_task_list,
-    .task_cancel = sq_task_cancel,
+    .task_get = db_task_get,
+    .task_list = db_task_list,
+    .task_cancel = db_task_cancel,
     .task_claim = sq_task_claim,
     .task_finish = sq_task_finish,
-    .task_lease_status = sq_task_lease_status,
-    .task_stats = sq_task_stats,
-    .logs_append = sq_logs_append,
-    .logs_list = sq_logs_list,
-    .messages_append = sq_messages_append,
+    .task_lease_status = db_task_lease_status,
+    .task_stats = db_task_stats,
+    .logs_append = db_logs_append,
+    .logs_list = db_logs_list,
+    .messages_append = db_messages_append,
     .conversations_list = db_conversations_list,
     .conversation_get = db_conversation_get,
     .task_conversations = db_task_conversations,
@@ -722,26 +740,26 @@ const struct store_ops store_sqlite_ops = {
     .reap = sq_reap,
     .recover = sq_recover,
     .experiment_create = sq_experiment_create,
-    .experiment_get = sq_experiment_get,
-    .experiment_list = sq_experiment_list,
-    .experiment_scoreboard = sq_experiment_scoreboard,
-    .experiment_cancel = sq_experiment_cancel,
-    .experiment_slots = sq_experiment_slots,
+    .experiment_get = db_experiment_get,
+    .experiment_list = db_experiment_list,
+    .experiment_scoreboard = db_experiment_scoreboard,
+    .experiment_cancel = db_experiment_cancel,
+    .experiment_slots = db_experiment_slots,
     .experiment_add_tasks = sq_experiment_add_tasks,
-    .experiments_end = sq_experiments_end,
+    .experiments_end = db_experiments_end,
     .webhooks_due = sq_webhooks_due,
-    .webhook_result = sq_webhook_result,
+    .webhook_result = db_webhook_result,
     .events_head = db_events_head,
     .events_after = db_events_after,
     .logs_after = db_logs_after,
     .events_prune = db_events_prune,
     .task_timeseries = db_task_timeseries,
-    .export_extras = sq_export_extras,
-    .session_ready = sq_session_ready,
-    .session_get = sq_session_get,
-    .session_step = sq_session_step,
-    .session_next = sq_session_next,
-    .session_answer = sq_session_answer,
-    .session_end = sq_session_end,
-    .session_idle = sq_session_idle,
+    .export_extras = db_export_extras,
+    .session_ready = db_session_ready,
+    .session_get = db_session_get,
+    .session_step = db_session_step,
+    .session_next = db_session_next,
+    .session_answer = db_session_answer,
+    .session_end = db_session_end,
+    .session_idle = db_session_idle,
 };

@@ -203,7 +203,7 @@ struct finish {
 static int refusal(struct conn *c, const char *id)
 {
     struct task *t = NULL;
-    int rc = sq_load_task(c, false, id, &t) == ERR_NOTFOUND ? ERR_NOTFOUND : ERR_CONFLICT;
+    int rc = db_load_task(&c->base, false, id, &t) == ERR_NOTFOUND ? ERR_NOTFOUND : ERR_CONFLICT;
 
     task_free(t);
     return rc;
@@ -216,7 +216,7 @@ static int finish(struct conn *c, void *ctx)
 {
     struct finish *x = ctx;
     char *worker = NULL;
-    int rc = sq_insert_logs(c, &(struct sq_batch){x->id, x->end->logs, x->end->n_logs});
+    int rc = sq_insert_logs(&c->base, x->id, x->end->logs, x->end->n_logs);
 
     if (rc == 0)
         rc = finish_row(c, x->id, x->lease_token, x->end, &worker);

@@ -59,15 +59,7 @@ static inline struct sqlite_store *S(struct store *st)
     return (struct sqlite_store *)st;
 }
 
-#define TASK_INSERT_COLS                                                                   \
-    "id, problem_id, status, priority, backend_type, mode, parameters, metadata, "         \
-    "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
-    "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
-
-/* ... then seq and the retry and experiment columns (store/rows.h, rows_task) */
-#define TASK_COLS                                                                          \
-    TASK_INSERT_COLS ", seq, max_retries, attempt, error_class, attempts, retry_at, "        \
-    "experiment_id, slot"
+#define TASK_COLS TASK_COLS_SQ           /* store/rows.h */
 
 /* Reads go to a reader connection, or to the writer for :memory: databases. */
 struct rd {
@@ -162,11 +154,6 @@ int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg 
 int sq_migrate(struct conn *c) __attribute__((warn_unused_result));
 
 /* tasks.c */
-/* sq_load_task: the task of id (or, by_key, of idempotency key) read on c (caller
- * frees); ERR_NOTFOUND, ERR_NOMEM or ERR_STORE. */
-int sq_load_task(struct conn *c, bool by_key, const char *key,
-                 struct task **out) __attribute__((warn_unused_result));
-
 /* sq_insert_task: the row of a new task (with its retry and experiment fields), inside
  * the caller's write transaction. */
 int sq_insert_task(struct conn *c, const struct task *t) __attribute__((warn_unused_result));
@@ -177,33 +164,19 @@ int sq_insert_task(struct conn *c, const struct task *t) __attribute__((warn_unu
 int sq_claim_in(struct conn *c, const struct claim_req *req,
                 struct task **out) __attribute__((warn_unused_result));
 
-/* What a batch insert appends: n items (struct log_entry or struct msg_entry) of a
- * task, all borrowed. */
-struct sq_batch {
-    const char *task_id;
-    const void *items;
-    size_t n;
-};
 
 /* logs.c */
-/* sq_insert_logs: the log lines of batch (a struct sq_batch of struct log_entry),
- * inside the caller's write transaction; shaped as a body of sq_in_write. */
-int sq_insert_logs(struct conn *c, void *batch) __attribute__((warn_unused_result));
+/* sq_insert_logs: the db_ops insert_logs of SQLite (store/db.h). */
+int sq_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
 
 /* conversations.c */
-/* sq_insert_messages: the messages of batch (a struct sq_batch of struct msg_entry),
- * each with its conversation, made on first use, inside the caller's write transaction,
- * stopping at the first error; shaped as a body of sq_in_write. */
-int sq_insert_messages(struct conn *c, void *batch) __attribute__((warn_unused_result));
+/* sq_insert_messages: the db_ops insert_messages of SQLite (store/db.h). */
+int sq_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n) __attribute__((warn_unused_result));
 
 /* The operations of store_sqlite_ops (contracts in store.h), one file per concern. */
 int sq_task_insert(struct store *st, struct task *t, struct task **existing);
-int sq_task_get(struct store *st, const char *id, struct task **out);
-int sq_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
-int sq_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
-int sq_task_lease_status(struct store *st, const char *id, const char *lease_token,
-                         enum task_status *status);
-int sq_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int sq_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
@@ -213,38 +186,10 @@ int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t r
                int *n_failed);
 int sq_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
                          size_t n);
-int sq_experiment_get(struct store *st, const char *id, struct experiment **out);
-int sq_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
-                       int64_t *total);
-int sq_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
-int sq_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
-int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
 int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
                             size_t n, size_t *added);
-int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
-                   size_t n);
-int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                 int64_t offset, json_t **logs, int64_t *total);
-int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
-                     struct buf *out);
-int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                       size_t n);
 int sq_worker_register(struct store *st, const struct worker_reg *reg);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error);
-int sq_experiments_end(struct store *st, int64_t now, int *n);
-int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
-                     int64_t now);
-int sq_session_get(struct store *st, const char *task_id, json_t **out);
-int sq_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step);
-int sq_session_next(struct store *st, const char *task_id, int after, int *step,
-                    char **action);
-int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
-int sq_session_end(struct store *st, const char *task_id);
-int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
 #endif

@@ -1,4 +1,5 @@
-/* store/sqlite/webhooks: due deliveries (leased) and their results. */
+/* store/sqlite/webhooks: leasing the due deliveries, of tasks and of experiments, in one
+ * write transaction. A delivery's result is written once, in store/webhooks.c. */
 #include "store/sqlite/sqlite_int.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -8,9 +9,7 @@
 
 enum {
     H_DUE,
-    H_RESULT,
     H_DUE_EXPERIMENTS,
-    H_RESULT_EXPERIMENT,
     H_N
 };
 
@@ -20,19 +19,12 @@ static const struct sq_query webhook_q[H_N] = {
                "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT seq FROM tasks "
                "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY "
                "webhook_next_at LIMIT ?3) RETURNING id, callback_url, webhook_attempts"},
-    [H_RESULT] = {"webhooks",
-                  "UPDATE tasks SET webhook_state = ?2, webhook_attempts = ?3, webhook_next_at "
-                  "= ?4, webhook_error = ?5 WHERE id = ?1"},
     /* The same for experiments that ended (store_experiments_end made them due). */
     [H_DUE_EXPERIMENTS] = {"webhooks",
                            "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
                            "seq FROM experiments WHERE webhook_state = 'pending' AND "
                            "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
                            "id, callback_url, webhook_attempts"},
-    [H_RESULT_EXPERIMENT] = {"webhooks",
-                             "UPDATE experiments SET webhook_state = ?2, webhook_attempts = ?3, "
-                             "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1 AND "
-                             "ended_at IS NOT NULL AND webhook_state = 'pending'"},
 };
 
 /* The context of due's body. */
@@ -70,14 +62,4 @@ int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
     }
     *n = x.jobs.n;
     return rc;
-}
-
-int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error)
-{
-    const struct db_arg args[5] = {DB_T(job->task_id), DB_T(state), DB_I(attempts),
-                                   DB_I(next_at), DB_T(error)};
-
-    return sq_write(st, &webhook_q[job->experiment ? H_RESULT_EXPERIMENT : H_RESULT], args, 5,
-                    NULL);
 }
