@@ -225,4 +225,45 @@ int db_export_extras(struct store *st, const char *task_id, bool logs, bool conv
 int db_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
                       int attempts, int64_t next_at, const char *error);
 
+/* The entries of each backend's struct store_ops written once, above the backends. */
+#define DB_STORE_OPS                                                                       \
+    .task_get = db_task_get,                                                               \
+    .task_list = db_task_list,                                                             \
+    .task_cancel = db_task_cancel,                                                         \
+    .task_lease_status = db_task_lease_status,                                             \
+    .task_stats = db_task_stats,                                                           \
+    .logs_append = db_logs_append,                                                         \
+    .logs_list = db_logs_list,                                                             \
+    .messages_append = db_messages_append,                                                 \
+    .conversations_list = db_conversations_list,                                           \
+    .conversation_get = db_conversation_get,                                               \
+    .task_conversations = db_task_conversations,                                           \
+    .conversation_stats = db_conversation_stats,                                           \
+    .worker_token = db_worker_token,                                                       \
+    .worker_heartbeat = db_worker_heartbeat,                                               \
+    .worker_set_status = db_worker_set_status,                                             \
+    .worker_list = db_worker_list,                                                         \
+    .worker_get = db_worker_get,                                                           \
+    .worker_counts = db_worker_counts,                                                     \
+    .experiment_get = db_experiment_get,                                                   \
+    .experiment_list = db_experiment_list,                                                 \
+    .experiment_scoreboard = db_experiment_scoreboard,                                     \
+    .experiment_cancel = db_experiment_cancel,                                             \
+    .experiment_slots = db_experiment_slots,                                               \
+    .experiments_end = db_experiments_end,                                                 \
+    .webhook_result = db_webhook_result,                                                   \
+    .events_head = db_events_head,                                                         \
+    .events_after = db_events_after,                                                       \
+    .logs_after = db_logs_after,                                                           \
+    .events_prune = db_events_prune,                                                       \
+    .task_timeseries = db_task_timeseries,                                                 \
+    .export_extras = db_export_extras,                                                     \
+    .session_ready = db_session_ready,                                                     \
+    .session_get = db_session_get,                                                         \
+    .session_step = db_session_step,                                                       \
+    .session_next = db_session_next,                                                       \
+    .session_answer = db_session_answer,                                                   \
+    .session_end = db_session_end,                                                         \
+    .session_idle = db_session_idle
+
 #endif

@@ -1,9 +1,10 @@
 /* store: the storage interface. One vtable (struct store_ops), one folder per
  * backend (store/sqlite/, store/pg/: a file per concern and a private header), and the
  * store_* wrappers everyone calls (store.c). What the backends share is written once
- * above them: store/rows.c turns rows into the API's values (through a cursor whose
- * next() says row, done or error) and store/rules.[ch] holds the business rules (the
- * failure texts the store writes, supported_problems globs).
+ * above them: most operations, one file per concern over store/db.h (a statement
+ * table in both dialects, the C once); store/rows.c turns rows into the API's values
+ * (through a cursor whose next() says row, done or error) and store/rules.[ch] holds
+ * the business rules (the failure texts the store writes, supported_problems globs).
  *
  * DESIGN
  * The queue rules live in the SQL of each backend so that they hold across

@@ -75,7 +75,7 @@ static int insert_one(struct pgconn *pc, const char *seq, const struct msg_entry
 int pg_insert_messages(struct db_conn *dc, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
-    struct pgconn *pc = (struct pgconn *)dc; /* every struct pgconn starts with its db_conn */
+    struct pgconn *pc = pg_conn(dc);
     char seq[24] = "", seq_of[256] = ""; /* the conversation of the previous message */
     int rc = 0;
 

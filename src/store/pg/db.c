@@ -351,16 +351,6 @@ int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q
     return rc;
 }
 
-int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
-                const char *const *vals)
-{
-    int rc;
-    PGresult *r = pg_run_sql(pc, sql, n, vals, &rc);
-
-    cursor_start(cur, r, rc);
-    return rc;
-}
-
 int pg_next(struct pg_cursor *cur)
 {
     if (cur->rc < 0)
@@ -415,14 +405,6 @@ int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *cons
     return take_opened(&cur, pg_open_q(&cur, pc, q, n, vals), take, ctx);
 }
 
-int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                rows_take_fn take, void *ctx)
-{
-    struct pg_cursor cur;
-
-    return take_opened(&cur, pg_open_sql(&cur, pc, sql, n, vals), take, ctx);
-}
-
 int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                  rows_take_fn take, void *ctx)
 {
@@ -433,13 +415,13 @@ int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *
     return rc;
 }
 
-int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx), void *ctx)
+int pg_in_tx(struct store *st, db_body_fn body, void *ctx)
 {
     struct pgconn *pc = pg_conn_get(P(st));
     int rc = pg_tx(pc, "BEGIN"), end;
 
     if (rc == 0)
-        rc = body(pc, ctx);
+        rc = body(&pc->base, ctx);
     if (pc->in_tx) {
         end = pg_tx(pc, rc >= 0 ? "COMMIT" : "ROLLBACK");
         if (rc >= 0 && end < 0)
@@ -447,41 +429,6 @@ int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx), void *
     }
     pg_conn_put(P(st), pc);
     return rc;
-}
-
-int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
-                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
-                 json_t **items, int64_t *total)
-{
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct rows_array a = {.build = build};
-    struct rows_ints x = {.n = 1};
-    int rc = pg_take(pc, count, 2, vals, rows_take_ints, &x);
-
-    if (rc == 0)
-        rc = pg_take(pc, page, n, vals, rows_take_array, &a);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
-        *total = x.v[0];
-    return rows_give(rc, a.v, items);
-}
-
-int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-            json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build};
-    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
-int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-                json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build, .one = true};
-    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
 }
 
 /* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
@@ -553,7 +500,7 @@ static int open_stmt(struct pg_cursor *cur, struct db_conn *dc, const struct db_
     const struct stmt t = {prepare ? q : NULL, q->what, q->pg};
     struct vals x;
     int rc = vals_make(&x, args, n);
-    PGresult *r = rc == 0 ? run_any((struct pgconn *)dc, &t, n, x.v, &rc) : NULL;
+    PGresult *r = rc == 0 ? run_any(pg_conn(dc), &t, n, x.v, &rc) : NULL;
 
     vals_free(&x, n < DB_MAX_ARGS ? n : DB_MAX_ARGS);
     cursor_start(cur, r, rc);
@@ -601,26 +548,6 @@ static int db_on_read_pg(struct store *st, db_body_fn body, void *ctx)
     return rc;
 }
 
-/* A db_body_fn run as the body of pg_in_tx. */
-struct body_call {
-    db_body_fn body;
-    void *ctx;
-};
-
-static int call_body(struct pgconn *pc, void *ctx)
-{
-    struct body_call *x = ctx;
-
-    return x->body(&pc->base, x->ctx);
-}
-
-static int db_in_tx_pg(struct store *st, db_body_fn body, void *ctx)
-{
-    struct body_call x = {body, ctx};
-
-    return pg_in_tx(st, call_body, &x);
-}
-
 static int db_write_pg(struct store *st, const struct db_stmt *q, const struct db_arg *args,
                        int n, int *changes)
 {
@@ -641,8 +568,8 @@ static const struct db_ops pg_db_ops = {
     .insert_messages = pg_insert_messages,
     .insert_logs = pg_insert_logs,
     .on_read = db_on_read_pg,
-    .read_tx = db_in_tx_pg,
-    .in_write = db_in_tx_pg,
+    .read_tx = pg_in_tx,
+    .in_write = pg_in_tx,
     .on_write = db_on_read_pg,
     .write = db_write_pg,
 };
@@ -890,51 +817,14 @@ const struct store_ops store_pg_ops = {
     .ping = pg_ping,
     .listen = pg_listen,
     .task_insert = pg_task_insert,
-    .task_get = db_task_get,
-    .task_list = db_task_list,
-    .task_cancel = db_task_cancel,
     .task_claim = pg_task_claim,
     .task_finish = pg_task_finish,
-    .task_lease_status = db_task_lease_status,
-    .task_stats = db_task_stats,
-    .logs_append = db_logs_append,
-    .logs_list = db_logs_list,
-    .messages_append = db_messages_append,
-    .conversations_list = db_conversations_list,
-    .conversation_get = db_conversation_get,
-    .task_conversations = db_task_conversations,
-    .conversation_stats = db_conversation_stats,
     .worker_register = pg_worker_register,
-    .worker_token = db_worker_token,
-    .worker_heartbeat = db_worker_heartbeat,
-    .worker_set_status = db_worker_set_status,
-    .worker_list = db_worker_list,
-    .worker_get = db_worker_get,
-    .worker_counts = db_worker_counts,
     .reap = pg_reap,
     .recover = pg_recover,
     .experiment_create = pg_experiment_create,
-    .experiment_get = db_experiment_get,
-    .experiment_list = db_experiment_list,
-    .experiment_scoreboard = db_experiment_scoreboard,
-    .experiment_cancel = db_experiment_cancel,
-    .experiment_slots = db_experiment_slots,
     .experiment_add_tasks = pg_experiment_add_tasks,
-    .experiments_end = db_experiments_end,
     .webhooks_due = pg_webhooks_due,
-    .webhook_result = db_webhook_result,
-    .events_head = db_events_head,
-    .events_after = db_events_after,
-    .logs_after = db_logs_after,
-    .events_prune = db_events_prune,
-    .task_timeseries = db_task_timeseries,
-    .export_extras = db_export_extras,
-    .session_ready = db_session_ready,
-    .session_get = db_session_get,
-    .session_step = db_session_step,
-    .session_next = db_session_next,
-    .session_answer = db_session_answer,
-    .session_end = db_session_end,
-    .session_idle = db_session_idle,
     .listen_sessions = pg_listen_sessions,
+    DB_STORE_OPS,
 };

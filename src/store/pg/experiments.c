@@ -102,8 +102,9 @@ struct create {
     size_t added;
 };
 
-static int create_body(struct pgconn *pc, void *ctx)
+static int create_body(struct db_conn *dc, void *ctx)
 {
+    struct pgconn *pc = pg_conn(dc);
     struct create *x = ctx;
     const struct experiment *e = x->e;
     bool ok = true;
@@ -130,8 +131,9 @@ int pg_experiment_create(struct store *st, const struct experiment *e, struct ta
     return pg_in_tx(st, create_body, &x);
 }
 
-static int add_body(struct pgconn *pc, void *ctx)
+static int add_body(struct db_conn *dc, void *ctx)
 {
+    struct pgconn *pc = pg_conn(dc);
     struct create *x = ctx;
     struct rows_array retired = {rows_json_column, false, NULL};
     struct task **chosen = NULL;

@@ -43,7 +43,7 @@ void pg_log_arrays_reset(struct log_arrays *a)
 int pg_insert_logs(struct db_conn *dc, const char *task_id, const struct log_entry *e,
                    size_t n)
 {
-    struct pgconn *pc = (struct pgconn *)dc; /* every struct pgconn starts with its db_conn */
+    struct pgconn *pc = pg_conn(dc);
     struct log_arrays a;
     int rc = pg_log_arrays_build(&a, e, n);
 

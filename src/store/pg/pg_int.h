@@ -1,10 +1,17 @@
 /* store/pg/pg_int.h: what the files of the PostgreSQL backend share.
  *
  * DESIGN
+ * The code of most concerns is written once above both backends (store/<concern>.c
+ * over store/db.h); this backend gives it struct db_ops (db.c: running a statement's
+ * PostgreSQL text with its arguments as text, a read on a pooled connection, a
+ * transaction) and keeps only what differs on purpose: the queue (queue.c: claim,
+ * finish, reap, recover), and the batch inserts and one-statement writes of tasks.c,
+ * logs.c, conversations.c, experiments.c, workers.c and webhooks.c (unnest() of array
+ * literals, CTEs that NOTIFY, SKIP LOCKED leases); each such file says why.
  * A bounded pool of connections shared by HTTP handlers and workers; a thread
- * takes one connection for one store call and gives it back. Each concern file keeps
- * its SQL in one table of named statements (struct pg_query), prepared once per
- * connection on first use; only SQL made at run time (a filtered task list) and
+ * takes one connection for one store call and gives it back. Statements live in
+ * tables (struct db_stmt above the backends, struct pg_query here), each prepared once
+ * per connection on first use; only SQL made at run time (a filtered task list) and
  * transaction control go unprepared. Every result is read through a cursor
  * (struct pg_cursor) whose next() says row, done or error; rows become API values
  * in store/rows.c. Each queue rule is one statement, so it is one
@@ -84,6 +91,12 @@ static inline struct pg_store *P(struct store *st)
     return (struct pg_store *)st;
 }
 
+/* The connection whose db_conn c is (every struct pgconn starts with one). */
+static inline struct pgconn *pg_conn(struct db_conn *c)
+{
+    return (struct pgconn *)c;
+}
+
 /* An integer as a text parameter. */
 struct num {
     char s[24];
@@ -125,12 +138,10 @@ PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *cons
                      int *rc);
 /* pg_tx: "BEGIN", "COMMIT" or "ROLLBACK" on pc, keeping pc->in_tx; 0 or the error. */
 int pg_tx(struct pgconn *pc, const char *verb) __attribute__((warn_unused_result));
-/* pg_open_q / pg_open_sql: runs the statement and opens a cursor on its result; 0 or
- * the error (logged). Either way the cursor is to be ended with pg_end. */
+/* pg_open_q: runs the statement and opens a cursor on its result; 0 or the error
+ * (logged). Either way the cursor is to be ended with pg_end. */
 int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q, int n,
               const char *const *vals) __attribute__((warn_unused_result));
-int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
-                const char *const *vals) __attribute__((warn_unused_result));
 /* pg_next: STORE_ROW, STORE_DONE, or the statement's error. */
 int pg_next(struct pg_cursor *cur) __attribute__((warn_unused_result));
 /* pg_changes: the rows the statement changed. */
@@ -138,12 +149,9 @@ int pg_changes(const struct pg_cursor *cur);
 /* pg_end: clears the result; returns rc when it is an error, else the cursor's. */
 int pg_end(struct pg_cursor *cur, int rc) __attribute__((warn_unused_result));
 /* pg_take: q on pc, its cursor handed to take(cur, ctx) (a consumer of store/rows.h);
- * take's result, or the statement's error (take is then not called). pg_take_sql: the
- * same on SQL made at run time. */
+ * take's result, or the statement's error (take is then not called). */
 int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* pg_read_with: pg_take on a pooled connection, taken and given back around it. */
 int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                  rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
@@ -152,28 +160,10 @@ int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *
  * BEGIN's error (body is then not called) or COMMIT's. What body allocated into ctx is
  * the caller's to keep or free by that result. Most operations need none: each is one
  * statement, so one transaction; this is for those made of several. */
-int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx),
-             void *ctx) __attribute__((warn_unused_result));
+int pg_in_tx(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 /* pg_write: q on a pooled connection, *changes (may be NULL) the rows it changed. */
 int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
              int *changes) __attribute__((warn_unused_result));
-/* pg_read: q on a pooled connection, each row through build() into a new array *out
- * (caller frees). 0, ERR_NOMEM, or the statement's error; *out unchanged on error. */
-int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-            json_t *(*build)(const struct store_row *r),
-            json_t **out) __attribute__((warn_unused_result));
-/* pg_read_page: a page of a list and the list's total, on one pooled connection: the
- * integer count of q_count with vals[0..2), then the rows of page with vals[0..n)
- * through build() into a new array *items (caller frees). 0 or the error; the
- * outputs unchanged on error. */
-int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
-                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
-                 json_t **items, int64_t *total) __attribute__((warn_unused_result));
-/* pg_read_one: the first row of q through build() (caller frees); ERR_NOTFOUND when
- * there is none. */
-int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-                json_t *(*build)(const struct store_row *r),
-                json_t **out) __attribute__((warn_unused_result));
 /* pg_json_text: JSON text of v (caller frees) or NULL for NULL; *ok false when out of
  * memory. */
 char *pg_json_text(const json_t *v, bool *ok);

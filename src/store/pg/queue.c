@@ -191,8 +191,9 @@ struct finish {
 
 /* The end and the next claim, committed together. A refused end still commits (its
  * logs are kept) and is reported through refused. */
-static int finish_then_claim(struct pgconn *pc, void *ctx)
+static int finish_then_claim(struct db_conn *dc, void *ctx)
 {
+    struct pgconn *pc = pg_conn(dc);
     struct finish *x = ctx;
     int rc = finish_on(pc, x->id, x->lease_token, x->end);
 

@@ -81,7 +81,7 @@ static int insert_message(struct conn *c, const char *task_id, const struct msg_
 int sq_insert_messages(struct db_conn *dc, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
-    struct conn *c = (struct conn *)dc; /* every struct conn starts with its db_conn */
+    struct conn *c = sq_conn(dc);
     int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < n; i++)

@@ -284,24 +284,6 @@ int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args,
     return bind_take(&cur, sq_open_q(&cur, c, q), args, n, take, ctx);
 }
 
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct db_arg *args,
-                int n, rows_take_fn take, void *ctx)
-{
-    struct sq_cursor cur;
-
-    return bind_take(&cur, sq_open_sql(&cur, c, what, sql), args, n, take, ctx);
-}
-
-int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                 rows_take_fn take, void *ctx)
-{
-    struct rd r = sq_rd_get(st);
-    int rc = sq_take(r.c, q, args, n, take, ctx);
-
-    sq_rd_put(&r);
-    return rc;
-}
-
 /* Steps a cursor just opened and bound (unless that failed, rc) to its end, adding
  * the rows it changed to *changes (may be NULL), and ends it. */
 static int run_opened(struct sq_cursor *cur, int rc, int *changes)
@@ -332,59 +314,13 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *ar
     return rc;
 }
 
-/* The context of sq_write's body. */
-struct write_one {
-    const struct sq_query *q;
-    const struct db_arg *args;
-    int n;
-    int *changes;
-};
-
-static int write_one(struct conn *c, void *ctx)
-{
-    struct write_one *w = ctx;
-
-    return sq_run(c, w->q, w->args, w->n, w->changes);
-}
-
-int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-             int *changes)
-{
-    struct write_one w = {q, args, n, changes};
-
-    return sq_in_write(st, write_one, &w);
-}
-
-int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-            json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build};
-    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
-int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build, .one = true};
-    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
 /* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
-
-static struct conn *conn_of(struct db_conn *dc)
-{
-    return (struct conn *)dc; /* every struct conn starts with its db_conn */
-}
 
 /* Opens a cursor on q's SQLite text and binds args; the cursor is ended either way. */
 static int open_stmt(struct sq_cursor *cur, struct db_conn *dc, const struct db_stmt *q,
                      const struct db_arg *args, int n)
 {
-    int rc = open_keyed(cur, conn_of(dc), q, q->what, q->sqlite);
+    int rc = open_keyed(cur, sq_conn(dc), q, q->what, q->sqlite);
 
     return rc == 0 ? sq_bind(cur->s, args, n) : rc;
 }
@@ -408,7 +344,7 @@ static int db_take_once_sq(struct db_conn *dc, const struct db_stmt *q,
 {
     struct sq_cursor cur;
 
-    return bind_take(&cur, sq_open_sql(&cur, conn_of(dc), q->what, q->sqlite), args, n, take,
+    return bind_take(&cur, sq_open_sql(&cur, sq_conn(dc), q->what, q->sqlite), args, n, take,
                      ctx);
 }
 
@@ -429,26 +365,6 @@ static int db_on_read_sq(struct store *st, db_body_fn body, void *ctx)
 
     sq_rd_put(&r);
     return rc;
-}
-
-/* A db_body_fn run as the body of sq_in_write. */
-struct body_call {
-    db_body_fn body;
-    void *ctx;
-};
-
-static int call_body(struct conn *c, void *ctx)
-{
-    struct body_call *x = ctx;
-
-    return x->body(&c->base, x->ctx);
-}
-
-static int db_in_write_sq(struct store *st, db_body_fn body, void *ctx)
-{
-    struct body_call x = {body, ctx};
-
-    return sq_in_write(st, call_body, &x);
 }
 
 /* The context of write_stmt. */
@@ -473,7 +389,7 @@ static int db_write_sq(struct store *st, const struct db_stmt *q, const struct d
 
     if (changes)
         *changes = 0;
-    return db_in_write_sq(st, write_stmt, &w);
+    return sq_in_write(st, write_stmt, &w);
 }
 
 static const struct db_ops sq_db_ops = {
@@ -484,8 +400,8 @@ static const struct db_ops sq_db_ops = {
     .insert_logs = sq_insert_logs,
     .on_read = db_on_read_sq,
     .read_tx = db_on_read_sq,
-    .in_write = db_in_write_sq,
-    .on_write = db_in_write_sq,
+    .in_write = sq_in_write,
+    .on_write = sq_in_write,
     .write = db_write_sq,
 };
 
@@ -558,7 +474,7 @@ static void rollback(sqlite3 *db)
         log_warn("sqlite: the rollback failed too");
 }
 
-int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx), void *ctx)
+int sq_in_write(struct store *st, db_body_fn body, void *ctx)
 {
     struct sqlite_store *s = S(st);
     sqlite3 *db = s->writer.db;
@@ -567,7 +483,7 @@ int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx), void *
     pthread_mutex_lock(&s->wlock);
     rc = sq_exec_sql(db, "BEGIN IMMEDIATE");
     if (rc == 0)
-        rc = body(&s->writer, ctx);
+        rc = body(&s->writer.base, ctx);
     if (rc >= 0 && sq_exec_sql(db, "COMMIT") < 0) {
         rollback(db);
         rc = ERR_STORE;
@@ -716,50 +632,13 @@ const struct store_ops store_sqlite_ops = {
     .close = sq_close,
     .ping = sq_ping,
     .task_insert = sq_task_insert,
-    .task_get = db_task_get,
-    .task_list = db_task_list,
-    .task_cancel = db_task_cancel,
     .task_claim = sq_task_claim,
     .task_finish = sq_task_finish,
-    .task_lease_status = db_task_lease_status,
-    .task_stats = db_task_stats,
-    .logs_append = db_logs_append,
-    .logs_list = db_logs_list,
-    .messages_append = db_messages_append,
-    .conversations_list = db_conversations_list,
-    .conversation_get = db_conversation_get,
-    .task_conversations = db_task_conversations,
-    .conversation_stats = db_conversation_stats,
     .worker_register = sq_worker_register,
-    .worker_token = db_worker_token,
-    .worker_heartbeat = db_worker_heartbeat,
-    .worker_set_status = db_worker_set_status,
-    .worker_list = db_worker_list,
-    .worker_get = db_worker_get,
-    .worker_counts = db_worker_counts,
     .reap = sq_reap,
     .recover = sq_recover,
     .experiment_create = sq_experiment_create,
-    .experiment_get = db_experiment_get,
-    .experiment_list = db_experiment_list,
-    .experiment_scoreboard = db_experiment_scoreboard,
-    .experiment_cancel = db_experiment_cancel,
-    .experiment_slots = db_experiment_slots,
     .experiment_add_tasks = sq_experiment_add_tasks,
-    .experiments_end = db_experiments_end,
     .webhooks_due = sq_webhooks_due,
-    .webhook_result = db_webhook_result,
-    .events_head = db_events_head,
-    .events_after = db_events_after,
-    .logs_after = db_logs_after,
-    .events_prune = db_events_prune,
-    .task_timeseries = db_task_timeseries,
-    .export_extras = db_export_extras,
-    .session_ready = db_session_ready,
-    .session_get = db_session_get,
-    .session_step = db_session_step,
-    .session_next = db_session_next,
-    .session_answer = db_session_answer,
-    .session_end = db_session_end,
-    .session_idle = db_session_idle,
+    DB_STORE_OPS,
 };

@@ -52,8 +52,9 @@ static int insert_tasks(struct conn *c, struct create *x, bool retire)
     return rc;
 }
 
-static int create_body(struct conn *c, void *ctx)
+static int create_body(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct create *x = ctx;
     const struct experiment *e = x->e;
     const struct db_arg a[6] = {DB_T(e->id), DB_T(e->name), DB_J(e->spec), DB_O(e->metadata),
@@ -71,8 +72,9 @@ int sq_experiment_create(struct store *st, const struct experiment *e, struct ta
     return sq_in_write(st, create_body, &x);
 }
 
-static int add_body(struct conn *c, void *ctx)
+static int add_body(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct create *x = ctx;
     int rc = insert_tasks(c, x, true);
 

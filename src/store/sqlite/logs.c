@@ -10,7 +10,7 @@ static const struct sq_query log_insert = {
 int sq_insert_logs(struct db_conn *dc, const char *task_id, const struct log_entry *e,
                    size_t n)
 {
-    struct conn *c = (struct conn *)dc; /* every struct conn starts with its db_conn */
+    struct conn *c = sq_conn(dc);
     int rc = 0;
 
     /* The statement stays prepared on c, so a line costs a bind and a step. */

@@ -140,8 +140,9 @@ struct claim {
     struct task *t;                 /* the claimed task, freed by the caller on error */
 };
 
-static int claim(struct conn *c, void *ctx)
+static int claim(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct claim *x = ctx;
 
     return sq_claim_in(c, x->req, &x->t);
@@ -212,8 +213,9 @@ static int refusal(struct conn *c, const char *id)
 /* The logs, the end, what follows it and the optional next claim. A refused end still
  * commits (the logs are kept) and is reported through refused; a failed next claim
  * rolls back the whole, so the end is retried. */
-static int finish(struct conn *c, void *ctx)
+static int finish(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct finish *x = ctx;
     char *worker = NULL;
     int rc = sq_insert_logs(&c->base, x->id, x->end->logs, x->end->n_logs);
@@ -254,8 +256,9 @@ struct reap {
     struct reap_result *out;
 };
 
-static int reap(struct conn *c, void *ctx)
+static int reap(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct reap *x = ctx;
     const struct db_arg args[4] = {DB_T(NULL), DB_I(x->now), DB_I(x->timeout_us),
                                    DB_I(x->retry_base_us)};
@@ -287,8 +290,9 @@ struct recover {
     int *n_failed;
 };
 
-static int recover(struct conn *c, void *ctx)
+static int recover(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct recover *x = ctx;
     const struct db_arg args[4] = {DB_T(x->name_prefix), DB_I(x->now), DB_I(0),
                                    DB_I(x->retry_base_us)};

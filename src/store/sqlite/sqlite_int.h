@@ -6,8 +6,15 @@
  * writes from our threads never meet SQLITE_BUSY among themselves and a claim
  * (pick + lease) is one atomic transaction; readers see the last committed state
  * without waiting for the writer. A busy timeout covers other processes sharing
- * the file. Each concern file keeps its SQL in one table of named statements
- * (struct sq_query); a connection prepares each once, on first use, and keeps it.
+ * the file. The code of most concerns is written once above both backends
+ * (store/<concern>.c over store/db.h); this backend gives it struct db_ops (db.c:
+ * binding typed arguments, a read on a reader, BEGIN IMMEDIATE on the writer) and
+ * keeps only what differs on purpose: the queue (queue.c: claim, finish, reap,
+ * recover, each several statements in one write transaction), and the inserts and
+ * multi-statement writes of tasks.c, logs.c, conversations.c, experiments.c,
+ * workers.c and webhooks.c, each saying why. Statements live in tables (struct db_stmt
+ * above the backends, struct sq_query here); a connection prepares each once, on first
+ * use, and keeps it.
  * Every read goes through a cursor (struct sq_cursor) whose next() says row, done
  * or error; rows become API values in store/rows.c.
  * Times are integer microseconds since the epoch; JSON columns hold JSON text.
@@ -59,6 +66,12 @@ static inline struct sqlite_store *S(struct store *st)
     return (struct sqlite_store *)st;
 }
 
+/* The connection whose db_conn c is (every struct conn starts with one). */
+static inline struct conn *sq_conn(struct db_conn *c)
+{
+    return (struct conn *)c;
+}
+
 #define TASK_COLS TASK_COLS_SQ           /* store/rows.h */
 
 /* Reads go to a reader connection, or to the writer for :memory: databases. */
@@ -100,7 +113,8 @@ int sq_exec(struct sq_cursor *cur) __attribute__((warn_unused_result));
 /* sq_end: releases the statement; returns rc when it is an error, else the cursor's
  * first error, else 0. */
 int sq_end(struct sq_cursor *cur, int rc) __attribute__((warn_unused_result));
-/* sq_bind: binds args[0..n) to ?1..?n; 0, or ERR_NOMEM when a JSON value cannot be
+/* sq_bind: binds args[0..n) to ?1..?n (or to $1..$n by name, in SQL written for both
+ * dialects); 0, or ERR_NOMEM when a JSON value cannot be
  * dumped. */
 int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n) __attribute__((warn_unused_result));
 /* sq_take: named statement q on c with args, its cursor handed to take(cur, ctx) (a
@@ -108,12 +122,6 @@ int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n) __attribute__((wa
  * statement cannot be prepared or bound (take is then not called). */
 int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-/* sq_take_sql: the same on SQL made at run time, prepared for this use only. */
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct db_arg *args,
-                int n, rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-/* sq_read_with: sq_take on a read connection, taken and given back around it. */
-int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* sq_run: named statement q on c with args, stepped to its end, adding the rows it
  * changed to *changes (may be NULL). 0, ERR_NOMEM or ERR_STORE. */
 int sq_run(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
@@ -128,25 +136,11 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *ar
  * fails (body is then not called) or COMMIT fails. What body allocated into ctx is
  * the caller's to keep or free by that result. This is the one place the backend's
  * write transactions begin and end. */
-int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx),
-                void *ctx) __attribute__((warn_unused_result));
-/* sq_write: sq_run in a write transaction of its own. */
-int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-             int *changes) __attribute__((warn_unused_result));
+int sq_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
 struct rd sq_rd_get(struct store *st);
 void sq_rd_put(struct rd *r);
-/* sq_read: on a read connection, q with args, whose rows build() turns into the
- * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
- * unchanged on error. sq_read_one: the first row's build() (caller frees), or
- * ERR_NOTFOUND when there is none. */
-int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-            json_t *(*build)(const struct store_row *r),
-            json_t **out) __attribute__((warn_unused_result));
-int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                json_t *(*build)(const struct store_row *r),
-                json_t **out) __attribute__((warn_unused_result));
 
 /* schema.c */
 /* sq_migrate: applies the migrations this database lacks, in one transaction each

@@ -26,8 +26,9 @@ struct insert {
     struct task **existing;
 };
 
-static int insert(struct conn *c, void *ctx)
+static int insert(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct insert *x = ctx;
     int rc;
 

@@ -33,8 +33,9 @@ struct due {
     struct rows_jobs jobs;
 };
 
-static int due(struct conn *c, void *ctx)
+static int due(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct due *x = ctx;
     const struct db_arg args[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)x->jobs.max)};
 

@@ -29,8 +29,9 @@ static const struct sq_query worker_q[W_N] = {
 
 /* The registration, inside sq_in_write: the upsert, then (an external worker) the
  * runs it lost. ERR_CONFLICT when the upsert's WHERE kept the row. */
-static int registration(struct conn *c, void *ctx)
+static int registration(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     const struct worker_reg *reg = ctx;
     const struct db_arg args[6] = {DB_T(reg->id), DB_T(reg->backend_type), DB_I(reg->now),
                                    DB_O(reg->capabilities), DB_T(reg->token_hash),
