@@ -75,7 +75,7 @@ static int append_body(struct db_conn *c, void *ctx)
 {
     struct append *x = ctx;
 
-    return c->ops->insert_messages(c, x->task_id, x->e, x->n);
+    return db_insert_messages(c, x->task_id, x->e, x->n);
 }
 
 int db_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,

@@ -21,6 +21,23 @@ int db_run(struct db_conn *c, const struct db_stmt *q, const struct db_arg *args
     return c->ops->run(c, q, args, n, changes);
 }
 
+int db_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n)
+{
+    return c->ops->insert_messages(c, task_id, e, n);
+}
+
+int db_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e, size_t n)
+{
+    return c->ops->insert_logs(c, task_id, e, n);
+}
+
+int db_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added)
+{
+    return c->ops->insert_tasks(c, id, tasks, n, retire, added);
+}
+
 int db_on_read(struct store *st, db_body_fn body, void *ctx)
 {
     return st->db->on_read(st, body, ctx);

@@ -12,9 +12,11 @@
  * selects the running tasks it is about to cancel; PostgreSQL's UPDATE returns them)
  * has NULL for that dialect's text: take and run then return 0 at once.
  * What differs on purpose stays in the backend's folder: PostgreSQL's SKIP LOCKED
- * claim and unnest() batch inserts, its NOTIFY and listener; SQLite's BEGIN IMMEDIATE
- * writer and reader pool; and statements whose shape differs (one CTE on PostgreSQL
- * where SQLite runs several statements in its write transaction).
+ * claim and unnest() batch inserts (the insert_* ops here), its NOTIFY and listener;
+ * SQLite's BEGIN IMMEDIATE writer and reader pool; and operations whose statements
+ * differ in number and shape (one CTE on PostgreSQL where SQLite runs several
+ * statements in its write transaction): the queue, inserting a task, registering a
+ * worker, leasing webhooks.
  *
  * Parameters: PostgreSQL's SQL numbers them $1..$n. SQLite's numbers them ?1..?n, or
  * $1..$n where one text serves both dialects (DB_SQL): SQLite takes "$1" as a name,
@@ -85,6 +87,11 @@ struct db_ops {
      * where there is one). */
     int (*insert_logs)(struct db_conn *c, const char *task_id, const struct log_entry *e,
                        size_t n);
+    /* insert_tasks: the n tasks of experiment id, inside the caller's write transaction
+     * on c; with retire (a rerun), each only where its slot's current task has ended,
+     * which it then replaces. *added: how many went in (0 on error). */
+    int (*insert_tasks)(struct db_conn *c, const char *id, struct task *const *tasks,
+                        size_t n, bool retire, size_t *added);
     /* on_read: body(c, ctx) on a connection to read on, taken and given back around it
      * (no transaction); body's result. */
     int (*on_read)(struct store *st, db_body_fn body, void *ctx);
@@ -125,6 +132,12 @@ int db_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((war
 int db_on_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 int db_write(struct store *st, const struct db_stmt *q, const struct db_arg *args, int n,
              int *changes) __attribute__((warn_unused_result));
+int db_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n) __attribute__((warn_unused_result));
+int db_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
+int db_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added) __attribute__((warn_unused_result));
 
 /* db_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND when
  * there is no row; *out unchanged on error. */
@@ -181,6 +194,10 @@ int db_task_conversations(struct store *st, const char *task_id, json_t **out);
 int db_conversation_stats(struct store *st, json_t **out);
 
 /* experiments.c */
+int db_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
+                         size_t n);
+int db_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                            size_t n, size_t *added);
 int db_experiment_get(struct store *st, const char *id, struct experiment **out);
 int db_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
                        int64_t *total);
@@ -245,6 +262,8 @@ int db_webhook_result(struct store *st, const struct webhook_job *job, const cha
     .worker_list = db_worker_list,                                                         \
     .worker_get = db_worker_get,                                                           \
     .worker_counts = db_worker_counts,                                                     \
+    .experiment_create = db_experiment_create,                                             \
+    .experiment_add_tasks = db_experiment_add_tasks,                                       \
     .experiment_get = db_experiment_get,                                                   \
     .experiment_list = db_experiment_list,                                                 \
     .experiment_scoreboard = db_experiment_scoreboard,                                     \

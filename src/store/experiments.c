@@ -1,7 +1,7 @@
-/* store/experiments: reading experiments (a row and its counts, the list, the
- * scoreboard's sums, failed or unsolved slots), cancelling one and ending those whose
- * tasks have all ended, written once for both backends (store/db.h). Creating an
- * experiment and rerunning its slots stay in each backend (sqlite/experiments.c,
+/* store/experiments: experiments (created with their tasks, read as a row and its
+ * counts, listed, the scoreboard's sums, failed or unsolved slots, cancelled, rerun,
+ * ended when their tasks all have), written once for both backends (store/db.h). How
+ * an experiment's tasks go in is each backend's insert_tasks (sqlite/experiments.c,
  * pg/experiments.c): PostgreSQL queues all the tasks of a call with one INSERT ...
  * unnest(), SQLite one row at a time inside its write transaction. */
 #include "store/db.h"
@@ -38,6 +38,8 @@
     x ".id AND t.slot_current AND t.status IN ('pending', 'running'))"
 
 enum {
+    X_INSERT,
+    X_REOPEN,
     X_GET,
     X_COUNTS,
     X_LIST_COUNT,
@@ -54,6 +56,14 @@ enum {
 };
 
 static const struct db_stmt exp_q[X_N] = {
+    [X_INSERT] = {"creating an experiment",
+                  "INSERT INTO experiments (id, name, spec, metadata, callback_url, created_at) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                  "INSERT INTO experiments (id, name, spec, metadata, callback_url, created_at) "
+                  "VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, te_ts($6))"},
+    [X_REOPEN] = DB_SQL("reopening an experiment",
+                        "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = "
+                        "$1"),
     [X_GET] = {"loading an experiment",
                "SELECT " EXP_COLS_SQ " FROM experiments e WHERE e.id = ?1",
                "SELECT " EXP_COLS_PG " FROM experiments e WHERE e.id = $1"},
@@ -154,6 +164,53 @@ static const struct db_stmt exp_q[X_N] = {
                "'experiment', id, CASE WHEN cancelled_at IS NULL THEN 'completed' ELSE "
                "'cancelled' END FROM e"},
 };
+
+/* The context of create_body and add_body. */
+struct create {
+    const struct experiment *e;     /* NULL for a rerun */
+    const char *id;
+    struct task *const *tasks;
+    size_t n;
+    size_t added;
+};
+
+static int create_body(struct db_conn *c, void *ctx)
+{
+    struct create *x = ctx;
+    const struct experiment *e = x->e;
+    const struct db_arg a[6] = {DB_T(e->id), DB_T(e->name), DB_J(e->spec), DB_O(e->metadata),
+                                DB_T(e->callback_url), DB_I(e->created_at)};
+    int rc = db_run(c, &exp_q[X_INSERT], a, 6, NULL);
+
+    return rc == 0 ? db_insert_tasks(c, x->id, x->tasks, x->n, false, &x->added) : rc;
+}
+
+int db_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
+                         size_t n)
+{
+    struct create x = {e, e->id, tasks, n, 0};
+
+    return db_in_write(st, create_body, &x);
+}
+
+/* The slots' new tasks, then the experiment open again. */
+static int add_body(struct db_conn *c, void *ctx)
+{
+    struct create *x = ctx;
+    int rc = db_insert_tasks(c, x->id, x->tasks, x->n, true, &x->added);
+
+    return rc == 0 ? db_run(c, &exp_q[X_REOPEN], &DB_T(x->id), 1, NULL) : rc;
+}
+
+int db_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
+                            size_t n, size_t *added)
+{
+    struct create x = {NULL, id, tasks, n, 0};
+    int rc = n ? db_in_write(st, add_body, &x) : 0;
+
+    *added = rc == 0 ? x.added : 0;
+    return rc;
+}
 
 /* The context of get_body. */
 struct get {

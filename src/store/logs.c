@@ -89,7 +89,7 @@ static int append_body(struct db_conn *c, void *ctx)
 {
     struct append *x = ctx;
 
-    return c->ops->insert_logs(c, x->task_id, x->e, x->n);
+    return db_insert_logs(c, x->task_id, x->e, x->n);
 }
 
 int db_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n)

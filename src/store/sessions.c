@@ -154,7 +154,7 @@ static int answer_body(struct db_conn *c, void *ctx)
         DB_I(json_is_true(json_object_get(x->answer, "done"))),
         json_is_number(reward) ? DB_R(json_number_value(reward)) : DB_NULL,
         DB_J(json_is_null(res) ? NULL : res), DB_I(x->now)};
-    int rc = c->ops->insert_messages(c, x->task_id, x->msgs, x->n_msgs);
+    int rc = db_insert_messages(c, x->task_id, x->msgs, x->n_msgs);
 
     return rc == 0 ? db_run(c, &session_q[S_ANSWER], args, 7, NULL) : rc;
 }

@@ -1,6 +1,7 @@
-/* store/pg/experiments: creating an experiment and rerunning its slots: one INSERT ...
- * unnest() for all the tasks of a call, so 10,000 are one statement. The rest of
- * experiments is written once, in store/experiments.c. */
+/* store/pg/experiments: the db_ops insert_tasks of PostgreSQL: one INSERT ... unnest()
+ * for all the tasks of a call, so 10,000 are one statement, and a rerun's slots retired
+ * in one statement too. The rest of experiments is written once, in
+ * store/experiments.c. */
 #include "store/pg/pg_int.h"
 #include "core/err.h"
 
@@ -9,17 +10,12 @@
 #include <string.h>
 
 enum {
-    X_INSERT,
     X_TASKS,
     X_RETIRE,
-    X_REOPEN,
     X_N
 };
 
 static const struct pg_query exp_q[X_N] = {
-    [X_INSERT] = {"creating an experiment",
-                  "INSERT INTO experiments (id, name, spec, metadata, callback_url, created_at) "
-                  "VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, te_ts($6))"},
     /* The tasks of one call share the template's fields; what differs per slot comes in
      * arrays. One statement, so the statement triggers count and journal them once. */
     [X_TASKS] = {"queueing an experiment's tasks",
@@ -35,8 +31,6 @@ static const struct pg_query exp_q[X_N] = {
                   "UPDATE tasks SET slot_current = false WHERE experiment_id = $1 AND "
                   "slot_current AND slot = ANY($2::jsonb[]) AND status IN ('completed', "
                   "'failed', 'timeout', 'cancelled') RETURNING slot::text"},
-    [X_REOPEN] = {"reopening an experiment",
-                  "UPDATE experiments SET ended_at = NULL, webhook_state = NULL WHERE id = $1"},
 };
 
 /* The per-slot arrays of an experiment's tasks, as array literals. */
@@ -95,102 +89,62 @@ static int insert_tasks(struct pgconn *pc, const char *id, struct task *const *t
     return rc;
 }
 
-struct create {
-    const struct experiment *e;
-    struct task *const *tasks;
-    size_t n;
-    size_t added;
-};
-
-static int create_body(struct db_conn *dc, void *ctx)
+/* Retires the current tasks of the slots of tasks[0..n) that have ended (another
+ * rerun's pending task is kept), and picks the tasks of those slots: *chosen (caller
+ * frees, on error too) holds *m of them. */
+static int retire_slots(struct pgconn *pc, const char *id, struct task *const *tasks, size_t n,
+                        struct task ***chosen, size_t *m)
 {
-    struct pgconn *pc = pg_conn(dc);
-    struct create *x = ctx;
-    const struct experiment *e = x->e;
-    bool ok = true;
-    char *spec = pg_json_text(e->spec, &ok), *meta = pg_json_text(e->metadata, &ok);
-    struct num at;
-    const char *v[6] = {e->id, e->name, spec, meta, e->callback_url, num(&at, e->created_at)};
-    int rc = ERR_NOMEM;
-
-    if (ok) {
-        PQclear(pg_run(pc, &exp_q[X_INSERT], 6, v, &rc));
-        if (rc == 0 && x->n)
-            rc = insert_tasks(pc, e->id, x->tasks, x->n);
-    }
-    free(spec);
-    free(meta);
-    return rc;
-}
-
-int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
-                         size_t n)
-{
-    struct create x = {e, tasks, n, 0};
-
-    return pg_in_tx(st, create_body, &x);
-}
-
-static int add_body(struct db_conn *dc, void *ctx)
-{
-    struct pgconn *pc = pg_conn(dc);
-    struct create *x = ctx;
     struct rows_array retired = {rows_json_column, false, NULL};
-    struct task **chosen = NULL;
     struct buf slots;
-    size_t m = 0;
-    int rc = 0;
+    int rc = pg_arrays_open((struct buf *const[]){&slots}, 1);
 
-    buf_init(&slots, SIZE_MAX / 2);
-    rc = buf_append(&slots, "{", 1);
-    for (size_t i = 0; rc == 0 && i < x->n; i++) {
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         bool ok = true;
-        char *s = pg_json_text(x->tasks[i]->slot, &ok);
+        char *s = pg_json_text(tasks[i]->slot, &ok);
         rc = ok && s ? pg_array_add(&slots, s, false) : ERR_NOMEM;
         free(s);
     }
     if (rc == 0)
-        rc = buf_append(&slots, "}", 1);
+        rc = pg_arrays_close((struct buf *const[]){&slots}, 1);
     if (rc == 0) {
-        const char *v[2] = {x->e->id, slots.data};
+        const char *v[2] = {id, slots.data};
         rc = pg_take(pc, &exp_q[X_RETIRE], 2, v, rows_take_array, &retired);
     }
     buf_reset(&slots);
-    /* Only the slots whose current task had ended were retired (another rerun's pending
-     * task is kept): only those get a new one. */
-    if (rc == 0 && !(chosen = calloc(x->n ? x->n : 1, sizeof(*chosen))))
+    if (rc == 0 && !(*chosen = calloc(n ? n : 1, sizeof(**chosen))))
         rc = ERR_NOMEM;
-    for (size_t i = 0; rc == 0 && i < x->n; i++) {
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         size_t k;
         json_t *slot;
 
         json_array_foreach(retired.v, k, slot)
-            if (json_equal(slot, x->tasks[i]->slot)) {
-                chosen[m++] = x->tasks[i];
+            if (json_equal(slot, tasks[i]->slot)) {
+                (*chosen)[(*m)++] = tasks[i];
                 break;
             }
     }
-    if (rc == 0 && m)
-        rc = insert_tasks(pc, x->e->id, chosen, m);
-    x->added = rc == 0 ? m : 0;
-    free(chosen);
     json_decref(retired.v);
-    if (rc == 0) {
-        const char *v[1] = {x->e->id};
-        PQclear(pg_run(pc, &exp_q[X_REOPEN], 1, v, &rc));
-    }
     return rc;
 }
 
-int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n, size_t *added)
+int pg_insert_tasks(struct db_conn *dc, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added)
 {
-    struct experiment e = {0};
-    struct create x = {&e, tasks, n, 0};
-    int rc;
+    struct pgconn *pc = pg_conn(dc);
+    struct task **chosen = NULL;
+    size_t m = 0;
+    int rc = 0;
 
-    snprintf(e.id, sizeof(e.id), "%s", id);
-    rc = n ? pg_in_tx(st, add_body, &x) : 0;
-    *added = rc == 0 ? x.added : 0;
+    if (!retire) {
+        rc = n ? insert_tasks(pc, id, tasks, n) : 0;
+        *added = rc == 0 ? n : 0;
+        return rc;
+    }
+    rc = retire_slots(pc, id, tasks, n, &chosen, &m);
+    if (rc == 0 && m)
+        rc = insert_tasks(pc, id, chosen, m);
+    *added = rc == 0 ? m : 0;
+    free(chosen);
     return rc;
 }

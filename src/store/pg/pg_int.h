@@ -184,6 +184,9 @@ int pg_migrate(PGconn *c) __attribute__((warn_unused_result));
 /* pg_log_arrays_build: the array literals of n log lines (reset a even on error). */
 int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n);
 void pg_log_arrays_reset(struct log_arrays *a);
+/* pg_insert_tasks (experiments.c): the db_ops insert_tasks of PostgreSQL (store/db.h). */
+int pg_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added) __attribute__((warn_unused_result));
 /* pg_insert_logs: the db_ops insert_logs of PostgreSQL (store/db.h). */
 int pg_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
                    size_t n) __attribute__((warn_unused_result));
@@ -203,10 +206,6 @@ int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
-                         size_t n);
-int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n, size_t *added);
 int pg_worker_register(struct store *st, const struct worker_reg *reg);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);

@@ -398,6 +398,7 @@ static const struct db_ops sq_db_ops = {
     .run = db_run_sq,
     .insert_messages = sq_insert_messages,
     .insert_logs = sq_insert_logs,
+    .insert_tasks = sq_insert_tasks,
     .on_read = db_on_read_sq,
     .read_tx = db_on_read_sq,
     .in_write = sq_in_write,
@@ -637,8 +638,6 @@ const struct store_ops store_sqlite_ops = {
     .worker_register = sq_worker_register,
     .reap = sq_reap,
     .recover = sq_recover,
-    .experiment_create = sq_experiment_create,
-    .experiment_add_tasks = sq_experiment_add_tasks,
     .webhooks_due = sq_webhooks_due,
     DB_STORE_OPS,
 };

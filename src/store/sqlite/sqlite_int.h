@@ -160,6 +160,11 @@ int sq_claim_in(struct conn *c, const struct claim_req *req,
 
 
 /* logs.c */
+/* experiments.c */
+/* sq_insert_tasks: the db_ops insert_tasks of SQLite (store/db.h). */
+int sq_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added) __attribute__((warn_unused_result));
+
 /* sq_insert_logs: the db_ops insert_logs of SQLite (store/db.h). */
 int sq_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
                    size_t n) __attribute__((warn_unused_result));
@@ -178,10 +183,6 @@ int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int sq_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
-                         size_t n);
-int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n, size_t *added);
 int sq_worker_register(struct store *st, const struct worker_reg *reg);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
