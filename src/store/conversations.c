@@ -19,16 +19,7 @@
     "WHERE ($1::uuid IS NULL OR c.task_id = $1::uuid) AND ($2::text IS NULL OR "            \
     "c.model_name = $2)"
 
-enum {
-    C_COUNT,
-    C_PAGE,
-    C_BY_ID,
-    C_OF_TASK,
-    C_MESSAGES,
-    C_STATS,
-    C_BY_MODEL,
-    C_N
-};
+enum { C_COUNT, C_PAGE, C_BY_ID, C_OF_TASK, C_MESSAGES, C_STATS, C_BY_MODEL, C_N };
 
 static const struct db_stmt conv_q[C_N] = {
     [C_COUNT] = {"counting conversations",

@@ -102,10 +102,10 @@ struct db_ops {
      * >= 0, else rolled back; body's result, or the error of BEGIN (body not called)
      * or COMMIT. */
     int (*in_write)(struct store *st, db_body_fn body, void *ctx);
-    /* on_write: body on a connection to write on, for statements each of which is
-     * atomic alone: SQLite runs body in its write transaction (as in_write; the writer
-     * knows no other way); PostgreSQL on a pooled connection, each statement its own
-     * transaction (and retried once on a lost connection). */
+    /* on_write: body on a connection to write on, for bodies whose PostgreSQL
+     * statements are each atomic alone: SQLite runs body in its write transaction (as
+     * in_write; its writer knows no other way); PostgreSQL on a pooled connection, each
+     * statement committing alone (and retried once on a lost connection). */
     int (*on_write)(struct store *st, db_body_fn body, void *ctx);
     /* write: q alone as a write (SQLite: in its own write transaction; PostgreSQL: one
      * statement, retried once on a lost connection); *changes (may be NULL) set to the

@@ -3,14 +3,7 @@
 #include "store/db.h"
 #include "core/err.h"
 
-enum {
-    E_HEAD,
-    E_AFTER,
-    E_LOGS_AFTER,
-    E_PRUNE,
-    E_SERIES,
-    E_N
-};
+enum { E_HEAD, E_AFTER, E_LOGS_AFTER, E_PRUNE, E_SERIES, E_N };
 
 static const struct db_stmt event_q[E_N] = {
     [E_HEAD] = DB_SQL("reading the event head",

@@ -38,21 +38,8 @@
     x ".id AND t.slot_current AND t.status IN ('pending', 'running'))"
 
 enum {
-    X_INSERT,
-    X_REOPEN,
-    X_GET,
-    X_COUNTS,
-    X_LIST_COUNT,
-    X_LIST,
-    X_BOARD,
-    X_CANCEL,
-    X_RUNNING,
-    X_CANCEL_TASKS,
-    X_SLOTS_FAILED,
-    X_SLOTS_UNSOLVED,
-    X_END_EVENTS,
-    X_END,
-    X_N
+    X_INSERT, X_REOPEN, X_GET, X_COUNTS, X_LIST_COUNT, X_LIST, X_BOARD, X_CANCEL, X_RUNNING,
+    X_CANCEL_TASKS, X_SLOTS_FAILED, X_SLOTS_UNSOLVED, X_END_EVENTS, X_END, X_N
 };
 
 static const struct db_stmt exp_q[X_N] = {
@@ -311,10 +298,12 @@ static int end_body(struct db_conn *c, void *ctx)
     return rc == 0 ? db_run(c, &exp_q[X_END], &DB_I(x->now), 1, &x->n) : rc;
 }
 
+/* On PostgreSQL the end is one statement, committed alone; SQLite's two share its write
+ * transaction (what on_write is there). */
 int db_experiments_end(struct store *st, int64_t now, int *n)
 {
     struct end x = {now, 0};
-    int rc = db_in_write(st, end_body, &x);
+    int rc = db_on_write(st, end_body, &x);
 
     *n = rc == 0 ? x.n : 0;
     return rc;

@@ -14,13 +14,7 @@
 #define PG_ARRAY(expr, order)                                                              \
     "'[' || COALESCE(string_agg((" expr ")::text, ',' ORDER BY " order "), '') || ']'"
 
-enum {
-    L_PAGE,
-    L_COUNT,
-    L_EXPORT_LOGS,
-    L_EXPORT_CONVS,
-    L_N
-};
+enum { L_PAGE, L_COUNT, L_EXPORT_LOGS, L_EXPORT_CONVS, L_N };
 
 static const struct db_stmt log_q[L_N] = {
     [L_PAGE] = {"listing logs",

@@ -4,17 +4,7 @@
 #include "store/db.h"
 #include "core/err.h"
 
-enum {
-    S_READY,
-    S_GET,
-    S_STEP_ASYNC,
-    S_STEP,
-    S_NEXT,
-    S_ANSWER,
-    S_END,
-    S_IDLE,
-    S_N
-};
+enum { S_READY, S_GET, S_STEP_ASYNC, S_STEP, S_NEXT, S_ANSWER, S_END, S_IDLE, S_N };
 
 static const struct db_stmt session_q[S_N] = {
     [S_READY] = {"marking a session ready",

@@ -10,15 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum {
-    T_BY_ID,
-    T_BY_KEY,
-    T_CANCEL,
-    T_LEASE,
-    T_COUNTS,
-    T_AVERAGES,
-    T_N
-};
+enum { T_BY_ID, T_BY_KEY, T_CANCEL, T_LEASE, T_COUNTS, T_AVERAGES, T_N };
 
 static const struct db_stmt task_q[T_N] = {
     [T_BY_ID] = {"loading a task", "SELECT " TASK_COLS_SQ " FROM tasks WHERE id = ?1",

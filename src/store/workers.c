@@ -13,15 +13,7 @@
     "metadata::text, tasks_completed, tasks_failed, te_us(registered_at), "                \
     "name_prefix IS NOT NULL"
 
-enum {
-    W_TOKEN,
-    W_HEARTBEAT,
-    W_STATUS,
-    W_LIST,
-    W_BY_ID,
-    W_COUNTS,
-    W_N
-};
+enum { W_TOKEN, W_HEARTBEAT, W_STATUS, W_LIST, W_BY_ID, W_COUNTS, W_N };
 
 static const struct db_stmt worker_q[W_N] = {
     [W_TOKEN] = DB_SQL("reading a worker", "SELECT token_hash FROM workers WHERE id = $1"),

@@ -12,27 +12,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    C_UPSERT,
-    C_MSG_INSERT,
-    C_N
-};
+static const struct pg_query conv_upsert = {
+    "finding a conversation",
+    "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
+    "started_at, attempt) SELECT $1, $2, $3, COALESCE(t.parameters->"
+    "'agent_config', '{}'), te_ts($4), COALESCE(t.attempt, 1) FROM (SELECT 1) one "
+    "LEFT JOIN tasks t ON t.id = $2 ON CONFLICT (task_id, session_id, attempt) DO "
+    "UPDATE SET task_id = EXCLUDED.task_id RETURNING seq"};
 
-static const struct pg_query conv_q[C_N] = {
-    [C_UPSERT] = {"finding a conversation",
-                  "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
-                  "started_at, attempt) SELECT $1, $2, $3, COALESCE(t.parameters->"
-                  "'agent_config', '{}'), te_ts($4), COALESCE(t.attempt, 1) FROM (SELECT 1) one "
-                  "LEFT JOIN tasks t ON t.id = $2 ON CONFLICT (task_id, session_id, attempt) DO "
-                  "UPDATE SET task_id = EXCLUDED.task_id RETURNING seq"},
-    [C_MSG_INSERT] = {"inserting a message",
-                      "WITH m AS (INSERT INTO llm_messages (conversation_seq, ts, role, "
-                      "content, step, metadata) VALUES ($1, te_ts($2), $3, $4::jsonb, $5, "
-                      "$6::jsonb)) UPDATE llm_conversations SET total_messages = "
-                      "total_messages + 1, total_tokens = CASE WHEN $7::bigint IS NULL THEN "
-                      "total_tokens ELSE COALESCE(total_tokens, 0) + $7 END, ended_at = "
-                      "te_ts($2), model_name = COALESCE(model_name, $8) WHERE seq = $1"},
-};
+static const struct pg_query msg_insert = {
+    "inserting a message",
+    "WITH m AS (INSERT INTO llm_messages (conversation_seq, ts, role, "
+    "content, step, metadata) VALUES ($1, te_ts($2), $3, $4::jsonb, $5, "
+    "$6::jsonb)) UPDATE llm_conversations SET total_messages = "
+    "total_messages + 1, total_tokens = CASE WHEN $7::bigint IS NULL THEN "
+    "total_tokens ELSE COALESCE(total_tokens, 0) + $7 END, ended_at = "
+    "te_ts($2), model_name = COALESCE(model_name, $8) WHERE seq = $1"};
 
 /* The conversation of (task, session) into seq (text), made on its first message. */
 static int conversation_seq(struct pgconn *pc, const char *task_id, const char *session,
@@ -45,7 +40,7 @@ static int conversation_seq(struct pgconn *pc, const char *task_id, const char *
     int rc;
 
     uuidgen(id);
-    rc = pg_take(pc, &conv_q[C_UPSERT], 4, v, rows_take_ints, &x);
+    rc = pg_take(pc, &conv_upsert, 4, v, rows_take_ints, &x);
     if (rc == 0)
         snprintf(seq, 24, "%" PRId64, x.v[0]);
     return rc;
@@ -66,7 +61,7 @@ static int insert_one(struct pgconn *pc, const char *seq, const struct msg_entry
                         json_is_string(model) ? json_string_value(model) : NULL};
     int rc;
 
-    PQclear(pg_run(pc, &conv_q[C_MSG_INSERT], 8, v, &rc));
+    PQclear(pg_run(pc, &msg_insert, 8, v, &rc));
     free(content);
     free(metatext);
     return rc;

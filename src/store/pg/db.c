@@ -431,6 +431,24 @@ int pg_in_tx(struct store *st, db_body_fn body, void *ctx)
     return rc;
 }
 
+int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+            json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    struct rows_array a = {.build = build};
+    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
+}
+
+int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
+                json_t *(*build)(const struct store_row *r), json_t **out)
+{
+    struct rows_array a = {.build = build, .one = true};
+    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
+
+    return rows_give(rc, a.v, out);
+}
+
 /* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
 
 /* The text values libpq takes for n db_args: integers and reals printed into text[],

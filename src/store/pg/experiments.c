@@ -9,29 +9,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    X_TASKS,
-    X_RETIRE,
-    X_N
-};
+/* The tasks of one call share the template's fields; what differs per slot comes in
+ * arrays. One statement, so the statement triggers count and journal them once. */
+static const struct pg_query tasks_q = {
+    "queueing an experiment's tasks",
+    "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
+    "backend_type, mode, parameters, metadata, max_steps, timeout_seconds, "
+    "max_retries, experiment_id, slot, created_at, updated_at) SELECT u.id::uuid, "
+    "u.problem_id, 'pending', $2, $3, 'batch', u.parameters::jsonb, $4::jsonb, $5, "
+    "$6, $7, $1, u.slot::jsonb, te_ts($8), te_ts($8) FROM unnest($9::text[], "
+    "$10::text[], $11::text[], $12::text[]) AS u(id, problem_id, parameters, slot) "
+    "RETURNING backend_type) SELECT pg_notify('taskexec_task', min(backend_type)) "
+    "FROM ins"};
 
-static const struct pg_query exp_q[X_N] = {
-    /* The tasks of one call share the template's fields; what differs per slot comes in
-     * arrays. One statement, so the statement triggers count and journal them once. */
-    [X_TASKS] = {"queueing an experiment's tasks",
-                 "WITH ins AS (INSERT INTO tasks (id, problem_id, status, priority, "
-                 "backend_type, mode, parameters, metadata, max_steps, timeout_seconds, "
-                 "max_retries, experiment_id, slot, created_at, updated_at) SELECT u.id::uuid, "
-                 "u.problem_id, 'pending', $2, $3, 'batch', u.parameters::jsonb, $4::jsonb, $5, "
-                 "$6, $7, $1, u.slot::jsonb, te_ts($8), te_ts($8) FROM unnest($9::text[], "
-                 "$10::text[], $11::text[], $12::text[]) AS u(id, problem_id, parameters, slot) "
-                 "RETURNING backend_type) SELECT pg_notify('taskexec_task', min(backend_type)) "
-                 "FROM ins"},
-    [X_RETIRE] = {"replacing an experiment's slots",
-                  "UPDATE tasks SET slot_current = false WHERE experiment_id = $1 AND "
-                  "slot_current AND slot = ANY($2::jsonb[]) AND status IN ('completed', "
-                  "'failed', 'timeout', 'cancelled') RETURNING slot::text"},
-};
+static const struct pg_query retire_q = {
+    "replacing an experiment's slots",
+    "UPDATE tasks SET slot_current = false WHERE experiment_id = $1 AND "
+    "slot_current AND slot = ANY($2::jsonb[]) AND status IN ('completed', "
+    "'failed', 'timeout', 'cancelled') RETURNING slot::text"};
 
 /* The per-slot arrays of an experiment's tasks, as array literals. */
 struct slot_arrays {
@@ -81,7 +76,7 @@ static int insert_tasks(struct pgconn *pc, const char *id, struct task *const *t
                              num(&ms, t0->max_steps), num(&to, t0->timeout_seconds),
                              num(&mr, t0->max_retries), num(&at, t0->created_at), a.id.data,
                              a.problem.data, a.params.data, a.slot.data};
-        PQclear(pg_run(pc, &exp_q[X_TASKS], 12, v, &rc));
+        PQclear(pg_run(pc, &tasks_q, 12, v, &rc));
     }
     if (ok)
         slot_arrays_reset(&a);
@@ -109,7 +104,7 @@ static int retire_slots(struct pgconn *pc, const char *id, struct task *const *t
         rc = pg_arrays_close((struct buf *const[]){&slots}, 1);
     if (rc == 0) {
         const char *v[2] = {id, slots.data};
-        rc = pg_take(pc, &exp_q[X_RETIRE], 2, v, rows_take_array, &retired);
+        rc = pg_take(pc, &retire_q, 2, v, rows_take_array, &retired);
     }
     buf_reset(&slots);
     if (rc == 0 && !(*chosen = calloc(n ? n : 1, sizeof(**chosen))))

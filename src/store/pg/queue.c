@@ -22,14 +22,8 @@
     "te_ts(" now ") "
 
 enum {
-    Q_CLAIM,
-    Q_FINISH,
-    Q_REAP_SILENT,
-    Q_REAP_DEADLINES,
-    Q_RECOVER_RETRY,
-    Q_RECOVER_TASKS,
-    Q_RECOVER_WORKERS,
-    Q_N
+    Q_CLAIM, Q_FINISH, Q_REAP_SILENT, Q_REAP_DEADLINES, Q_RECOVER_RETRY, Q_RECOVER_TASKS,
+    Q_RECOVER_WORKERS, Q_N
 };
 
 static const struct pg_query queue_q[Q_N] = {

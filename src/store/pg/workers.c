@@ -8,28 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    W_REGISTER,
-    W_N
-};
-
-static const struct pg_query worker_q[W_N] = {
-    /* The upsert's WHERE keeps an internal row from being taken over by an external
-     * registration, and the other way round; an external worker registering again
-     * loses its running tasks in the same statement. */
-    [W_REGISTER] = {"registering a worker",
-                    "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
-                    "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, "
-                    "'idle', te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO "
-                    "UPDATE SET backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), "
-                    "capabilities = $4::jsonb, token_hash = $5, name_prefix = $6, "
-                    "current_task_id = NULL WHERE (workers.name_prefix IS NULL) = ($6::text IS "
-                    "NULL) RETURNING id), "
-                    "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), "
-                    "updated_at = te_ts($3), error = " RULE_ERR_REREGISTERED " WHERE status = "
-                    "'running' AND worker_id = $1 AND $5::text IS NOT NULL AND EXISTS (SELECT 1 "
-                    "FROM w)) SELECT 1 FROM w"},
-};
+/* The upsert's WHERE keeps an internal row from being taken over by an external
+ * registration, and the other way round; an external worker registering again
+ * loses its running tasks in the same statement. */
+static const struct pg_query register_q = {
+    "registering a worker",
+    "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
+    "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, "
+    "'idle', te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO "
+    "UPDATE SET backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), "
+    "capabilities = $4::jsonb, token_hash = $5, name_prefix = $6, "
+    "current_task_id = NULL WHERE (workers.name_prefix IS NULL) = ($6::text IS "
+    "NULL) RETURNING id), "
+    "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), "
+    "updated_at = te_ts($3), error = " RULE_ERR_REREGISTERED " WHERE status = "
+    "'running' AND worker_id = $1 AND $5::text IS NOT NULL AND EXISTS (SELECT 1 "
+    "FROM w)) SELECT 1 FROM w"};
 
 int pg_worker_register(struct store *st, const struct worker_reg *reg)
 {
@@ -44,7 +38,7 @@ int pg_worker_register(struct store *st, const struct worker_reg *reg)
         free(caps);
         return ERR_NOMEM;
     }
-    rc = pg_write(st, &worker_q[W_REGISTER], 6, v, &changed);
+    rc = pg_write(st, &register_q, 6, v, &changed);
     free(caps);
     return rc == 0 && changed == 0 ? ERR_CONFLICT : rc;
 }

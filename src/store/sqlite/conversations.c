@@ -9,13 +9,7 @@
 
 #include <stdlib.h>
 
-enum {
-    C_FIND,
-    C_INSERT,
-    C_BUMP,
-    C_MSG_INSERT,
-    C_N
-};
+enum { C_FIND, C_INSERT, C_BUMP, C_MSG_INSERT, C_N };
 
 static const struct sq_query conv_q[C_N] = {
     [C_FIND] = {"finding a conversation",

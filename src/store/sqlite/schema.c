@@ -196,7 +196,7 @@ static int apply_from(struct conn *c, int64_t version)
     for (int v = (int)version; rc == 0 && v < N_MIGRATIONS; v++) {
         rc = sq_exec_sql(c->db, migrations[v]);
         if (rc == 0)
-            rc = sq_run(c, &schema_q[1], (struct db_arg[]){DB_I(v + 1), DB_I(clock_now_us())},
+            rc = sq_run(c, &schema_q[1], (struct sq_arg[]){SQ_I(v + 1), SQ_I(clock_now_us())},
                         2, NULL);
         if (rc == 0)
             log_info("sqlite: applied migration %d", v + 1);

@@ -91,7 +91,15 @@ struct sq_cursor {
     int rc;                         /* the first error met; returned by sq_end */
 };
 
-/* Parameters are struct db_arg (store/db.h), made with DB_T, DB_I, DB_R, DB_J, DB_O. */
+/* Parameters are struct db_arg (store/db.h), made with DB_T, DB_I, DB_R, DB_J, DB_O. The
+ * names they had before it stay for the files that still use them (schema.c, and
+ * llm_calls.c of the LLM gateway, which comes from main): until those move to db.h. */
+#define sq_arg db_arg
+#define SQ_T(v) DB_T(v)
+#define SQ_I(v) DB_I(v)
+#define SQ_R(v) DB_R(v)
+#define SQ_J(v) DB_J(v)
+#define SQ_O(v) DB_O(v)
 
 /* db.c */
 /* sq_fail_db: logs what failed with SQLite's message; returns ERR_STORE. */
@@ -137,6 +145,23 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *ar
  * the caller's to keep or free by that result. This is the one place the backend's
  * write transactions begin and end. */
 int sq_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+/* sq_write: sq_run in a write transaction of its own (adding to *changes, as sq_run). */
+int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+             int *changes) __attribute__((warn_unused_result));
+/* sq_read_with: sq_take on a read connection, taken and given back around it. */
+int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* sq_read: on a read connection, q with args, whose rows build() turns into the
+ * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
+ * unchanged on error. sq_read_one: the first row's build() (caller frees), or
+ * ERR_NOTFOUND when there is none. The code above both backends has db_read instead;
+ * these serve this backend's own statements. */
+int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+            json_t *(*build)(const struct store_row *r),
+            json_t **out) __attribute__((warn_unused_result));
+int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+                json_t *(*build)(const struct store_row *r),
+                json_t **out) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
 struct rd sq_rd_get(struct store *st);

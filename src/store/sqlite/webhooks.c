@@ -7,25 +7,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-enum {
-    H_DUE,
-    H_DUE_EXPERIMENTS,
-    H_N
-};
+/* Leasing a delivery pushes its next attempt out, so no other sender takes it. */
+static const struct sq_query due_tasks = {
+    "webhooks",
+    "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT seq FROM tasks "
+    "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY "
+    "webhook_next_at LIMIT ?3) RETURNING id, callback_url, webhook_attempts"};
 
-static const struct sq_query webhook_q[H_N] = {
-    /* Leasing a delivery pushes its next attempt out, so no other sender takes it. */
-    [H_DUE] = {"webhooks",
-               "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT seq FROM tasks "
-               "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY "
-               "webhook_next_at LIMIT ?3) RETURNING id, callback_url, webhook_attempts"},
-    /* The same for experiments that ended (store_experiments_end made them due). */
-    [H_DUE_EXPERIMENTS] = {"webhooks",
-                           "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
-                           "seq FROM experiments WHERE webhook_state = 'pending' AND "
-                           "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
-                           "id, callback_url, webhook_attempts"},
-};
+/* The same for experiments that ended (store_experiments_end made them due). */
+static const struct sq_query due_experiments = {
+    "webhooks",
+    "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
+    "seq FROM experiments WHERE webhook_state = 'pending' AND "
+    "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
+    "id, callback_url, webhook_attempts"};
 
 /* The context of due's body. */
 struct due {
@@ -39,13 +34,13 @@ static int due(struct db_conn *dc, void *ctx)
     struct due *x = ctx;
     const struct db_arg args[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)x->jobs.max)};
 
-    int rc = sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
+    int rc = sq_take(c, &due_tasks, args, 3, rows_take_jobs, &x->jobs);
     struct rows_jobs more = {x->jobs.jobs + x->jobs.n, x->jobs.max - x->jobs.n, 0, true};
 
     if (rc < 0 || more.max == 0)
         return rc;
     const struct db_arg rest[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)more.max)};
-    rc = sq_take(c, &webhook_q[H_DUE_EXPERIMENTS], rest, 3, rows_take_jobs, &more);
+    rc = sq_take(c, &due_experiments, rest, 3, rows_take_jobs, &more);
     x->jobs.n += more.n;
     return rc;
 }
