@@ -15,8 +15,8 @@
  * claim and unnest() batch inserts (the insert_* ops here), its NOTIFY and listener;
  * SQLite's BEGIN IMMEDIATE writer and reader pool; and operations whose statements
  * differ in number and shape (one CTE on PostgreSQL where SQLite runs several
- * statements in its write transaction): the queue, inserting a task, registering a
- * worker, leasing webhooks.
+ * statements in its write transaction): the queue, inserting a task, leasing
+ * webhooks.
  *
  * Parameters: PostgreSQL's SQL numbers them $1..$n. SQLite's numbers them ?1..?n, or
  * $1..$n where one text serves both dialects (DB_SQL): SQLite takes "$1" as a name,
@@ -175,6 +175,7 @@ int db_events_prune(struct store *st, int64_t before);
 int db_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 
 /* workers.c */
+int db_worker_register(struct store *st, const struct worker_reg *reg);
 int db_worker_token(struct store *st, const char *id, char **token_hash);
 int db_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
 int db_worker_set_status(struct store *st, const char *id, const char *status,
@@ -256,6 +257,7 @@ int db_webhook_result(struct store *st, const struct webhook_job *job, const cha
     .conversation_get = db_conversation_get,                                               \
     .task_conversations = db_task_conversations,                                           \
     .conversation_stats = db_conversation_stats,                                           \
+    .worker_register = db_worker_register,                                                 \
     .worker_token = db_worker_token,                                                       \
     .worker_heartbeat = db_worker_heartbeat,                                               \
     .worker_set_status = db_worker_set_status,                                             \

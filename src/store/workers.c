@@ -1,8 +1,7 @@
-/* store/workers: worker rows (heartbeat, status, reads), written once for both
- * backends (store/db.h). Registering stays in each backend (sqlite/workers.c,
- * pg/workers.c): PostgreSQL registers, and fails a re-registering external worker's
- * runs, in one statement; SQLite in two inside its write transaction. */
+/* store/workers: worker rows (register, heartbeat, status, reads), written once for
+ * both backends (store/db.h). */
 #include "store/db.h"
+#include "store/rules.h"
 #include "core/err.h"
 
 #define WORKER_COLS_SQ                                                                     \
@@ -13,9 +12,36 @@
     "metadata::text, tasks_completed, tasks_failed, te_us(registered_at), "                \
     "name_prefix IS NOT NULL"
 
-enum { W_TOKEN, W_HEARTBEAT, W_STATUS, W_LIST, W_BY_ID, W_COUNTS, W_N };
+enum { W_REGISTER, W_LOSE_RUNS, W_TOKEN, W_HEARTBEAT, W_STATUS, W_LIST, W_BY_ID, W_COUNTS, W_N };
 
 static const struct db_stmt worker_q[W_N] = {
+    /* The upsert's WHERE keeps an internal row from being taken over by an external
+     * registration, and the other way round. An external worker registering again
+     * loses its running tasks: on PostgreSQL in the same statement, on SQLite in
+     * W_LOSE_RUNS, inside the same write transaction. */
+    [W_REGISTER] = {"registering a worker",
+                    "INSERT INTO workers (id, backend_type, status, last_heartbeat, "
+                    "capabilities, registered_at, token_hash, name_prefix) VALUES (?1, ?2, "
+                    "'idle', ?3, ?4, ?3, ?5, ?6) ON CONFLICT (id) DO UPDATE SET backend_type = "
+                    "?2, status = 'idle', last_heartbeat = ?3, capabilities = ?4, token_hash = "
+                    "?5, name_prefix = ?6, current_task_id = NULL WHERE (workers.name_prefix IS "
+                    "NULL) = (?6 IS NULL)",
+                    "WITH w AS (INSERT INTO workers (id, backend_type, status, last_heartbeat, "
+                    "capabilities, registered_at, token_hash, name_prefix) VALUES ($1, $2, "
+                    "'idle', te_ts($3), $4::jsonb, te_ts($3), $5, $6) ON CONFLICT (id) DO "
+                    "UPDATE SET backend_type = $2, status = 'idle', last_heartbeat = te_ts($3), "
+                    "capabilities = $4::jsonb, token_hash = $5, name_prefix = $6, "
+                    "current_task_id = NULL WHERE (workers.name_prefix IS NULL) = ($6::text IS "
+                    "NULL) RETURNING id), "
+                    "lost AS (UPDATE tasks SET status = 'failed', completed_at = te_ts($3), "
+                    "updated_at = te_ts($3), error = " RULE_ERR_REREGISTERED " WHERE status = "
+                    "'running' AND worker_id = $1 AND $5::text IS NOT NULL AND EXISTS (SELECT 1 "
+                    "FROM w)) SELECT 1 FROM w"},
+    [W_LOSE_RUNS] = {"registering a worker",
+                     "UPDATE tasks SET status = 'failed', completed_at = ?3, updated_at = ?3, "
+                     "error = " RULE_ERR_REREGISTERED " WHERE status = 'running' AND "
+                     "worker_id = ?1",
+                     NULL},
     [W_TOKEN] = DB_SQL("reading a worker", "SELECT token_hash FROM workers WHERE id = $1"),
     /* $1: the ids as a JSON array. */
     [W_HEARTBEAT] = {"heartbeat",
@@ -40,6 +66,33 @@ static const struct db_stmt worker_q[W_N] = {
     [W_COUNTS] = DB_SQL("counting workers",
                         "SELECT status, count(*) FROM workers GROUP BY status"),
 };
+
+/* The registration: the upsert, then (an external worker) the runs it lost.
+ * ERR_CONFLICT when the upsert's WHERE kept the row. */
+static int register_body(struct db_conn *c, void *ctx)
+{
+    const struct worker_reg *reg = ctx;
+    const struct db_arg args[6] = {DB_T(reg->id), DB_T(reg->backend_type), DB_I(reg->now),
+                                   DB_O(reg->capabilities), DB_T(reg->token_hash),
+                                   DB_T(reg->name_prefix)};
+    int changed = 0;
+    int rc = db_run(c, &worker_q[W_REGISTER], args, 6, &changed);
+
+    if (rc == 0 && changed == 0)
+        rc = ERR_CONFLICT;
+    if (rc == 0 && reg->token_hash)
+        rc = db_run(c, &worker_q[W_LOSE_RUNS], args, 3, NULL);
+    return rc;
+}
+
+/* PostgreSQL's registration is one statement, committed alone; SQLite's two share its
+ * write transaction (what on_write is there). */
+int db_worker_register(struct store *st, const struct worker_reg *reg)
+{
+    struct worker_reg r = *reg; /* a copy: the body's context is not const */
+
+    return db_on_write(st, register_body, &r);
+}
 
 int db_worker_token(struct store *st, const char *id, char **token_hash)
 {

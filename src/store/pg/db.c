@@ -838,7 +838,6 @@ const struct store_ops store_pg_ops = {
     .task_insert = pg_task_insert,
     .task_claim = pg_task_claim,
     .task_finish = pg_task_finish,
-    .worker_register = pg_worker_register,
     .reap = pg_reap,
     .recover = pg_recover,
     .webhooks_due = pg_webhooks_due,

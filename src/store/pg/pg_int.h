@@ -6,7 +6,7 @@
  * PostgreSQL text with its arguments as text, a read on a pooled connection, a
  * transaction) and keeps only what differs on purpose: the queue (queue.c: claim,
  * finish, reap, recover), and the batch inserts and one-statement writes of tasks.c,
- * logs.c, conversations.c, experiments.c, workers.c and webhooks.c (unnest() of array
+ * logs.c, conversations.c, experiments.c and webhooks.c (unnest() of array
  * literals, CTEs that NOTIFY, SKIP LOCKED leases); each such file says why.
  * A bounded pool of connections shared by HTTP handlers and workers; a thread
  * takes one connection for one store call and gives it back. Statements live in
@@ -217,7 +217,6 @@ int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int pg_worker_register(struct store *st, const struct worker_reg *reg);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
 

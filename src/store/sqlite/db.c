@@ -686,7 +686,6 @@ const struct store_ops store_sqlite_ops = {
     .task_insert = sq_task_insert,
     .task_claim = sq_task_claim,
     .task_finish = sq_task_finish,
-    .worker_register = sq_worker_register,
     .reap = sq_reap,
     .recover = sq_recover,
     .webhooks_due = sq_webhooks_due,

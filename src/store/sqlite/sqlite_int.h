@@ -11,8 +11,8 @@
  * binding typed arguments, a read on a reader, BEGIN IMMEDIATE on the writer) and
  * keeps only what differs on purpose: the queue (queue.c: claim, finish, reap,
  * recover, each several statements in one write transaction), and the inserts and
- * multi-statement writes of tasks.c, logs.c, conversations.c, experiments.c,
- * workers.c and webhooks.c, each saying why. Statements live in tables (struct db_stmt
+ * multi-statement writes of tasks.c, logs.c, conversations.c, experiments.c and
+ * webhooks.c, each saying why. Statements live in tables (struct db_stmt
  * above the backends, struct sq_query here); a connection prepares each once, on first
  * use, and keeps it.
  * Every read goes through a cursor (struct sq_cursor) whose next() says row, done
@@ -208,7 +208,6 @@ int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int sq_worker_register(struct store *st, const struct worker_reg *reg);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
 
