@@ -16,6 +16,7 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "model/proto.h"
+#include "store/db.h"
 #include "store/store.h"
 #include "core/uuidgen.h"
 #include "testdb.h"
@@ -472,6 +473,29 @@ static void failed_reads_are_errors(void **state)
 
 /* supported_problems globs: * and ? and classes match as in a shell; every other
  * character (a dot, a plus) is itself. */
+/* A statement written once for both dialects ($1..$n) binds each argument to its
+ * number, though SQLite numbers such parameters as they first appear ($2 here); a
+ * statement a dialect does without (NULL text) is not run there. */
+static void one_statement_text_serves_both_dialects(void **state)
+{
+    static const struct db_stmt between = DB_SQL(
+        "counting", "SELECT count(*) FROM tasks WHERE priority < $2 AND priority > $1");
+    static const struct db_stmt none = {"nothing", NULL, NULL};
+    struct fx *f = *state;
+    const struct db_arg args[2] = {DB_I(2), DB_I(8)};
+    struct rows_ints x = {.n = 1, .v = {-1}};
+    char a[37];
+
+    add(f->st, "p", 1, "default", NULL, a);
+    add(f->st, "p", 5, "default", NULL, a);
+    add(f->st, "p", 9, "default", NULL, a);
+    assert_int_equal(db_read_with(f->st, &between, args, 2, rows_take_ints, &x), 0);
+    assert_int_equal(x.v[0], 1);
+    x.v[0] = -1;
+    assert_int_equal(db_read_with(f->st, &none, args, 2, rows_take_ints, &x), 0);
+    assert_int_equal(x.v[0], -1);
+}
+
 static void claim_globs_are_literal_but_for_wildcards(void **state)
 {
     struct fx *f = *state;
@@ -513,6 +537,8 @@ static void claim_globs_are_literal_but_for_wildcards(void **state)
                                         teardown),                                         \
         cmocka_unit_test_setup_teardown(concurrent_claims_are_exclusive, setup, teardown), \
         cmocka_unit_test_setup_teardown(failed_reads_are_errors, setup, teardown),         \
+        cmocka_unit_test_setup_teardown(one_statement_text_serves_both_dialects, setup,    \
+                                        teardown),                                         \
     }
 
 int main(void)

@@ -179,8 +179,34 @@ json_t *rows_time(const struct store_row *r, int col);       /* RFC 3339 from mi
 /* TASK_COLS: id, problem_id, status, priority, backend_type, mode, parameters,
  * metadata, callback_url, idempotency_key, worker_id, lease_token, result, error,
  * max_steps, timeout_seconds, created_at, updated_at, started_at, completed_at,
- * deadline_at, seq. Caller frees with task_free. */
+ * deadline_at, seq, then the retry and experiment columns, as each dialect selects
+ * them (below). Caller frees with task_free. */
 struct task *rows_task(const struct store_row *r);
+/* SQLite's (TASK_INSERT_COLS: what a new task's INSERT names) ... */
+#define TASK_INSERT_COLS                                                                   \
+    "id, problem_id, status, priority, backend_type, mode, parameters, metadata, "         \
+    "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
+    "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
+
+#define TASK_COLS_SQ                                                                       \
+    TASK_INSERT_COLS ", seq, max_retries, attempt, error_class, attempts, retry_at, "      \
+    "experiment_id, slot"
+/* ... and PostgreSQL's (TASK_COLS_T_PG: of the row aliased t). */
+#define TASK_COLS_PG                                                                       \
+    "id, problem_id, status, priority, backend_type, mode, parameters::text, "             \
+    "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
+    "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
+    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq, max_retries, attempt, " \
+    "error_class, attempts::text, te_us(retry_at), experiment_id, slot::text"
+
+#define TASK_COLS_T_PG                                                                     \
+    "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
+    "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "    \
+    "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "       \
+    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
+    "t.seq, t.max_retries, t.attempt, t.error_class, t.attempts::text, te_us(t.retry_at), "   \
+    "t.experiment_id, t.slot::text"
+
 /* ts, level, message, context -> {"timestamp","level","message","context"} */
 json_t *rows_log(const struct store_row *r);
 /* CONV_COLS: seq, id, task_id, session_id, model_name, model_config, started_at,

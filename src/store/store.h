@@ -1,9 +1,10 @@
 /* store: the storage interface. One vtable (struct store_ops), one folder per
  * backend (store/sqlite/, store/pg/: a file per concern and a private header), and the
  * store_* wrappers everyone calls (store.c). What the backends share is written once
- * above them: store/rows.c turns rows into the API's values (through a cursor whose
- * next() says row, done or error) and store/rules.[ch] holds the business rules (the
- * failure texts the store writes, supported_problems globs).
+ * above them: most operations, one file per concern over store/db.h (a statement
+ * table in both dialects, the C once); store/rows.c turns rows into the API's values
+ * (through a cursor whose next() says row, done or error) and store/rules.[ch] holds
+ * the business rules (the failure texts the store writes, supported_problems globs).
  *
  * DESIGN
  * The queue rules live in the SQL of each backend so that they hold across
@@ -350,9 +351,13 @@ struct store_ops {
     int (*llm_calls)(struct store *st, const char *task_id, json_t **out);
 };
 
+struct db_ops;
+
 /* Every backend's handle starts with this. */
 struct store {
     const struct store_ops *ops;
+    const struct db_ops *db;     /* how the code above both backends runs its SQL
+                                  * (store/db.h) */
 };
 
 /* store_open: picks the backend from the URL scheme ("sqlite://PATH";

@@ -176,16 +176,24 @@ static bool reconnect_after_loss(struct pg_store *s, struct pgconn *pc)
     return pc->c != NULL;
 }
 
+/* A statement to run: its table entry (a struct pg_query or db_stmt; NULL for SQL made
+ * at run time, never prepared), what it does and its text. */
+struct stmt {
+    const void *key;
+    const char *what;
+    const char *sql;
+};
+
 /* The name a connection prepared q under, preparing it on first use: 1 with name set,
  * 0 when the connection holds PG_CACHE statements already (q then runs unprepared),
  * or the error with *lost set. */
-static int prepared_name(struct pgconn *pc, const struct pg_query *q, char *name, size_t cap,
+static int prepared_name(struct pgconn *pc, const struct stmt *q, char *name, size_t cap,
                          bool *lost)
 {
     int i = 0, rc = 1;
     PGresult *r;
 
-    while (i < pc->n_prepared && pc->prepared[i] != q)
+    while (i < pc->n_prepared && pc->prepared[i] != q->key)
         i++;
     snprintf(name, cap, "te_%d", i);
     if (i < pc->n_prepared)
@@ -197,15 +205,15 @@ static int prepared_name(struct pgconn *pc, const struct pg_query *q, char *name
         *lost = PQstatus(pc->c) != CONNECTION_OK;
         rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q->what);
     } else {
-        pc->prepared[pc->n_prepared++] = q;
+        pc->prepared[pc->n_prepared++] = q->key;
     }
     PQclear(r);
     return rc;
 }
 
-/* Runs q (prepared once per connection) or, when q is NULL, the SQL text sql. Returns
- * the result (caller PQclear's) or NULL with *rc set. */
-static PGresult *run_once(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+/* Runs q (prepared once per connection when it has a key). Returns the result (caller
+ * PQclear's) or NULL with *rc set. */
+static PGresult *run_once(struct pgconn *pc, const struct stmt *q, int n,
                           const char *const *vals, int *rc, bool *lost)
 {
     char name[16];
@@ -218,16 +226,16 @@ static PGresult *run_once(struct pgconn *pc, const struct pg_query *q, const cha
         *rc = ERR_UNAVAILABLE;
         return NULL;
     }
-    if (q && (prep = prepared_name(pc, q, name, sizeof(name), lost)) < 0) {
+    if (q->key && (prep = prepared_name(pc, q, name, sizeof(name), lost)) < 0) {
         *rc = prep;
         return NULL;
     }
     r = prep ? PQexecPrepared(pc->c, name, n, vals, NULL, NULL, 0)
-             : PQexecParams(pc->c, q ? q->sql : sql, n, NULL, vals, NULL, NULL, 0);
+             : PQexecParams(pc->c, q->sql, n, NULL, vals, NULL, NULL, 0);
     st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
         *lost = PQstatus(pc->c) != CONNECTION_OK;
-        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q ? q->what : sql);
+        *rc = *lost ? ERR_UNAVAILABLE : pg_fail(pc, r, q->what);
         PQclear(r);
         return NULL;
     }
@@ -239,14 +247,14 @@ static PGresult *run_once(struct pgconn *pc, const struct pg_query *q, const cha
  * restart), once more on a fresh connection. A statement is one transaction, so a
  * lost connection means it did not commit (except in the instant between commit and
  * reply, which a retried insert without an idempotency key would repeat). */
-static PGresult *run_any(struct pgconn *pc, const struct pg_query *q, const char *sql, int n,
+static PGresult *run_any(struct pgconn *pc, const struct stmt *q, int n,
                          const char *const *vals, int *rc)
 {
     bool lost;
-    PGresult *r = run_once(pc, q, sql, n, vals, rc, &lost);
+    PGresult *r = run_once(pc, q, n, vals, rc, &lost);
 
     if (!r && lost && !pc->in_tx && reconnect_after_loss(owner_of(pc), pc))
-        r = run_once(pc, q, sql, n, vals, rc, &lost);
+        r = run_once(pc, q, n, vals, rc, &lost);
     if (lost && !r)
         pc->in_tx = false; /* the transaction died with the connection */
     if (!r && lost)
@@ -257,12 +265,16 @@ static PGresult *run_any(struct pgconn *pc, const struct pg_query *q, const char
 PGresult *pg_run(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
                  int *rc)
 {
-    return run_any(pc, q, NULL, n, vals, rc);
+    const struct stmt t = {q, q->what, q->sql};
+
+    return run_any(pc, &t, n, vals, rc);
 }
 
 PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals, int *rc)
 {
-    return run_any(pc, NULL, sql, n, vals, rc);
+    const struct stmt t = {NULL, sql, sql};
+
+    return run_any(pc, &t, n, vals, rc);
 }
 
 int pg_tx(struct pgconn *pc, const char *verb)
@@ -340,16 +352,6 @@ int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q
     return rc;
 }
 
-int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
-                const char *const *vals)
-{
-    int rc;
-    PGresult *r = pg_run_sql(pc, sql, n, vals, &rc);
-
-    cursor_start(cur, r, rc);
-    return rc;
-}
-
 int pg_next(struct pg_cursor *cur)
 {
     if (cur->rc < 0)
@@ -404,14 +406,6 @@ int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *cons
     return take_opened(&cur, pg_open_q(&cur, pc, q, n, vals), take, ctx);
 }
 
-int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                rows_take_fn take, void *ctx)
-{
-    struct pg_cursor cur;
-
-    return take_opened(&cur, pg_open_sql(&cur, pc, sql, n, vals), take, ctx);
-}
-
 int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                  rows_take_fn take, void *ctx)
 {
@@ -422,37 +416,23 @@ int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *
     return rc;
 }
 
-int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx), void *ctx)
+int pg_in_tx(struct store *st, db_body_fn body, void *ctx)
 {
     struct pgconn *pc = pg_conn_get(P(st));
     int rc = pg_tx(pc, "BEGIN"), end;
 
+    pc->queued = false;
     if (rc == 0)
-        rc = body(pc, ctx);
+        rc = body(&pc->base, ctx);
     if (pc->in_tx) {
         end = pg_tx(pc, rc >= 0 ? "COMMIT" : "ROLLBACK");
         if (rc >= 0 && end < 0)
             rc = end;
     }
+    if (rc >= 0 && pc->queued) /* announced once committed, so a wakened server sees them */
+        pg_tasks_queued(P(st));
     pg_conn_put(P(st), pc);
     return rc;
-}
-
-int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
-                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
-                 json_t **items, int64_t *total)
-{
-    struct pgconn *pc = pg_conn_get(P(st));
-    struct rows_array a = {.build = build};
-    struct rows_ints x = {.n = 1};
-    int rc = pg_take(pc, count, 2, vals, rows_take_ints, &x);
-
-    if (rc == 0)
-        rc = pg_take(pc, page, n, vals, rows_take_array, &a);
-    pg_conn_put(P(st), pc);
-    if (rc == 0)
-        *total = x.v[0];
-    return rows_give(rc, a.v, items);
 }
 
 int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
@@ -472,6 +452,150 @@ int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *c
 
     return rows_give(rc, a.v, out);
 }
+
+/* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
+
+/* The text values libpq takes for n db_args: integers and reals printed into text[],
+ * JSON dumped into owned[] (freed by vals_free). */
+struct vals {
+    const char *v[DB_MAX_ARGS];
+    char text[DB_MAX_ARGS][32];
+    char *owned[DB_MAX_ARGS];
+};
+
+/* The value of a; ERR_NOMEM when JSON cannot be dumped. */
+static int val_of(struct vals *x, int i, const struct db_arg *a)
+{
+    bool ok = true;
+
+    switch (a->kind) {
+    case DB_TEXT:
+        x->v[i] = a->text;
+        return 0;
+    case DB_INT:
+        snprintf(x->text[i], sizeof(x->text[i]), "%" PRId64, a->i);
+        x->v[i] = x->text[i];
+        return 0;
+    case DB_REAL:
+        snprintf(x->text[i], sizeof(x->text[i]), "%.17g", a->r);
+        x->v[i] = x->text[i];
+        return 0;
+    case DB_JSON:
+    case DB_OBJECT:
+        if (!a->json && a->kind == DB_OBJECT) {
+            x->v[i] = "{}";
+            return 0;
+        }
+        x->v[i] = x->owned[i] = pg_json_text(a->json, &ok);
+        return ok ? 0 : ERR_NOMEM;
+    }
+    return 0;
+}
+
+static void vals_free(struct vals *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(x->owned[i]);
+}
+
+/* x made from args[0..n); vals_free(x, n) after, on error too. */
+static int vals_make(struct vals *x, const struct db_arg *args, int n)
+{
+    int rc = 0;
+
+    memset(x->owned, 0, sizeof(x->owned));
+    if (n > DB_MAX_ARGS) {
+        log_error("postgresql: a statement of %d parameters (at most %d)", n, DB_MAX_ARGS);
+        return ERR_STORE;
+    }
+    for (int i = 0; rc == 0 && i < n; i++)
+        rc = val_of(x, i, &args[i]);
+    return rc;
+}
+
+/* Runs q's PostgreSQL text with args on the connection dc, prepared there once when
+ * prepare (else for this use only), and opens a cursor on its result; the cursor is
+ * ended with pg_end either way. */
+static int open_stmt(struct pg_cursor *cur, struct db_conn *dc, const struct db_stmt *q,
+                     bool prepare, const struct db_arg *args, int n)
+{
+    const struct stmt t = {prepare ? q : NULL, q->what, q->pg};
+    struct vals x;
+    int rc = vals_make(&x, args, n);
+    PGresult *r = rc == 0 ? run_any(pg_conn(dc), &t, n, x.v, &rc) : NULL;
+
+    vals_free(&x, n < DB_MAX_ARGS ? n : DB_MAX_ARGS);
+    cursor_start(cur, r, rc);
+    return rc;
+}
+
+static int db_take_pg(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                      int n, rows_take_fn take, void *ctx)
+{
+    struct pg_cursor cur;
+
+    if (!q->pg)
+        return 0; /* not a statement of this dialect */
+    return take_opened(&cur, open_stmt(&cur, dc, q, true, args, n), take, ctx);
+}
+
+static int db_take_once_pg(struct db_conn *dc, const struct db_stmt *q,
+                           const struct db_arg *args, int n, rows_take_fn take, void *ctx)
+{
+    struct pg_cursor cur;
+
+    return take_opened(&cur, open_stmt(&cur, dc, q, false, args, n), take, ctx);
+}
+
+static int db_run_pg(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                     int n, int *changes)
+{
+    struct pg_cursor cur;
+    int rc;
+
+    if (!q->pg)
+        return 0; /* not a statement of this dialect */
+    rc = open_stmt(&cur, dc, q, true, args, n);
+    if (rc == 0 && changes)
+        *changes += pg_changes(&cur);
+    return pg_end(&cur, rc);
+}
+
+static int db_on_read_pg(struct store *st, db_body_fn body, void *ctx)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc = body(&pc->base, ctx);
+
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+static int db_write_pg(struct store *st, const struct db_stmt *q, const struct db_arg *args,
+                       int n, int *changes)
+{
+    struct pgconn *pc = pg_conn_get(P(st));
+    int rc;
+
+    if (changes)
+        *changes = 0;
+    rc = db_run_pg(&pc->base, q, args, n, changes);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
+static const struct db_ops pg_db_ops = {
+    .take = db_take_pg,
+    .take_once = db_take_once_pg,
+    .run = db_run_pg,
+    .insert_messages = pg_insert_messages,
+    .insert_logs = pg_insert_logs,
+    .insert_tasks = pg_insert_tasks,
+    .on_read = db_on_read_pg,
+    .read_tx = pg_in_tx,
+    .in_write = pg_in_tx,
+    .on_write = db_on_read_pg,
+    .write = db_write_pg,
+};
 
 char *pg_json_text(const json_t *v, bool *ok)
 {
@@ -573,8 +697,11 @@ static int pg_open(const char *url, struct store **out)
     if (!s)
         return ERR_NOMEM;
     s->base.ops = &store_pg_ops;
-    for (int i = 0; i < POOL_SIZE; i++)
+    s->base.db = &pg_db_ops;
+    for (int i = 0; i < POOL_SIZE; i++) {
+        s->conns[i].base.ops = &pg_db_ops;
         s->conns[i].owner = s;
+    }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -739,53 +866,13 @@ const struct store_ops store_pg_ops = {
     .ping = pg_ping,
     .listen = pg_listen,
     .task_insert = pg_task_insert,
-    .task_get = pg_task_get,
-    .task_list = pg_task_list,
-    .task_cancel = pg_task_cancel,
     .task_claim = pg_task_claim,
     .task_finish = pg_task_finish,
-    .task_lease_status = pg_task_lease_status,
-    .task_stats = pg_task_stats,
-    .logs_append = pg_logs_append,
-    .logs_list = pg_logs_list,
-    .messages_append = pg_messages_append,
-    .conversations_list = pg_conversations_list,
-    .conversation_get = pg_conversation_get,
-    .task_conversations = pg_task_conversations,
-    .conversation_stats = pg_conversation_stats,
-    .worker_register = pg_worker_register,
-    .worker_token = pg_worker_token,
-    .worker_heartbeat = pg_worker_heartbeat,
-    .worker_set_status = pg_worker_set_status,
-    .worker_list = pg_worker_list,
-    .worker_get = pg_worker_get,
-    .worker_counts = pg_worker_counts,
     .reap = pg_reap,
     .recover = pg_recover,
-    .experiment_create = pg_experiment_create,
-    .experiment_get = pg_experiment_get,
-    .experiment_list = pg_experiment_list,
-    .experiment_scoreboard = pg_experiment_scoreboard,
-    .experiment_cancel = pg_experiment_cancel,
-    .experiment_slots = pg_experiment_slots,
-    .experiment_add_tasks = pg_experiment_add_tasks,
-    .experiments_end = pg_experiments_end,
     .webhooks_due = pg_webhooks_due,
-    .webhook_result = pg_webhook_result,
-    .events_head = pg_events_head,
-    .events_after = pg_events_after,
-    .logs_after = pg_logs_after,
-    .events_prune = pg_events_prune,
-    .task_timeseries = pg_task_timeseries,
-    .export_extras = pg_export_extras,
-    .session_ready = pg_session_ready,
-    .session_get = pg_session_get,
-    .session_step = pg_session_step,
-    .session_next = pg_session_next,
-    .session_answer = pg_session_answer,
-    .session_end = pg_session_end,
-    .session_idle = pg_session_idle,
     .llm_call_insert = pg_llm_call_insert,
     .llm_calls = pg_llm_calls,
     .listen_sessions = pg_listen_sessions,
+    DB_STORE_OPS,
 };

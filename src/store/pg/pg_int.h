@@ -1,10 +1,17 @@
 /* store/pg/pg_int.h: what the files of the PostgreSQL backend share.
  *
  * DESIGN
+ * The code of most concerns is written once above both backends (store/<concern>.c
+ * over store/db.h); this backend gives it struct db_ops (db.c: running a statement's
+ * PostgreSQL text with its arguments as text, a read on a pooled connection, a
+ * transaction) and keeps only what differs on purpose: the queue (queue.c: claim,
+ * finish, reap, recover), and the batch inserts and one-statement writes of tasks.c,
+ * logs.c, conversations.c, experiments.c and webhooks.c (unnest() of array
+ * literals, CTEs that NOTIFY, SKIP LOCKED leases); each such file says why.
  * A bounded pool of connections shared by HTTP handlers and workers; a thread
- * takes one connection for one store call and gives it back. Each concern file keeps
- * its SQL in one table of named statements (struct pg_query), prepared once per
- * connection on first use; only SQL made at run time (a filtered task list) and
+ * takes one connection for one store call and gives it back. Statements live in
+ * tables (struct db_stmt above the backends, struct pg_query here), each prepared once
+ * per connection on first use; only SQL made at run time (a filtered task list) and
  * transaction control go unprepared. Every result is read through a cursor
  * (struct pg_cursor) whose next() says row, done or error; rows become API values
  * in store/rows.c. Each queue rule is one statement, so it is one
@@ -22,6 +29,7 @@
 #ifndef TASKEXEC_STORE_PG_INT_H
 #define TASKEXEC_STORE_PG_INT_H
 
+#include "store/db.h"
 #include "store/rows.h"
 #include "store/store.h"
 #include "core/buf.h"
@@ -42,33 +50,19 @@ struct pg_query {
     const char *sql;
 };
 
-#define TASK_COLS                                                                          \
-    "id, problem_id, status, priority, backend_type, mode, parameters::text, "              \
-    "metadata::text, callback_url, idempotency_key, worker_id, lease_token, result::text, "  \
-    "error, max_steps, timeout_seconds, te_us(created_at), te_us(updated_at), "            \
-    "te_us(started_at), te_us(completed_at), te_us(deadline_at), seq, max_retries, attempt, " \
-    "error_class, attempts::text, te_us(retry_at), experiment_id, slot::text"
-
-#define TASK_COLS_T                                                                        \
-    "t.id, t.problem_id, t.status, t.priority, t.backend_type, t.mode, t.parameters::text, " \
-    "t.metadata::text, t.callback_url, t.idempotency_key, t.worker_id, t.lease_token, "     \
-    "t.result::text, t.error, t.max_steps, t.timeout_seconds, te_us(t.created_at), "        \
-    "te_us(t.updated_at), te_us(t.started_at), te_us(t.completed_at), te_us(t.deadline_at), " \
-    "t.seq, t.max_retries, t.attempt, t.error_class, t.attempts::text, te_us(t.retry_at), "   \
-    "t.experiment_id, t.slot::text"
-
-#define CONV_COLS                                                                          \
-    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config::text, "            \
-    "te_us(c.started_at), te_us(c.ended_at), c.total_messages, c.total_tokens, "            \
-    "c.metadata::text, c.attempt"
+#define TASK_COLS TASK_COLS_PG           /* store/rows.h */
+#define TASK_COLS_T TASK_COLS_T_PG
 
 struct pg_store;
 
 struct pgconn {
+    struct db_conn base;       /* for the code above both backends (store/db.h) */
     struct pg_store *owner;
     PGconn *c;
     bool in_tx;                /* inside BEGIN ... COMMIT: a lost statement is not retried */
-    const struct pg_query *prepared[PG_CACHE]; /* prepared[i] is statement "te_<i>" */
+    bool queued;               /* this transaction queued tasks: announce them at COMMIT */
+    const void *prepared[PG_CACHE]; /* prepared[i] (a pg_query or db_stmt) is statement
+                                     * "te_<i>" */
     int n_prepared;
     bool busy;                 /* lent out; guarded by the pool lock */
     bool live;                 /* had a working connection when last given back; guarded
@@ -101,6 +95,12 @@ struct pg_store {
 static inline struct pg_store *P(struct store *st)
 {
     return (struct pg_store *)st;
+}
+
+/* The connection whose db_conn c is (every struct pgconn starts with one). */
+static inline struct pgconn *pg_conn(struct db_conn *c)
+{
+    return (struct pgconn *)c;
 }
 
 /* An integer as a text parameter. */
@@ -148,12 +148,10 @@ PGresult *pg_run_sql(struct pgconn *pc, const char *sql, int n, const char *cons
                      int *rc);
 /* pg_tx: "BEGIN", "COMMIT" or "ROLLBACK" on pc, keeping pc->in_tx; 0 or the error. */
 int pg_tx(struct pgconn *pc, const char *verb) __attribute__((warn_unused_result));
-/* pg_open_q / pg_open_sql: runs the statement and opens a cursor on its result; 0 or
- * the error (logged). Either way the cursor is to be ended with pg_end. */
+/* pg_open_q: runs the statement and opens a cursor on its result; 0 or the error
+ * (logged). Either way the cursor is to be ended with pg_end. */
 int pg_open_q(struct pg_cursor *cur, struct pgconn *pc, const struct pg_query *q, int n,
               const char *const *vals) __attribute__((warn_unused_result));
-int pg_open_sql(struct pg_cursor *cur, struct pgconn *pc, const char *sql, int n,
-                const char *const *vals) __attribute__((warn_unused_result));
 /* pg_next: STORE_ROW, STORE_DONE, or the statement's error. */
 int pg_next(struct pg_cursor *cur) __attribute__((warn_unused_result));
 /* pg_changes: the rows the statement changed. */
@@ -161,12 +159,9 @@ int pg_changes(const struct pg_cursor *cur);
 /* pg_end: clears the result; returns rc when it is an error, else the cursor's. */
 int pg_end(struct pg_cursor *cur, int rc) __attribute__((warn_unused_result));
 /* pg_take: q on pc, its cursor handed to take(cur, ctx) (a consumer of store/rows.h);
- * take's result, or the statement's error (take is then not called). pg_take_sql: the
- * same on SQL made at run time. */
+ * take's result, or the statement's error (take is then not called). */
 int pg_take(struct pgconn *pc, const struct pg_query *q, int n, const char *const *vals,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-int pg_take_sql(struct pgconn *pc, const char *sql, int n, const char *const *vals,
-                rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* pg_read_with: pg_take on a pooled connection, taken and given back around it. */
 int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                  rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
@@ -175,25 +170,18 @@ int pg_read_with(struct store *st, const struct pg_query *q, int n, const char *
  * BEGIN's error (body is then not called) or COMMIT's. What body allocated into ctx is
  * the caller's to keep or free by that result. Most operations need none: each is one
  * statement, so one transaction; this is for those made of several. */
-int pg_in_tx(struct store *st, int (*body)(struct pgconn *pc, void *ctx),
-             void *ctx) __attribute__((warn_unused_result));
+int pg_in_tx(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
 /* pg_write: q on a pooled connection, *changes (may be NULL) the rows it changed. */
 int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
              int *changes) __attribute__((warn_unused_result));
 /* pg_read: q on a pooled connection, each row through build() into a new array *out
- * (caller frees). 0, ERR_NOMEM, or the statement's error; *out unchanged on error. */
+ * (caller frees). 0, ERR_NOMEM, or the statement's error; *out unchanged on error.
+ * pg_read_one: the first row's build() (caller frees); ERR_NOTFOUND when there is none.
+ * The code above both backends has db_read instead; these serve this backend's own
+ * statements. */
 int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
             json_t *(*build)(const struct store_row *r),
             json_t **out) __attribute__((warn_unused_result));
-/* pg_read_page: a page of a list and the list's total, on one pooled connection: the
- * integer count of q_count with vals[0..2), then the rows of page with vals[0..n)
- * through build() into a new array *items (caller frees). 0 or the error; the
- * outputs unchanged on error. */
-int pg_read_page(struct store *st, const struct pg_query *count, const struct pg_query *page,
-                 int n, const char *const *vals, json_t *(*build)(const struct store_row *r),
-                 json_t **items, int64_t *total) __attribute__((warn_unused_result));
-/* pg_read_one: the first row of q through build() (caller frees); ERR_NOTFOUND when
- * there is none. */
 int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
                 json_t *(*build)(const struct store_row *r),
                 json_t **out) __attribute__((warn_unused_result));
@@ -217,26 +205,21 @@ int pg_migrate(PGconn *c) __attribute__((warn_unused_result));
 /* pg_log_arrays_build: the array literals of n log lines (reset a even on error). */
 int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n);
 void pg_log_arrays_reset(struct log_arrays *a);
+/* pg_insert_tasks (experiments.c): the db_ops insert_tasks of PostgreSQL (store/db.h). */
+int pg_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added) __attribute__((warn_unused_result));
+/* pg_insert_logs: the db_ops insert_logs of PostgreSQL (store/db.h). */
+int pg_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
 
 /* conversations.c */
-/* pg_insert_messages: n messages (and their conversations), inside the caller's
- * transaction on pc; 0 or the error. */
-int pg_insert_messages(struct pgconn *pc, const char *task_id, const struct msg_entry *e,
+/* pg_insert_messages: the db_ops insert_messages of PostgreSQL (store/db.h). */
+int pg_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
                        size_t n) __attribute__((warn_unused_result));
 
-/* tasks.c */
-/* pg_load_task: the task of id (or, by_key, idempotency key) (caller frees). */
-int pg_load_task(struct pgconn *pc, bool by_key, const char *key,
-                 struct task **out) __attribute__((warn_unused_result));
 
 /* The operations of store_pg_ops (contracts in store.h), one file per concern. */
 int pg_task_insert(struct store *st, struct task *t, struct task **existing);
-int pg_task_get(struct store *st, const char *id, struct task **out);
-int pg_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
-int pg_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
-int pg_task_lease_status(struct store *st, const char *id, const char *lease_token,
-                         enum task_status *status);
-int pg_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int pg_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
@@ -244,58 +227,8 @@ int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int pg_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
-                         size_t n);
-int pg_experiment_get(struct store *st, const char *id, struct experiment **out);
-int pg_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
-                       int64_t *total);
-int pg_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
-int pg_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
-int pg_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
-int pg_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n, size_t *added);
-int pg_logs_append(struct store *st, const char *task_id, const struct log_entry *e, size_t n);
-int pg_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                 int64_t offset, json_t **logs, int64_t *total);
-int pg_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
-                     struct buf *out);
-int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                       size_t n);
-int pg_conversations_list(struct store *st, const char *task_id, const char *model_name,
-                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
-int pg_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
-int pg_task_conversations(struct store *st, const char *task_id, json_t **out);
-int pg_conversation_stats(struct store *st, json_t **out);
-int pg_worker_register(struct store *st, const struct worker_reg *reg);
-int pg_worker_token(struct store *st, const char *id, char **token_hash);
-int pg_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
-int pg_worker_set_status(struct store *st, const char *id, const char *status,
-                         json_t *metadata);
-int pg_worker_list(struct store *st, const char *status, const char *backend_type,
-                   json_t **out);
-int pg_worker_get(struct store *st, const char *id, json_t **out);
-int pg_worker_counts(struct store *st, int64_t counts[3]);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int pg_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error);
-int pg_experiments_end(struct store *st, int64_t now, int *n);
-int pg_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
-int pg_events_after(struct store *st, int64_t after, int limit, json_t **out);
-int pg_logs_after(struct store *st, int64_t after, int limit, json_t **out);
-int pg_events_prune(struct store *st, int64_t before);
-int pg_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
-int pg_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
-                     int64_t now);
-int pg_session_get(struct store *st, const char *task_id, json_t **out);
-int pg_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step);
-int pg_session_next(struct store *st, const char *task_id, int after, int *step,
-                    char **action);
-int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
-int pg_session_end(struct store *st, const char *task_id);
-int pg_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
 /* llm_calls.c */
 int pg_llm_call_insert(struct store *st, const struct llm_call_rec *rec);

@@ -22,14 +22,8 @@
     "te_ts(" now ") "
 
 enum {
-    Q_CLAIM,
-    Q_FINISH,
-    Q_REAP_SILENT,
-    Q_REAP_DEADLINES,
-    Q_RECOVER_RETRY,
-    Q_RECOVER_TASKS,
-    Q_RECOVER_WORKERS,
-    Q_N
+    Q_CLAIM, Q_FINISH, Q_REAP_SILENT, Q_REAP_DEADLINES, Q_RECOVER_RETRY, Q_RECOVER_TASKS,
+    Q_RECOVER_WORKERS, Q_N
 };
 
 static const struct pg_query queue_q[Q_N] = {
@@ -191,8 +185,9 @@ struct finish {
 
 /* The end and the next claim, committed together. A refused end still commits (its
  * logs are kept) and is reported through refused. */
-static int finish_then_claim(struct pgconn *pc, void *ctx)
+static int finish_then_claim(struct db_conn *dc, void *ctx)
 {
+    struct pgconn *pc = pg_conn(dc);
     struct finish *x = ctx;
     int rc = finish_on(pc, x->id, x->lease_token, x->end);
 

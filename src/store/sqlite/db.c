@@ -7,6 +7,7 @@
 #include "core/clock.h"
 
 #include <regex.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -131,28 +132,36 @@ static int prepare(struct sq_cursor *cur, const char *sql, unsigned flags)
     return 0;
 }
 
-int sq_open_q(struct sq_cursor *cur, struct conn *c, const struct sq_query *q)
+/* A cursor on the statement of table entry key (a struct sq_query or db_stmt),
+ * prepared on c once, on first use. */
+static int open_keyed(struct sq_cursor *cur, struct conn *c, const void *key, const char *what,
+                      const char *sql)
 {
     int rc;
 
-    cursor_init(cur, c, q->what);
+    cursor_init(cur, c, what);
     cur->cached = true;
     for (int i = 0; i < c->n_cached; i++) {
-        if (c->cache[i].q == q) {
+        if (c->cache[i].key == key) {
             cur->s = c->cache[i].s;
             cur->base.row.impl = cur->s;
             return 0;
         }
     }
-    rc = prepare(cur, q->sql, SQLITE_PREPARE_PERSISTENT);
+    rc = prepare(cur, sql, SQLITE_PREPARE_PERSISTENT);
     if (rc == 0 && c->n_cached < SQ_CACHE) {
-        c->cache[c->n_cached].q = q;
+        c->cache[c->n_cached].key = key;
         c->cache[c->n_cached].s = cur->s;
         c->n_cached++;
     } else if (rc == 0) {
         cur->cached = false; /* a full cache: this one is finalized after use */
     }
     return rc;
+}
+
+int sq_open_q(struct sq_cursor *cur, struct conn *c, const struct sq_query *q)
+{
+    return open_keyed(cur, c, q, q->what, q->sql);
 }
 
 int sq_open_sql(struct sq_cursor *cur, struct conn *c, const char *what, const char *sql)
@@ -197,35 +206,58 @@ int sq_end(struct sq_cursor *cur, int rc)
     return rc < 0 ? rc : cur->rc;
 }
 
-int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n)
+/* Binds a at parameter k (from 1). */
+static int bind_one(sqlite3_stmt *s, int k, const struct db_arg *a)
 {
+    switch (a->kind) {
+    case DB_INT:
+        sqlite3_bind_int64(s, k, a->i);
+        return 0;
+    case DB_REAL:
+        sqlite3_bind_double(s, k, a->r);
+        return 0;
+    case DB_JSON:
+        return bind_json(s, k, a->json);
+    case DB_OBJECT:
+        return bind_object(s, k, a->json);
+    case DB_TEXT:
+        bind_text(s, k, a->text);
+        return 0;
+    }
+    return 0;
+}
+
+/* The parameter args[i] binds to: ?i+1, or in SQL written for both dialects (whose
+ * parameters SQLite knows by the names $1..$n, numbered as they first appear) the one
+ * named $i+1, or 0 when the SQL does not use it. */
+static int param_of(sqlite3_stmt *s, bool named, int i)
+{
+    char name[16];
+
+    if (!named)
+        return i + 1;
+    snprintf(name, sizeof(name), "$%d", i + 1);
+    return sqlite3_bind_parameter_index(s, name);
+}
+
+int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n)
+{
+    const char *first = sqlite3_bind_parameter_name(s, 1);
+    bool named = first && first[0] == '$';
     int rc = 0;
 
     for (int i = 0; rc == 0 && i < n; i++) {
-        switch (args[i].kind) {
-        case SQ_INT:
-            sqlite3_bind_int64(s, i + 1, args[i].i);
-            break;
-        case SQ_REAL:
-            sqlite3_bind_double(s, i + 1, args[i].r);
-            break;
-        case SQ_JSON:
-            rc = bind_json(s, i + 1, args[i].json);
-            break;
-        case SQ_OBJECT:
-            rc = bind_object(s, i + 1, args[i].json);
-            break;
-        case SQ_TEXT:
-            bind_text(s, i + 1, args[i].text);
-            break;
-        }
+        int k = param_of(s, named, i);
+
+        if (k > 0)
+            rc = bind_one(s, k, &args[i]);
     }
     return rc;
 }
 
 /* Opens a cursor on q and binds args to it; the cursor is to be ended either way. */
 static int open_bound(struct sq_cursor *cur, struct conn *c, const struct sq_query *q,
-                      const struct sq_arg *args, int n)
+                      const struct db_arg *args, int n)
 {
     int rc = sq_open_q(cur, c, q);
 
@@ -234,7 +266,7 @@ static int open_bound(struct sq_cursor *cur, struct conn *c, const struct sq_que
 
 /* Binds args to the cursor just opened (unless opening failed, rc), hands it to take
  * and ends it. */
-static int bind_take(struct sq_cursor *cur, int rc, const struct sq_arg *args, int n,
+static int bind_take(struct sq_cursor *cur, int rc, const struct db_arg *args, int n,
                      rows_take_fn take, void *ctx)
 {
     if (rc == 0)
@@ -244,7 +276,7 @@ static int bind_take(struct sq_cursor *cur, int rc, const struct sq_arg *args, i
     return sq_end(cur, rc);
 }
 
-int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx)
 {
     struct sq_cursor cur;
@@ -252,38 +284,26 @@ int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args,
     return bind_take(&cur, sq_open_q(&cur, c, q), args, n, take, ctx);
 }
 
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
-                int n, rows_take_fn take, void *ctx)
+/* Steps a cursor just opened and bound (unless that failed, rc) to its end, adding
+ * the rows it changed to *changes (may be NULL), and ends it. */
+static int run_opened(struct sq_cursor *cur, int rc, int *changes)
 {
-    struct sq_cursor cur;
-
-    return bind_take(&cur, sq_open_sql(&cur, c, what, sql), args, n, take, ctx);
+    if (rc == 0)
+        rc = sq_exec(cur);
+    if (rc == 0 && changes)
+        *changes += sqlite3_changes(cur->c->db);
+    return sq_end(cur, rc);
 }
 
-int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
-                 rows_take_fn take, void *ctx)
-{
-    struct rd r = sq_rd_get(st);
-    int rc = sq_take(r.c, q, args, n, take, ctx);
-
-    sq_rd_put(&r);
-    return rc;
-}
-
-int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_run(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
            int *changes)
 {
     struct sq_cursor cur;
-    int rc = open_bound(&cur, c, q, args, n);
 
-    if (rc == 0)
-        rc = sq_exec(&cur);
-    if (rc == 0 && changes)
-        *changes += sqlite3_changes(c->db);
-    return sq_end(&cur, rc);
+    return run_opened(&cur, open_bound(&cur, c, q, args, n), changes);
 }
 
-int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
                int64_t *out)
 {
     struct rows_ints x = {.n = 1};
@@ -294,22 +314,32 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *ar
     return rc;
 }
 
+int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx)
+{
+    struct rd r = sq_rd_get(st);
+    int rc = sq_take(r.c, q, args, n, take, ctx);
+
+    sq_rd_put(&r);
+    return rc;
+}
+
 /* The context of sq_write's body. */
 struct write_one {
     const struct sq_query *q;
-    const struct sq_arg *args;
+    const struct db_arg *args;
     int n;
     int *changes;
 };
 
-static int write_one(struct conn *c, void *ctx)
+static int write_one(struct db_conn *c, void *ctx)
 {
     struct write_one *w = ctx;
 
-    return sq_run(c, w->q, w->args, w->n, w->changes);
+    return sq_run(sq_conn(c), w->q, w->args, w->n, w->changes);
 }
 
-int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
              int *changes)
 {
     struct write_one w = {q, args, n, changes};
@@ -317,7 +347,7 @@ int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *ar
     return sq_in_write(st, write_one, &w);
 }
 
-int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
             json_t *(*build)(const struct store_row *r), json_t **out)
 {
     struct rows_array a = {.build = build};
@@ -326,7 +356,7 @@ int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *arg
     return rows_give(rc, a.v, out);
 }
 
-int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
                 json_t *(*build)(const struct store_row *r), json_t **out)
 {
     struct rows_array a = {.build = build, .one = true};
@@ -334,6 +364,98 @@ int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg 
 
     return rows_give(rc, a.v, out);
 }
+
+/* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
+
+/* Opens a cursor on q's SQLite text and binds args; the cursor is ended either way. */
+static int open_stmt(struct sq_cursor *cur, struct db_conn *dc, const struct db_stmt *q,
+                     const struct db_arg *args, int n)
+{
+    int rc = open_keyed(cur, sq_conn(dc), q, q->what, q->sqlite);
+
+    return rc == 0 ? sq_bind(cur->s, args, n) : rc;
+}
+
+static int db_take_sq(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                      int n, rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+    int rc;
+
+    if (!q->sqlite)
+        return 0; /* not a statement of this dialect */
+    rc = open_stmt(&cur, dc, q, args, n);
+    if (rc == 0)
+        rc = take(&cur.base, ctx);
+    return sq_end(&cur, rc);
+}
+
+static int db_take_once_sq(struct db_conn *dc, const struct db_stmt *q,
+                           const struct db_arg *args, int n, rows_take_fn take, void *ctx)
+{
+    struct sq_cursor cur;
+
+    return bind_take(&cur, sq_open_sql(&cur, sq_conn(dc), q->what, q->sqlite), args, n, take,
+                     ctx);
+}
+
+static int db_run_sq(struct db_conn *dc, const struct db_stmt *q, const struct db_arg *args,
+                     int n, int *changes)
+{
+    struct sq_cursor cur;
+
+    if (!q->sqlite)
+        return 0; /* not a statement of this dialect */
+    return run_opened(&cur, open_stmt(&cur, dc, q, args, n), changes);
+}
+
+static int db_on_read_sq(struct store *st, db_body_fn body, void *ctx)
+{
+    struct rd r = sq_rd_get(st);
+    int rc = body(&r.c->base, ctx);
+
+    sq_rd_put(&r);
+    return rc;
+}
+
+/* The context of write_stmt. */
+struct write_stmt {
+    const struct db_stmt *q;
+    const struct db_arg *args;
+    int n;
+    int *changes;
+};
+
+static int write_stmt(struct db_conn *dc, void *ctx)
+{
+    struct write_stmt *w = ctx;
+
+    return db_run_sq(dc, w->q, w->args, w->n, w->changes);
+}
+
+static int db_write_sq(struct store *st, const struct db_stmt *q, const struct db_arg *args,
+                       int n, int *changes)
+{
+    struct write_stmt w = {q, args, n, changes};
+
+    if (changes)
+        *changes = 0;
+    return sq_in_write(st, write_stmt, &w);
+}
+
+static const struct db_ops sq_db_ops = {
+    .take = db_take_sq,
+    .take_once = db_take_once_sq,
+    .run = db_run_sq,
+    .insert_messages = sq_insert_messages,
+    .insert_logs = sq_insert_logs,
+    .insert_tasks = sq_insert_tasks,
+    .on_read = db_on_read_sq,
+    .read_tx = db_on_read_sq,
+    .in_write = sq_in_write,
+    .on_write = sq_in_write,
+    .write = db_write_sq,
+};
 
 /* regexp(pattern, text): SQLite's REGEXP operator, for the claim's supported_problems
  * (the regular expression of store/rules.c). The compiled pattern is kept with the
@@ -373,6 +495,7 @@ static int conn_open(struct conn *c, const char *path)
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
 
     memset(c, 0, sizeof(*c));
+    c->base.ops = &sq_db_ops;
     if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
         int rc = sq_fail_db(c->db, path);
         sqlite3_close(c->db);
@@ -403,7 +526,7 @@ static void rollback(sqlite3 *db)
         log_warn("sqlite: the rollback failed too");
 }
 
-int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx), void *ctx)
+int sq_in_write(struct store *st, db_body_fn body, void *ctx)
 {
     struct sqlite_store *s = S(st);
     sqlite3 *db = s->writer.db;
@@ -412,7 +535,7 @@ int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx), void *
     pthread_mutex_lock(&s->wlock);
     rc = sq_exec_sql(db, "BEGIN IMMEDIATE");
     if (rc == 0)
-        rc = body(&s->writer, ctx);
+        rc = body(&s->writer.base, ctx);
     if (rc >= 0 && sq_exec_sql(db, "COMMIT") < 0) {
         rollback(db);
         rc = ERR_STORE;
@@ -479,6 +602,7 @@ static int sq_open(const char *path, struct store **out)
     if (!s)
         return ERR_NOMEM;
     s->base.ops = &store_sqlite_ops;
+    s->base.db = &sq_db_ops;
     pthread_mutex_init(&s->wlock, NULL);
     pthread_mutex_init(&s->rlock, NULL);
     pthread_cond_init(&s->rcond, NULL);
@@ -560,52 +684,12 @@ const struct store_ops store_sqlite_ops = {
     .close = sq_close,
     .ping = sq_ping,
     .task_insert = sq_task_insert,
-    .task_get = sq_task_get,
-    .task_list = sq_task_list,
-    .task_cancel = sq_task_cancel,
     .task_claim = sq_task_claim,
     .task_finish = sq_task_finish,
-    .task_lease_status = sq_task_lease_status,
-    .task_stats = sq_task_stats,
-    .logs_append = sq_logs_append,
-    .logs_list = sq_logs_list,
-    .messages_append = sq_messages_append,
-    .conversations_list = sq_conversations_list,
-    .conversation_get = sq_conversation_get,
-    .task_conversations = sq_task_conversations,
-    .conversation_stats = sq_conversation_stats,
-    .worker_register = sq_worker_register,
-    .worker_token = sq_worker_token,
-    .worker_heartbeat = sq_worker_heartbeat,
-    .worker_set_status = sq_worker_set_status,
-    .worker_list = sq_worker_list,
-    .worker_get = sq_worker_get,
-    .worker_counts = sq_worker_counts,
     .reap = sq_reap,
     .recover = sq_recover,
-    .experiment_create = sq_experiment_create,
-    .experiment_get = sq_experiment_get,
-    .experiment_list = sq_experiment_list,
-    .experiment_scoreboard = sq_experiment_scoreboard,
-    .experiment_cancel = sq_experiment_cancel,
-    .experiment_slots = sq_experiment_slots,
-    .experiment_add_tasks = sq_experiment_add_tasks,
-    .experiments_end = sq_experiments_end,
     .webhooks_due = sq_webhooks_due,
-    .webhook_result = sq_webhook_result,
-    .events_head = sq_events_head,
-    .events_after = sq_events_after,
-    .logs_after = sq_logs_after,
-    .events_prune = sq_events_prune,
-    .task_timeseries = sq_task_timeseries,
-    .export_extras = sq_export_extras,
-    .session_ready = sq_session_ready,
-    .session_get = sq_session_get,
-    .session_step = sq_session_step,
-    .session_next = sq_session_next,
-    .session_answer = sq_session_answer,
-    .session_end = sq_session_end,
-    .session_idle = sq_session_idle,
+    DB_STORE_OPS,
     .llm_call_insert = sq_llm_call_insert,
     .llm_calls = sq_llm_calls,
 };

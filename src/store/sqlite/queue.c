@@ -21,20 +21,9 @@
     "1)), updated_at = ?2 "
 
 enum {
-    Q_CLAIM,
-    Q_WORKER_BUSY,
-    Q_FINISH,
-    Q_RETRY,
-    Q_WORKER_DONE,
-    Q_CONV_FINISH,
-    Q_REAP_RETRY,
-    Q_REAP_SILENT_TASKS,
-    Q_REAP_SILENT_WORKERS,
-    Q_REAP_DEADLINES,
-    Q_RECOVER_RETRY,
-    Q_RECOVER_TASKS,
-    Q_RECOVER_WORKERS,
-    Q_N
+    Q_CLAIM, Q_WORKER_BUSY, Q_FINISH, Q_RETRY, Q_WORKER_DONE, Q_CONV_FINISH, Q_REAP_RETRY,
+    Q_REAP_SILENT_TASKS, Q_REAP_SILENT_WORKERS, Q_REAP_DEADLINES, Q_RECOVER_RETRY,
+    Q_RECOVER_TASKS, Q_RECOVER_WORKERS, Q_N
 };
 
 static const struct sq_query queue_q[Q_N] = {
@@ -118,13 +107,13 @@ int sq_claim_in(struct conn *c, const struct claim_req *req, struct task **out)
     int rc = rules_globs_regex(req->patterns, req->n_patterns, &re);
 
     if (rc == 0) {
-        const struct sq_arg args[5] = {SQ_T(req->worker_id), SQ_T(req->lease_token),
-                                       SQ_I(req->now), SQ_T(req->backend_type), SQ_T(re)};
+        const struct db_arg args[5] = {DB_T(req->worker_id), DB_T(req->lease_token),
+                                       DB_I(req->now), DB_T(req->backend_type), DB_T(re)};
         rc = sq_take(c, &queue_q[Q_CLAIM], args, 5, rows_take_task, &t);
     }
     free(re);
     if (rc == 0) {
-        const struct sq_arg args[3] = {SQ_T(req->worker_id), SQ_T(t->id), SQ_I(req->now)};
+        const struct db_arg args[3] = {DB_T(req->worker_id), DB_T(t->id), DB_I(req->now)};
         rc = sq_run(c, &queue_q[Q_WORKER_BUSY], args, 3, NULL);
     }
     if (rc == 0)
@@ -140,8 +129,9 @@ struct claim {
     struct task *t;                 /* the claimed task, freed by the caller on error */
 };
 
-static int claim(struct conn *c, void *ctx)
+static int claim(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct claim *x = ctx;
 
     return sq_claim_in(c, x->req, &x->t);
@@ -164,11 +154,11 @@ int sq_task_claim(struct store *st, const struct claim_req *req, struct task **o
 static int finish_row(struct conn *c, const char *id, const char *lease_token,
                       const struct task_end *end, char **worker)
 {
-    const struct sq_arg args[8] = {SQ_T(id), SQ_T(lease_token),
-                                   SQ_T(task_status_name(end->status)), SQ_J(end->result),
-                                   SQ_T(end->error), SQ_I(end->now),
-                                   SQ_T(task_error_class_name(end->error_class)),
-                                   SQ_I(end->retry_at)};
+    const struct db_arg args[8] = {DB_T(id), DB_T(lease_token),
+                                   DB_T(task_status_name(end->status)), DB_J(end->result),
+                                   DB_T(end->error), DB_I(end->now),
+                                   DB_T(task_error_class_name(end->error_class)),
+                                   DB_I(end->retry_at)};
     int rc = end->retry_at ? sq_take(c, &queue_q[Q_RETRY], args, 8, rows_take_text, worker)
                            : sq_take(c, &queue_q[Q_FINISH], args, 7, rows_take_text, worker);
 
@@ -182,9 +172,9 @@ static int finish_after(struct conn *c, const char *id, const struct task_end *e
     json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
     const char *ok = json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
                                               : "null";
-    const struct sq_arg counts[3] = {SQ_T(worker), SQ_I(end->status == TASK_COMPLETED),
-                                     SQ_I(end->status != TASK_COMPLETED)};
-    const struct sq_arg convs[3] = {SQ_T(id), SQ_I(end->now), SQ_T(ok)};
+    const struct db_arg counts[3] = {DB_T(worker), DB_I(end->status == TASK_COMPLETED),
+                                     DB_I(end->status != TASK_COMPLETED)};
+    const struct db_arg convs[3] = {DB_T(id), DB_I(end->now), DB_T(ok)};
     int rc = sq_run(c, &queue_q[Q_WORKER_DONE], counts, 3, NULL);
 
     return rc == 0 ? sq_run(c, &queue_q[Q_CONV_FINISH], convs, 3, NULL) : rc;
@@ -203,7 +193,7 @@ struct finish {
 static int refusal(struct conn *c, const char *id)
 {
     struct task *t = NULL;
-    int rc = sq_load_task(c, false, id, &t) == ERR_NOTFOUND ? ERR_NOTFOUND : ERR_CONFLICT;
+    int rc = db_load_task(&c->base, false, id, &t) == ERR_NOTFOUND ? ERR_NOTFOUND : ERR_CONFLICT;
 
     task_free(t);
     return rc;
@@ -212,11 +202,12 @@ static int refusal(struct conn *c, const char *id)
 /* The logs, the end, what follows it and the optional next claim. A refused end still
  * commits (the logs are kept) and is reported through refused; a failed next claim
  * rolls back the whole, so the end is retried. */
-static int finish(struct conn *c, void *ctx)
+static int finish(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct finish *x = ctx;
     char *worker = NULL;
-    int rc = sq_insert_logs(c, &(struct sq_batch){x->id, x->end->logs, x->end->n_logs});
+    int rc = sq_insert_logs(&c->base, x->id, x->end->logs, x->end->n_logs);
 
     if (rc == 0)
         rc = finish_row(c, x->id, x->lease_token, x->end, &worker);
@@ -254,11 +245,12 @@ struct reap {
     struct reap_result *out;
 };
 
-static int reap(struct conn *c, void *ctx)
+static int reap(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct reap *x = ctx;
-    const struct sq_arg args[4] = {SQ_T(NULL), SQ_I(x->now), SQ_I(x->timeout_us),
-                                   SQ_I(x->retry_base_us)};
+    const struct db_arg args[4] = {DB_T(NULL), DB_I(x->now), DB_I(x->timeout_us),
+                                   DB_I(x->retry_base_us)};
     int rc = sq_run(c, &queue_q[Q_REAP_RETRY], args, 4, &x->out->tasks_retried);
 
     if (rc == 0)
@@ -287,11 +279,12 @@ struct recover {
     int *n_failed;
 };
 
-static int recover(struct conn *c, void *ctx)
+static int recover(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct recover *x = ctx;
-    const struct sq_arg args[4] = {SQ_T(x->name_prefix), SQ_I(x->now), SQ_I(0),
-                                   SQ_I(x->retry_base_us)};
+    const struct db_arg args[4] = {DB_T(x->name_prefix), DB_I(x->now), DB_I(0),
+                                   DB_I(x->retry_base_us)};
     int rc = sq_run(c, &queue_q[Q_RECOVER_RETRY], args, 4, x->n_failed);
 
     if (rc == 0)

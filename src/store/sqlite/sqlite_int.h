@@ -6,8 +6,15 @@
  * writes from our threads never meet SQLITE_BUSY among themselves and a claim
  * (pick + lease) is one atomic transaction; readers see the last committed state
  * without waiting for the writer. A busy timeout covers other processes sharing
- * the file. Each concern file keeps its SQL in one table of named statements
- * (struct sq_query); a connection prepares each once, on first use, and keeps it.
+ * the file. The code of most concerns is written once above both backends
+ * (store/<concern>.c over store/db.h); this backend gives it struct db_ops (db.c:
+ * binding typed arguments, a read on a reader, BEGIN IMMEDIATE on the writer) and
+ * keeps only what differs on purpose: the queue (queue.c: claim, finish, reap,
+ * recover, each several statements in one write transaction), and the inserts and
+ * multi-statement writes of tasks.c, logs.c, conversations.c, experiments.c and
+ * webhooks.c, each saying why. Statements live in tables (struct db_stmt
+ * above the backends, struct sq_query here); a connection prepares each once, on first
+ * use, and keeps it.
  * Every read goes through a cursor (struct sq_cursor) whose next() says row, done
  * or error; rows become API values in store/rows.c.
  * Times are integer microseconds since the epoch; JSON columns hold JSON text.
@@ -15,6 +22,7 @@
 #ifndef TASKEXEC_STORE_SQLITE_INT_H
 #define TASKEXEC_STORE_SQLITE_INT_H
 
+#include "store/db.h"
 #include "store/rows.h"
 #include "store/store.h"
 
@@ -32,9 +40,11 @@ struct sq_query {
 };
 
 struct conn {
+    struct db_conn base;            /* for the code above both backends (store/db.h) */
     sqlite3 *db;
     struct {
-        const struct sq_query *q;   /* the statement's entry in its table */
+        const void *key;            /* the statement's entry in its table (sq_query or
+                                     * db_stmt) */
         sqlite3_stmt *s;            /* prepared once (persistent), reset after each use */
     } cache[SQ_CACHE];
     int n_cached;
@@ -56,19 +66,13 @@ static inline struct sqlite_store *S(struct store *st)
     return (struct sqlite_store *)st;
 }
 
-#define TASK_INSERT_COLS                                                                   \
-    "id, problem_id, status, priority, backend_type, mode, parameters, metadata, "         \
-    "callback_url, idempotency_key, worker_id, lease_token, result, error, max_steps, "    \
-    "timeout_seconds, created_at, updated_at, started_at, completed_at, deadline_at"
+/* The connection whose db_conn c is (every struct conn starts with one). */
+static inline struct conn *sq_conn(struct db_conn *c)
+{
+    return (struct conn *)c;
+}
 
-/* ... then seq and the retry and experiment columns (store/rows.h, rows_task) */
-#define TASK_COLS                                                                          \
-    TASK_INSERT_COLS ", seq, max_retries, attempt, error_class, attempts, retry_at, "        \
-    "experiment_id, slot"
-
-#define CONV_COLS                                                                          \
-    "c.seq, c.id, c.task_id, c.session_id, c.model_name, c.model_config, c.started_at, "    \
-    "c.ended_at, c.total_messages, c.total_tokens, c.metadata, c.attempt"
+#define TASK_COLS TASK_COLS_SQ           /* store/rows.h */
 
 /* Reads go to a reader connection, or to the writer for :memory: databases. */
 struct rd {
@@ -87,21 +91,15 @@ struct sq_cursor {
     int rc;                         /* the first error met; returned by sq_end */
 };
 
-/* One parameter of a statement, bound at its position in an array. Made with the
- * macros: text (NULL binds NULL), integer, real, JSON as compact text (NULL binds NULL),
- * or a JSON object ("{}" for NULL). */
-struct sq_arg {
-    enum { SQ_TEXT, SQ_INT, SQ_REAL, SQ_JSON, SQ_OBJECT } kind;
-    const char *text;
-    int64_t i;
-    double r;
-    const json_t *json;             /* borrowed */
-};
-#define SQ_T(v) ((struct sq_arg){.kind = SQ_TEXT, .text = (v)})
-#define SQ_I(v) ((struct sq_arg){.kind = SQ_INT, .i = (v)})
-#define SQ_R(v) ((struct sq_arg){.kind = SQ_REAL, .r = (v)})
-#define SQ_J(v) ((struct sq_arg){.kind = SQ_JSON, .json = (v)})
-#define SQ_O(v) ((struct sq_arg){.kind = SQ_OBJECT, .json = (v)})
+/* Parameters are struct db_arg (store/db.h), made with DB_T, DB_I, DB_R, DB_J, DB_O. The
+ * names they had before it stay for the files that still use them (schema.c, and
+ * llm_calls.c of the LLM gateway, which comes from main): until those move to db.h. */
+#define sq_arg db_arg
+#define SQ_T(v) DB_T(v)
+#define SQ_I(v) DB_I(v)
+#define SQ_R(v) DB_R(v)
+#define SQ_J(v) DB_J(v)
+#define SQ_O(v) DB_O(v)
 
 /* db.c */
 /* sq_fail_db: logs what failed with SQLite's message; returns ERR_STORE. */
@@ -123,27 +121,22 @@ int sq_exec(struct sq_cursor *cur) __attribute__((warn_unused_result));
 /* sq_end: releases the statement; returns rc when it is an error, else the cursor's
  * first error, else 0. */
 int sq_end(struct sq_cursor *cur, int rc) __attribute__((warn_unused_result));
-/* sq_bind: binds args[0..n) to ?1..?n; 0, or ERR_NOMEM when a JSON value cannot be
+/* sq_bind: binds args[0..n) to ?1..?n (or to $1..$n by name, in SQL written for both
+ * dialects); 0, or ERR_NOMEM when a JSON value cannot be
  * dumped. */
-int sq_bind(sqlite3_stmt *s, const struct sq_arg *args, int n) __attribute__((warn_unused_result));
+int sq_bind(sqlite3_stmt *s, const struct db_arg *args, int n) __attribute__((warn_unused_result));
 /* sq_take: named statement q on c with args, its cursor handed to take(cur, ctx) (a
  * consumer of store/rows.h). Returns take's result, or ERR_STORE / ERR_NOMEM when the
  * statement cannot be prepared or bound (take is then not called). */
-int sq_take(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_take(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
             rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-/* sq_take_sql: the same on SQL made at run time, prepared for this use only. */
-int sq_take_sql(struct conn *c, const char *what, const char *sql, const struct sq_arg *args,
-                int n, rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-/* sq_read_with: sq_take on a read connection, taken and given back around it. */
-int sq_read_with(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
-                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
 /* sq_run: named statement q on c with args, stepped to its end, adding the rows it
  * changed to *changes (may be NULL). 0, ERR_NOMEM or ERR_STORE. */
-int sq_run(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_run(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
            int *changes) __attribute__((warn_unused_result));
 /* sq_one_i64: the integer in the first column of q's first row on c; ERR_NOTFOUND
  * when there is no row. */
-int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *args, int n,
                int64_t *out) __attribute__((warn_unused_result));
 /* sq_in_write: body(c, ctx) in a write transaction of its own: takes the writer,
  * BEGINs IMMEDIATE, runs body, COMMITs when body returned >= 0 and else rolls back,
@@ -151,25 +144,28 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct sq_arg *ar
  * fails (body is then not called) or COMMIT fails. What body allocated into ctx is
  * the caller's to keep or free by that result. This is the one place the backend's
  * write transactions begin and end. */
-int sq_in_write(struct store *st, int (*body)(struct conn *c, void *ctx),
-                void *ctx) __attribute__((warn_unused_result));
-/* sq_write: sq_run in a write transaction of its own. */
-int sq_write(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
+int sq_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
+/* sq_write: sq_run in a write transaction of its own (adding to *changes, as sq_run). */
+int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
              int *changes) __attribute__((warn_unused_result));
+/* sq_read_with: sq_take on a read connection, taken and given back around it. */
+int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
+/* sq_read: on a read connection, q with args, whose rows build() turns into the
+ * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
+ * unchanged on error. sq_read_one: the first row's build() (caller frees), or
+ * ERR_NOTFOUND when there is none. The code above both backends has db_read instead;
+ * these serve this backend's own statements. */
+int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+            json_t *(*build)(const struct store_row *r),
+            json_t **out) __attribute__((warn_unused_result));
+int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
+                json_t *(*build)(const struct store_row *r),
+                json_t **out) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
 struct rd sq_rd_get(struct store *st);
 void sq_rd_put(struct rd *r);
-/* sq_read: on a read connection, q with args, whose rows build() turns into the
- * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
- * unchanged on error. sq_read_one: the first row's build() (caller frees), or
- * ERR_NOTFOUND when there is none. */
-int sq_read(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
-            json_t *(*build)(const struct store_row *r),
-            json_t **out) __attribute__((warn_unused_result));
-int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg *args, int n,
-                json_t *(*build)(const struct store_row *r),
-                json_t **out) __attribute__((warn_unused_result));
 
 /* schema.c */
 /* sq_migrate: applies the migrations this database lacks, in one transaction each
@@ -177,11 +173,6 @@ int sq_read_one(struct store *st, const struct sq_query *q, const struct sq_arg 
 int sq_migrate(struct conn *c) __attribute__((warn_unused_result));
 
 /* tasks.c */
-/* sq_load_task: the task of id (or, by_key, of idempotency key) read on c (caller
- * frees); ERR_NOTFOUND, ERR_NOMEM or ERR_STORE. */
-int sq_load_task(struct conn *c, bool by_key, const char *key,
-                 struct task **out) __attribute__((warn_unused_result));
-
 /* sq_insert_task: the row of a new task (with its retry and experiment fields), inside
  * the caller's write transaction. */
 int sq_insert_task(struct conn *c, const struct task *t) __attribute__((warn_unused_result));
@@ -192,33 +183,24 @@ int sq_insert_task(struct conn *c, const struct task *t) __attribute__((warn_unu
 int sq_claim_in(struct conn *c, const struct claim_req *req,
                 struct task **out) __attribute__((warn_unused_result));
 
-/* What a batch insert appends: n items (struct log_entry or struct msg_entry) of a
- * task, all borrowed. */
-struct sq_batch {
-    const char *task_id;
-    const void *items;
-    size_t n;
-};
 
 /* logs.c */
-/* sq_insert_logs: the log lines of batch (a struct sq_batch of struct log_entry),
- * inside the caller's write transaction; shaped as a body of sq_in_write. */
-int sq_insert_logs(struct conn *c, void *batch) __attribute__((warn_unused_result));
+/* experiments.c */
+/* sq_insert_tasks: the db_ops insert_tasks of SQLite (store/db.h). */
+int sq_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
+                    bool retire, size_t *added) __attribute__((warn_unused_result));
+
+/* sq_insert_logs: the db_ops insert_logs of SQLite (store/db.h). */
+int sq_insert_logs(struct db_conn *c, const char *task_id, const struct log_entry *e,
+                   size_t n) __attribute__((warn_unused_result));
 
 /* conversations.c */
-/* sq_insert_messages: the messages of batch (a struct sq_batch of struct msg_entry),
- * each with its conversation, made on first use, inside the caller's write transaction,
- * stopping at the first error; shaped as a body of sq_in_write. */
-int sq_insert_messages(struct conn *c, void *batch) __attribute__((warn_unused_result));
+/* sq_insert_messages: the db_ops insert_messages of SQLite (store/db.h). */
+int sq_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
+                       size_t n) __attribute__((warn_unused_result));
 
 /* The operations of store_sqlite_ops (contracts in store.h), one file per concern. */
 int sq_task_insert(struct store *st, struct task *t, struct task **existing);
-int sq_task_get(struct store *st, const char *id, struct task **out);
-int sq_task_list(struct store *st, const struct task_filter *f, struct task_page *out);
-int sq_task_cancel(struct store *st, const char *id, int64_t now, struct task **out);
-int sq_task_lease_status(struct store *st, const char *id, const char *lease_token,
-                         enum task_status *status);
-int sq_task_stats(struct store *st, bool with_averages, struct task_stats *out);
 int sq_task_claim(struct store *st, const struct claim_req *req, struct task **out);
 int sq_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end);
@@ -226,59 +208,8 @@ int sq_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t
             struct reap_result *out);
 int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t retry_base_us,
                int *n_failed);
-int sq_experiment_create(struct store *st, const struct experiment *e, struct task *const *tasks,
-                         size_t n);
-int sq_experiment_get(struct store *st, const char *id, struct experiment **out);
-int sq_experiment_list(struct store *st, int64_t limit, int64_t offset, json_t **items,
-                       int64_t *total);
-int sq_experiment_scoreboard(struct store *st, const char *id, json_t **rows);
-int sq_experiment_cancel(struct store *st, const char *id, int64_t now, json_t **running);
-int sq_experiment_slots(struct store *st, const char *id, bool unsolved, json_t **slots);
-int sq_experiment_add_tasks(struct store *st, const char *id, struct task *const *tasks,
-                            size_t n, size_t *added);
-int sq_logs_append(struct store *st, const char *task_id, const struct log_entry *e,
-                   size_t n);
-int sq_logs_list(struct store *st, const char *task_id, int min_level, int64_t limit,
-                 int64_t offset, json_t **logs, int64_t *total);
-int sq_export_extras(struct store *st, const char *task_id, bool logs, bool convs,
-                     struct buf *out);
-int sq_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
-                       size_t n);
-int sq_conversations_list(struct store *st, const char *task_id, const char *model_name,
-                          int64_t limit, int64_t offset, json_t **items, int64_t *total);
-int sq_conversation_get(struct store *st, const char *id, bool with_messages, json_t **out);
-int sq_task_conversations(struct store *st, const char *task_id, json_t **out);
-int sq_conversation_stats(struct store *st, json_t **out);
-int sq_worker_register(struct store *st, const struct worker_reg *reg);
-int sq_worker_token(struct store *st, const char *id, char **token_hash);
-int sq_worker_heartbeat(struct store *st, const char *const *ids, size_t n, int64_t now);
-int sq_worker_set_status(struct store *st, const char *id, const char *status,
-                         json_t *metadata);
-int sq_worker_list(struct store *st, const char *status, const char *backend_type,
-                   json_t **out);
-int sq_worker_get(struct store *st, const char *id, json_t **out);
-int sq_worker_counts(struct store *st, int64_t counts[3]);
-int sq_events_head(struct store *st, int64_t *event_id, int64_t *log_id);
-int sq_events_after(struct store *st, int64_t after, int limit, json_t **out);
-int sq_logs_after(struct store *st, int64_t after, int limit, json_t **out);
-int sq_events_prune(struct store *st, int64_t before);
-int sq_task_timeseries(struct store *st, int64_t since, int64_t bucket_us, json_t **out);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error);
-int sq_experiments_end(struct store *st, int64_t now, int *n);
-int sq_session_ready(struct store *st, const char *task_id, json_t *ready, int max_steps,
-                     int64_t now);
-int sq_session_get(struct store *st, const char *task_id, json_t **out);
-int sq_session_step(struct store *st, const char *task_id, const char *action, int64_t now,
-                    int *step);
-int sq_session_next(struct store *st, const char *task_id, int after, int *step,
-                    char **action);
-int sq_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
-                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
-int sq_session_end(struct store *st, const char *task_id);
-int sq_session_idle(struct store *st, int64_t before, char (*ids)[37], size_t max, size_t *n);
 
 /* llm_calls.c */
 int sq_llm_call_insert(struct store *st, const struct llm_call_rec *rec);

@@ -1,4 +1,5 @@
-/* store/sqlite/webhooks: due deliveries (leased) and their results. */
+/* store/sqlite/webhooks: leasing the due deliveries, of tasks and of experiments, in one
+ * write transaction. A delivery's result is written once, in store/webhooks.c. */
 #include "store/sqlite/sqlite_int.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -6,34 +7,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-enum {
-    H_DUE,
-    H_RESULT,
-    H_DUE_EXPERIMENTS,
-    H_RESULT_EXPERIMENT,
-    H_N
-};
+/* Leasing a delivery pushes its next attempt out, so no other sender takes it. */
+static const struct sq_query due_tasks = {
+    "webhooks",
+    "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT seq FROM tasks "
+    "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY "
+    "webhook_next_at LIMIT ?3) RETURNING id, callback_url, webhook_attempts"};
 
-static const struct sq_query webhook_q[H_N] = {
-    /* Leasing a delivery pushes its next attempt out, so no other sender takes it. */
-    [H_DUE] = {"webhooks",
-               "UPDATE tasks SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT seq FROM tasks "
-               "WHERE webhook_state = 'pending' AND webhook_next_at <= ?1 ORDER BY "
-               "webhook_next_at LIMIT ?3) RETURNING id, callback_url, webhook_attempts"},
-    [H_RESULT] = {"webhooks",
-                  "UPDATE tasks SET webhook_state = ?2, webhook_attempts = ?3, webhook_next_at "
-                  "= ?4, webhook_error = ?5 WHERE id = ?1"},
-    /* The same for experiments that ended (store_experiments_end made them due). */
-    [H_DUE_EXPERIMENTS] = {"webhooks",
-                           "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
-                           "seq FROM experiments WHERE webhook_state = 'pending' AND "
-                           "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
-                           "id, callback_url, webhook_attempts"},
-    [H_RESULT_EXPERIMENT] = {"webhooks",
-                             "UPDATE experiments SET webhook_state = ?2, webhook_attempts = ?3, "
-                             "webhook_next_at = ?4, webhook_error = ?5 WHERE id = ?1 AND "
-                             "ended_at IS NOT NULL AND webhook_state = 'pending'"},
-};
+/* The same for experiments that ended (store_experiments_end made them due). */
+static const struct sq_query due_experiments = {
+    "webhooks",
+    "UPDATE experiments SET webhook_next_at = ?1 + ?2 WHERE seq IN (SELECT "
+    "seq FROM experiments WHERE webhook_state = 'pending' AND "
+    "webhook_next_at <= ?1 ORDER BY webhook_next_at LIMIT ?3) RETURNING "
+    "id, callback_url, webhook_attempts"};
 
 /* The context of due's body. */
 struct due {
@@ -41,18 +28,19 @@ struct due {
     struct rows_jobs jobs;
 };
 
-static int due(struct conn *c, void *ctx)
+static int due(struct db_conn *dc, void *ctx)
 {
+    struct conn *c = sq_conn(dc);
     struct due *x = ctx;
-    const struct sq_arg args[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)x->jobs.max)};
+    const struct db_arg args[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)x->jobs.max)};
 
-    int rc = sq_take(c, &webhook_q[H_DUE], args, 3, rows_take_jobs, &x->jobs);
+    int rc = sq_take(c, &due_tasks, args, 3, rows_take_jobs, &x->jobs);
     struct rows_jobs more = {x->jobs.jobs + x->jobs.n, x->jobs.max - x->jobs.n, 0, true};
 
     if (rc < 0 || more.max == 0)
         return rc;
-    const struct sq_arg rest[3] = {SQ_I(x->now), SQ_I(x->lease_us), SQ_I((int64_t)more.max)};
-    rc = sq_take(c, &webhook_q[H_DUE_EXPERIMENTS], rest, 3, rows_take_jobs, &more);
+    const struct db_arg rest[3] = {DB_I(x->now), DB_I(x->lease_us), DB_I((int64_t)more.max)};
+    rc = sq_take(c, &due_experiments, rest, 3, rows_take_jobs, &more);
     x->jobs.n += more.n;
     return rc;
 }
@@ -70,14 +58,4 @@ int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
     }
     *n = x.jobs.n;
     return rc;
-}
-
-int sq_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
-                      int attempts, int64_t next_at, const char *error)
-{
-    const struct sq_arg args[5] = {SQ_T(job->task_id), SQ_T(state), SQ_I(attempts),
-                                   SQ_I(next_at), SQ_T(error)};
-
-    return sq_write(st, &webhook_q[job->experiment ? H_RESULT_EXPERIMENT : H_RESULT], args, 5,
-                    NULL);
 }
