@@ -32,7 +32,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define DB_MAX_ARGS 16              /* parameters a db_stmt may take */
+#define DB_MAX_ARGS 20              /* parameters a db_stmt may take */
 
 /* One named statement in both dialects. */
 struct db_stmt {
@@ -243,6 +243,10 @@ int db_export_extras(struct store *st, const char *task_id, bool logs, bool conv
 int db_webhook_result(struct store *st, const struct webhook_job *job, const char *state,
                       int attempts, int64_t next_at, const char *error);
 
+/* llm_calls.c */
+int db_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
+int db_llm_calls(struct store *st, const char *task_id, json_t **out);
+
 /* The entries of each backend's struct store_ops written once, above the backends. */
 #define DB_STORE_OPS                                                                       \
     .task_get = db_task_get,                                                               \
@@ -285,6 +289,8 @@ int db_webhook_result(struct store *st, const struct webhook_job *job, const cha
     .session_next = db_session_next,                                                       \
     .session_answer = db_session_answer,                                                   \
     .session_end = db_session_end,                                                         \
-    .session_idle = db_session_idle
+    .session_idle = db_session_idle,                                                       \
+    .llm_call_insert = db_llm_call_insert,                                                 \
+    .llm_calls = db_llm_calls
 
 #endif

@@ -435,24 +435,6 @@ int pg_in_tx(struct store *st, db_body_fn body, void *ctx)
     return rc;
 }
 
-int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-            json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build};
-    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
-int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-                json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build, .one = true};
-    int rc = pg_read_with(st, q, n, vals, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
 /* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
 
 /* The text values libpq takes for n db_args: integers and reals printed into text[],
@@ -871,8 +853,6 @@ const struct store_ops store_pg_ops = {
     .reap = pg_reap,
     .recover = pg_recover,
     .webhooks_due = pg_webhooks_due,
-    .llm_call_insert = pg_llm_call_insert,
-    .llm_calls = pg_llm_calls,
     .listen_sessions = pg_listen_sessions,
     DB_STORE_OPS,
 };

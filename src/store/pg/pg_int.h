@@ -174,17 +174,6 @@ int pg_in_tx(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_u
 /* pg_write: q on a pooled connection, *changes (may be NULL) the rows it changed. */
 int pg_write(struct store *st, const struct pg_query *q, int n, const char *const *vals,
              int *changes) __attribute__((warn_unused_result));
-/* pg_read: q on a pooled connection, each row through build() into a new array *out
- * (caller frees). 0, ERR_NOMEM, or the statement's error; *out unchanged on error.
- * pg_read_one: the first row's build() (caller frees); ERR_NOTFOUND when there is none.
- * The code above both backends has db_read instead; these serve this backend's own
- * statements. */
-int pg_read(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-            json_t *(*build)(const struct store_row *r),
-            json_t **out) __attribute__((warn_unused_result));
-int pg_read_one(struct store *st, const struct pg_query *q, int n, const char *const *vals,
-                json_t *(*build)(const struct store_row *r),
-                json_t **out) __attribute__((warn_unused_result));
 /* pg_json_text: JSON text of v (caller frees) or NULL for NULL; *ok false when out of
  * memory. */
 char *pg_json_text(const json_t *v, bool *ok);
@@ -229,9 +218,5 @@ int pg_recover(struct store *st, const char *name_prefix, int64_t now, int64_t r
                int *n_failed);
 int pg_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-
-/* llm_calls.c */
-int pg_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
-int pg_llm_calls(struct store *st, const char *task_id, json_t **out);
 
 #endif

@@ -314,57 +314,6 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *ar
     return rc;
 }
 
-int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                 rows_take_fn take, void *ctx)
-{
-    struct rd r = sq_rd_get(st);
-    int rc = sq_take(r.c, q, args, n, take, ctx);
-
-    sq_rd_put(&r);
-    return rc;
-}
-
-/* The context of sq_write's body. */
-struct write_one {
-    const struct sq_query *q;
-    const struct db_arg *args;
-    int n;
-    int *changes;
-};
-
-static int write_one(struct db_conn *c, void *ctx)
-{
-    struct write_one *w = ctx;
-
-    return sq_run(sq_conn(c), w->q, w->args, w->n, w->changes);
-}
-
-int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-             int *changes)
-{
-    struct write_one w = {q, args, n, changes};
-
-    return sq_in_write(st, write_one, &w);
-}
-
-int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-            json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build};
-    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
-int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                json_t *(*build)(const struct store_row *r), json_t **out)
-{
-    struct rows_array a = {.build = build, .one = true};
-    int rc = sq_read_with(st, q, args, n, rows_take_array, &a);
-
-    return rows_give(rc, a.v, out);
-}
-
 /* ---- struct db_ops: what the code above both backends calls (store/db.h) ---- */
 
 /* Opens a cursor on q's SQLite text and binds args; the cursor is ended either way. */
@@ -690,6 +639,4 @@ const struct store_ops store_sqlite_ops = {
     .recover = sq_recover,
     .webhooks_due = sq_webhooks_due,
     DB_STORE_OPS,
-    .llm_call_insert = sq_llm_call_insert,
-    .llm_calls = sq_llm_calls,
 };

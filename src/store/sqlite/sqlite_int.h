@@ -145,23 +145,6 @@ int sq_one_i64(struct conn *c, const struct sq_query *q, const struct db_arg *ar
  * the caller's to keep or free by that result. This is the one place the backend's
  * write transactions begin and end. */
 int sq_in_write(struct store *st, db_body_fn body, void *ctx) __attribute__((warn_unused_result));
-/* sq_write: sq_run in a write transaction of its own (adding to *changes, as sq_run). */
-int sq_write(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-             int *changes) __attribute__((warn_unused_result));
-/* sq_read_with: sq_take on a read connection, taken and given back around it. */
-int sq_read_with(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                 rows_take_fn take, void *ctx) __attribute__((warn_unused_result));
-/* sq_read: on a read connection, q with args, whose rows build() turns into the
- * elements of a new array *out (caller frees). 0, ERR_NOMEM or ERR_STORE; *out
- * unchanged on error. sq_read_one: the first row's build() (caller frees), or
- * ERR_NOTFOUND when there is none. The code above both backends has db_read instead;
- * these serve this backend's own statements. */
-int sq_read(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-            json_t *(*build)(const struct store_row *r),
-            json_t **out) __attribute__((warn_unused_result));
-int sq_read_one(struct store *st, const struct sq_query *q, const struct db_arg *args, int n,
-                json_t *(*build)(const struct store_row *r),
-                json_t **out) __attribute__((warn_unused_result));
 /* sq_rd_get: a connection to read on (a reader, or the writer for :memory:); give it
  * back with sq_rd_put. */
 struct rd sq_rd_get(struct store *st);
@@ -210,9 +193,5 @@ int sq_recover(struct store *st, const char *name_prefix, int64_t now, int64_t r
                int *n_failed);
 int sq_webhooks_due(struct store *st, int64_t now, int64_t lease_us, size_t max,
                     struct webhook_job *jobs, size_t *n);
-
-/* llm_calls.c */
-int sq_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
-int sq_llm_calls(struct store *st, const char *task_id, json_t **out);
 
 #endif
