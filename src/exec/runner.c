@@ -605,13 +605,52 @@ void runner_init(struct runner *rn, const struct config *cfg, const char *worker
     };
 }
 
+/* Runs the executor (or, for "noop", nothing; a session on a sink that hosts none is
+ * refused), and ends the session it hosted. */
+static void run_or_refuse(struct run_ctx *r, struct exec_outcome *o)
+{
+    const struct runner_sink *sink = r->sink;
+
+    if (r->interactive &&
+        (!sink->session_ready || !sink->session_next || !sink->session_answer)) {
+        memset(o, 0, sizeof(*o));
+        snprintf(o->error, sizeof(o->error), "this worker cannot host interactive sessions");
+    } else if (r->rn->executor->start == EXECUTOR_START_NONE) {
+        memset(o, 0, sizeof(*o));
+        o->started = o->exited = true;
+        r->result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",
+                              "steps_taken", 0);
+    } else {
+        run_child(r, o);
+    }
+    if (r->interactive) {
+        if (r->held) /* a final observation whose result never came: answer it as it is */
+            release_held(r);
+        if (sink->session_end)
+            sink->session_end(sink->ctx, r->task->id);
+    }
+}
+
+/* The last batch matters most (the outcome is in it): retry it for a while. With
+ * keep_final_logs the log lines go to the caller instead. */
+static void final_flush(struct run_ctx *r)
+{
+    int64_t give_up = clock_mono_ms() + FINAL_FLUSH_MS;
+
+    for (int wait_ms = 50; !flush_some(r, !r->rn->keep_final_logs) && clock_mono_ms() < give_up;
+         wait_ms *= 2) {
+        if (r->sink->check(r->sink->ctx) == EXEC_STOP_SHUTDOWN)
+            break;
+        usleep((useconds_t)(wait_ms < 2000 ? wait_ms : 2000) * 1000);
+    }
+}
+
 void runner_run(const struct runner *rn, const struct runner_sink *sink, const struct task *t,
                 struct runner_result *out)
 {
     struct run_ctx r = {.rn = rn, .sink = sink, .task = t};
     struct exec_outcome o;
     char text[700];
-    int64_t give_up;
 
     memset(out, 0, sizeof(*out));
     r.logs = json_array();
@@ -621,23 +660,7 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
              rn->executor->name);
     note(&r, LEVEL_INFO, text);
     r.interactive = task_mode_of(t) == TASK_INTERACTIVE;
-    if (r.interactive && (!sink->session_ready || !sink->session_next || !sink->session_answer)) {
-        memset(&o, 0, sizeof(o));
-        snprintf(o.error, sizeof(o.error), "this worker cannot host interactive sessions");
-    } else if (rn->executor->start == EXECUTOR_START_NONE) {
-        memset(&o, 0, sizeof(o));
-        o.started = o.exited = true;
-        r.result = json_pack("{s:b, s:n, s:{s:i}}", "success", 1, "output", "metrics",
-                             "steps_taken", 0);
-    } else {
-        run_child(&r, &o);
-    }
-    if (r.interactive) {
-        if (r.held) /* a final observation whose result never came: answer it as it is */
-            release_held(&r);
-        if (sink->session_end)
-            sink->session_end(sink->ctx, t->id);
-    }
+    run_or_refuse(&r, &o);
     out->status = verdict(&r, &o, out->error, sizeof(out->error));
     if (out->status == TASK_FAILED && o.stopped != EXEC_STOP_LEASE_LOST)
         out->error_class = classify(&r, &o);
@@ -655,15 +678,7 @@ void runner_run(const struct runner *rn, const struct runner_sink *sink, const s
         snprintf(text, sizeof(text), "task ended %s: %s", task_status_name(out->status),
                  out->error);
     note(&r, out->status == TASK_COMPLETED ? LEVEL_INFO : LEVEL_ERROR, text);
-    /* The last batch matters most (the outcome is in it): retry it for a while. With
-     * keep_final_logs the log lines go to the caller instead. */
-    give_up = clock_mono_ms() + FINAL_FLUSH_MS;
-    for (int wait_ms = 50; !flush_some(&r, !rn->keep_final_logs) && clock_mono_ms() < give_up;
-         wait_ms *= 2) {
-        if (r.sink->check(r.sink->ctx) == EXEC_STOP_SHUTDOWN)
-            break;
-        usleep((useconds_t)(wait_ms < 2000 ? wait_ms : 2000) * 1000);
-    }
+    final_flush(&r);
     if (rn->keep_final_logs) {
         /* The entries point into the log objects: hand both over. */
         out->logs = log_entries(&r, &out->n_logs);

@@ -141,6 +141,28 @@ static const char *unfence(const char *action, char *buf, size_t bsize, char *ou
     return buf;
 }
 
+/* submit(answer): graded as AIOpsLab grades the task type (a0 is lower-cased here). */
+static void submit(const struct env *e, char *a0, char *out, size_t size, double *reward,
+                   json_t *results)
+{
+    bool right;
+    char want[64];
+
+    if (!strcmp(e->type, "detection"))
+        snprintf(want, sizeof(want), "yes");
+    else
+        snprintf(want, sizeof(want), "%s", e->faulty);
+    for (char *p = a0; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    right = strstr(a0, want) != NULL;
+    *reward = right ? 1.0 : 0.0;
+    snprintf(out, size, "Submission received.");
+    json_object_set_new(results, !strcmp(e->type, "detection") ? "Detection Accuracy"
+                                                               : "Localization Accuracy",
+                        json_string(right ? "Correct" : "Incorrect"));
+    json_object_set_new(results, "submission", json_string(a0));
+}
+
 /* One action to its observation; done and reward are set when the episode ends. */
 static void step(struct env *e, const char *fenced, char *out, size_t size, bool *done,
                  double *reward, json_t *results)
@@ -187,22 +209,8 @@ static void step(struct env *e, const char *fenced, char *out, size_t size, bool
     } else if (!strcmp(name, "get_traces")) {
         snprintf(out, size, "37%% of frontend -> %s calls fail with Unavailable", e->faulty);
     } else if (!strcmp(name, "submit")) {
-        bool right;
-        char want[64];
-        if (!strcmp(e->type, "detection"))
-            snprintf(want, sizeof(want), "yes");
-        else
-            snprintf(want, sizeof(want), "%s", e->faulty);
-        for (char *p = a0; *p; p++)
-            *p = (char)tolower((unsigned char)*p);
-        right = strstr(a0, want) != NULL;
+        submit(e, a0, out, size, reward, results);
         *done = true;
-        *reward = right ? 1.0 : 0.0;
-        snprintf(out, size, "Submission received.");
-        json_object_set_new(results, !strcmp(e->type, "detection") ? "Detection Accuracy"
-                                                                   : "Localization Accuracy",
-                            json_string(right ? "Correct" : "Incorrect"));
-        json_object_set_new(results, "submission", json_string(a0));
     } else {
         snprintf(out, size, "Error: unknown action %s; the actions are exec_shell, get_logs, "
                             "get_metrics, get_traces and submit", name);
