@@ -67,6 +67,11 @@ static int load_access(struct server *srv)
     }
     if (access_enabled(srv->access))
         log_info("API tokens required (every route but /health, /ready and /metrics)");
+    else
+        log_info("no API tokens: every route is open (set API_TOKEN or API_TOKENS_FILE)");
+    if (access_enabled(srv->access) && !srv->cfg.worker_join_token)
+        log_warn("API tokens are set but WORKER_JOIN_TOKEN is not: anyone who reaches this "
+                 "server can register a worker (and take over a worker's id)");
     return 0;
 }
 

@@ -41,7 +41,10 @@ static curl_socket_t open_socket(void *ctx, curlsocktype purpose, struct curl_so
     struct netguard *g = ctx;
     char text[64] = "";
 
+    if (purpose == CURLSOCKTYPE_IPCXN)
+        g->tried++;
     if (purpose == CURLSOCKTYPE_IPCXN && netguard_refused_addr(&a->addr, text, sizeof(text))) {
+        g->n_refused++;
         snprintf(g->refused, sizeof(g->refused),
                  "refused to connect to %s: a link-local or cloud metadata address (name the "
                  "host in OUTBOUND_ALLOW_HOSTS to allow it)", text);
@@ -82,9 +85,18 @@ static bool host_listed(const char *url, const char *list)
 void netguard_apply(struct netguard *g, CURL *h, const char *url, const char *allow_hosts)
 {
     g->refused[0] = '\0';
+    g->tried = g->n_refused = 0;
     g->allowed = host_listed(url, allow_hosts);
     if (g->allowed)
         return;
+    /* Through a proxy (http_proxy and friends in the environment) the check would see
+     * the proxy's address, not the target's: outbound calls go direct. */
+    curl_easy_setopt(h, CURLOPT_PROXY, "");
     curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_socket);
     curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, g);
+}
+
+bool netguard_all_refused(const struct netguard *g)
+{
+    return g->n_refused > 0 && g->n_refused == g->tried;
 }

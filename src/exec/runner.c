@@ -328,6 +328,12 @@ static enum exec_stop should_stop(void *ctx)
 
 #define ENV_ITEM 1100
 
+/* The server's and the worker's own secrets, which no executor gets: with them a task's
+ * agent (driven by whoever submitted it) could act as an admin, read the database or
+ * forge webhook signatures. */
+#define SECRETS                                                                            \
+    "API_TOKEN,API_TOKENS_FILE,WORKER_JOIN_TOKEN,WEBHOOK_SECRET,DATABASE_URL,TASKEXEC_TOKEN"
+
 /* Whether the variable env (NAME=value) is named in the comma-separated list hide. */
 static bool hidden(const char *env, const char *hide)
 {
@@ -344,7 +350,7 @@ static bool hidden(const char *env, const char *hide)
 }
 
 /* Our environment with each NAME=value of `ours` replacing the variable of that name,
- * without the variables named in hide (comma-separated; NULL: none). Returns a
+ * without SECRETS and the variables named in hide (comma-separated; NULL: none). Returns a
  * NULL-terminated array (caller frees with free_env), NULL without memory. */
 static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours, const char *hide)
 {
@@ -362,7 +368,7 @@ static char **env_with(char (*ours)[ENV_ITEM], size_t n_ours, const char *hide)
             size_t len = strcspn(ours[j], "=") + 1;
             mine = !strncmp(environ[i], ours[j], len);
         }
-        if (!mine && hidden(environ[i], hide))
+        if (!mine && (hidden(environ[i], SECRETS) || hidden(environ[i], hide)))
             continue;
         if (!mine && !(env[k++] = strdup(environ[i])))
             goto fail;

@@ -128,9 +128,16 @@ static int authorize(struct request *req, const char *worker_id)
     struct store *st = req->srv->store;
     const char *auth = api_header(req, "Authorization");
     char *stored = NULL, hash[CRYPTO_HEX_SHA256];
-    int rc = store_worker_token(st, worker_id, &stored);
+    int rc;
     bool ok;
 
+    /* The header first: without one, nothing is looked up (nor is a worker's existence
+     * told). */
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) {
+        api_fail(req, 401, "this route needs the worker's token as 'Authorization: Bearer …'");
+        return ERR_FORBIDDEN;
+    }
+    rc = store_worker_token(st, worker_id, &stored);
     if (rc == ERR_NOTFOUND) {
         api_fail(req, 404, "worker %s is not registered", worker_id);
         return rc;
@@ -138,11 +145,6 @@ static int authorize(struct request *req, const char *worker_id)
     if (rc < 0) {
         api_reply_error(req, rc, "the worker");
         return rc;
-    }
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) {
-        free(stored);
-        api_fail(req, 401, "this route needs the worker's token as 'Authorization: Bearer …'");
-        return ERR_FORBIDDEN;
     }
     crypto_sha256_hex(auth + 7, hash);
     ok = stored && crypto_equal(stored, hash);

@@ -316,6 +316,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     if (!req || req == (void *)&path_has_nul) {
         bool nul = req != NULL;
+        const struct route *route = NULL;
         const char *cl;
 
         req = calloc(1, sizeof(*req));
@@ -344,6 +345,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             api_fail(req, 400, "the request path contains a NUL character (%%00)");
             return send_reply(req);
         }
+        /* Tokens are checked on the headers, before any body is read for a caller that
+         * may not send one (dispatch checks again; the answer is the same). */
+        if (router_match(method, req->path, req->path_copy, &route, req->params,
+                         &req->n_params) == ROUTER_FOUND &&
+            !allowed(req, route))
+            return send_reply(req);
         return MHD_YES;
     }
     if (*upload_data_size) {

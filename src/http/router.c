@@ -10,7 +10,7 @@ static const struct route routes[] = {
     {"GET", "/ready", api_ready, ACCESS_OPEN},
     {"GET", "/metrics", api_metrics, ACCESS_OPEN},
     {"GET", "/openapi.json", api_openapi, ACCESS_READ},
-    {"GET", "/docs", api_docs, ACCESS_READ},
+    {"GET", "/docs", api_docs, ACCESS_OPEN},
     {"GET", "/", api_dashboard, ACCESS_OPEN},
     {"GET", "/api/v1/events", api_events, ACCESS_READ},
     {"POST", "/api/v1/sessions", api_session_create, ACCESS_WRITE},

@@ -151,6 +151,7 @@ static int load_file(struct access *a, const char *path, char *why, size_t size)
     FILE *f = fopen(path, "r");
     char line[ACCESS_TOKEN_MAX + 64], where[300];
     int rc = 0, no = 0;
+    size_t before = a->n;
 
     if (!f) {
         snprintf(why, size, "API_TOKENS_FILE %.200s: %s", path, strerror(errno));
@@ -166,8 +167,12 @@ static int load_file(struct access *a, const char *path, char *why, size_t size)
         }
         rc = add_line(a, line, where, why, size);
     }
+    if (rc == 0 && ferror(f)) {
+        snprintf(why, size, "API_TOKENS_FILE %.200s: %s", path, strerror(errno));
+        rc = ERR_IO;
+    }
     fclose(f);
-    if (rc == 0 && a->n == 0) {
+    if (rc == 0 && a->n == before) { /* a file meant to hold tokens that holds none */
         snprintf(why, size, "API_TOKENS_FILE %.200s has no token", path);
         rc = ERR_INVALID;
     }
@@ -182,8 +187,12 @@ int access_load(const char *api_token, const char *tokens_file, struct access **
 
     if (rc == 0 && api_token)
         rc = add(a, api_token, ROLE_ADMIN, "API_TOKEN", why, why_size);
-    if (rc == 0 && tokens_file && *tokens_file)
+    if (rc == 0 && tokens_file && !*tokens_file) {
+        snprintf(why, why_size, "API_TOKENS_FILE is set but empty");
+        rc = ERR_INVALID;
+    } else if (rc == 0 && tokens_file) {
         rc = load_file(a, tokens_file, why, why_size);
+    }
     if (rc < 0) {
         access_free(a);
         return rc;

@@ -104,7 +104,7 @@ static long post(CURL *h, const struct webhook_settings *cfg, const struct webho
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     else /* the guard's refusal is the reason, recorded on the delivery */
         snprintf(why, size, "%s", guard.refused[0] ? guard.refused : curl_easy_strerror(cc));
-    *refused = cc != CURLE_OK && guard.refused[0];
+    *refused = cc != CURLE_OK && netguard_all_refused(&guard);
     curl_slist_free_all(hdr);
     return status;
 }

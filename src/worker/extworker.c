@@ -80,7 +80,7 @@ static int do_register(struct extworker *ew, struct client *c)
     json_t *body = json_pack("{s:s, s:s, s:O}", "worker_id", ew->id, "backend_type",
                              ew->backend_type, "capabilities", ew->capabilities);
     int wait = 200, rc = ERR_IO;
-    const char *join = getenv("WORKER_JOIN_TOKEN");
+    const char *join = ew->cfg.worker_join_token; /* environment, .env or --worker-join-token */
 
     /* Registration carries the join token when there is one (the API may require it);
      * everything after, the token the API gives back. */

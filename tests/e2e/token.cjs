@@ -19,6 +19,11 @@ function check(cond, what) {
   try {
     await page.goto(base + "/");
     await page.waitForSelector("#token-dialog[open] #token-input", { timeout: T });
+    await page.keyboard.press("Escape");
+    check(await page.$("#token-dialog[open]") !== null, "Escape does not dismiss the question");
+    await page.fill("#token-input", "short");
+    await page.click('#token-form button[type="submit"]');
+    check(await page.$("#token-dialog[open] p.notice.error:not([hidden])") !== null, "a malformed token is refused in the page");
     await page.fill("#token-input", token);
     await page.click('#token-form button[type="submit"]');
     await page.waitForSelector('#counts dd[data-state="total"]', { timeout: T });

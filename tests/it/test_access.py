@@ -46,8 +46,11 @@ def count_tasks(s):
 
 def test_roles_decide_who_may_do_what(guarded):
     s = guarded
-    for path in ("/health", "/ready", "/metrics", "/"):
+    for path in ("/health", "/ready", "/metrics", "/", "/docs"):
         assert s.get(path).status_code == 200, path
+    # Refused on its headers: a caller without a token is not read further.
+    r = s.post("/api/v1/tasks", data="x" * 500000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
     r = s.get("/api/v1/tasks")
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
     assert set(r.json()) == {"detail", "type", "request_id"} and "API token" in r.json()["detail"]
@@ -115,6 +118,7 @@ def test_a_bad_tokens_file_stops_the_start_naming_the_line(make_server, tmpdir_p
     ({"API_TOKEN": "short"}, "API_TOKEN: a token must be 16"),
     ({"API_TOKEN": ""}, "API_TOKEN: a token must be 16"),
     ({"API_TOKENS_FILE": "/nonexistent/tokens"}, "/nonexistent/tokens"),
+    ({"API_TOKEN": "a" * 20, "API_TOKENS_FILE": "/tmp"}, "API_TOKENS_FILE /tmp"),
     ({"WORKER_JOIN_TOKEN": "has space inside it"}, "WORKER_JOIN_TOKEN"),
 ])
 def test_bad_token_settings_stop_the_start(make_server, settings, says):
@@ -143,6 +147,12 @@ def test_the_join_token_guards_registration_and_workers_keep_their_own(make_serv
         assert time.time() < deadline, w.log()
         time.sleep(0.1)
     assert s.get(f"/api/v1/tasks/{t['id']}", headers=auth(ADMIN)).json()["worker_id"] == "ext-join-1"
+    # The setting may come as a flag (or .env) as well as from the environment.
+    w3 = make_worker(s, "ext-join-3", "--worker-join-token", join)
+    deadline = time.time() + 20
+    while s.get("/api/v1/workers/ext-join-3", headers=auth(ADMIN)).status_code != 200:
+        assert time.time() < deadline, w3.log()
+        time.sleep(0.1)
     # Without the join token it is refused and says so.
     bad = make_worker(s, "ext-join-2")
     assert bad.proc.wait(timeout=30) != 0
@@ -275,3 +285,21 @@ def test_the_dashboard_asks_for_a_token_once(guarded):
                         WRITE, os.path.join(shots, "token.png")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_no_executor_sees_the_servers_secrets(make_server, tmpdir_path):
+    env_out = os.path.join(tmpdir_path, "env.json")
+    s = make_server(EXECUTOR="command", EXECUTOR_COMMAND=AGENT, NUM_INTERNAL_WORKERS=1,
+                    API_TOKEN=ADMIN, WORKER_JOIN_TOKEN="j" * 24, WEBHOOK_SECRET="hook-secret",
+                    TASKEXEC_TOKEN=WRITE, SOMETHING_ELSE="kept")
+    t = s.post("/api/v1/tasks", json={"problem_id": "p", "agent_config": {"env_out": env_out}},
+               headers=auth(ADMIN)).json()
+    deadline = time.time() + 30
+    while s.get(f"/api/v1/tasks/{t['id']}", headers=auth(ADMIN)).json()["status"] != "completed":
+        assert time.time() < deadline, s.log()
+        time.sleep(0.1)
+    env = json.load(open(env_out))
+    for name in ("API_TOKEN", "API_TOKENS_FILE", "WORKER_JOIN_TOKEN", "WEBHOOK_SECRET",
+                 "DATABASE_URL", "TASKEXEC_TOKEN"):
+        assert name not in env, name
+    assert ADMIN not in json.dumps(env) and env["SOMETHING_ELSE"] == "kept"
