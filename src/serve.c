@@ -203,7 +203,7 @@ static int start_core(struct server *srv)
                               .metrics = srv->metrics, .sessions = srv->sessions,
                               .problems = srv->problems, .self_exe = srv->self_exe,
                               .aiopslab_script = srv->aiopslab_script,
-                              .llm_url = srv->llm_url, .llm_hide = srv->llm_hide};
+                              .llm_url = &srv->llm_url_ready, .llm_hide = srv->llm_hide};
     if (worker_manager_new(&wd, &srv->workers) < 0)
         return -1;
     /* Submitting wakes a worker; cancelling stops the run if one of ours has it. */
@@ -224,13 +224,10 @@ static int start_core(struct server *srv)
 
 /* Where this server's executors reach its LLM gateway: its own address (a wildcard
  * address is reached on loopback). */
-static void gateway_url(struct server *srv)
+static void gateway_url(struct server *srv, int port)
 {
     const char *h = srv->cfg.host;
-    int port = http_port(srv->http);
 
-    snprintf(srv->llm_hide, sizeof(srv->llm_hide), "%s,%s", srv->cfg.llm_upstream_key_env,
-             srv->cfg.llm_key_envs ? srv->cfg.llm_key_envs : "");
     if (!strcmp(h, "0.0.0.0"))
         h = "127.0.0.1";
     else if (!strcmp(h, "::"))
@@ -238,6 +235,7 @@ static void gateway_url(struct server *srv)
     snprintf(srv->llm_url, sizeof(srv->llm_url), strchr(h, ':') ? "http://[%s]:%d/llm/v1"
                                                                 : "http://%s:%d/llm/v1",
              h, port);
+    atomic_store(&srv->llm_url_ready, srv->llm_url);
 }
 
 /* The workers (if started at once), webhooks, the event pump and HTTP. Returns 0 or
@@ -252,6 +250,14 @@ static int start_serving(struct server *srv)
                                   .timeout_seconds = srv->cfg.webhook_timeout_seconds};
     int prev;
 
+    snprintf(srv->llm_hide, sizeof(srv->llm_hide), "%s,%s", srv->cfg.llm_upstream_key_env,
+             srv->cfg.llm_key_envs ? srv->cfg.llm_key_envs : "");
+    if (srv->cfg.port) /* else known once HTTP listens: tasks started before run without it */
+        gateway_url(srv, srv->cfg.port);
+    /* Workers before HTTP: once the API answers, they run. */
+    if (srv->cfg.auto_start_workers && srv->cfg.num_internal_workers > 0 &&
+        worker_manager_scale(srv->workers, srv->cfg.num_internal_workers, &prev) < 0)
+        return -1;
     if (webhook_start(srv->store, &ws, &srv->webhooks) < 0)
         return -1;
     if (events_start(srv, &srv->events) < 0)
@@ -275,11 +281,8 @@ static int start_serving(struct server *srv)
         return -1;
     if (http_start(srv, &srv->http) < 0)
         return -1;
-    gateway_url(srv);
-    /* Workers start once the gateway's address is known (PORT=0 picks it now). */
-    if (srv->cfg.auto_start_workers && srv->cfg.num_internal_workers > 0 &&
-        worker_manager_scale(srv->workers, srv->cfg.num_internal_workers, &prev) < 0)
-        return -1;
+    if (!srv->cfg.port)
+        gateway_url(srv, http_port(srv->http));
     log_info("taskexec %s listening on http://%s:%d (database %s, executor %s, %d workers)",
              TASKEXEC_VERSION, srv->cfg.host, http_port(srv->http), store_name(srv->store),
              srv->cfg.executor, srv->cfg.auto_start_workers ? srv->cfg.num_internal_workers : 0);

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 struct worker_manager;
@@ -36,6 +37,7 @@ struct server {
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
     char llm_url[128];              /* this server's LLM gateway, for its workers' executors */
+    _Atomic(const char *) llm_url_ready; /* llm_url once written (PORT=0: after listening) */
     char llm_hide[512];             /* LLM_UPSTREAM_KEY_ENV and LLM_KEY_ENVS, comma-separated */
     int64_t started_at;             /* us */
 };

@@ -219,6 +219,7 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
     struct runner rn;
     struct runner_result res;
     char llm_key[LLM_KEY_SIZE];
+    const char *gateway;
 
     /* A session's steps wake the runner through this eventfd (the hub writes it). */
     if (interactive) {
@@ -229,10 +230,11 @@ static void run_task(struct slot *slot, struct task *t, const struct claim_req *
     runner_init(&rn, d->cfg, slot->name, wm->has_command ? wm->command.we_wordv : NULL,
                 d->self_exe, d->aiopslab_script, slot->pythonpath, slot->kubeconfig);
     rn.keep_final_logs = true; /* stored with the task's end, in one transaction */
-    if (d->llm_url && *d->llm_url && t->lease_token &&
+    gateway = d->llm_url ? atomic_load(d->llm_url) : NULL;
+    if (gateway && t->lease_token &&
         llm_gateway_applies(d->cfg->llm_upstream_url, t->parameters)) {
         llm_task_key(t->id, t->lease_token, llm_key);
-        rn.llm_url = d->llm_url;
+        rn.llm_url = gateway;
         rn.llm_key = llm_key;
         rn.llm_hide = d->llm_hide;
     } else {

@@ -15,6 +15,7 @@
 #define TASKEXEC_WORKER_H
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -35,7 +36,8 @@ struct worker_deps {
     json_t *problems;                /* the catalog; read-only */
     const char *self_exe;            /* this binary, for the simulated executor */
     const char *aiopslab_script;     /* the aiopslab runner written out; "" if unused */
-    const char *llm_url;             /* this server's LLM gateway ("" until it listens) */
+    _Atomic(const char *) *llm_url;  /* this server's LLM gateway; *llm_url is NULL until it
+                                        is known (with PORT=0, once HTTP listens) */
     const char *llm_hide;            /* the upstreams' key variables, kept from executors */
 };
 
