@@ -1,5 +1,6 @@
 /* netguard: see netguard.h. */
 #include "core/netguard.h"
+#include "core/names.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -65,8 +66,7 @@ static bool host_listed(const char *url, const char *list)
         curl_url_cleanup(u);
         return false;
     }
-    for (const char *p = list; *p && !found; p += strspn(p, ", ")) {
-        size_t n = strcspn(p, ", ");
+    {
         const char *h = host;
         size_t hn = strlen(h);
 
@@ -74,8 +74,7 @@ static bool host_listed(const char *url, const char *list)
             h++;
             hn -= 2;
         }
-        found = n && n == hn && !strncasecmp(p, h, n);
-        p += n;
+        found = names_has(list, h, hn, true);
     }
     curl_free(host);
     curl_url_cleanup(u);

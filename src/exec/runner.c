@@ -1,5 +1,6 @@
 /* runner: one task through its executor (see runner.h for the DESIGN). */
 #include "exec/runner.h"
+#include "core/names.h"
 #include "exec/executor.h"
 #include "core/clock.h"
 #include "core/err.h"
@@ -337,16 +338,7 @@ static enum exec_stop should_stop(void *ctx)
 /* Whether the variable env (NAME=value) is named in the comma-separated list hide. */
 static bool hidden(const char *env, const char *hide)
 {
-    size_t n = strcspn(env, "=");
-
-    for (const char *p = hide; p && *p; p += strspn(p, ", ")) {
-        size_t k = strcspn(p, ", ");
-
-        if (k == n && !strncmp(p, env, n))
-            return true;
-        p += k;
-    }
-    return false;
+    return names_has(hide, env, strcspn(env, "="), false);
 }
 
 /* Our environment with each NAME=value of `ours` replacing the variable of that name,

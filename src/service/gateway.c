@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/names.h"
 #include "core/netguard.h"
 #include "core/uuidgen.h"
 #include "service/metrics.h"
@@ -95,23 +96,7 @@ static void call_free(struct call *c)
 /* Whether name is one of the comma-separated names of list. */
 static bool listed(const char *list, const char *name)
 {
-    size_t n = strlen(name);
-
-    for (const char *p = list; p && *p;) {
-        const char *end = strchr(p, ',');
-        size_t k = end ? (size_t)(end - p) : strlen(p);
-
-        while (k && (*p == ' ')) {
-            p++;
-            k--;
-        }
-        while (k && p[k - 1] == ' ')
-            k--;
-        if (k == n && !strncmp(p, name, n))
-            return true;
-        p = end ? end + 1 : NULL;
-    }
-    return false;
+    return names_has(list, name, strlen(name), false);
 }
 
 /* base as a clean base URL (malloc'd into *out): http or https, a host, an optional port

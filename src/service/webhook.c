@@ -1,6 +1,7 @@
 /* webhook: see webhook.h. */
 #include "service/webhook.h"
 #include "core/netguard.h"
+#include "core/names.h"
 #include "service/scoreboard.h"
 #include "core/thread.h"
 #include "core/clock.h"
@@ -31,7 +32,7 @@ struct webhook_sender {
 
 bool webhook_host_allowed(const char *url, const char *allowed)
 {
-    const char *host, *p;
+    const char *host;
     size_t n;
 
     if (!allowed || !*allowed)
@@ -46,17 +47,7 @@ bool webhook_host_allowed(const char *url, const char *allowed)
     } else {
         n = strcspn(host, ":/?#");
     }
-    for (p = allowed; *p;) {
-        size_t len;
-
-        while (*p == ' ' || *p == ',')
-            p++;
-        len = strcspn(p, ", ");
-        if (len && len == n && !strncasecmp(p, host, n))
-            return true;
-        p += len;
-    }
-    return false;
+    return names_has(allowed, host, n, true);
 }
 
 static size_t discard(char *p, size_t size, size_t n, void *ud)
