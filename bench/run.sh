@@ -4,6 +4,7 @@
 # 17, graphile-worker draining the same queue, nginx serving the same bytes) the reference
 # is measured in the same run and the ratio printed beside it.
 # Prints one table; never fails on a number. Usage: bench/run.sh [TASKS] [CONCURRENCY]
+# BENCH_ONLY=ceiling,drain (comma-separated section names, see `want` below) runs only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-5000}
@@ -11,7 +12,7 @@ CONC=${2:-16}
 WORKERS=${BENCH_WORKERS:-8}
 EXPORT_TASKS=${BENCH_EXPORT_TASKS:-10000}
 INGEST_LINES=${BENCH_INGEST_LINES:-100000}
-BIN=$PWD/build/taskexec
+BIN=${BENCH_BIN:-$PWD/build/taskexec}  # BENCH_BIN: another build, for a before/after
 LOAD=$PWD/build/bench/load
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort | tail -1)
 for tool in wrk nginx; do
@@ -36,6 +37,8 @@ cleanup() {
 trap cleanup EXIT
 ROWS=()
 row() { ROWS+=("$(printf '%-50s %12s %12s %8s' "$1" "$2" "${3:--}" "${4:--}")"); }
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
+PG_RATE= PGB=  # the lifecycle section's figures, used beside others when it runs
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 field() { echo "$1" | awk -v k="$2" '{for (i=1;i<=NF;i++) if ($i==k) print $(i+1)}'; }
 
@@ -79,6 +82,7 @@ wrk_ok_rps() {
     -o "-p $PORT -k $DIR -c listen_addresses='' -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
 PSQL=("$PGBIN/psql" -h "$DIR" -p "$PORT" -U postgres -Atq)
 "${PSQL[@]}" -c "CREATE DATABASE bench" postgres
+if want lifecycle; then
 URL="postgresql:///bench?host=$DIR&port=$PORT&user=postgres"
 start_server pg DATABASE_URL="$URL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
 "$LOAD" throughput "$API" 500 "$CONC" >/dev/null
@@ -93,7 +97,9 @@ read -r P50 P99 <<<"$LAT"
 row "lifecycle/s on PostgreSQL (HTTP create->claim->done)" "$PG_RATE" "$PGB" "$(ratio "$PG_RATE" "$PGB")"
 row "submit-to-start p50 ms, idle worker (PostgreSQL)" "$P50"
 row "submit-to-start p99 ms, idle worker (PostgreSQL)" "$P99"
+fi
 
+if want ceiling; then
 # ---- the plain-SQL ceiling (issue 17): the tasks table's columns with only a uuid primary
 # key and the partial pending index (no triggers, no NOTIFY, no other index), and the
 # least a queue does on it, by pgbench -M prepared -c 4 -j 2: (a) INSERT ... RETURNING id;
@@ -118,7 +124,11 @@ PG_GET_P99=$(echo "$PG_GET" | awk '$1 == "99%" {print $2}')
 stop_server
 row "create a task, req/s (HTTP, 32 connections)" "$CREATE_RPS" "$PLAIN_INS" "$(ratio "$CREATE_RPS" "$PLAIN_INS")"
 row "create->claim->complete/s (HTTP create, $CONC conns)" "$PG_RATE" "$PLAIN_LIFE" "$(ratio "$PG_RATE" "$PLAIN_LIFE")"
+row "GET requests/s, 32 conns, PG, default settings" "$PG_GET_RPS"
+row "GET p99, 32 conns, PG, default settings" "$PG_GET_P99"
+fi
 
+if want drain; then
 # ---- internal workers draining a queue: no HTTP per task, beside graphile-worker 0.16.6
 # draining as many queued no-op jobs with runOnce at the same concurrency (bench/graphile) ----
 DRAIN=${BENCH_DRAIN_TASKS:-20000}
@@ -128,7 +138,8 @@ DURL="postgresql:///drain?host=$DIR&port=$PORT&user=postgres"
 "$BIN" migrate --database-url "$DURL" >/dev/null 2>"$DIR/migrate.log" || { cat "$DIR/migrate.log"; exit 1; }
 "${PSQL[@]}" drain -c "INSERT INTO tasks (id, problem_id, status, priority, backend_type, mode, parameters, metadata, max_steps, timeout_seconds, created_at, updated_at) SELECT gen_random_uuid(), 'drain', 'pending', 0, 'default', 'batch', '{}', '{}', 30, 1800, now(), now() FROM generate_series(1, $DRAIN)"
 start_server drain DATABASE_URL="$DURL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$DRAIN_CONC"
-while [ "$("${PSQL[@]}" drain -c "SELECT count(*) FROM tasks WHERE status = 'completed'")" -lt "$DRAIN" ]; do sleep 0.2; done
+# polled from the per-state counters: a count(*) of the table each time took a fifth of a core
+while [ "$("${PSQL[@]}" drain -c "SELECT sum(n) FROM task_counts WHERE status = 'completed'")" -lt "$DRAIN" ]; do sleep 1; done
 stop_server
 DRATE=$("${PSQL[@]}" drain -c "SELECT round(count(*) / extract(epoch FROM max(completed_at) - min(started_at))) FROM tasks")
 GW=bench/graphile
@@ -137,7 +148,9 @@ GW=bench/graphile
 GRATE=$(node "$GW/drain.js" "$DIR" "$PORT" graphile "$DRAIN" "$DRAIN_CONC" 2>"$DIR/graphile.err" | awk '{print $6}') || true
 [ -n "$GRATE" ] || { echo "graphile-worker drain failed:"; cat "$DIR/graphile.err"; GRATE=0; }
 row "queue drain, $(thousands "$DRAIN") no-op tasks, tasks/s" "$DRATE" "$GRATE" "$(ratio "$DRATE" "$GRATE")"
+fi
 
+if want steps; then
 # ---- session step round trip on the simulated environment (PostgreSQL: one server, and
 # a step sent to a second server while the first hosts the session) ----
 STEPS=${BENCH_STEPS:-500}
@@ -153,7 +166,9 @@ SERVER=$A_SERVER
 stop_server
 row "session step p50 / p99 ms, one server (PG)" "$S1_50 / $S1_99"
 row "session step p50 / p99 ms, across two servers (PG)" "$S2_50 / $S2_99"
+fi
 
+if want experiments; then
 # ---- experiments: a 10,000-task experiment in one request (beside the same rows made by
 # one INSERT ... SELECT in psql), and the scoreboard over 100,000 finished tasks (beside
 # the same GROUP BY in psql) ----
@@ -172,7 +187,9 @@ BOARD_REF=$(ms_of "${PSQL[@]}" exps -c "SELECT problem_id, slot->>'agent_config_
 stop_server
 row "create a $EXP_N-task experiment, ms (PG)" "$EXP_MS" "$EXP_REF" "$(ratio "$EXP_MS" "$EXP_REF")"
 row "scoreboard over 100,000 tasks, ms (PG)" "$BOARD_MS" "$BOARD_REF" "$(ratio "$BOARD_MS" "$BOARD_REF")"
+fi
 
+if want big; then
 # ---- a big table: claim and list latency with BIG_ROWS finished tasks against 1,000 ----
 BIG_ROWS=${BENCH_BIG_ROWS:-1000000}
 median_ms() {  # median time of 50 GETs of $1, in ms
@@ -201,7 +218,9 @@ read -r BIG_LIST BIG_PEND BIG_START <<<"$(big_round "$BIG_ROWS")"
 row "list newest 100, ms, with $BIG_ROWS tasks (vs 1,000)" "$BIG_LIST" "$SMALL_LIST" "$(ratio "$BIG_LIST" "$SMALL_LIST")"
 row "list pending, ms, with $BIG_ROWS tasks (vs 1,000)" "$BIG_PEND" "$SMALL_PEND" "$(ratio "$BIG_PEND" "$SMALL_PEND")"
 row "submit-to-start p50 ms with $BIG_ROWS (vs 1,000)" "$BIG_START" "$SMALL_START" "$(ratio "$BIG_START" "$SMALL_START")"
+fi
 
+if want get; then
 # ---- SQLite: lifecycle, GET against nginx, idle RSS ----
 start_server sqlite DATABASE_URL="sqlite://$DIR/sqlite/b.db" EXECUTOR=noop NUM_INTERNAL_WORKERS="$WORKERS"
 "$LOAD" throughput "$API" 500 "$CONC" >/dev/null
@@ -252,14 +271,16 @@ row "GET /api/v1/tasks/{id} p99, 64 connections" "$OUR_P99" "$N_P99"
 row "GET /api/v1/tasks/{id} p99, 32 connections" "$OUR_P99_32" "$N_P99_32"
 row "GET requests/s, 32 conns, HTTP_THREADS=$(nproc)" "$OUR_RPS_N" "$N_RPS_32" "$(ratio "$OUR_RPS_N" "$N_RPS_32")"
 row "GET p99, 32 conns, HTTP_THREADS=$(nproc)" "$OUR_P99_N" "$N_P99_32"
-row "GET requests/s, 32 conns, PG, default settings" "$PG_GET_RPS" "$N_RPS_32" "$(ratio "$PG_GET_RPS" "$N_RPS_32")"
-row "GET p99, 32 conns, PG, default settings" "$PG_GET_P99" "$N_P99_32"
+fi
 
+if want idle; then
 start_server idle DATABASE_URL="sqlite://$DIR/idle/i.db" NUM_INTERNAL_WORKERS=3
 sleep 2
 row "server RSS idle, 3 workers (MB)" "$(rss_mb "$(server_pid)" VmRSS)"
 stop_server
+fi
 
+if want stepsq; then
 start_server stepsq DATABASE_URL="sqlite://$DIR/stepsq/s.db" NUM_INTERNAL_WORKERS=1
 read -r SQ_50 SQ_99 <<<"$(/usr/bin/python3 bench/steps.py "$API" "$API" "$STEPS")"
 # the same step through the OpenEnv WebSocket, on the same server, right after
@@ -268,7 +289,9 @@ stop_server
 row "session step p50 / p99 ms, one server (SQLite)" "$SQ_50 / $SQ_99"
 row "OpenEnv WebSocket step p50 / p99 ms (same server)" "$WS_50 / $WS_99" "$SQ_50" \
     "$(awk -v a="$WS_50" -v b="$SQ_50" 'BEGIN { printf "%+.2f ms", a - b }')"
+fi
 
+if want gateway; then
 # ---- the LLM gateway: the same call to the stand-in upstream directly and through it ----
 FAKE_PORT=$(port)
 /usr/bin/python3 tests/it/fake_llm.py "$FAKE_PORT" > "$DIR/fake_llm.log" 2>&1 &
@@ -285,7 +308,9 @@ row "LLM gateway call p50 / p99 ms (vs upstream direct)" "$GG50 / $GG99" "$GD50 
     "$(awk -v a="$GG50" -v b="$GD50" 'BEGIN { printf "%+.2f ms", a - b }')"
 row "LLM gateway stream, first chunk p50 ms" "$GSG" "$GSD" \
     "$(awk -v a="$GSG" -v b="$GSD" 'BEGIN { printf "%+.2f ms", a - b }')"
+fi
 
+if want ingest; then
 # ---- executor ingest: one chatty child into the store ----
 cat > "$DIR/chatty.py" <<PY
 import json, sys
@@ -303,7 +328,9 @@ while [ "$(curl -s "$API/api/v1/tasks/$TID" | /usr/bin/python3 -c 'import json,s
 ING=$(curl -s "$API/api/v1/tasks/$TID" | /usr/bin/python3 -c 'import json,sys; t=json.load(sys.stdin); print(round(t["result"]["metrics"]["duration_seconds"], 3))')
 row "executor ingest, log lines/s (one child, SQLite)" "$(awk -v n="$INGEST_LINES" -v s="$ING" 'BEGIN {printf "%.0f", n / s}')"
 stop_server
+fi
 
+if want export; then
 # ---- export: MB/s of jsonl with conversations, and the server's peak RSS ----
 start_server export DATABASE_URL="sqlite://$DIR/export/e.db" NUM_INTERNAL_WORKERS="$WORKERS"
 /usr/bin/python3 - "$API" "$EXPORT_TASKS" <<'PY'
@@ -326,6 +353,7 @@ MBPS=$(echo "$EXP" | awk '{printf "%.1f", $1 / 1e6 / $2}')
 row "export jsonl MB/s ($EXPORT_TASKS tasks with conversations)" "$MBPS"
 row "server RSS before / peak during export (MB)" "$BEFORE / $PEAK"
 stop_server
+fi
 
 echo
 echo "taskexec benchmarks: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1e6}' /proc/meminfo), fsync on, $CONC clients, $WORKERS workers"

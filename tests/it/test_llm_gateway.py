@@ -186,7 +186,9 @@ def test_keys_admit_one_running_attempt(make_server, upstream, tmpdir_path):
     r = requests.post(url, json=body)
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_api_key"
     for bad in ["", "Bearer", "Bearer nonsense", "Basic " + env["OPENAI_API_KEY"],
-                "Bearer " + env["OPENAI_API_KEY"][:-1] + "0",
+                # the last hex digit changed (to 0, or to 1 when it was 0)
+                "Bearer " + env["OPENAI_API_KEY"][:-1] + ("1" if env["OPENAI_API_KEY"][-1] == "0"
+                                                         else "0"),
                 "Bearer txk-" + "0" * 36 + "-" + "a" * 40,
                 "Bearer txk-" + "00000000-0000-4000-8000-000000000000-" + "a" * 40]:
         r = requests.post(url, json=body, headers={"Authorization": bad})

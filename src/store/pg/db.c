@@ -120,9 +120,10 @@ struct pgconn *pg_conn_get(struct pg_store *s)
         }
         pc->busy = true;
         pthread_mutex_unlock(&s->lock);
-        /* A server that restarted told its clients so; reading that (without blocking)
-         * marks the connection bad now, before a statement fails on it. */
-        if (pc->c && PQstatus(pc->c) == CONNECTION_OK && PQconsumeInput(pc->c))
+        /* A connection the server dropped meanwhile (a restart) is noticed by the
+         * statement that fails on it, which run_any then runs again on a fresh one: no
+         * read to look for it here (one system call less a statement, #17). */
+        if (pc->c && PQstatus(pc->c) == CONNECTION_OK)
             return pc;
         reconnect(s, pc);
         if (pc->c)
@@ -144,9 +145,13 @@ void pg_conn_put(struct pg_store *s, struct pgconn *pc)
     pthread_mutex_lock(&s->lock);
     pc->busy = false;
     pc->live = live;
-    /* Waiters differ in what they can take (a live slot, or a dead one once a connect
-     * is due), so all re-check. */
-    pthread_cond_broadcast(&s->cond);
+    /* A live connection suits any waiter: wake one (waking all, each put made every
+     * waiter contend for the lock, a convoy on a busy machine: #17). A dead one suits
+     * only a waiter whose connect is due, so all re-check. */
+    if (live)
+        pthread_cond_signal(&s->cond);
+    else
+        pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -18,10 +18,14 @@
  * transaction and one round trip: a claim is a MATERIALIZED CTE that picks the
  * next pending task FOR UPDATE SKIP LOCKED (so concurrent claimers on any number
  * of servers never wait on, or take, the same row), leases it and marks the worker
- * busy; finishing updates the task only while the caller's lease is current.
- * Inserting a task NOTIFYs taskexec_task; a listener connection wakes this
- * server's idle workers, with polling as the fallback.
- * A lost connection is reset (with back-off) on its next use; a caller takes a live
+ * busy; finishing updates the task only while the caller's lease is current, and an
+ * internal worker's finish claims its next task in the same statement.
+ * Committed new tasks are announced by the listener connection (one NOTIFY
+ * taskexec_task for all since its last); every server's listener wakes its idle
+ * workers, with polling as the fallback.
+ * A lost connection is reset (with back-off) on its next use, or, when the server
+ * dropped it meanwhile, when a statement fails on it (run again once on a fresh one
+ * outside a transaction); a caller takes a live
  * connection before a missing one and, when a connect fails while others work, waits
  * for one of those; only with none live do calls fail fast with ERR_UNAVAILABLE, which
  * the API answers with 503.

@@ -21,61 +21,93 @@
     "worker_id, avoid_until = te_ts(" now " + 2 * (" base " << (attempt - 1))), updated_at = " \
     "te_ts(" now ") "
 
+/* The claim's parts, with the parameters' SQL: the next pending task for worker w with
+ * the time now, backend type b and supported problems re (one regular expression, or
+ * NULL), locked SKIP LOCKED, as CTE next (cond: a further condition); and its lease as
+ * CTE claimed, leased with token lease. */
+#define PG_NEXT(w, now, b, re, cond)                                                        \
+    "next AS MATERIALIZED (SELECT seq FROM tasks WHERE status = 'pending' AND backend_type = " \
+    b " AND (" re "::text IS NULL OR problem_id ~ " re "::text) AND (retry_at IS NULL OR "    \
+    "retry_at <= te_ts(" now ")) AND (avoid_worker IS NULL OR avoid_worker <> " w " OR "      \
+    "avoid_until <= te_ts(" now "))" cond " ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE "    \
+    "SKIP LOCKED), "
+#define PG_CLAIMED(w, lease, now)                                                          \
+    "claimed AS (UPDATE tasks t SET status = 'running', retry_at = NULL, worker_id = " w ", " \
+    "lease_token = " lease ", started_at = GREATEST(te_ts(" now "), t.created_at), "          \
+    "updated_at = GREATEST(te_ts(" now "), t.created_at), deadline_at = GREATEST(te_ts("     \
+    now "), t.created_at) + t.timeout_seconds * interval '1 second' FROM next WHERE t.seq = " \
+    "next.seq RETURNING " TASK_COLS_T "), "
+
+/* The end's parts: $1 id, $2 lease, $3 status, $4 result, $5 error, $6 now, $7 success
+ * (JSON), $8-$11 log arrays, $12 error class, $13 the time of the next attempt. Its logs
+ * (CTE l, kept even when the end is refused); the task (CTE t, returning its worker);
+ * its conversations (CTE c). $13 set: not an end but a retry (the queue's decision):
+ * the attempt recorded, the task pending again, its worker asked to wait as long again
+ * before it takes it back. */
+#define PG_END                                                                              \
+    "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context, attempt) "       \
+    "SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb, (SELECT attempt FROM "    \
+    "tasks WHERE id = $1) FROM unnest($8::bigint[], $9::int[], $10::text[], $11::text[]) AS " \
+    "u(ts, level, message, context)), "                                                      \
+    "t AS (UPDATE tasks SET status = CASE WHEN $13::bigint IS NULL THEN $3 ELSE 'pending' "   \
+    "END, result = CASE WHEN $13::bigint IS NULL THEN $4::jsonb END, error = CASE WHEN "     \
+    "$13::bigint IS NULL THEN $5::text END, error_class = CASE WHEN $13::bigint IS NULL THEN " \
+    "$12::text END, completed_at = CASE WHEN $13::bigint IS NULL THEN te_ts($6) END, "       \
+    "attempts = CASE WHEN $13::bigint IS NULL THEN attempts ELSE attempts || "                \
+    "jsonb_build_array(jsonb_build_object('attempt', attempt, 'worker_id', worker_id, "       \
+    "'started_at', te_us(started_at), 'ended_at', $6::bigint, 'error', $5::text, "            \
+    "'error_class', $12::text)) END, attempt = attempt + CASE WHEN $13::bigint IS NULL THEN " \
+    "0 ELSE 1 END, worker_id = CASE WHEN $13::bigint IS NULL THEN worker_id END, "            \
+    "lease_token = CASE WHEN $13::bigint IS NULL THEN lease_token END, started_at = CASE "   \
+    "WHEN $13::bigint IS NULL THEN started_at END, deadline_at = CASE WHEN $13::bigint IS "   \
+    "NULL THEN deadline_at END, retry_at = te_ts($13::bigint), avoid_worker = CASE WHEN "     \
+    "$13::bigint IS NOT NULL THEN worker_id END, avoid_until = te_ts(2 * $13::bigint - "      \
+    "$6::bigint), updated_at = te_ts($6) WHERE id = $1 AND status = 'running' AND "           \
+    "lease_token = $2 RETURNING COALESCE(worker_id, avoid_worker) AS worker_id), "           \
+    "c AS (UPDATE llm_conversations SET ended_at = COALESCE(ended_at, te_ts($6)), metadata = " \
+    "jsonb_set(metadata, '{success}', $7::jsonb) WHERE task_id = $1 AND EXISTS (SELECT 1 "    \
+    "FROM t)), "
+/* the end's worker counts */
+#define PG_END_COUNTS                                                                       \
+    "tasks_completed = tasks_completed + ($3 = 'completed')::int, tasks_failed = "           \
+    "tasks_failed + ($3 <> 'completed')::int "
+
 enum {
-    Q_CLAIM, Q_FINISH, Q_REAP_SILENT, Q_REAP_DEADLINES, Q_RECOVER_RETRY, Q_RECOVER_TASKS,
-    Q_RECOVER_WORKERS, Q_N
+    Q_CLAIM, Q_FINISH, Q_FINISH_CLAIM, Q_REAP_SILENT, Q_REAP_DEADLINES, Q_RECOVER_RETRY,
+    Q_RECOVER_TASKS, Q_RECOVER_WORKERS, Q_N
 };
 
 static const struct pg_query queue_q[Q_N] = {
-    /* $5: the supported_problems as one regular expression (store/rules.c), or NULL. */
+    /* $1 worker, $2 lease, $3 now, $4 backend type, $5 supported problems */
     [Q_CLAIM] = {"claiming",
-                 "WITH next AS MATERIALIZED (SELECT seq FROM tasks WHERE status = 'pending' AND "
-                 "backend_type = $4 AND ($5::text IS NULL OR problem_id ~ $5::text) AND "
-                 "(retry_at IS NULL OR retry_at <= te_ts($3)) AND (avoid_worker IS NULL OR "
-                 "avoid_worker <> $1 OR avoid_until <= te_ts($3)) ORDER BY priority DESC, seq "
-                 "LIMIT 1 FOR UPDATE SKIP LOCKED), "
-                 "claimed AS (UPDATE tasks t SET status = 'running', retry_at = NULL, "
-                 "worker_id = $1, "
-                 "lease_token = $2, started_at = GREATEST(te_ts($3), t.created_at), updated_at "
-                 "= GREATEST(te_ts($3), t.created_at), deadline_at = GREATEST(te_ts($3), "
-                 "t.created_at) + t.timeout_seconds * interval '1 second' FROM next WHERE t.seq "
-                 "= next.seq RETURNING " TASK_COLS_T "), "
+                 "WITH " PG_NEXT("$1", "$3", "$4", "$5", "") PG_CLAIMED("$1", "$2", "$3")
                  "busy AS (UPDATE workers SET status = 'busy', current_task_id = (SELECT id "
                  "FROM claimed), last_heartbeat = te_ts($3) WHERE id = $1 AND EXISTS (SELECT 1 "
                  "FROM claimed)) SELECT * FROM claimed"},
     [Q_FINISH] = {"finishing a task",
-                  "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context, "
-                  "attempt) SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb, (SELECT "
-                  "attempt FROM tasks WHERE id = $1) FROM unnest($8::bigint[], $9::int[], "
-                  "$10::text[], $11::text[]) AS u(ts, level, message, context)), "
-                  /* $13 (the time of the next attempt) set: not an end but a retry (the
-                   * queue's decision): the attempt recorded, the task pending again, its
-                   * worker asked to wait as long again before it takes it back */
-                  "t AS (UPDATE tasks SET status = CASE WHEN $13::bigint IS NULL THEN $3 ELSE "
-                  "'pending' END, result = CASE WHEN $13::bigint IS NULL THEN $4::jsonb END, "
-                  "error = CASE WHEN $13::bigint IS NULL THEN $5::text END, error_class = CASE "
-                  "WHEN $13::bigint IS NULL THEN $12::text END, completed_at = CASE WHEN "
-                  "$13::bigint IS NULL THEN te_ts($6) END, attempts = CASE WHEN $13::bigint IS "
-                  "NULL THEN attempts ELSE attempts || jsonb_build_array(jsonb_build_object("
-                  "'attempt', attempt, 'worker_id', worker_id, 'started_at', te_us(started_at), "
-                  "'ended_at', $6::bigint, 'error', $5::text, 'error_class', $12::text)) END, "
-                  "attempt = attempt + CASE WHEN $13::bigint IS NULL THEN 0 ELSE 1 END, "
-                  "worker_id = CASE WHEN $13::bigint IS NULL THEN worker_id END, lease_token = "
-                  "CASE WHEN $13::bigint IS NULL THEN lease_token END, started_at = CASE WHEN "
-                  "$13::bigint IS NULL THEN started_at END, deadline_at = CASE WHEN $13::bigint "
-                  "IS NULL THEN deadline_at END, retry_at = te_ts($13::bigint), avoid_worker = "
-                  "CASE WHEN $13::bigint IS NOT NULL THEN worker_id END, avoid_until = "
-                  "te_ts(2 * $13::bigint - $6::bigint), updated_at = te_ts($6) WHERE id = $1 AND "
-                  "status = 'running' AND lease_token = $2 RETURNING COALESCE(worker_id, "
-                  "avoid_worker) AS worker_id), "
-                  "w AS (UPDATE workers SET status = CASE WHEN workers.status = 'offline' THEN "
-                  "'offline' ELSE 'idle' END, current_task_id = NULL, tasks_completed = "
-                  "tasks_completed + ($3 = 'completed')::int, tasks_failed = tasks_failed + ($3 "
-                  "<> 'completed')::int FROM t WHERE workers.id = t.worker_id), "
-                  "c AS (UPDATE llm_conversations SET ended_at = COALESCE(ended_at, te_ts($6)), "
-                  "metadata = jsonb_set(metadata, '{success}', $7::jsonb) WHERE task_id = $1 AND "
-                  "EXISTS (SELECT 1 FROM t)) "
+                  PG_END "w AS (UPDATE workers SET status = CASE WHEN workers.status = "
+                  "'offline' THEN 'offline' ELSE 'idle' END, current_task_id = NULL, "
+                  PG_END_COUNTS "FROM t WHERE workers.id = t.worker_id) "
                   "SELECT (SELECT count(*) FROM t), EXISTS (SELECT 1 FROM tasks WHERE id = $1)"},
+    /* The end and the same worker's next claim in one statement (#17: one round trip and
+     * one commit a task, where BEGIN, two statements and COMMIT took four): the claim
+     * only when the end was taken; the worker row written once, busy with the next task
+     * or idle. The ended task is not claimed again here even when it goes back to
+     * pending: the statement sees it running. $14 worker, $15 the next lease, $16 now,
+     * $17 backend type, $18 supported problems. The claimed task's columns, then the
+     * end's outcome (rows changed, the task exists); the task's are NULL when none was
+     * claimed. */
+    [Q_FINISH_CLAIM] = {"finishing a task",
+                        PG_END PG_NEXT("$14", "$16", "$17", "$18", " AND EXISTS (SELECT 1 FROM t)")
+                        PG_CLAIMED("$14", "$15", "$16")
+                        "w AS (UPDATE workers SET status = CASE WHEN EXISTS (SELECT 1 FROM "
+                        "claimed) THEN 'busy' WHEN workers.status = 'offline' THEN 'offline' "
+                        "ELSE 'idle' END, current_task_id = (SELECT id FROM claimed), "
+                        "last_heartbeat = CASE WHEN EXISTS (SELECT 1 FROM claimed) THEN "
+                        "te_ts($16) ELSE last_heartbeat END, " PG_END_COUNTS "FROM t WHERE "
+                        "workers.id = t.worker_id) "
+                        "SELECT claimed.*, (SELECT count(*) FROM t), EXISTS (SELECT 1 FROM tasks "
+                        "WHERE id = $1) FROM (SELECT 1) one LEFT JOIN claimed ON true"},
     /* One statement: silent workers go offline and their tasks fail together; SKIP
      * LOCKED lets servers reaping at the same moment split the work, never double it. */
     [Q_REAP_SILENT] = {"reaping",
@@ -141,82 +173,71 @@ int pg_task_claim(struct store *st, const struct claim_req *req, struct task **o
     return rc;
 }
 
-/* The end on pc: 0, ERR_CONFLICT (lease not held) or ERR_NOTFOUND (no such task). */
+/* The end on pc, with end->claim_next the next claim in the same statement (*next the
+ * claimed task, caller frees, or NULL). 0, ERR_CONFLICT (lease not held) or ERR_NOTFOUND
+ * (no such task); a refused end still stores its logs and claims nothing. */
 static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
-                     const struct task_end *end)
+                     const struct task_end *end, struct task **next)
 {
+    const struct claim_req *cn = end->claim_next;
     struct log_arrays a;
-    struct num n, r;
+    struct num n, r, cnow;
     struct pg_cursor cur;
     bool ok = true;
-    char *res = pg_json_text(end->result, &ok);
+    char *res = pg_json_text(end->result, &ok), *re = NULL;
     json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
     int rc = pg_log_arrays_build(&a, end->logs, end->n_logs);
 
+    if (rc == 0 && cn)
+        rc = rules_globs_regex(cn->patterns, cn->n_patterns, &re);
     if (rc == 0 && ok) {
-        const char *v[13] = {id, lease_token, task_status_name(end->status), res, end->error,
+        const char *v[18] = {id, lease_token, task_status_name(end->status), res, end->error,
                              num(&n, end->now),
                              json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
                                                       : "null",
                              a.ts.data, a.lv.data, a.msg.data, a.ctx.data,
                              task_error_class_name(end->error_class),
-                             end->retry_at ? num(&r, end->retry_at) : NULL};
-        rc = pg_open_q(&cur, pc, &queue_q[Q_FINISH], 13, v);
+                             end->retry_at ? num(&r, end->retry_at) : NULL,
+                             cn ? cn->worker_id : NULL, cn ? cn->lease_token : NULL,
+                             cn ? num(&cnow, cn->now) : NULL, cn ? cn->backend_type : NULL, re};
+        const struct store_row *row = &cur.base.row;
+        int outcome = 0;
+
+        rc = pg_open_q(&cur, pc, &queue_q[cn ? Q_FINISH_CLAIM : Q_FINISH], cn ? 18 : 13, v);
         if (rc == 0)
             rc = rows_one(&cur.base);
-        if (rc == 0 && cur.base.row.ops->i64(&cur.base.row, 0) != 1)
-            rc = cur.base.row.ops->boolean(&cur.base.row, 1) ? ERR_CONFLICT : ERR_NOTFOUND;
+        if (rc == 0)
+            outcome = PQnfields(cur.r) - 2; /* the end's columns come last */
+        if (rc == 0 && row->ops->i64(row, outcome) != 1)
+            rc = row->ops->boolean(row, outcome + 1) ? ERR_CONFLICT : ERR_NOTFOUND;
+        if (rc == 0 && cn && !row->ops->is_null(row, 0)) {
+            *next = rows_task(row);
+            if (!*next)
+                rc = ERR_NOMEM;
+        }
         rc = pg_end(&cur, rc);
-    } else {
+    } else if (rc == 0) {
         rc = ERR_NOMEM;
     }
     pg_log_arrays_reset(&a);
     free(res);
+    free(re);
     return rc;
-}
-
-/* The context of finish's body. */
-struct finish {
-    const char *id, *lease_token;
-    const struct task_end *end;
-    int refused;                    /* ERR_CONFLICT or ERR_NOTFOUND: the end was refused */
-    struct task *next;              /* claimed with the end; freed by the caller on error */
-};
-
-/* The end and the next claim, committed together. A refused end still commits (its
- * logs are kept) and is reported through refused. */
-static int finish_then_claim(struct db_conn *dc, void *ctx)
-{
-    struct pgconn *pc = pg_conn(dc);
-    struct finish *x = ctx;
-    int rc = finish_on(pc, x->id, x->lease_token, x->end);
-
-    if (rc == ERR_CONFLICT || rc == ERR_NOTFOUND) {
-        x->refused = rc;
-        return 0;
-    }
-    return rc == 0 ? claim_on(pc, x->end->claim_next, &x->next) : rc;
 }
 
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
                    const struct task_end *end)
 {
-    struct finish x = {id, lease_token, end, 0, NULL};
-    struct pgconn *pc;
-    int rc;
+    struct pgconn *pc = pg_conn_get(P(st));
+    struct task *next = NULL;
+    int rc = finish_on(pc, id, lease_token, end, &next);
 
-    if (!end->claim_next) { /* one statement: one transaction of its own */
-        pc = pg_conn_get(P(st));
-        rc = finish_on(pc, id, lease_token, end);
-        pg_conn_put(P(st), pc);
-        return rc;
-    }
-    rc = pg_in_tx(st, finish_then_claim, &x);
-    if (rc == 0 && x.next)
-        *end->next = x.next;
+    pg_conn_put(P(st), pc);
+    if (rc == 0 && next)
+        *end->next = next;
     else
-        task_free(x.next);
-    return rc == 0 ? x.refused : rc;
+        task_free(next);
+    return rc;
 }
 
 int pg_reap(struct store *st, int64_t now, int64_t heartbeat_timeout_us, int64_t retry_base_us,
