@@ -40,15 +40,16 @@
 
 /* The end's parts: $1 id, $2 lease, $3 status, $4 result, $5 error, $6 now, $7 success
  * (JSON), $8-$11 log arrays, $12 error class, $13 the time of the next attempt. Its logs
- * (CTE l, kept even when the end is refused); the task (CTE t, returning its worker);
+ * (CTE l, kept even when the end is refused; none for a task that does not exist, which
+ * is then ERR_NOTFOUND); the task (CTE t, returning its worker);
  * its conversations (CTE c). $13 set: not an end but a retry (the queue's decision):
  * the attempt recorded, the task pending again, its worker asked to wait as long again
  * before it takes it back. */
 #define PG_END                                                                              \
     "WITH l AS (INSERT INTO task_logs (task_id, ts, level, message, context, attempt) "       \
-    "SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb, (SELECT attempt FROM "    \
-    "tasks WHERE id = $1) FROM unnest($8::bigint[], $9::int[], $10::text[], $11::text[]) AS " \
-    "u(ts, level, message, context)), "                                                      \
+    "SELECT $1, te_ts(u.ts), u.level, u.message, u.context::jsonb, a.attempt FROM "          \
+    "unnest($8::bigint[], $9::int[], $10::text[], $11::text[]) AS u(ts, level, message, "     \
+    "context), (SELECT attempt FROM tasks WHERE id = $1) a), "                               \
     "t AS (UPDATE tasks SET status = CASE WHEN $13::bigint IS NULL THEN $3 ELSE 'pending' "   \
     "END, result = CASE WHEN $13::bigint IS NULL THEN $4::jsonb END, error = CASE WHEN "     \
     "$13::bigint IS NULL THEN $5::text END, error_class = CASE WHEN $13::bigint IS NULL THEN " \

@@ -8,6 +8,32 @@
 
 #define MIGRATION_LOCK 727384611 /* pg_advisory_lock key: one migrator at a time */
 
+/* Migration 8's update trigger, its journal in the given order (9 changes the order). */
+#define TE_TASKS_UPDATED(order)                                                             \
+    "CREATE OR REPLACE FUNCTION te_tasks_updated() RETURNS trigger LANGUAGE plpgsql AS $$ " \
+    "DECLARE os text; ns text; k bigint; m bigint; BEGIN " \
+    " SELECT count(*), min(o.status), min(n.status), count(DISTINCT (o.status, n.status)) " \
+    "  INTO k, os, ns, m FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status; " \
+    " IF k = 0 THEN RETURN NULL; END IF; " \
+    " IF m = 1 AND os < ns THEN " \
+    "  UPDATE task_counts SET n = n - k WHERE status = os AND shard = pg_backend_pid() % 16; " \
+    "  UPDATE task_counts SET n = n + k WHERE status = ns AND shard = pg_backend_pid() % 16; " \
+    " ELSIF m = 1 THEN " \
+    "  UPDATE task_counts SET n = n + k WHERE status = ns AND shard = pg_backend_pid() % 16; " \
+    "  UPDATE task_counts SET n = n - k WHERE status = os AND shard = pg_backend_pid() % 16; " \
+    " ELSE " \
+    "  PERFORM te_count_add((SELECT jsonb_object_agg(s, c) FROM (SELECT s, sum(c) AS c FROM ( " \
+    "   SELECT o.status AS s, -1 AS c FROM old_rows o JOIN new_rows n USING (seq) " \
+    "    WHERE o.status <> n.status " \
+    "   UNION ALL SELECT n.status, 1 FROM old_rows o JOIN new_rows n USING (seq) " \
+    "    WHERE o.status <> n.status) y GROUP BY s) x)); " \
+    " END IF; " \
+    " INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id, wait_us) " \
+    "  SELECT te_us(n.updated_at), 'task', n.id, n.worker_id, n.status, n.problem_id, " \
+    "  CASE WHEN n.status = 'running' THEN te_us(n.started_at) - te_us(n.created_at) END " \
+    "  FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status ORDER BY " order "; " \
+    " RETURN NULL; END $$;"
+
 static const char *const migrations[] = {
     "CREATE FUNCTION te_ts(bigint) RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
     "$$ SELECT timestamptz 'epoch' + $1 * interval '1 microsecond' $$;"
@@ -226,45 +252,23 @@ static const char *const migrations[] = {
     " INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id) "
     "  SELECT te_us(updated_at), 'task', id, worker_id, status, problem_id FROM new_rows ORDER BY seq; "
     " RETURN NULL; END $$; "
-    "CREATE OR REPLACE FUNCTION te_tasks_updated() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "DECLARE os text; ns text; k bigint; m bigint; BEGIN "
-    " SELECT count(*), min(o.status), min(n.status), count(DISTINCT (o.status, n.status)) "
-    "  INTO k, os, ns, m FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status; "
-    " IF k = 0 THEN RETURN NULL; END IF; "
-    " IF m = 1 AND os < ns THEN "
-    "  UPDATE task_counts SET n = n - k WHERE status = os AND shard = pg_backend_pid() % 16; "
-    "  UPDATE task_counts SET n = n + k WHERE status = ns AND shard = pg_backend_pid() % 16; "
-    " ELSIF m = 1 THEN "
-    "  UPDATE task_counts SET n = n + k WHERE status = ns AND shard = pg_backend_pid() % 16; "
-    "  UPDATE task_counts SET n = n - k WHERE status = os AND shard = pg_backend_pid() % 16; "
-    " ELSE "
-    "  PERFORM te_count_add((SELECT jsonb_object_agg(s, c) FROM (SELECT s, sum(c) AS c FROM ( "
-    "   SELECT o.status AS s, -1 AS c FROM old_rows o JOIN new_rows n USING (seq) "
-    "    WHERE o.status <> n.status "
-    "   UNION ALL SELECT n.status, 1 FROM old_rows o JOIN new_rows n USING (seq) "
-    "    WHERE o.status <> n.status) y GROUP BY s) x)); "
-    " END IF; "
-    " INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id, wait_us) "
-    "  SELECT te_us(n.updated_at), 'task', n.id, n.worker_id, n.status, n.problem_id, "
-    "  CASE WHEN n.status = 'running' THEN te_us(n.started_at) - te_us(n.created_at) END "
-    "  FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status ORDER BY n.seq; "
-    " RETURN NULL; END $$;",
+    TE_TASKS_UPDATED("n.seq"),
     /* 9 (#17): fewer index entries per write. A change of status cannot be a HOT update,
      * so every claim and finish writes a new entry in each index whose predicate the row
      * meets: 9 for a claim, 7 for a finish, 8 for an insert. Running tasks are few (one
      * per worker), so the reaper and recovery find them through tasks_status_seq; the
-     * created_at range of a list is served by seq order; rows without an idempotency key
-     * or a worker need no entry. Now 5, 5 and 6. te_ts and te_us are STABLE, as their
-     * bodies are (timestamptz arithmetic): declared IMMUTABLE they were never inlined,
-     * so each call ran as a SQL function, parsed anew in every statement (a fifth of the
-     * database's time draining a queue). */
+     * created_at range of a list is served by seq order. Now 6, 6 and 7. Only drops, so
+     * the migration holds the table for an instant, and servers of the previous version
+     * on the same database keep working (the idempotency key's full unique constraint
+     * stays for their ON CONFLICT; making it and tasks_worker_seq partial is for a
+     * later migration). te_ts and te_us are STABLE, as their bodies are (timestamptz
+     * arithmetic): declared IMMUTABLE they were never inlined, so each call ran as a SQL
+     * function, parsed anew in every statement (a fifth of the database's time draining
+     * a queue). The journal of a statement that ends one task and claims another (an
+     * internal worker's) lists the end first. */
     "ALTER FUNCTION te_ts(bigint) STABLE; ALTER FUNCTION te_us(timestamptz) STABLE;"
     "DROP INDEX tasks_running; DROP INDEX tasks_deadline; DROP INDEX tasks_created;"
-    "ALTER TABLE tasks DROP CONSTRAINT tasks_idempotency_key_key;"
-    "CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key)"
-    " WHERE idempotency_key IS NOT NULL;"
-    "DROP INDEX tasks_worker_seq;"
-    "CREATE INDEX tasks_worker_seq ON tasks (worker_id, seq) WHERE worker_id IS NOT NULL;",
+    TE_TASKS_UPDATED("(n.status = 'running'), n.seq"),
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

@@ -11,7 +11,7 @@ static const struct pg_query task_insert = {
     "backend_type, mode, parameters, metadata, callback_url, idempotency_key, "
     "max_steps, timeout_seconds, created_at, updated_at, max_retries) VALUES ($1, "
     "$2, 'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
-    "te_ts($12), $13) ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING seq"};
+    "te_ts($12), $13) ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq"};
 
 int pg_task_insert(struct store *st, struct task *t, struct task **existing)
 {
