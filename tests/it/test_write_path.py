@@ -4,8 +4,8 @@ count, event and worker figure must come out as if each step had been written al
 (Retries through the same statement: test_retries.py.)"""
 import time
 
+from conftest import fast
 from test_events import Stream
-
 
 
 def drain(s, n):
@@ -49,3 +49,21 @@ def test_chained_ends_keep_counts_events_and_worker_figures(make_server, backend
         assert {k: int(v) for k, v in kept.items() if int(v)} == {k: int(v) for k, v in real.items()}
         assert pg.psql("SELECT count(*) FROM task_events WHERE kind = 'task'",
                                db).strip() == str(3 * n)
+
+
+def test_a_workers_journal_ends_before_it_claims(make_server):
+    # The end of a late high-priority task chains the claim of an earlier (lower seq) one:
+    # the worker's events must still read completed, then running (not seq order).
+    s = make_server(NUM_INTERNAL_WORKERS=1)
+    first = s.submit(parameters=fast(steps=4, step_seconds=0.2))["id"]
+    s.wait_status(first, "running")
+    low = [s.submit(parameters=fast(steps=1))["id"] for _ in range(2)]
+    high = s.submit(parameters=fast(steps=1), priority=5)["id"]
+    for i in [first, high] + low:
+        s.wait_status(i, "completed")
+    st = Stream(f"{s.api}/events?types=task", last_event_id="0-0")
+    st.wait_for(lambda e: sum(d["status"] == "completed" for _, _, d in st.events) >= 4)
+    mine = [(d["status"], d["task_id"]) for _, _, d in st.events
+            if d["status"] in ("running", "completed")]
+    assert [t for _, t in mine[::2]] == [first, high] + low, mine
+    assert [k for k, _ in mine] == ["running", "completed"] * 4, mine
