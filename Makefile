@@ -1,14 +1,16 @@
 # taskexec: one Makefile. `make` builds build/taskexec; `make test` builds the
 # sanitizer build and runs every unit and integration test; `make run` serves.
 CC = gcc
-PKGS = libmicrohttpd jansson sqlite3 uuid libpq libcrypto libcurl
+PKGS = libmicrohttpd jansson sqlite3 uuid libpq nettle libcurl
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wcast-qual -Wno-missing-field-initializers
 CPPFLAGS = -D_GNU_SOURCE -Isrc
 # Recursive (=) so pkg-config runs after the deps step has installed the packages.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-# wslay (WebSocket framing) ships no pkg-config file in Debian 12.
-PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lwslay -lpthread -lm
+# wslay (WebSocket framing) ships no pkg-config file in Debian 12. libpq and libcurl are
+# not linked: they are opened at their first use (src/core/dynlib.h).
+LAZY_PKGS = libpq libcurl
+PKG_LIBS = $(shell pkg-config --libs $(filter-out $(LAZY_PKGS),$(PKGS))) -lwslay -lpthread -lm
 CFLAGS = -std=c17 -O2 -g $(WARN)
 SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_SAN = -std=c17 -O1 -g $(SAN) $(WARN)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(gcc make pkg-config libmicrohttpd-dev libjansson-dev libsqlite3-dev uuid-dev
       libcmocka-dev python3-pytest python3-requests python3-yaml python3-rich sqlite3 libpq-dev
-      libssl-dev libcurl4-openssl-dev libwslay-dev python3-websockets prometheus clang libclang-rt-14-dev
+      nettle-dev libcurl4-openssl-dev libwslay-dev python3-websockets prometheus clang libclang-rt-14-dev
       postgresql-15 postgresql-client-15 chromium fonts-dejavu-core
       systemd docker-compose)
 missing=()

@@ -34,7 +34,9 @@ static inline int testdb_sql(const struct testdb *d, const char *sql)
     int rc = -1;
 
     if (d->pg) {
-        PGconn *c = PQconnectdb(d->url);
+        /* the calls the store's libpq stubs forward (src/store/pg/libpq_lazy.c) */
+        const char *keys[] = {"dbname", NULL}, *vals[] = {d->url, NULL};
+        PGconn *c = PQconnectdbParams(keys, vals, 1);
         PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
         if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
             rc = 0;

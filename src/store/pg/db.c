@@ -678,10 +678,15 @@ static void pg_close(struct store *st);
 
 static int pg_open(const char *url, struct store **out)
 {
-    struct pg_store *s = calloc(1, sizeof(*s));
+    struct pg_store *s;
+    const char *why;
     int rc = ERR_STORE;
 
-    if (!s)
+    if (pg_libpq_load(&why) < 0) {
+        log_error("postgresql: %s", why);
+        return ERR_UNSUPPORTED;
+    }
+    if (!(s = calloc(1, sizeof(*s))))
         return ERR_NOMEM;
     s->base.ops = &store_pg_ops;
     s->base.db = &pg_db_ops;

@@ -130,6 +130,11 @@ struct log_arrays {
     struct buf ts, lv, msg, ctx;
 };
 
+/* libpq_lazy.c */
+/* pg_libpq_load: opens libpq (once). 0, or ERR_NOTFOUND with *why saying what is
+ * missing; the store checks this before its first libpq call. */
+int pg_libpq_load(const char **why);
+
 /* db.c */
 /* pg_tasks_queued: tasks were committed to the queue: the listener sends one NOTIFY
  * taskexec_task for all that came since its last (every server's listener then wakes its

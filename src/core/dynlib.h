@@ -1,0 +1,43 @@
+/* dynlib: a shared library opened at its first use instead of at start.
+ *
+ * DESIGN
+ * The server links libpq and libcurl by dlopen, not by the executable's DT_NEEDED
+ * entries: a server on SQLite whose agents call no model and that sends no webhook never
+ * maps them, nor what they pull in (OpenSSL's libcrypto and libssl, Kerberos, LDAP,
+ * SASL, libssh2, nghttp2, …), which was 3.3 of its 11.9 MB of idle resident memory
+ * (issue 17). A stub module per library (store/pg/libpq_lazy.c, core/curl_lazy.c)
+ * defines each function the project calls with the library's own declaration, and
+ * forwards it through the pointer this module resolved. The stubs are not exported by
+ * the executable (it is not linked -rdynamic), so the library's calls to itself never
+ * land in them. */
+#ifndef TASKEXEC_DYNLIB_H
+#define TASKEXEC_DYNLIB_H
+
+#include <pthread.h>
+#include <stddef.h>
+
+struct dynlib {
+    const char *soname;       /* the file dlopen looks for, e.g. "libpq.so.5" */
+    const char *package;      /* the Debian package that has it, for the error */
+    const char *const *names; /* the functions, in the order of fns */
+    void **fns;               /* filled in by the load; the stub module owns the array */
+    size_t n;
+    pthread_mutex_t lock;
+    int state;                /* 0 not tried, 1 loaded, -1 failed (atomic) */
+    char err[256];            /* why the load failed */
+};
+
+#define DYNLIB_INIT(so, pkg, names_, fns_, n_) \
+    {(so), (pkg), (names_), (fns_), (n_), PTHREAD_MUTEX_INITIALIZER, 0, ""}
+
+/* dynlib_load: opens the library and resolves every function, once; later calls return
+ * the first one's answer. 0, or ERR_NOTFOUND with l->err saying what is missing. The
+ * library stays open until exit. Thread-safe. */
+int dynlib_load(struct dynlib *l);
+
+/* dynlib_fn: function i, loading the library if no call has yet. A stub only runs after
+ * its owner checked dynlib_load (or where a missing library cannot be reported better),
+ * so a failed load here ends the process with l->err on stderr. */
+void *dynlib_fn(struct dynlib *l, size_t i);
+
+#endif
