@@ -4,7 +4,7 @@
 #include "store/db.h"
 #include "core/err.h"
 
-enum { S_READY, S_GET, S_STEP_ASYNC, S_STEP, S_NEXT, S_ANSWER, S_END, S_IDLE, S_N };
+enum { S_READY, S_GET, S_STEP, S_NEXT, S_ANSWER, S_END, S_IDLE, S_N };
 
 static const struct db_stmt session_q[S_N] = {
     [S_READY] = {"marking a session ready",
@@ -28,20 +28,22 @@ static const struct db_stmt session_q[S_N] = {
                "answered, action, observation, done, reward, results::text, last_activity_at "
                "FROM sessions WHERE task_id = $1"},
     /* PostgreSQL commits a step without waiting for the disk: the step becomes durable
-     * with its answer's commit (WAL is flushed in order), and a step lost to a
-     * database crash before that is one the environment never saw — the trainer's
-     * request fails and it sends it again. This saves a flush on every step. */
-    [S_STEP_ASYNC] = {"taking a step", NULL, "SET LOCAL synchronous_commit = off"},
+     * with its answer's commit (WAL is flushed in order), and a step lost to a database
+     * crash before that is one the environment never saw — the trainer's request fails
+     * and it sends it again. This saves a flush on every step. set_config(..., true) in
+     * the statement itself sets it for the statement's own transaction (checked at its
+     * commit), so the step is one round trip, not BEGIN, SET LOCAL, UPDATE and COMMIT. */
     [S_STEP] = {"taking a step",
                 "UPDATE sessions SET step = step + 1, action = ?2, last_activity_at = ?3 "
                 "WHERE task_id = ?1 AND state = 'ready' AND step = answered AND step < "
                 "max_steps AND EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND status = "
                 "'running') RETURNING step",
-                "WITH s AS (UPDATE sessions SET step = step + 1, action = $2, "
-                "last_activity_at = $3 WHERE task_id = $1 AND state = 'ready' AND step = "
-                "answered AND step < max_steps AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 "
-                "AND status = 'running') RETURNING step) SELECT step, "
-                "pg_notify('taskexec_session', 'a:' || $1::text) FROM s"},
+                "WITH a AS (SELECT set_config('synchronous_commit', 'off', true)), s AS "
+                "(UPDATE sessions SET step = step + 1, action = $2, last_activity_at = $3 "
+                "WHERE task_id = $1 AND state = 'ready' AND step = answered AND step < "
+                "max_steps AND EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND status = "
+                "'running') RETURNING step) SELECT s.step, pg_notify('taskexec_session', "
+                "'a:' || $1::text) FROM s, a"},
     [S_NEXT] = DB_SQL("reading the next action",
                       "SELECT step, action FROM sessions WHERE task_id = $1 AND step > $2 AND "
                       "step > answered"),
@@ -86,15 +88,12 @@ struct step {
     int *step;
 };
 
-/* A step refused (ERR_CONFLICT) changed nothing, so its rollback is harmless. */
 static int step_body(struct db_conn *c, void *ctx)
 {
     struct step *x = ctx;
     const struct db_arg args[3] = {DB_T(x->task_id), DB_T(x->action), DB_I(x->now)};
-    int rc = db_run(c, &session_q[S_STEP_ASYNC], NULL, 0, NULL);
+    int rc = db_take(c, &session_q[S_STEP], args, 3, rows_take_int_drain, x->step);
 
-    if (rc == 0)
-        rc = db_take(c, &session_q[S_STEP], args, 3, rows_take_int_drain, x->step);
     return rc == ERR_NOTFOUND ? ERR_CONFLICT : rc;
 }
 
@@ -103,7 +102,7 @@ int db_session_step(struct store *st, const char *task_id, const char *action, i
 {
     int n = 0;
     struct step x = {task_id, action, now, &n};
-    int rc = db_in_write(st, step_body, &x);
+    int rc = db_on_write(st, step_body, &x);
 
     if (rc == 0)
         *step_out = n;
@@ -144,7 +143,7 @@ static int answer_body(struct db_conn *c, void *ctx)
         DB_I(json_is_true(json_object_get(x->answer, "done"))),
         json_is_number(reward) ? DB_R(json_number_value(reward)) : DB_NULL,
         DB_J(json_is_null(res) ? NULL : res), DB_I(x->now)};
-    int rc = db_insert_messages(c, x->task_id, x->msgs, x->n_msgs);
+    int rc = x->n_msgs ? db_insert_messages(c, x->task_id, x->msgs, x->n_msgs) : 0;
 
     return rc == 0 ? db_run(c, &session_q[S_ANSWER], args, 7, NULL) : rc;
 }
@@ -154,7 +153,9 @@ int db_session_answer(struct store *st, const char *task_id, int step, json_t *a
 {
     struct answer x = {task_id, step, answer_v, msgs, n_msgs, now};
 
-    return db_in_write(st, answer_body, &x);
+    /* Without messages the answer is one statement: no transaction around it (on
+     * PostgreSQL three round trips fewer). */
+    return n_msgs ? db_in_write(st, answer_body, &x) : db_on_write(st, answer_body, &x);
 }
 
 int db_session_end(struct store *st, const char *task_id)

@@ -184,3 +184,41 @@ def test_silent_external_worker_is_reaped_and_reregistering_loses_its_run(make_s
     register(s)
     done = s.task(t2["id"])
     assert done["status"] == "failed" and "registered again" in done["error"]
+
+
+def test_a_batch_of_messages_from_several_sessions(make_server):
+    """One POST whose messages interleave two sessions, some counting tokens and naming a
+    model, then one more: each session's conversation counts its own messages in order,
+    sums only the tokens given (none given: null), keeps the first model named, starts at
+    its first message and ends at its last. (PostgreSQL inserts each run of messages of
+    one session in one statement; SQLite one at a time: both must agree.)"""
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    token = register(s)
+    t = s.submit(backend_type="ext", agent_config={"model": "cfg"})
+    assert s.post("/api/v1/workers/ext-001-kind/claim", headers=auth(token)).status_code == 200
+    base = f"/api/v1/workers/ext-001-kind/tasks/{t['id']}/conversations"
+    batch = [
+        {"session_id": "s1", "role": "system", "content": "a", "step": 0},
+        {"session_id": "s1", "role": "assistant", "content": {"say": "b \"quoted\" \\"},
+         "step": 1, "model": "m1", "usage": {"total_tokens": 5}},
+        {"session_id": "s2", "role": "assistant", "content": "c", "model": "m2"},
+        {"session_id": "s1", "role": "user", "content": "d", "step": 2,
+         "usage": {"total_tokens": 3}},
+    ]
+    assert s.post(base, json=batch, headers=auth(token)).status_code == 200
+    time.sleep(0.01)
+    assert s.post(base, json=[{"session_id": "s1", "role": "assistant", "content": "e",
+                               "model": "m3"}], headers=auth(token)).status_code == 200
+    convs = s.get(f"/api/v1/tasks/{t['id']}/conversations").json()["conversations"]
+    by = {c["session_id"]: c for c in convs}
+    assert set(by) == {"s1", "s2"}
+    s1, s2 = by["s1"], by["s2"]
+    assert [m["content"] for m in s1["messages"]] == ["a", {"say": "b \"quoted\" \\"}, "d", "e"]
+    assert [m["step"] for m in s1["messages"]] == [0, 1, 2, None]
+    assert s1["total_messages"] == 4 and s1["total_tokens"] == 8 and s1["model_name"] == "m1"
+    assert s1["started_at"] == s1["messages"][0]["timestamp"]
+    assert s1["ended_at"] == s1["messages"][-1]["timestamp"] > s1["started_at"]
+    assert s1["model_config"] == {"model": "cfg"}
+    assert [m["content"] for m in s2["messages"]] == ["c"]
+    assert s2["total_messages"] == 1 and s2["total_tokens"] is None and s2["model_name"] == "m2"
+    assert s2["started_at"] == s2["ended_at"] == s2["messages"][0]["timestamp"]

@@ -1,90 +1,114 @@
-/* store/pg/conversations: appending LLM messages: one upsert finds or makes a
- * conversation (once a batch while the session stays the same), one statement inserts
- * a message and counts it. Reading conversations is written once, in
+/* store/pg/conversations: appending LLM messages, one statement for each run of a
+ * batch's messages that share a session: it finds or makes their conversation, adds
+ * their counts to it and inserts them (from arrays, unnest()), where it was one upsert
+ * and then one statement a message. Reading conversations is written once, in
  * store/conversations.c. */
 #include "store/pg/pg_int.h"
+#include "core/buf.h"
 #include "core/err.h"
-#include "core/log.h"
 #include "model/proto.h"
 #include "core/uuidgen.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const struct pg_query conv_upsert = {
-    "finding a conversation",
-    "INSERT INTO llm_conversations (id, task_id, session_id, model_config, "
-    "started_at, attempt) SELECT $1, $2, $3, COALESCE(t.parameters->"
-    "'agent_config', '{}'), te_ts($4), COALESCE(t.attempt, 1) FROM (SELECT 1) one "
-    "LEFT JOIN tasks t ON t.id = $2 ON CONFLICT (task_id, session_id, attempt) DO "
-    "UPDATE SET task_id = EXCLUDED.task_id RETURNING seq"};
+/* The conversation's figures, as the old one-message-at-a-time statements left them:
+ * started_at is the first message's time, ended_at the last's, total_tokens NULL until a
+ * message counts tokens, model_name the first model named. */
+static const struct pg_query msgs_insert = {
+    "inserting messages",
+    "WITH x AS (SELECT * FROM unnest($4::bigint[], $5::text[], $6::text[], $7::int[], "
+    "$8::text[], $9::bigint[], $10::text[]) WITH ORDINALITY AS x(ts, role, content, step, "
+    "meta, tokens, model, i)), c AS (INSERT INTO llm_conversations (id, task_id, "
+    "session_id, model_config, started_at, attempt, total_messages, total_tokens, "
+    "ended_at, model_name) SELECT $1, $2, $3, COALESCE(t.parameters->'agent_config', "
+    "'{}'), te_ts((SELECT ts FROM x WHERE i = 1)), COALESCE(t.attempt, 1), (SELECT "
+    "count(*) FROM x), (SELECT sum(tokens) FROM x), te_ts((SELECT ts FROM x ORDER BY i "
+    "DESC LIMIT 1)), (SELECT model FROM x WHERE model IS NOT NULL ORDER BY i LIMIT 1) "
+    "FROM (SELECT 1) one LEFT JOIN tasks t ON t.id = $2 ON CONFLICT (task_id, session_id, "
+    "attempt) DO UPDATE SET total_messages = llm_conversations.total_messages + "
+    "EXCLUDED.total_messages, total_tokens = CASE WHEN EXCLUDED.total_tokens IS NULL THEN "
+    "llm_conversations.total_tokens ELSE COALESCE(llm_conversations.total_tokens, 0) + "
+    "EXCLUDED.total_tokens END, ended_at = EXCLUDED.ended_at, model_name = "
+    "COALESCE(llm_conversations.model_name, EXCLUDED.model_name) RETURNING seq) INSERT "
+    "INTO llm_messages (conversation_seq, ts, role, content, step, metadata) SELECT "
+    "c.seq, te_ts(x.ts), x.role, x.content::jsonb, x.step, x.meta::jsonb FROM c, x ORDER "
+    "BY x.i"};
 
-static const struct pg_query msg_insert = {
-    "inserting a message",
-    "WITH m AS (INSERT INTO llm_messages (conversation_seq, ts, role, "
-    "content, step, metadata) VALUES ($1, te_ts($2), $3, $4::jsonb, $5, "
-    "$6::jsonb)) UPDATE llm_conversations SET total_messages = "
-    "total_messages + 1, total_tokens = CASE WHEN $7::bigint IS NULL THEN "
-    "total_tokens ELSE COALESCE(total_tokens, 0) + $7 END, ended_at = "
-    "te_ts($2), model_name = COALESCE(model_name, $8) WHERE seq = $1"};
+enum { A_TS, A_ROLE, A_CONTENT, A_STEP, A_META, A_TOKENS, A_MODEL, N_ARRAYS };
 
-/* The conversation of (task, session) into seq (text), made on its first message. */
-static int conversation_seq(struct pgconn *pc, const char *task_id, const char *session,
-                            int64_t ts, char seq[24])
-{
-    char id[TASK_ID_LEN + 1];
-    struct num a;
-    const char *v[4] = {id, task_id, session, num(&a, ts)};
-    struct rows_ints x = {.n = 1};
-    int rc;
-
-    uuidgen(id);
-    rc = pg_take(pc, &conv_upsert, 4, v, rows_take_ints, &x);
-    if (rc == 0)
-        snprintf(seq, 24, "%" PRId64, x.v[0]);
-    return rc;
-}
-
-static int insert_one(struct pgconn *pc, const char *seq, const struct msg_entry *e)
+/* Adds one message to the arrays. */
+static int add_message(struct buf *a, const struct msg_entry *e)
 {
     json_t *m = e->msg, *step = json_object_get(m, "step"), *meta = json_object_get(m, "metadata");
-    json_t *model = json_object_get(meta, "model");
+    json_t *model = json_object_get(meta, "model"), *role = json_object_get(m, "role");
     int64_t tokens = proto_message_tokens(meta);
     char *content = json_dumps(json_object_get(m, "content"), JSON_COMPACT | JSON_ENCODE_ANY);
     char *metatext = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
-    struct num a, b, c;
-    const char *v[8] = {seq, num(&a, e->ts), json_string_value(json_object_get(m, "role")),
-                        content ? content : "null",
-                        json_is_integer(step) ? num(&b, json_integer_value(step)) : NULL,
-                        metatext ? metatext : "{}", tokens >= 0 ? num(&c, tokens) : NULL,
-                        json_is_string(model) ? json_string_value(model) : NULL};
-    int rc;
+    struct num x;
+    int rc = 0;
 
-    PQclear(pg_run(pc, &msg_insert, 8, v, &rc));
+    if (pg_array_add(&a[A_TS], num(&x, e->ts), false) < 0 ||
+        pg_array_add(&a[A_ROLE], json_string_value(role), !json_is_string(role)) < 0 ||
+        pg_array_add(&a[A_CONTENT], content ? content : "null", false) < 0 ||
+        pg_array_add(&a[A_STEP], json_is_integer(step) ? num(&x, json_integer_value(step)) : "",
+                     !json_is_integer(step)) < 0 ||
+        pg_array_add(&a[A_META], metatext ? metatext : "{}", false) < 0 ||
+        pg_array_add(&a[A_TOKENS], tokens >= 0 ? num(&x, tokens) : "", tokens < 0) < 0 ||
+        pg_array_add(&a[A_MODEL], json_string_value(model), !json_is_string(model)) < 0)
+        rc = ERR_NOMEM;
     free(content);
     free(metatext);
     return rc;
+}
+
+/* The n messages of session e[0..n) in one statement. */
+static int insert_run(struct pgconn *pc, const char *task_id, const char *session,
+                      const struct msg_entry *e, size_t n)
+{
+    struct buf a[N_ARRAYS], *all[N_ARRAYS];
+    char id[TASK_ID_LEN + 1];
+    int rc;
+
+    for (int k = 0; k < N_ARRAYS; k++)
+        all[k] = &a[k];
+    rc = pg_arrays_open(all, N_ARRAYS);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = add_message(a, &e[i]);
+    if (rc == 0)
+        rc = pg_arrays_close(all, N_ARRAYS);
+    if (rc == 0) {
+        const char *v[3 + N_ARRAYS] = {id, task_id, session};
+        for (int k = 0; k < N_ARRAYS; k++)
+            v[3 + k] = a[k].data;
+        uuidgen(id);
+        PQclear(pg_run(pc, &msgs_insert, 3 + N_ARRAYS, v, &rc));
+    }
+    for (int k = 0; k < N_ARRAYS; k++)
+        buf_reset(&a[k]);
+    return rc;
+}
+
+static const char *session_of(const struct msg_entry *e, const char *task_id)
+{
+    json_t *sid = json_object_get(e->msg, "session_id");
+
+    return json_is_string(sid) ? json_string_value(sid) : task_id;
 }
 
 int pg_insert_messages(struct db_conn *dc, const char *task_id, const struct msg_entry *e,
                        size_t n)
 {
     struct pgconn *pc = pg_conn(dc);
-    char seq[24] = "", seq_of[256] = ""; /* the conversation of the previous message */
     int rc = 0;
 
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        json_t *sid = json_object_get(e[i].msg, "session_id");
-        const char *session = json_is_string(sid) ? json_string_value(sid) : task_id;
+    /* A run's messages mostly share one conversation: one statement each such run. */
+    for (size_t i = 0, j; rc == 0 && i < n; i = j) {
+        const char *session = session_of(&e[i], task_id);
 
-        /* A run's messages mostly share one conversation: find or make it once a batch. */
-        if (!seq[0] || strcmp(seq_of, session)) {
-            rc = conversation_seq(pc, task_id, session, e[i].ts, seq);
-            snprintf(seq_of, sizeof(seq_of), "%s", strlen(session) < sizeof(seq_of) ? session : "");
-        }
-        if (rc == 0)
-            rc = insert_one(pc, seq, &e[i]);
+        for (j = i + 1; j < n && !strcmp(session_of(&e[j], task_id), session); j++)
+            ;
+        rc = insert_run(pc, task_id, session, &e[i], j - i);
     }
     return rc;
 }
