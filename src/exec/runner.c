@@ -20,6 +20,11 @@ extern char **environ;
 
 #define FLUSH_EVERY 128       /* events */
 #define FLUSH_MS 50
+/* While a session's step is in flight its messages go with the answer, in the answer's
+ * transaction; a timed flush then would put a commit (a disk flush) between the action
+ * and the answer of every step a trainer takes after thinking for 50 ms. Only a step that
+ * runs long has its logs flushed meanwhile. */
+#define STEP_FLUSH_MS 1000
 #define PENDING_MAX 100000    /* kept events while the sink is down; older ones are dropped */
 #define FINAL_FLUSH_MS 60000  /* how long the last batch is retried */
 
@@ -322,7 +327,9 @@ static enum exec_stop should_stop(void *ctx)
 {
     struct run_ctx *r = ctx;
 
-    if (clock_mono_ms() - r->last_flush >= FLUSH_MS)
+    bool in_step = r->interactive && r->sent > r->answered;
+
+    if (clock_mono_ms() - r->last_flush >= (in_step ? STEP_FLUSH_MS : FLUSH_MS))
         flush(r);
     return r->sink->check(r->sink->ctx);
 }

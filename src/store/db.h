@@ -247,7 +247,8 @@ int db_webhook_result(struct store *st, const struct webhook_job *job, const cha
 int db_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
 int db_llm_calls(struct store *st, const char *task_id, json_t **out);
 
-/* The entries of each backend's struct store_ops written once, above the backends. */
+/* The entries of each backend's struct store_ops written once, above the backends
+ * (session_answer is each backend's: PostgreSQL's is one statement more often). */
 #define DB_STORE_OPS                                                                       \
     .task_get = db_task_get,                                                               \
     .task_list = db_task_list,                                                             \
@@ -287,7 +288,6 @@ int db_llm_calls(struct store *st, const char *task_id, json_t **out);
     .session_get = db_session_get,                                                         \
     .session_step = db_session_step,                                                       \
     .session_next = db_session_next,                                                       \
-    .session_answer = db_session_answer,                                                   \
     .session_end = db_session_end,                                                         \
     .session_idle = db_session_idle,                                                       \
     .llm_call_insert = db_llm_call_insert,                                                 \

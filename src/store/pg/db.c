@@ -41,6 +41,27 @@ static PGconn *connect_db(const char *conninfo, bool quiet)
     return c;
 }
 
+/* pc's connection is now c (NULL: none). Its server process's id is kept where the
+ * listener reads it, without the pool lock. */
+static void set_conn(struct pgconn *pc, PGconn *c)
+{
+    pc->c = c;
+    __atomic_store_n(&pc->pid, c ? PQbackendPID(c) : 0, __ATOMIC_RELAXED);
+}
+
+/* Whether a notification came from one of this store's pooled connections: what this
+ * server wrote itself and has already told its own waiters and hosts of directly. (A
+ * connection that died unnoticed leaves its id here until its slot reconnects; should
+ * another server's new connection get that id meanwhile, its notifications are missed
+ * and the session's waiters and hosts find its steps by their 200 ms polls.) */
+static bool sent_by_us(const struct pg_store *s, int be_pid)
+{
+    for (int i = 0; i < POOL_SIZE; i++)
+        if (__atomic_load_n(&s->conns[i].pid, __ATOMIC_RELAXED) == be_pid)
+            return true;
+    return false;
+}
+
 /* Whether any pooled connection is live; called with the pool lock held. */
 static bool any_live(const struct pg_store *s)
 {
@@ -84,14 +105,14 @@ static void reconnect(struct pg_store *s, struct pgconn *pc)
 
     if (pc->c)
         PQfinish(pc->c);
-    pc->c = NULL;
+    set_conn(pc, NULL);
     pc->n_prepared = 0;
     pthread_mutex_lock(&s->lock);
     try_now = now >= s->retry_at_ms;
     first = s->backoff_ms == 0;
     pthread_mutex_unlock(&s->lock);
     if (try_now)
-        pc->c = connect_db(s->conninfo, !first);
+        set_conn(pc, connect_db(s->conninfo, !first));
     pthread_mutex_lock(&s->lock);
     if (try_now && !pc->c) {
         s->backoff_ms = s->backoff_ms ? (s->backoff_ms < 2000 ? s->backoff_ms * 2 : 2000) : 50;
@@ -177,7 +198,7 @@ static bool reconnect_after_loss(struct pg_store *s, struct pgconn *pc)
         return false;
     PQfinish(pc->c);
     pc->n_prepared = 0;
-    pc->c = connect_db(s->conninfo, true);
+    set_conn(pc, connect_db(s->conninfo, true));
     return pc->c != NULL;
 }
 
@@ -702,7 +723,7 @@ static int pg_open(const char *url, struct store **out)
         rc = ERR_INVALID;
         goto fail;
     }
-    s->conns[0].c = connect_db(s->conninfo, false);
+    set_conn(&s->conns[0], connect_db(s->conninfo, false));
     if (!s->conns[0].c)
         goto fail;
     s->conns[0].live = true;
@@ -794,7 +815,10 @@ static void *listen_main(void *arg)
         }
         while ((n = PQnotifies(c))) {
             if (!strcmp(n->relname, "taskexec_session")) {
-                if (s->on_session)
+                /* Our own steps and answers reached our hub directly; woken again by
+                 * their echo, it would read the session back while the answer's
+                 * writer waits for its lock. */
+                if (s->on_session && !sent_by_us(s, n->be_pid))
                     s->on_session(s->on_session_ctx, n->extra);
             } else {
                 s->on_task(s->on_task_ctx);
@@ -864,5 +888,6 @@ const struct store_ops store_pg_ops = {
     .recover = pg_recover,
     .webhooks_due = pg_webhooks_due,
     .listen_sessions = pg_listen_sessions,
+    .session_answer = pg_session_answer,
     DB_STORE_OPS,
 };

@@ -7,7 +7,7 @@
 #include <libpq-fe.h>
 
 #define PQ_FUNCS(X)                                                                      \
-    X(PQclear) X(PQcmdTuples) X(PQconnectdbParams) X(PQconsumeInput) X(PQerrorMessage)   \
+    X(PQbackendPID) X(PQclear) X(PQcmdTuples) X(PQconnectdbParams) X(PQconsumeInput) X(PQerrorMessage)   \
     X(PQexec) X(PQexecParams) X(PQexecPrepared) X(PQfinish) X(PQfreemem) X(PQgetisnull)  \
     X(PQgetvalue) X(PQnfields) X(PQnotifies) X(PQntuples) X(PQprepare)                   \
     X(PQresultErrorMessage) X(PQresultStatus) X(PQsocket) X(PQstatus)
@@ -36,6 +36,7 @@ int pg_libpq_load(const char **why)
 
 #define CALL(f) ((__typeof__(f) *)dynlib_fn(&libpq, I_##f))
 
+int PQbackendPID(const PGconn *conn) { return CALL(PQbackendPID)(conn); }
 void PQclear(PGresult *res) { CALL(PQclear)(res); }
 char *PQcmdTuples(PGresult *res) { return CALL(PQcmdTuples)(res); }
 PGconn *PQconnectdbParams(const char *const *keywords, const char *const *values,

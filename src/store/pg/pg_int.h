@@ -63,6 +63,7 @@ struct pgconn {
     struct db_conn base;       /* for the code above both backends (store/db.h) */
     struct pg_store *owner;
     PGconn *c;
+    int pid;                   /* c's server process (0: none); atomic, see sent_by_us */
     bool in_tx;                /* inside BEGIN ... COMMIT: a lost statement is not retried */
     bool queued;               /* this transaction queued tasks: announce them at COMMIT */
     const void *prepared[PG_CACHE]; /* prepared[i] (a pg_query or db_stmt) is statement
@@ -214,6 +215,10 @@ int pg_insert_logs(struct db_conn *c, const char *task_id, const struct log_entr
 /* pg_insert_messages: the db_ops insert_messages of PostgreSQL (store/db.h). */
 int pg_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
                        size_t n) __attribute__((warn_unused_result));
+/* pg_session_answer: store_session_answer; one statement when the messages share one
+ * session (the others: store/sessions.c's transaction). */
+int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
+                      const struct msg_entry *msgs, size_t n_msgs, int64_t now);
 
 
 /* The operations of store_pg_ops (contracts in store.h), one file per concern. */

@@ -638,5 +638,6 @@ const struct store_ops store_sqlite_ops = {
     .reap = sq_reap,
     .recover = sq_recover,
     .webhooks_due = sq_webhooks_due,
+    .session_answer = db_session_answer,
     DB_STORE_OPS,
 };
