@@ -27,11 +27,32 @@ static void sha256_of_abc(void **state)
     assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
+static void hmac_sha256_of_rfc_4231_case_2(void **state)
+{
+    char out[CRYPTO_HEX_SHA256];
+    static const char data[] = "what do ya want for nothing?";
+
+    (void)state;
+    crypto_hmac_sha256_hex("Jefe", data, strlen(data), out);
+    assert_string_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+static void equal_compares_whole_strings(void **state)
+{
+    (void)state;
+    assert_true(crypto_equal("abc", "abc"));
+    assert_false(crypto_equal("abc", "abd"));
+    assert_false(crypto_equal("abc", "ab"));
+    assert_true(crypto_equal("", ""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(ws_accept_matches_rfc_6455),
         cmocka_unit_test(sha256_of_abc),
+        cmocka_unit_test(hmac_sha256_of_rfc_4231_case_2),
+        cmocka_unit_test(equal_compares_whole_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

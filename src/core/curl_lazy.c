@@ -16,19 +16,7 @@
     X(curl_multi_wakeup) X(curl_slist_append) X(curl_slist_free_all) X(curl_url)         \
     X(curl_url_cleanup) X(curl_url_get) X(curl_url_set)
 
-enum {
-#define X(f) I_##f,
-    CURL_FUNCS(X)
-#undef X
-    N_FUNCS
-};
-static const char *const names[N_FUNCS] = {
-#define X(f) #f,
-    CURL_FUNCS(X)
-#undef X
-};
-static void *fns[N_FUNCS];
-static struct dynlib libcurl = DYNLIB_INIT("libcurl.so.4", "libcurl4", names, fns, N_FUNCS);
+DYNLIB_DEFINE(libcurl, "libcurl.so.4", "libcurl4", CURL_FUNCS);
 
 #define CALL(f) ((__typeof__(f) *)dynlib_fn(&libcurl, I_##f))
 
@@ -41,7 +29,7 @@ CURLcode curl_global_init(long flags)
 void curl_global_cleanup(void)
 {
     /* nothing to clean up when libcurl was never opened */
-    if (dynlib_load(&libcurl) == 0)
+    if (dynlib_loaded(&libcurl))
         CALL(curl_global_cleanup)();
 }
 

@@ -41,6 +41,11 @@ int dynlib_load(struct dynlib *l)
     return state > 0 ? 0 : ERR_NOTFOUND;
 }
 
+bool dynlib_loaded(struct dynlib *l)
+{
+    return __atomic_load_n(&l->state, __ATOMIC_ACQUIRE) > 0;
+}
+
 void *dynlib_fn(struct dynlib *l, size_t i)
 {
     if (__atomic_load_n(&l->state, __ATOMIC_ACQUIRE) <= 0 && dynlib_load(l) < 0) {

@@ -14,6 +14,7 @@
 #define TASKEXEC_DYNLIB_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct dynlib {
@@ -30,10 +31,23 @@ struct dynlib {
 #define DYNLIB_INIT(so, pkg, names_, fns_, n_) \
     {(so), (pkg), (names_), (fns_), (n_), PTHREAD_MUTEX_INITIALIZER, 0, ""}
 
+/* DYNLIB_DEFINE: a stub module's table, from LIST, an X-macro naming each function f it
+ * forwards: an index I_f each, their names and pointers, and the struct dynlib var. */
+#define DYNLIB_INDEX(f) I_##f,
+#define DYNLIB_NAME(f) #f,
+#define DYNLIB_DEFINE(var, so, pkg, LIST)                                                 \
+    enum { LIST(DYNLIB_INDEX) var##_n };                                                  \
+    static const char *const var##_names[var##_n] = {LIST(DYNLIB_NAME)};                  \
+    static void *var##_fns[var##_n];                                                      \
+    static struct dynlib var = DYNLIB_INIT(so, pkg, var##_names, var##_fns, var##_n)
+
 /* dynlib_load: opens the library and resolves every function, once; later calls return
  * the first one's answer. 0, or ERR_NOTFOUND with l->err saying what is missing. The
  * library stays open until exit. Thread-safe. */
 int dynlib_load(struct dynlib *l);
+
+/* dynlib_loaded: whether a load has succeeded (it never tries one). */
+bool dynlib_loaded(struct dynlib *l);
 
 /* dynlib_fn: function i, loading the library if no call has yet. A stub only runs after
  * its owner checked dynlib_load (or where a missing library cannot be reported better),

@@ -125,3 +125,26 @@ def test_allowed_hosts_and_giving_up(make_server, receiver):
     assert wait_for(lambda: sum(d[0] == t["id"] for d in receiver.deliveries) == 2)
     time.sleep(1)
     assert sum(d[0] == t["id"] for d in receiver.deliveries) == 2, "given up after the maximum"
+
+
+def test_libraries_are_opened_at_their_first_use(make_server, receiver, backend):
+    """libpq is mapped only by a server on PostgreSQL, libcurl only once a webhook goes
+    out, and OpenSSL's libcrypto not for the server's own hashing (on PostgreSQL libpq
+    brings it): src/core/dynlib.c, a server that needs neither does not carry them."""
+    receiver.fail_first = 0
+    s = make_server(NUM_INTERNAL_WORKERS=1, WEBHOOK_SECRET=SECRET)
+
+    def maps():
+        with open(f"/proc/{s.proc.pid}/maps") as f:
+            return f.read()
+
+    t = s.submit(parameters=fast(steps=1))["id"]
+    s.wait_status(t, "completed")
+    m = maps()
+    assert ("/libpq.so" in m) == (backend == "postgres")
+    assert "/libcurl" not in m
+    if backend == "sqlite":
+        assert "/libcrypto.so" not in m
+    t = s.submit(callback_url=receiver.url, parameters=fast(steps=1))["id"]
+    assert wait_for(lambda: any(d[0] == t for d in receiver.accepted()))
+    assert "/libcurl" in maps()

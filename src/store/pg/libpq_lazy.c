@@ -7,24 +7,12 @@
 #include <libpq-fe.h>
 
 #define PQ_FUNCS(X)                                                                      \
-    X(PQbackendPID) X(PQclear) X(PQcmdTuples) X(PQconnectdbParams) X(PQconsumeInput) X(PQerrorMessage)   \
-    X(PQexec) X(PQexecParams) X(PQexecPrepared) X(PQfinish) X(PQfreemem) X(PQgetisnull)  \
-    X(PQgetvalue) X(PQnfields) X(PQnotifies) X(PQntuples) X(PQprepare)                   \
-    X(PQresultErrorMessage) X(PQresultStatus) X(PQsocket) X(PQstatus)
+    X(PQbackendPID) X(PQclear) X(PQcmdTuples) X(PQconnectdbParams) X(PQconsumeInput)     \
+    X(PQerrorMessage) X(PQexec) X(PQexecParams) X(PQexecPrepared) X(PQfinish)            \
+    X(PQfreemem) X(PQgetisnull) X(PQgetvalue) X(PQnfields) X(PQnotifies) X(PQntuples)    \
+    X(PQprepare) X(PQresultErrorMessage) X(PQresultStatus) X(PQsocket) X(PQstatus)
 
-enum {
-#define X(f) I_##f,
-    PQ_FUNCS(X)
-#undef X
-    N_FUNCS
-};
-static const char *const names[N_FUNCS] = {
-#define X(f) #f,
-    PQ_FUNCS(X)
-#undef X
-};
-static void *fns[N_FUNCS];
-static struct dynlib libpq = DYNLIB_INIT("libpq.so.5", "libpq5", names, fns, N_FUNCS);
+DYNLIB_DEFINE(libpq, "libpq.so.5", "libpq5", PQ_FUNCS);
 
 int pg_libpq_load(const char **why)
 {
