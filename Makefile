@@ -128,7 +128,7 @@ test: build/taskexec
 
 build/bench/load: bench/load.c | $(DEPS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(PKG_CFLAGS) $(PKG_LIBS) -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(PKG_CFLAGS) $(PKG_LIBS) -lcurl -o $@
 
 # Figures, never a pass/fail: see bench/run.sh.
 bench: build/taskexec build/bench/load

@@ -24,6 +24,7 @@ static void a_present_library_resolves_each_function(void **state)
     c = (double (*)(double))dynlib_fn(&m, 0);
     assert_true(c(0.0) == 1.0);
     assert_true(((double (*)(double))dynlib_fn(&m, 1))(9.0) == 3.0);
+    assert_ptr_equal(dynlib_try(&m, 1), dynlib_fn(&m, 1));
     assert_int_equal(dynlib_load(&m), 0); /* once: the same answer again */
 }
 
@@ -39,6 +40,7 @@ static void a_missing_library_names_its_package(void **state)
     assert_non_null(strstr(m.err, "libtaskexec-absent.so.9"));
     assert_non_null(strstr(m.err, "Debian package libabsent9"));
     assert_int_equal(dynlib_load(&m), ERR_NOTFOUND); /* not tried again */
+    assert_null(dynlib_try(&m, 0));
 }
 
 static void a_missing_function_is_an_error_not_a_null(void **state)

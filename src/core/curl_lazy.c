@@ -20,11 +20,16 @@ DYNLIB_DEFINE(libcurl, "libcurl.so.4", "libcurl4", CURL_FUNCS);
 
 #define CALL(f) ((__typeof__(f) *)dynlib_fn(&libcurl, I_##f))
 
-/* Every caller initialises libcurl first and handles its failure, so a missing library
- * is reported here, as an init that failed, rather than by the stubs' abort. */
+/* Without libcurl (logged once): an init fails and the functions that make handles give
+ * NULL, which every caller handles already (as out of memory); the others take a handle,
+ * so they are never reached. */
+#define TRY(f) ((__typeof__(f) *)dynlib_try(&libcurl, I_##f))
+
 CURLcode curl_global_init(long flags)
 {
-    return dynlib_load(&libcurl) < 0 ? CURLE_FAILED_INIT : CALL(curl_global_init)(flags);
+    __typeof__(curl_global_init) *f = TRY(curl_global_init);
+
+    return f ? f(flags) : CURLE_FAILED_INIT;
 }
 void curl_global_cleanup(void)
 {
@@ -70,7 +75,12 @@ char *curl_easy_escape(CURL *handle, const char *string, int length)
 {
     return CALL(curl_easy_escape)(handle, string, length);
 }
-CURL *curl_easy_init(void) { return CALL(curl_easy_init)(); }
+CURL *curl_easy_init(void)
+{
+    __typeof__(curl_easy_init) *f = TRY(curl_easy_init);
+
+    return f ? f() : NULL;
+}
 CURLcode curl_easy_perform(CURL *curl) { return CALL(curl_easy_perform)(curl); }
 void curl_easy_reset(CURL *curl) { CALL(curl_easy_reset)(curl); }
 const char *curl_easy_strerror(CURLcode code) { return CALL(curl_easy_strerror)(code); }
@@ -84,7 +94,12 @@ CURLMsg *curl_multi_info_read(CURLM *multi, int *msgs_in_queue)
 {
     return CALL(curl_multi_info_read)(multi, msgs_in_queue);
 }
-CURLM *curl_multi_init(void) { return CALL(curl_multi_init)(); }
+CURLM *curl_multi_init(void)
+{
+    __typeof__(curl_multi_init) *f = TRY(curl_multi_init);
+
+    return f ? f() : NULL;
+}
 CURLMcode curl_multi_perform(CURLM *multi, int *running_handles)
 {
     return CALL(curl_multi_perform)(multi, running_handles);
@@ -101,10 +116,17 @@ CURLMcode curl_multi_remove_handle(CURLM *multi, CURL *curl)
 CURLMcode curl_multi_wakeup(CURLM *multi) { return CALL(curl_multi_wakeup)(multi); }
 struct curl_slist *curl_slist_append(struct curl_slist *list, const char *data)
 {
-    return CALL(curl_slist_append)(list, data);
+    __typeof__(curl_slist_append) *f = TRY(curl_slist_append);
+
+    return f ? f(list, data) : NULL;
 }
 void curl_slist_free_all(struct curl_slist *list) { CALL(curl_slist_free_all)(list); }
-CURLU *curl_url(void) { return CALL(curl_url)(); }
+CURLU *curl_url(void)
+{
+    __typeof__(curl_url) *f = TRY(curl_url);
+
+    return f ? f() : NULL;
+}
 void curl_url_cleanup(CURLU *handle) { CALL(curl_url_cleanup)(handle); }
 CURLUcode curl_url_get(CURLU *handle, CURLUPart what, char **part, unsigned int flags)
 {

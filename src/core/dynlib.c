@@ -1,6 +1,7 @@
 /* dynlib: see dynlib.h. */
 #include "core/dynlib.h"
 #include "core/err.h"
+#include "core/log.h"
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -36,6 +37,8 @@ int dynlib_load(struct dynlib *l)
     if (!(state = l->state)) {
         state = load_locked(l) == 0 ? 1 : -1;
         __atomic_store_n(&l->state, state, __ATOMIC_RELEASE);
+        if (state < 0)
+            log_error("%s", l->err);
     }
     pthread_mutex_unlock(&l->lock);
     return state > 0 ? 0 : ERR_NOTFOUND;
@@ -44,6 +47,11 @@ int dynlib_load(struct dynlib *l)
 bool dynlib_loaded(struct dynlib *l)
 {
     return __atomic_load_n(&l->state, __ATOMIC_ACQUIRE) > 0;
+}
+
+void *dynlib_try(struct dynlib *l, size_t i)
+{
+    return dynlib_load(l) == 0 ? l->fns[i] : NULL;
 }
 
 void *dynlib_fn(struct dynlib *l, size_t i)

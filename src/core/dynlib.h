@@ -42,16 +42,21 @@ struct dynlib {
     static struct dynlib var = DYNLIB_INIT(so, pkg, var##_names, var##_fns, var##_n)
 
 /* dynlib_load: opens the library and resolves every function, once; later calls return
- * the first one's answer. 0, or ERR_NOTFOUND with l->err saying what is missing. The
- * library stays open until exit. Thread-safe. */
+ * the first one's answer. 0, or ERR_NOTFOUND with l->err saying what is missing (logged
+ * once, as an error). The library stays open until exit. Thread-safe. */
 int dynlib_load(struct dynlib *l);
 
 /* dynlib_loaded: whether a load has succeeded (it never tries one). */
 bool dynlib_loaded(struct dynlib *l);
 
-/* dynlib_fn: function i, loading the library if no call has yet. A stub only runs after
- * its owner checked dynlib_load (or where a missing library cannot be reported better),
- * so a failed load here ends the process with l->err on stderr. */
+/* dynlib_try: function i, loading the library if no call has yet; NULL when it cannot be
+ * loaded. For the stubs of the functions that make a library's objects (a handle, a
+ * connection), which return NULL then, as they do when out of memory. */
+void *dynlib_try(struct dynlib *l, size_t i);
+
+/* dynlib_fn: function i, for the stubs of the functions that take such an object: one
+ * exists, so the library is loaded. (Called all the same with it missing, it ends the
+ * process with l->err on stderr.) */
 void *dynlib_fn(struct dynlib *l, size_t i);
 
 #endif

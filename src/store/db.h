@@ -248,7 +248,8 @@ int db_llm_call_insert(struct store *st, const struct llm_call_rec *rec);
 int db_llm_calls(struct store *st, const char *task_id, json_t **out);
 
 /* The entries of each backend's struct store_ops written once, above the backends
- * (session_answer is each backend's: PostgreSQL's is one statement more often). */
+ * (messages_append and session_answer are each backend's: PostgreSQL's are one statement
+ * more often). */
 #define DB_STORE_OPS                                                                       \
     .task_get = db_task_get,                                                               \
     .task_list = db_task_list,                                                             \
@@ -257,7 +258,6 @@ int db_llm_calls(struct store *st, const char *task_id, json_t **out);
     .task_stats = db_task_stats,                                                           \
     .logs_append = db_logs_append,                                                         \
     .logs_list = db_logs_list,                                                             \
-    .messages_append = db_messages_append,                                                 \
     .conversations_list = db_conversations_list,                                           \
     .conversation_get = db_conversation_get,                                               \
     .task_conversations = db_task_conversations,                                           \

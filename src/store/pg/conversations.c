@@ -145,6 +145,20 @@ int pg_insert_messages(struct db_conn *dc, const char *task_id, const struct msg
     return rc;
 }
 
+int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n)
+{
+    struct pgconn *pc;
+    int rc;
+
+    if (!n || run_end(e, 0, n, task_id) != n)
+        return db_messages_append(st, task_id, e, n);
+    pc = pg_conn_get(P(st));
+    rc = insert_run(pc, task_id, session_of(&e[0], task_id), e, n, NULL);
+    pg_conn_put(P(st), pc);
+    return rc;
+}
+
 int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
                       const struct msg_entry *msgs, size_t n_msgs, int64_t now)
 {

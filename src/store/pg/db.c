@@ -700,13 +700,10 @@ static void pg_close(struct store *st);
 static int pg_open(const char *url, struct store **out)
 {
     struct pg_store *s;
-    const char *why;
     int rc = ERR_STORE;
 
-    if (pg_libpq_load(&why) < 0) {
-        log_error("postgresql: %s", why);
-        return ERR_UNSUPPORTED;
-    }
+    if (pg_libpq_load() < 0)
+        return ERR_NOTFOUND; /* dynlib logged which library, from which package */
     if (!(s = calloc(1, sizeof(*s))))
         return ERR_NOMEM;
     s->base.ops = &store_pg_ops;
@@ -888,6 +885,7 @@ const struct store_ops store_pg_ops = {
     .recover = pg_recover,
     .webhooks_due = pg_webhooks_due,
     .listen_sessions = pg_listen_sessions,
+    .messages_append = pg_messages_append,
     .session_answer = pg_session_answer,
     DB_STORE_OPS,
 };

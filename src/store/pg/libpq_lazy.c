@@ -14,12 +14,9 @@
 
 DYNLIB_DEFINE(libpq, "libpq.so.5", "libpq5", PQ_FUNCS);
 
-int pg_libpq_load(const char **why)
+int pg_libpq_load(void)
 {
-    int rc = dynlib_load(&libpq);
-
-    *why = libpq.err;
-    return rc;
+    return dynlib_load(&libpq);
 }
 
 #define CALL(f) ((__typeof__(f) *)dynlib_fn(&libpq, I_##f))

@@ -132,9 +132,9 @@ struct log_arrays {
 };
 
 /* libpq_lazy.c */
-/* pg_libpq_load: opens libpq (once). 0, or ERR_NOTFOUND with *why saying what is
- * missing; the store checks this before its first libpq call. */
-int pg_libpq_load(const char **why);
+/* pg_libpq_load: opens libpq (once). 0, or ERR_NOTFOUND (logged: what is missing); the
+ * store checks this before its first libpq call. */
+int pg_libpq_load(void);
 
 /* db.c */
 /* pg_tasks_queued: tasks were committed to the queue: the listener sends one NOTIFY
@@ -215,6 +215,10 @@ int pg_insert_logs(struct db_conn *c, const char *task_id, const struct log_entr
 /* pg_insert_messages: the db_ops insert_messages of PostgreSQL (store/db.h). */
 int pg_insert_messages(struct db_conn *c, const char *task_id, const struct msg_entry *e,
                        size_t n) __attribute__((warn_unused_result));
+/* pg_messages_append: store_messages_append; one statement, no transaction, when the
+ * messages share one session (the others: store/conversations.c's transaction). */
+int pg_messages_append(struct store *st, const char *task_id, const struct msg_entry *e,
+                       size_t n);
 /* pg_session_answer: store_session_answer; one statement when the messages share one
  * session (the others: store/sessions.c's transaction). */
 int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,

@@ -638,6 +638,7 @@ const struct store_ops store_sqlite_ops = {
     .reap = sq_reap,
     .recover = sq_recover,
     .webhooks_due = sq_webhooks_due,
+    .messages_append = db_messages_append,
     .session_answer = db_session_answer,
     DB_STORE_OPS,
 };
