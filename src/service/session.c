@@ -214,28 +214,74 @@ static void finish(struct session_hub *h, struct wait *w, enum session_outcome h
     free(w);
 }
 
-/* Looks at one wait: answered, ended, expired, or still waiting. Hub lock held. */
-static void check_wait(struct session_hub *h, struct wait *w, int64_t now)
+/* A parked wait to look at, copied out so the store is read without the hub's lock (a
+ * wait may be answered and freed meanwhile; it is found again by task and step). */
+struct look {
+    char task_id[TASK_ID_LEN + 1];
+    int step;
+    json_t *answer;               /* owned: the answer, when it is there */
+    struct task *ended;           /* owned: the task, when it has ended */
+};
+
+/* What the store says of one wait: answered, ended, or nothing yet. No lock held. */
+static void look_up(struct store *st, struct look *l)
 {
-    struct store *st = h->store;
-    json_t *row = NULL, *ans;
+    json_t *row = NULL;
     struct task *t = NULL;
 
-    if (store_session_get(st, w->task_id, &row) == 0 && (ans = answer_of(row, w->step))) {
-        json_decref(row);
-        finish(h, w, SESSION_ANSWERED, ans, NULL);
-        json_decref(ans);
-        return;
-    }
+    if (store_session_get(st, l->task_id, &row) == 0)
+        l->answer = answer_of(row, l->step);
     json_decref(row);
-    if (store_task_get(st, w->task_id, &t) == 0 && task_status_terminal(t->status)) {
-        finish(h, w, SESSION_ENDED, NULL, t);
+    if (!l->answer && store_task_get(st, l->task_id, &t) == 0 &&
+        task_status_terminal(t->status))
+        l->ended = t;
+    else
         task_free(t);
-        return;
+}
+
+/* Applies what was looked up to the waits still parked for it, and expires the others
+ * past their deadline. Hub lock held. */
+static void apply_looks(struct session_hub *h, struct look *looks, size_t n, int64_t now)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (struct wait *w = h->waits, *next; w; w = next) {
+            next = w->next;
+            if (w->step != looks[i].step || strcmp(w->task_id, looks[i].task_id))
+                continue;
+            if (looks[i].answer)
+                finish(h, w, SESSION_ANSWERED, looks[i].answer, NULL);
+            else if (looks[i].ended)
+                finish(h, w, SESSION_ENDED, NULL, looks[i].ended);
+            else if (now >= w->deadline_ms)
+                finish(h, w, SESSION_WORKING, NULL, NULL);
+        }
+        json_decref(looks[i].answer);
+        task_free(looks[i].ended);
     }
-    task_free(t);
-    if (now >= w->deadline_ms)
-        finish(h, w, SESSION_WORKING, NULL, NULL);
+}
+
+/* The waits due for a look (flagged, all on a poll round, or past their deadline), their
+ * flags cleared; NULL with *n 0 when none (or no memory: the next round looks again).
+ * Hub lock held; the caller frees the array. */
+static struct look *due_looks(struct session_hub *h, bool poll_all, int64_t now, size_t *n)
+{
+    size_t cap = 0, k = 0;
+    struct look *looks;
+
+    for (struct wait *w = h->waits; w; w = w->next)
+        cap += w->check || poll_all || now >= w->deadline_ms;
+    *n = 0;
+    if (!cap || !(looks = calloc(cap, sizeof(*looks))))
+        return NULL;
+    for (struct wait *w = h->waits; w && k < cap; w = w->next) {
+        if (w->check || poll_all || now >= w->deadline_ms) {
+            w->check = false;
+            snprintf(looks[k].task_id, sizeof(looks[k].task_id), "%s", w->task_id);
+            looks[k++].step = w->step;
+        }
+    }
+    *n = k;
+    return looks;
 }
 
 static void close_idle(struct session_hub *h)
@@ -263,14 +309,19 @@ static void *hub_main(void *arg)
         struct timespec until;
         int64_t now = clock_mono_ms();
         bool poll_all = !h->kick;
+        size_t n = 0;
+        struct look *looks;
 
         h->kick = false;
-        for (struct wait *w = h->waits, *next; w; w = next) {
-            next = w->next;
-            if (w->check || poll_all || now >= w->deadline_ms) {
-                w->check = false;
-                check_wait(h, w, now);
-            }
+        /* The store is read without the lock: steps and answers of every session on this
+         * server take it, and a round may look at many waits. */
+        if ((looks = due_looks(h, poll_all, now, &n))) {
+            pthread_mutex_unlock(&h->lock);
+            for (size_t i = 0; i < n; i++)
+                look_up(h->store, &looks[i]);
+            pthread_mutex_lock(&h->lock);
+            apply_looks(h, looks, n, now);
+            free(looks);
         }
         if (now - h->last_idle_check >= IDLE_CHECK_MS) {
             h->last_idle_check = now;

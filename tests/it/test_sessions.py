@@ -325,3 +325,51 @@ def test_an_external_worker_hosts_a_session(make_server, make_worker):
     r = requests.get(f"{s.api}/workers/ext-001-kind/tasks/{sid}/session/next",
                      headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
+
+
+def test_steps_parked_on_another_server_get_their_own_answers(make_server):
+    """Three sessions hosted through the worker API of one server, each stepped through a
+    second server where the steps park: that server's hub finds each answer in the store
+    (told by PostgreSQL's notification, or by its poll on SQLite), reading it without
+    holding the lock the other steps need, and gives each request its own answer; a step
+    nobody answers comes back 202 when its wait_seconds run out."""
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    other = make_server(WORKER_NAME_PREFIX="b-", NUM_INTERNAL_WORKERS=0)
+    hosts = {}                                  # session id -> (worker id, token)
+    for i in range(3):
+        wid = f"ext-00{i}-kind"
+        r = s.post("/api/v1/workers/register", json={"worker_id": wid, "backend_type": "remote"})
+        assert r.status_code == 201, r.text
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        open_session(s, backend_type="remote", max_steps=5)
+        r = s.post(f"/api/v1/workers/{wid}/claim", headers=token)
+        assert r.status_code == 200, r.text
+        sid = r.json()["id"]
+        r = s.post(f"/api/v1/workers/{wid}/tasks/{sid}/session/ready", headers=token,
+                   json={"task_description": f"task {i}", "instructions": "act"})
+        assert r.status_code == 200, r.text
+        hosts[sid] = (wid, token)
+    replies = {}
+    threads = [threading.Thread(target=lambda sid=sid: replies.update(
+        {sid: step(other, sid, f"act-{sid}()", wait_seconds=30)})) for sid in hosts]
+    [t.start() for t in threads]
+    for sid in hosts:
+        deadline = time.time() + 30
+        while not s.get(f"/api/v1/sessions/{sid}").json()["step_in_flight"]:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    for sid, (wid, token) in reversed(list(hosts.items())):
+        r = s.post(f"/api/v1/workers/{wid}/tasks/{sid}/session/answer", headers=token,
+                   json={"step": 1, "answer": {"observation": f"seen {sid}", "done": False,
+                                               "reward": None, "results": None}})
+        assert r.status_code == 200, r.text
+    [t.join(timeout=60) for t in threads]
+    for sid in hosts:
+        assert replies[sid].status_code == 200, replies[sid].text
+        assert replies[sid].json()["step"] == 1
+        assert replies[sid].json()["observation"] == f"seen {sid}"
+    sid = next(iter(hosts))
+    t0 = time.time()
+    r = step(other, sid, "unanswered()", wait_seconds=1)
+    assert r.status_code == 202 and r.json()["step"] == 2 and r.json()["status"] == "working"
+    assert time.time() - t0 >= 0.9   # it waited its wait_seconds for an answer
