@@ -260,21 +260,26 @@ static void apply_looks(struct session_hub *h, struct look *looks, size_t n, int
     }
 }
 
-/* The waits due for a look (flagged, all on a poll round, or past their deadline), their
- * flags cleared; NULL with *n 0 when none (or no memory: the next round looks again).
- * Hub lock held; the caller frees the array. */
+/* Whether w is due for a look: flagged, all on a poll round, or past its deadline. */
+static bool due(const struct wait *w, bool poll_all, int64_t now)
+{
+    return w->check || poll_all || now >= w->deadline_ms;
+}
+
+/* The waits due for a look (see due), their flags cleared; NULL with *n 0 when none (or
+ * no memory: the next round looks again). Hub lock held; the caller frees the array. */
 static struct look *due_looks(struct session_hub *h, bool poll_all, int64_t now, size_t *n)
 {
     size_t cap = 0, k = 0;
     struct look *looks;
 
     for (struct wait *w = h->waits; w; w = w->next)
-        cap += w->check || poll_all || now >= w->deadline_ms;
+        cap += due(w, poll_all, now);
     *n = 0;
     if (!cap || !(looks = calloc(cap, sizeof(*looks))))
         return NULL;
     for (struct wait *w = h->waits; w && k < cap; w = w->next) {
-        if (w->check || poll_all || now >= w->deadline_ms) {
+        if (due(w, poll_all, now)) {
             w->check = false;
             snprintf(looks[k].task_id, sizeof(looks[k].task_id), "%s", w->task_id);
             looks[k++].step = w->step;
