@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "service/metrics.h"
 #include "core/version.h"
+#include "core/workpool.h"
 #include "service/webhook.h"
 #include "worker/worker.h"
 
@@ -30,6 +31,9 @@
 #include <unistd.h>
 
 #define SHUTDOWN_LIMIT_SECONDS 30
+/* Creates that may wait together for the store (api_task_create): more inserts share a
+ * statement and a commit; threads start only as creates come. */
+#define SUBMIT_THREADS 64
 
 static int check_config(const struct config *cfg)
 {
@@ -279,6 +283,8 @@ static int start_serving(struct server *srv)
                         .allow_hosts = srv->cfg.outbound_allow_hosts},
                     &srv->gateway) < 0)
         return -1;
+    if (store_groups_inserts(srv->store) && !(srv->submits = workpool_new(SUBMIT_THREADS, "submit")))
+        return -1;
     if (http_start(srv, &srv->http) < 0)
         return -1;
     if (!srv->cfg.port)
@@ -302,7 +308,9 @@ static void teardown(struct server *srv)
     /* WebSocket connections close (1001) before MHD stops: it must not stop under them. */
     ws_hub_close_all(srv->ws, 10000);
     gateway_close(srv->gateway); /* calls in flight are answered (503) and recorded */
+    workpool_drain(srv->submits); /* parked creates are written and answered */
     http_stop(srv->http);
+    workpool_free(srv->submits);
     gateway_free(srv->gateway);
     ws_hub_free(srv->ws);
     worker_manager_free(srv->workers);

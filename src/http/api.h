@@ -109,6 +109,15 @@ int api_lookup_error(struct request *req, int rc, const char *noun, const char *
  * replied (400, 422 or the store's error) and returns a negative code. */
 int api_submit(struct request *req, const char *mode, struct task **out, bool *created)
     __attribute__((warn_unused_result));
+/* api_submit's two halves, for a caller that submits on another thread:
+ * api_create_body reads and checks the body (0 with *body the caller's, or it has
+ * replied 400/422); api_submit_body submits it (body borrowed; idempotency_key may be
+ * NULL) with api_submit's result and replies. Neither reads the connection after
+ * api_create_body, so api_submit_body may run while the request is parked. */
+int api_create_body(struct request *req, const char *mode, json_t **body)
+    __attribute__((warn_unused_result));
+int api_submit_body(struct request *req, json_t *body, const char *idempotency_key,
+                    struct task **out, bool *created) __attribute__((warn_unused_result));
 /* api_valid_uuid: 36 characters of a canonical UUID. */
 bool api_valid_uuid(const char *s);
 

@@ -109,32 +109,48 @@ int api_lookup_error(struct request *req, int rc, const char *noun, const char *
     return rc;
 }
 
-int api_submit(struct request *req, const char *mode, struct task **out, bool *created)
+int api_create_body(struct request *req, const char *mode, json_t **body)
 {
-    json_t *body = NULL, *errors = NULL;
-    int rc;
+    int rc = api_body_json(req, body);
 
-    rc = api_body_json(req, &body);
     if (rc < 0)
         return rc;
-    if (!body) {
+    if (!*body) {
         api_invalid_field(req, "body", "is required: a JSON object with problem_id");
         return ERR_INVALID;
     }
-    if (mode && !json_is_object(body)) {
-        json_decref(body);
+    if (mode && !json_is_object(*body)) {
+        json_decref(*body);
+        *body = NULL;
         api_invalid_field(req, "body", "must be a JSON object");
         return ERR_INVALID;
     }
     if (mode)
-        json_object_set_new(body, "mode", json_string(mode));
-    rc = queue_submit(&req->srv->queue, body, api_header(req, "Idempotency-Key"), out, created,
-                      &errors);
-    json_decref(body);
+        json_object_set_new(*body, "mode", json_string(mode));
+    return 0;
+}
+
+int api_submit_body(struct request *req, json_t *body, const char *idempotency_key,
+                    struct task **out, bool *created)
+{
+    json_t *errors = NULL;
+    int rc = queue_submit(&req->srv->queue, body, idempotency_key, out, created, &errors);
+
     if (rc == ERR_INVALID)
         api_invalid(req, errors);
     else if (rc < 0)
         api_reply_error(req, rc, "the task");
+    return rc;
+}
+
+int api_submit(struct request *req, const char *mode, struct task **out, bool *created)
+{
+    json_t *body = NULL;
+    int rc = api_create_body(req, mode, &body);
+
+    if (rc == 0)
+        rc = api_submit_body(req, body, api_header(req, "Idempotency-Key"), out, created);
+    json_decref(body);
     return rc;
 }
 

@@ -19,6 +19,7 @@ struct webhook_sender;
 struct ws_hub;
 struct gateway;
 struct access;
+struct workpool;
 
 struct server {
     struct config cfg;              /* read-only once serving */
@@ -33,6 +34,8 @@ struct server {
     struct ws_hub *ws;              /* WebSocket connections (the OpenEnv endpoint) */
     struct gateway *gateway;        /* the LLM gateway's engine */
     struct access *access;          /* API tokens and their roles (none: everyone is admin) */
+    struct workpool *submits;       /* creates waiting on a store that groups inserts;
+                                     * NULL: they wait in the HTTP thread */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */

@@ -22,6 +22,11 @@ const char *store_name(const struct store *st)
     return st->ops->name;
 }
 
+bool store_groups_inserts(const struct store *st)
+{
+    return st->ops->groups_inserts;
+}
+
 void store_unlisten(struct store *st)
 {
     if (st && st->ops->listen)

@@ -129,6 +129,9 @@ struct reap_result {
 
 struct store_ops {
     const char *name;              /* "sqlite" or "postgresql" */
+    /* groups_inserts: task_insert calls made at the same time are written together (one
+     * statement, one commit), so callers gain by making them from many threads. */
+    bool groups_inserts;
     /* open: url without the sqlite:// prefix for SQLite (a path, or ":memory:"), the
      * whole URL for PostgreSQL; creates or upgrades the schema. */
     int (*open)(const char *url, struct store **out);
@@ -480,6 +483,8 @@ int store_llm_calls(struct store *st, const char *task_id,
 
 /* store_name: "sqlite" or "postgresql". */
 const char *store_name(const struct store *st);
+/* store_groups_inserts: see store_ops.groups_inserts. */
+bool store_groups_inserts(const struct store *st);
 /* store_unlisten: stops listen (NULL-safe; nothing when the backend has no listen). */
 void store_unlisten(struct store *st);
 /* store_exports_text: whether store_export_extras is there. */

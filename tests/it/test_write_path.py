@@ -2,8 +2,11 @@
 task in one statement (PostgreSQL) or one transaction (SQLite). Whatever was merged, every
 count, event and worker figure must come out as if each step had been written alone.
 (Retries through the same statement: test_retries.py.)"""
+import concurrent.futures
+import signal
 import time
 
+import requests
 from conftest import fast
 from test_events import Stream
 
@@ -67,3 +70,101 @@ def test_a_workers_journal_ends_before_it_claims(make_server):
             if d["status"] in ("running", "completed")]
     assert [t for _, t in mine[::2]] == [first, high] + low, mine
     assert [k for k, _ in mine] == ["running", "completed"] * 4, mine
+
+
+def pg_db(s, request):
+    return request.getfixturevalue("pg"), s.db_url.split("///")[1].split("?")[0]
+
+
+def slow_inserts(pg, db, seconds):
+    """Each INSERT statement into tasks takes `seconds` longer, so creates arriving meanwhile
+    wait for the next one: how a busy database looks to the server, made certain."""
+    pg.psql("CREATE FUNCTION te_test_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_sleep({seconds}); RETURN NULL; END $$; CREATE TRIGGER te_test_slow "
+            "AFTER INSERT ON tasks FOR EACH STATEMENT EXECUTE FUNCTION te_test_slow()", db)
+
+
+def post_all(s, bodies, keys=None):
+    keys = keys or [None] * len(bodies)
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        return list(ex.map(lambda bk: s.post(
+            "/api/v1/tasks", json=bk[0],
+            headers={"Idempotency-Key": bk[1]} if bk[1] else {}), zip(bodies, keys)))
+
+
+def test_concurrent_creates_each_get_their_own_task(make_server, backend, request):
+    # On PostgreSQL creates that wait at the same time are written in one statement
+    # (store/pg/tasks.c) from parked requests (api_task_create): each request must still
+    # get its own task, a key sent by many at once must name one task, and the counters
+    # and the journal must list each task once. SQLite writes one at a time: same answers.
+    s = make_server(NUM_INTERNAL_WORKERS=0)
+    if backend == "postgres":
+        pg, db = pg_db(s, request)
+        slow_inserts(pg, db, 0.05)
+    n = 64
+    rs = post_all(s, [{"problem_id": f"p-{i}", "priority": i % 3, "parameters": {"i": i},
+                       "metadata": {"who": f"m-{i}"}} for i in range(n)])
+    assert [r.status_code for r in rs] == [201] * n, [r.text for r in rs if r.status_code != 201]
+    ids = [r.json()["id"] for r in rs]
+    assert len(set(ids)) == n
+    for i, r in enumerate(rs):
+        t = s.task(r.json()["id"])
+        assert (t["problem_id"], t["priority"], t["parameters"]["i"], t["metadata"]) == \
+            (f"p-{i}", i % 3, i, {"who": f"m-{i}"})
+    keyed = post_all(s, [{"problem_id": "same"}] * 16, keys=["k-1"] * 12 + ["k-2"] * 4)
+    assert sorted(r.status_code for r in keyed) == [200] * 14 + [201] * 2
+    assert len({r.json()["id"] for r in keyed[:12]}) == 1
+    assert len({r.json()["id"] for r in keyed[12:]}) == 1
+    assert s.get("/api/v1/tasks/stats").json()["pending"] == n + 2
+    st = Stream(f"{s.api}/events?types=task", last_event_id="0-0")
+    st.wait_for(lambda e: len(st.events) >= n + 2)
+    seen = [d["task_id"] for _, _, d in st.events]
+    assert sorted(seen) == sorted(ids + [keyed[0].json()["id"], keyed[12].json()["id"]])
+    if backend == "postgres":
+        # they were written together: fewer transactions than tasks
+        groups = int(pg.psql("SELECT count(DISTINCT xmin::text) FROM tasks", db))
+        assert groups < n // 2, groups
+        assert pg.psql("SELECT sum(n) FROM task_counts WHERE status = 'pending'", db).strip() == \
+            str(n + 2)
+
+
+def test_a_row_the_database_refuses_fails_only_its_own_create(make_server, request, pg):
+    # A statement of many rows fails as a whole; the rows are then written one by one, so
+    # only the refused one's request fails (503, as any statement the database refuses).
+    s = make_server(db_url=pg.new_db(), NUM_INTERNAL_WORKERS=0)
+    _, db = pg_db(s, request)
+    slow_inserts(pg, db, 0.05)
+    pg.psql("ALTER TABLE tasks ADD CONSTRAINT te_test_refused CHECK (problem_id <> 'refused')", db)
+    bodies = [{"problem_id": "refused" if i % 8 == 3 else f"ok-{i}"} for i in range(48)]
+    rs = post_all(s, bodies)
+    for b, r in zip(bodies, rs):
+        assert r.status_code == (503 if b["problem_id"] == "refused" else 201), r.text
+    ok = {r.json()["id"] for r in rs if r.status_code == 201}
+    assert len(ok) == 42
+    assert set(pg.psql("SELECT id FROM tasks", db).split()) == ok
+    assert int(pg.psql("SELECT count(DISTINCT xmin::text) FROM tasks", db)) < 42
+
+
+def test_parked_creates_are_answered_at_shutdown(make_server, request, pg):
+    # Creates parked behind a slow insert when SIGTERM comes are written and answered
+    # before the server stops; each task answered 201 is stored.
+    s = make_server(db_url=pg.new_db(), NUM_INTERNAL_WORKERS=0)
+    _, db = pg_db(s, request)
+    slow_inserts(pg, db, 0.3)
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(s.post, "/api/v1/tasks", json={"problem_id": f"d-{i}"})
+                for i in range(16)]
+        time.sleep(0.2)
+        s.proc.send_signal(signal.SIGTERM)
+        answered = []
+        for f in futs:
+            try:
+                r = f.result()
+            except requests.RequestException:
+                continue  # sent after the listening socket closed
+            assert r.status_code == 201, r.text
+            answered.append(r.json()["id"])
+    assert s.proc.wait(timeout=30) == 0
+    assert answered
+    stored = set(pg.psql("SELECT id FROM tasks", db).split())
+    assert set(answered) <= stored

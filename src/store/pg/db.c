@@ -714,6 +714,7 @@ static int pg_open(const char *url, struct store **out)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pg_inserts_init(&s->inserts);
     s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s->conninfo = conninfo_of(url);
     if (!s->conninfo) {
@@ -757,6 +758,7 @@ static void pg_close(struct store *st)
             PQfinish(s->conns[i].c);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pg_inserts_destroy(&s->inserts);
     free(s->conninfo);
     free(s);
 }
@@ -874,6 +876,7 @@ static void pg_listen_sessions(struct store *st, void (*on_session)(void *ctx, c
 
 const struct store_ops store_pg_ops = {
     .name = "postgresql",
+    .groups_inserts = true, /* tasks.c */
     .open = pg_open,
     .close = pg_close,
     .ping = pg_ping,

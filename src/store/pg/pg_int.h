@@ -59,6 +59,14 @@ struct pg_query {
 
 struct pg_store;
 
+/* The task inserts waiting to be written together (tasks.c). */
+struct pg_insert;
+struct pg_inserts {
+    pthread_mutex_t lock;
+    struct pg_insert *head, **tail; /* waiting, oldest first; each on its caller's stack */
+    int writing;               /* batches being written now */
+};
+
 struct pgconn {
     struct db_conn base;       /* for the code above both backends (store/db.h) */
     struct pg_store *owner;
@@ -95,6 +103,7 @@ struct pg_store {
      * lock, which cost the insert path half its rate at 16 clients (#17). */
     atomic_bool notify_due;    /* tasks were queued since the last NOTIFY */
     int wake_fd;               /* eventfd: wakes the listener to send it; -1: none */
+    struct pg_inserts inserts;
 };
 
 static inline struct pg_store *P(struct store *st)
@@ -224,6 +233,10 @@ int pg_messages_append(struct store *st, const char *task_id, const struct msg_e
 int pg_session_answer(struct store *st, const char *task_id, int step, json_t *answer,
                       const struct msg_entry *msgs, size_t n_msgs, int64_t now);
 
+
+/* tasks.c */
+void pg_inserts_init(struct pg_inserts *q);
+void pg_inserts_destroy(struct pg_inserts *q);
 
 /* The operations of store_pg_ops (contracts in store.h), one file per concern. */
 int pg_task_insert(struct store *st, struct task *t, struct task **existing);

@@ -1,9 +1,32 @@
-/* store/pg/tasks: inserting a task, answering a known idempotency key and waking the
- * workers in one statement. The rest of tasks is written once, in store/tasks.c. */
+/* store/pg/tasks: inserting tasks, answering a known idempotency key and waking the
+ * workers. The rest of tasks is written once, in store/tasks.c.
+ *
+ * Inserts that arrive while others are being written are written together: one
+ * statement and one commit for all that waited (a group commit made by the server, as
+ * PostgreSQL makes one of concurrent commits). Each request still gets its own answer
+ * only once its row is committed. A lone insert is written at once, by its own thread,
+ * with the single-row statement, so an idle server adds no wait (#17: at 32 concurrent
+ * creates the statement triggers, the round trip and the commit of each row were most
+ * of the cost; in a batch the statement triggers run once). */
 #include "store/pg/pg_int.h"
 #include "core/err.h"
 
 #include <stdlib.h>
+#include <string.h>
+
+/* Batches written at the same time: one being committed while the next forms. */
+#define INSERT_WRITERS 2
+#define INSERT_BATCH_MAX 64 /* rows a statement; the rest wait for the next */
+
+/* One waiting insert, on its caller's stack; guarded by the queue's lock until done. */
+struct pg_insert {
+    struct task *t;          /* the caller's */
+    struct task *existing;   /* its key's task when the key was known (caller frees) */
+    int rc;
+    bool done;
+    pthread_cond_t wake;     /* signalled when done, or when it is to write a batch */
+    struct pg_insert *next;
+};
 
 static const struct pg_query task_insert = {
     "inserting a task",
@@ -13,30 +36,199 @@ static const struct pg_query task_insert = {
     "$2, 'pending', $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, te_ts($12), "
     "te_ts($12), $13) ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq"};
 
-int pg_task_insert(struct store *st, struct task *t, struct task **existing)
+/* The same, for many rows: a column per array, in arrival order. A key met twice in one
+ * batch inserts once (DO NOTHING sees the statement's own row); the other is then
+ * answered as a known key. */
+static const struct pg_query tasks_insert = {
+    "inserting tasks",
+    "INSERT INTO tasks (id, problem_id, status, priority, "
+    "backend_type, mode, parameters, metadata, callback_url, idempotency_key, "
+    "max_steps, timeout_seconds, created_at, updated_at, max_retries) SELECT u.id, "
+    "u.problem_id, 'pending', u.priority, u.backend_type, u.mode, u.parameters::jsonb, "
+    "u.metadata::jsonb, u.callback_url, u.idempotency_key, u.max_steps, u.timeout_seconds, "
+    "te_ts(u.created_at), te_ts(u.created_at), u.max_retries FROM unnest($1::uuid[], "
+    "$2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
+    "$9::text[], $10::int[], $11::int[], $12::bigint[], $13::int[]) WITH ORDINALITY AS "
+    "u(id, problem_id, priority, backend_type, mode, parameters, metadata, callback_url, "
+    "idempotency_key, max_steps, timeout_seconds, created_at, max_retries, n) ORDER BY u.n "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id::text"};
+
+#define INSERT_COLS 13
+
+static int insert_writers = INSERT_WRITERS;
+
+void pg_inserts_init(struct pg_inserts *q)
 {
-    struct pgconn *pc = pg_conn_get(P(st));
+    if (getenv("TE_WRITERS")) insert_writers = atoi(getenv("TE_WRITERS"));
+    pthread_mutex_init(&q->lock, NULL);
+    q->head = NULL;
+    q->tail = &q->head;
+    q->writing = 0;
+}
+
+void pg_inserts_destroy(struct pg_inserts *q)
+{
+    pthread_mutex_destroy(&q->lock);
+}
+
+/* The single-row statement for w, on pc. */
+static void insert_one(struct pg_store *s, struct pgconn *pc, struct pg_insert *w)
+{
+    struct task *t = w->t;
     struct num n1, n2, n3, n4, n5;
     bool ok = true;
     char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
-    const char *v[13] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type, t->mode,
-                         params, meta, t->callback_url, t->idempotency_key,
-                         num(&n2, t->max_steps), num(&n3, t->timeout_seconds),
-                         num(&n4, t->created_at), num(&n5, t->max_retries)};
+    const char *v[INSERT_COLS] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type,
+                                  t->mode, params, meta, t->callback_url, t->idempotency_key,
+                                  num(&n2, t->max_steps), num(&n3, t->timeout_seconds),
+                                  num(&n4, t->created_at), num(&n5, t->max_retries)};
     struct pg_cursor cur;
-    int rc = ERR_NOMEM;
 
-    *existing = NULL;
+    w->rc = ERR_NOMEM;
     if (ok) {
-        rc = pg_open_q(&cur, pc, &task_insert, 13, v);
-        if (rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
-            rc = db_load_task(&pc->base, true, t->idempotency_key, existing); /* a known key */
-        else if (rc == 0)
-            pg_tasks_queued(P(st)); /* committed: other servers' workers may claim it */
-        rc = pg_end(&cur, rc);
+        w->rc = pg_open_q(&cur, pc, &task_insert, INSERT_COLS, v);
+        if (w->rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
+            w->rc = db_load_task(&pc->base, true, t->idempotency_key, &w->existing);
+        else if (w->rc == 0)
+            pg_tasks_queued(s); /* committed: other servers' workers may claim it */
+        w->rc = pg_end(&cur, w->rc);
     }
     free(params);
     free(meta);
-    pg_conn_put(P(st), pc);
-    return rc;
+}
+
+/* The array literals of a batch's columns, in task_insert's parameter order. */
+static int batch_arrays(struct buf *a, struct pg_insert *batch)
+{
+    struct buf *all[INSERT_COLS];
+    int rc;
+
+    for (int i = 0; i < INSERT_COLS; i++)
+        all[i] = &a[i];
+    rc = pg_arrays_open(all, INSERT_COLS);
+    for (struct pg_insert *w = batch; rc == 0 && w; w = w->next) {
+        struct task *t = w->t;
+        struct num n1, n2, n3, n4, n5;
+        bool ok = true;
+        char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
+        const char *v[INSERT_COLS] = {t->id, t->problem_id, num(&n1, t->priority),
+                                      t->backend_type, t->mode, params, meta, t->callback_url,
+                                      t->idempotency_key, num(&n2, t->max_steps),
+                                      num(&n3, t->timeout_seconds), num(&n4, t->created_at),
+                                      num(&n5, t->max_retries)};
+
+        rc = ok ? 0 : ERR_NOMEM;
+        for (int i = 0; rc == 0 && i < INSERT_COLS; i++)
+            rc = pg_array_add(&a[i], v[i] ? v[i] : "", !v[i]);
+        free(params);
+        free(meta);
+    }
+    return rc == 0 ? pg_arrays_close(all, INSERT_COLS) : rc;
+}
+
+/* Whether id is among the rows r returned. */
+static bool returned(PGresult *r, const char *id)
+{
+    for (int i = 0; i < PQntuples(r); i++)
+        if (strcmp(PQgetvalue(r, i, 0), id) == 0)
+            return true;
+    return false;
+}
+
+/* Several inserts in one statement on pc. When the statement fails for a reason other
+ * than the connection (a row the database refuses), each is tried alone, so one bad
+ * row fails only its own request. */
+static void insert_many(struct pg_store *s, struct pgconn *pc, struct pg_insert *batch)
+{
+    struct buf a[INSERT_COLS] = {0};
+    const char *v[INSERT_COLS];
+    PGresult *r = NULL;
+    int rc = batch_arrays(a, batch);
+
+    for (int i = 0; i < INSERT_COLS; i++)
+        v[i] = a[i].data;
+    if (rc == 0)
+        r = pg_run(pc, &tasks_insert, INSERT_COLS, v, &rc);
+    for (int i = 0; i < INSERT_COLS; i++)
+        buf_reset(&a[i]);
+    if (rc == ERR_STORE) {
+        for (struct pg_insert *w = batch; w; w = w->next)
+            insert_one(s, pc, w);
+        return;
+    }
+    for (struct pg_insert *w = batch; w; w = w->next) {
+        w->rc = rc;
+        if (rc == 0 && !returned(r, w->t->id))
+            w->rc = w->t->idempotency_key ? db_load_task(&pc->base, true, w->t->idempotency_key,
+                                                         &w->existing)
+                                          : ERR_STORE; /* only a key can conflict */
+    }
+    if (rc == 0 && PQntuples(r) > 0)
+        pg_tasks_queued(s);
+    PQclear(r);
+}
+
+/* Detaches up to INSERT_BATCH_MAX waiting inserts, oldest first; with q's lock. */
+static struct pg_insert *take_batch(struct pg_inserts *q, int *n)
+{
+    struct pg_insert *batch = q->head, **end = &q->head;
+
+    *n = 0;
+    while (*end && *n < INSERT_BATCH_MAX) {
+        end = &(*end)->next;
+        (*n)++;
+    }
+    q->head = *end;
+    *end = NULL;
+    if (!q->head)
+        q->tail = &q->head;
+    return batch;
+}
+
+int pg_task_insert(struct store *st, struct task *t, struct task **existing)
+{
+    struct pg_store *s = P(st);
+    struct pg_inserts *q = &s->inserts;
+    struct pg_insert me = {.t = t};
+
+    pthread_cond_init(&me.wake, NULL);
+    pthread_mutex_lock(&q->lock);
+    *q->tail = &me;
+    q->tail = &me.next;
+    /* Until this insert is written, by this thread or in another's batch: whoever finds
+     * waiting inserts and a free writer's place writes them. Each waiter is woken only
+     * when its insert is done or when it is the oldest waiting and a place came free. */
+    while (!me.done) {
+        if (!q->head || q->writing >= insert_writers) {
+            pthread_cond_wait(&me.wake, &q->lock);
+            continue;
+        }
+        int n;
+        struct pg_insert *batch = take_batch(q, &n);
+
+        q->writing++;
+        if (q->head && q->writing < insert_writers)
+            pthread_cond_signal(&q->head->wake); /* more than a batch waits */
+        pthread_mutex_unlock(&q->lock);
+        struct pgconn *pc = pg_conn_get(s);
+        if (n == 1)
+            insert_one(s, pc, batch);
+        else
+            insert_many(s, pc, batch);
+        pg_conn_put(s, pc);
+        pthread_mutex_lock(&q->lock);
+        q->writing--;
+        for (struct pg_insert *w = batch, *next; w; w = next) {
+            next = w->next; /* w's owner may return as soon as we let go of the lock */
+            w->done = true;
+            if (w != &me)
+                pthread_cond_signal(&w->wake);
+        }
+        if (q->head && q->head != &me)
+            pthread_cond_signal(&q->head->wake); /* the next batch's writer */
+    }
+    pthread_mutex_unlock(&q->lock);
+    pthread_cond_destroy(&me.wake);
+    *existing = me.existing;
+    return me.rc;
 }
