@@ -55,11 +55,8 @@ static const struct pg_query tasks_insert = {
 
 #define INSERT_COLS 13
 
-static int insert_writers = INSERT_WRITERS;
-
 void pg_inserts_init(struct pg_inserts *q)
 {
-    if (getenv("TE_WRITERS")) insert_writers = atoi(getenv("TE_WRITERS"));
     pthread_mutex_init(&q->lock, NULL);
     q->head = NULL;
     q->tail = &q->head;
@@ -199,7 +196,7 @@ int pg_task_insert(struct store *st, struct task *t, struct task **existing)
      * waiting inserts and a free writer's place writes them. Each waiter is woken only
      * when its insert is done or when it is the oldest waiting and a place came free. */
     while (!me.done) {
-        if (!q->head || q->writing >= insert_writers) {
+        if (!q->head || q->writing >= INSERT_WRITERS) {
             pthread_cond_wait(&me.wake, &q->lock);
             continue;
         }
@@ -207,7 +204,7 @@ int pg_task_insert(struct store *st, struct task *t, struct task **existing)
         struct pg_insert *batch = take_batch(q, &n);
 
         q->writing++;
-        if (q->head && q->writing < insert_writers)
+        if (q->head && q->writing < INSERT_WRITERS)
             pthread_cond_signal(&q->head->wake); /* more than a batch waits */
         pthread_mutex_unlock(&q->lock);
         struct pgconn *pc = pg_conn_get(s);
