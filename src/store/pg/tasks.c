@@ -68,33 +68,55 @@ void pg_inserts_destroy(struct pg_inserts *q)
     pthread_mutex_destroy(&q->lock);
 }
 
+/* A task's values as the text parameters of task_insert (and the elements of
+ * tasks_insert's arrays), in its column order. */
+struct insert_vals {
+    struct num n[5];
+    char *params, *meta;    /* owned: insert_vals_free */
+    const char *v[INSERT_COLS];
+};
+
+static int insert_vals_make(struct insert_vals *iv, const struct task *t)
+{
+    bool ok = true;
+
+    iv->params = pg_json_text(t->parameters, &ok);
+    iv->meta = pg_json_text(t->metadata, &ok);
+    const char *v[INSERT_COLS] = {t->id, t->problem_id, num(&iv->n[0], t->priority),
+                                  t->backend_type, t->mode, iv->params, iv->meta,
+                                  t->callback_url, t->idempotency_key,
+                                  num(&iv->n[1], t->max_steps),
+                                  num(&iv->n[2], t->timeout_seconds),
+                                  num(&iv->n[3], t->created_at), num(&iv->n[4], t->max_retries)};
+    memcpy(iv->v, v, sizeof(v));
+    return ok ? 0 : ERR_NOMEM;
+}
+
+static void insert_vals_free(struct insert_vals *iv)
+{
+    free(iv->params);
+    free(iv->meta);
+}
+
 /* The single-row statement for w, on pc. */
 static void insert_one(struct pg_store *s, struct pgconn *pc, struct pg_insert *w)
 {
-    struct task *t = w->t;
-    struct num n1, n2, n3, n4, n5;
-    bool ok = true;
-    char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
-    const char *v[INSERT_COLS] = {t->id, t->problem_id, num(&n1, t->priority), t->backend_type,
-                                  t->mode, params, meta, t->callback_url, t->idempotency_key,
-                                  num(&n2, t->max_steps), num(&n3, t->timeout_seconds),
-                                  num(&n4, t->created_at), num(&n5, t->max_retries)};
+    struct insert_vals iv;
     struct pg_cursor cur;
 
-    w->rc = ERR_NOMEM;
-    if (ok) {
-        w->rc = pg_open_q(&cur, pc, &task_insert, INSERT_COLS, v);
-        if (w->rc == 0 && PQntuples(cur.r) == 0 && t->idempotency_key)
-            w->rc = db_load_task(&pc->base, true, t->idempotency_key, &w->existing);
+    w->rc = insert_vals_make(&iv, w->t);
+    if (w->rc == 0) {
+        w->rc = pg_open_q(&cur, pc, &task_insert, INSERT_COLS, iv.v);
+        if (w->rc == 0 && PQntuples(cur.r) == 0 && w->t->idempotency_key)
+            w->rc = db_load_task(&pc->base, true, w->t->idempotency_key, &w->existing);
         else if (w->rc == 0)
             pg_tasks_queued(s); /* committed: other servers' workers may claim it */
         w->rc = pg_end(&cur, w->rc);
     }
-    free(params);
-    free(meta);
+    insert_vals_free(&iv);
 }
 
-/* The array literals of a batch's columns, in task_insert's parameter order. */
+/* The array literals of a batch's columns, in tasks_insert's parameter order. */
 static int batch_arrays(struct buf *a, struct pg_insert *batch)
 {
     struct buf *all[INSERT_COLS];
@@ -104,21 +126,12 @@ static int batch_arrays(struct buf *a, struct pg_insert *batch)
         all[i] = &a[i];
     rc = pg_arrays_open(all, INSERT_COLS);
     for (struct pg_insert *w = batch; rc == 0 && w; w = w->next) {
-        struct task *t = w->t;
-        struct num n1, n2, n3, n4, n5;
-        bool ok = true;
-        char *params = pg_json_text(t->parameters, &ok), *meta = pg_json_text(t->metadata, &ok);
-        const char *v[INSERT_COLS] = {t->id, t->problem_id, num(&n1, t->priority),
-                                      t->backend_type, t->mode, params, meta, t->callback_url,
-                                      t->idempotency_key, num(&n2, t->max_steps),
-                                      num(&n3, t->timeout_seconds), num(&n4, t->created_at),
-                                      num(&n5, t->max_retries)};
+        struct insert_vals iv;
 
-        rc = ok ? 0 : ERR_NOMEM;
+        rc = insert_vals_make(&iv, w->t);
         for (int i = 0; rc == 0 && i < INSERT_COLS; i++)
-            rc = pg_array_add(&a[i], v[i] ? v[i] : "", !v[i]);
-        free(params);
-        free(meta);
+            rc = pg_array_add(&a[i], iv.v[i] ? iv.v[i] : "", !iv.v[i]);
+        insert_vals_free(&iv);
     }
     return rc == 0 ? pg_arrays_close(all, INSERT_COLS) : rc;
 }
