@@ -175,9 +175,9 @@ def test_parked_creates_are_answered_at_shutdown(make_server, request, pg):
 
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_counts_and_journal_of_a_statement_mixing_states(make_server, request, pg):
-    # One statement moving tasks by several transitions (migration 10's trigger sums the
-    # net change per state): the counters still match the table and each change is
-    # journalled once, a claim after the ends.
+    # One statement moving tasks by several transitions (the update trigger's mixed-states
+    # path, which an internal worker's end-and-claim takes): the counters still match the
+    # table and each change is journalled once, a claim after the ends.
     s = make_server(NUM_INTERNAL_WORKERS=0)
     _, db = pg_db(s, request)
     for i in range(6):

@@ -34,14 +34,6 @@
     "  FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status ORDER BY " order "; " \
     " RETURN NULL; END $$;"
 
-/* Migration 10's counter updates: ks[i] added to state ss[i]'s shard, states in order
- * (ss sorted), so two statements never lock the same counters in opposite orders. */
-#define TE_COUNTS_MOVE                                                                      \
-    " FOR i IN 1 .. coalesce(array_length(ss, 1), 0) LOOP "                                 \
-    "  UPDATE task_counts SET n = n + ks[i] WHERE status = ss[i] "                          \
-    "   AND shard = pg_backend_pid() % 16; "                                                \
-    " END LOOP; "
-
 static const char *const migrations[] = {
     "CREATE FUNCTION te_ts(bigint) RETURNS timestamptz LANGUAGE sql IMMUTABLE AS "
     "$$ SELECT timestamptz 'epoch' + $1 * interval '1 microsecond' $$;"
@@ -277,36 +269,6 @@ static const char *const migrations[] = {
     "ALTER FUNCTION te_ts(bigint) STABLE; ALTER FUNCTION te_us(timestamptz) STABLE;"
     "DROP INDEX tasks_running; DROP INDEX tasks_deadline; DROP INDEX tasks_created;"
     TE_TASKS_UPDATED("(n.status = 'running'), n.seq"),
-    /* 10 (#17): the statement triggers in fewer statements of their own. An internal
-     * worker's end-and-claim moves two tasks by two different transitions, which took
-     * the mixed-states path: a SELECT, a jsonb sum through te_count_add (its loop and
-     * two UPDATEs) and the journal's INSERT, six statements run by the trigger a task,
-     * a quarter of the database's time draining a queue (perf). Now the journal's
-     * INSERT and the net change per state are one statement (the changed rows joined
-     * once), then one UPDATE per state whose count moves, in state order as before:
-     * three for a chained end, two for an insert (was three). Same counts and journal. */
-    "CREATE OR REPLACE FUNCTION te_tasks_inserted() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "DECLARE ss text[]; ks bigint[]; BEGIN "
-    " WITH ev AS (INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id) "
-    "  SELECT te_us(updated_at), 'task', id, worker_id, status, problem_id FROM new_rows "
-    "  ORDER BY seq) "
-    " SELECT array_agg(status ORDER BY status), array_agg(k ORDER BY status) INTO ss, ks "
-    "  FROM (SELECT status, count(*) AS k FROM new_rows GROUP BY status) x; "
-    TE_COUNTS_MOVE
-    " RETURN NULL; END $$; "
-    "CREATE OR REPLACE FUNCTION te_tasks_updated() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "DECLARE ss text[]; ks bigint[]; BEGIN "
-    " WITH ch AS MATERIALIZED (SELECT o.status AS old_status, n.* FROM old_rows o "
-    "  JOIN new_rows n USING (seq) WHERE o.status <> n.status), "
-    " ev AS (INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id, wait_us) "
-    "  SELECT te_us(updated_at), 'task', id, worker_id, status, problem_id, "
-    "  CASE WHEN status = 'running' THEN te_us(started_at) - te_us(created_at) END "
-    "  FROM ch ORDER BY (status = 'running'), seq) "
-    " SELECT array_agg(s ORDER BY s), array_agg(k ORDER BY s) INTO ss, ks FROM "
-    "  (SELECT v.s, sum(v.k) AS k FROM ch, LATERAL (VALUES (ch.old_status, -1), (ch.status, 1)) "
-    "  v(s, k) GROUP BY v.s HAVING sum(v.k) <> 0) x; "
-    TE_COUNTS_MOVE
-    " RETURN NULL; END $$;",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
