@@ -36,7 +36,6 @@ struct server {
     struct access *access;          /* API tokens and their roles (none: everyone is admin) */
     struct workpool *submits;       /* creates waiting on a store that groups inserts;
                                      * NULL: they wait in the HTTP thread */
-    atomic_int creating;            /* creates being written by HTTP threads (api_tasks.c) */
     json_t *problems;               /* catalog array of {"id","task_type","application"}; read-only */
     char self_exe[PATH_MAX];        /* this binary, for the simulated executor */
     char aiopslab_script[PATH_MAX]; /* the aiopslab runner written out at start; "" if unused */
