@@ -283,8 +283,10 @@ static int start_serving(struct server *srv)
                         .allow_hosts = srv->cfg.outbound_allow_hosts},
                     &srv->gateway) < 0)
         return -1;
-    if (store_groups_inserts(srv->store) && !(srv->submits = workpool_new(SUBMIT_THREADS, "submit")))
+    if (store_groups_inserts(srv->store) && !(srv->submits = workpool_new(SUBMIT_THREADS, "submit"))) {
+        log_error("out of memory starting the creates' thread pool");
         return -1;
+    }
     if (http_start(srv, &srv->http) < 0)
         return -1;
     if (!srv->cfg.port)
