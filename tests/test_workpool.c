@@ -116,7 +116,7 @@ static void jobs_run_in_the_order_they_came(void **state)
         assert_int_equal(o.seen[i], i);
 }
 
-static void a_drained_pool_refuses_and_the_caller_runs_it(void **state)
+static void a_drained_pool_runs_what_it_had_and_refuses_more(void **state)
 {
     struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, .open = true};
     struct workpool *p = workpool_new(2, "test");
@@ -137,7 +137,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(waiting_jobs_run_together_up_to_the_limit),
         cmocka_unit_test(jobs_run_in_the_order_they_came),
-        cmocka_unit_test(a_drained_pool_refuses_and_the_caller_runs_it),
+        cmocka_unit_test(a_drained_pool_runs_what_it_had_and_refuses_more),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

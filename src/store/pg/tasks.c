@@ -179,15 +179,12 @@ static void insert_many(struct pg_store *s, struct pgconn *pc, struct pg_insert 
 }
 
 /* Detaches up to INSERT_BATCH_MAX waiting inserts, oldest first; with q's lock. */
-static struct pg_insert *take_batch(struct pg_inserts *q, int *n)
+static struct pg_insert *take_batch(struct pg_inserts *q)
 {
     struct pg_insert *batch = q->head, **end = &q->head;
 
-    *n = 0;
-    while (*end && *n < INSERT_BATCH_MAX) {
+    for (int n = 0; *end && n < INSERT_BATCH_MAX; n++)
         end = &(*end)->next;
-        (*n)++;
-    }
     q->head = *end;
     *end = NULL;
     if (!q->head)
@@ -213,15 +210,14 @@ int pg_task_insert(struct store *st, struct task *t, struct task **existing)
             pthread_cond_wait(&me.wake, &q->lock);
             continue;
         }
-        int n;
-        struct pg_insert *batch = take_batch(q, &n);
+        struct pg_insert *batch = take_batch(q);
 
         q->writing++;
         if (q->head && q->writing < INSERT_WRITERS)
             pthread_cond_signal(&q->head->wake); /* more than a batch waits */
         pthread_mutex_unlock(&q->lock);
         struct pgconn *pc = pg_conn_get(s);
-        if (n == 1)
+        if (!batch->next)
             insert_one(s, pc, batch);
         else
             insert_many(s, pc, batch);
