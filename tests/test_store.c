@@ -436,6 +436,118 @@ static void concurrent_claims_are_exclusive(void **state)
     free(all);
 }
 
+/* One worker's end with its next claim, on a thread of its own. */
+struct ender {
+    struct store *st;
+    char worker[16], id[37], lease[37], next_lease[37];
+    int delay_ms, rc;
+    struct task *next;
+};
+
+static void *end_one(void *arg)
+{
+    struct ender *e = arg;
+    struct log_entry logs[2] = {{.ts = clock_now_us(), .level = LEVEL_INFO, .message = e->worker},
+                                {.ts = clock_now_us(), .level = LEVEL_INFO, .message = "second"}};
+    struct claim_req cn = {.worker_id = e->worker, .backend_type = "default",
+                           .lease_token = e->next_lease, .now = clock_now_us()};
+    struct task_end end = {.status = TASK_COMPLETED, .now = cn.now, .logs = logs, .n_logs = 2,
+                           .claim_next = &cn, .next = &e->next};
+
+    usleep((useconds_t)e->delay_ms * 1000);
+    cn.now = end.now = clock_now_us();
+    e->rc = store_task_finish(e->st, e->id, e->lease, &end);
+    return NULL;
+}
+
+/* Eight workers end a task each at about the same moment, each claiming its next: on
+ * PostgreSQL, with each statement made slow, the ends that wait are written together
+ * (#17). Every end gets the answer it would have had alone (a forged lease a conflict,
+ * an unknown task not found), each claim goes to one worker, logs and counts are kept. */
+static void concurrent_chained_ends_each_get_their_own_answer(void **state)
+{
+    struct fx *f = *state;
+    enum { W = 8, MORE = 5 };
+    struct ender e[W];
+    pthread_t th[W];
+    char id[37];
+    int claimed = 0;
+
+    for (int i = 0; i < W; i++) {
+        struct task *t = NULL;
+
+        e[i] = (struct ender){.st = f->st, .delay_ms = 10 * i};
+        snprintf(e[i].worker, sizeof(e[i].worker), "w%d", i);
+        register_worker(f->st, e[i].worker, "");
+        add(f->st, "first", 1, "default", NULL, id);
+        assert_int_equal(claim(f->st, e[i].worker, "default", NULL, 0, &t), 0);
+        strcpy(e[i].id, t->id);
+        strcpy(e[i].lease, t->lease_token);
+        uuidgen(e[i].next_lease);
+        task_free(t);
+    }
+    strcpy(e[6].lease, "forged");
+    strcpy(e[7].id, "00000000-0000-0000-0000-000000000000");
+    for (int i = 0; i < MORE; i++)
+        add(f->st, "more", 0, "default", NULL, id);
+    if (f->db.pg)
+        assert_int_equal(testdb_sql(&f->db, "CREATE FUNCTION te_test_slow() RETURNS trigger "
+                                            "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); "
+                                            "RETURN NULL; END $$; CREATE TRIGGER te_test_slow "
+                                            "AFTER UPDATE ON tasks FOR EACH STATEMENT EXECUTE "
+                                            "FUNCTION te_test_slow()"),
+                         0);
+    for (int i = 0; i < W; i++)
+        pthread_create(&th[i], NULL, end_one, &e[i]);
+    for (int i = 0; i < W; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < W; i++) {
+        assert_int_equal(e[i].rc, i == 6 ? ERR_CONFLICT : i == 7 ? ERR_NOTFOUND : 0);
+        if (!e[i].next)
+            continue;
+        claimed++;
+        assert_true(i < 6);
+        assert_string_equal(e[i].next->problem_id, "more");
+        assert_string_equal(e[i].next->worker_id, e[i].worker);
+        assert_string_equal(e[i].next->lease_token, e[i].next_lease);
+        assert_int_equal(e[i].next->status, TASK_RUNNING);
+        for (int j = 0; j < i; j++)
+            assert_true(!e[j].next || strcmp(e[j].next->id, e[i].next->id) != 0);
+    }
+    assert_int_equal(claimed, MORE);
+    for (int i = 0; i < 7; i++) { /* a refused end keeps its logs too */
+        json_t *logs = NULL;
+        int64_t total = 0;
+
+        assert_int_equal(store_logs_list(f->st, e[i].id, LEVEL_DEBUG, 10, 0, &logs, &total), 0);
+        assert_int_equal(total, 2);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(logs, 0),
+                                                              "message")),
+                            e[i].worker);
+        json_decref(logs);
+    }
+    struct task_stats ts;
+    assert_int_equal(store_task_stats(f->st, false, &ts), 0);
+    assert_int_equal(ts.counts[TASK_COMPLETED], 6);
+    assert_int_equal(ts.counts[TASK_RUNNING], MORE + 2); /* and the two refused ends' */
+    assert_int_equal(ts.counts[TASK_PENDING], 0);
+    for (int i = 0; i < W; i++) {
+        json_t *w = NULL;
+
+        assert_int_equal(store_worker_get(f->st, e[i].worker, &w), 0);
+        assert_int_equal(json_integer_value(json_object_get(w, "tasks_completed")), i < 6);
+        assert_string_equal(json_string_value(json_object_get(w, "status")),
+                            e[i].next || i >= 6 ? "busy" : "idle");
+        json_decref(w);
+        task_free(e[i].next);
+    }
+    if (f->db.pg) /* fewer commits than ends: some were written together */
+        assert_int_equal(testdb_sql(&f->db, "DO $$ BEGIN IF (SELECT count(DISTINCT xmin::text) "
+                                            "FROM tasks WHERE status = 'completed') >= 6 THEN "
+                                            "RAISE 'not grouped'; END IF; END $$"),
+                         0);
+}
+
 /* A read that fails part way is an error, never a short list or "not found": the
  * tables go away behind the store's back once its statements are prepared. */
 static void failed_reads_are_errors(void **state)
@@ -536,6 +648,8 @@ static void claim_globs_are_literal_but_for_wildcards(void **state)
         cmocka_unit_test_setup_teardown(recover_fails_tasks_of_own_prefix_only, setup,     \
                                         teardown),                                         \
         cmocka_unit_test_setup_teardown(concurrent_claims_are_exclusive, setup, teardown), \
+        cmocka_unit_test_setup_teardown(concurrent_chained_ends_each_get_their_own_answer,  \
+                                        setup, teardown),                                  \
         cmocka_unit_test_setup_teardown(failed_reads_are_errors, setup, teardown),         \
         cmocka_unit_test_setup_teardown(one_statement_text_serves_both_dialects, setup,    \
                                         teardown),                                         \

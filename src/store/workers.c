@@ -43,14 +43,19 @@ static const struct db_stmt worker_q[W_N] = {
                      "worker_id = ?1",
                      NULL},
     [W_TOKEN] = DB_SQL("reading a worker", "SELECT token_hash FROM workers WHERE id = $1"),
-    /* $1: the ids as a JSON array. */
+    /* $1: the ids as a JSON array. On PostgreSQL a row being written (by an end that
+     * also updates other workers' rows, store/pg/queue.c) is passed over, not waited
+     * for: two statements locking several worker rows in different orders could
+     * deadlock, and a beat missed is made up by the next (each comes at most a third of
+     * the heartbeat timeout after the last). */
     [W_HEARTBEAT] = {"heartbeat",
                      "UPDATE workers SET last_heartbeat = ?2, status = CASE WHEN status = "
                      "'offline' THEN 'idle' ELSE status END WHERE id IN (SELECT value FROM "
                      "json_each(?1))",
                      "UPDATE workers SET last_heartbeat = te_ts($2), status = CASE WHEN status = "
-                     "'offline' THEN 'idle' ELSE status END WHERE id IN (SELECT "
-                     "jsonb_array_elements_text($1::jsonb))"},
+                     "'offline' THEN 'idle' ELSE status END WHERE id IN (SELECT id FROM workers "
+                     "WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)) FOR UPDATE "
+                     "SKIP LOCKED)"},
     [W_STATUS] = {"worker status",
                   "UPDATE workers SET status = ?2, current_task_id = NULL, metadata = "
                   "COALESCE(?3, metadata) WHERE id = ?1",

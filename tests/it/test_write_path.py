@@ -144,7 +144,9 @@ def test_a_row_the_database_refuses_fails_only_its_own_create(make_server, reque
     ok = {r.json()["id"] for r in rs if r.status_code == 201}
     assert len(ok) == 42
     assert set(pg.psql("SELECT id FROM tasks", db).split()) == ok
-    assert int(pg.psql("SELECT count(DISTINCT xmin::text) FROM tasks", db)) < 42
+    # (How many statements wrote them depends on how the requests met: with a refused
+    # row every eighth, a group larger than eight is written row by row. That creates
+    # are grouped at all is the test above's.)
 
 
 @pytest.mark.parametrize("backend", ["postgres"])

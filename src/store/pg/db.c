@@ -714,7 +714,8 @@ static int pg_open(const char *url, struct store **out)
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
-    pg_inserts_init(&s->inserts);
+    pg_inserts_init(s);
+    pg_finishes_init(s);
     s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s->conninfo = conninfo_of(url);
     if (!s->conninfo) {
@@ -758,7 +759,8 @@ static void pg_close(struct store *st)
             PQfinish(s->conns[i].c);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
-    pg_inserts_destroy(&s->inserts);
+    batcher_destroy(&s->inserts);
+    batcher_destroy(&s->finishes);
     free(s->conninfo);
     free(s);
 }

@@ -14,22 +14,46 @@ static const struct pg_query log_insert = {
     "tasks WHERE id = $1) FROM unnest($2::bigint[], $3::int[], $4::text[], "
     "$5::text[]) AS u(ts, level, message, context)"};
 
-int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n)
+int pg_log_arrays_open(struct log_arrays *a)
 {
-    struct buf *const all[4] = {&a->ts, &a->lv, &a->msg, &a->ctx};
+    struct buf *const all[5] = {&a->ts, &a->lv, &a->msg, &a->ctx, &a->own};
+
+    return pg_arrays_open(all, 5);
+}
+
+int pg_log_arrays_add(struct log_arrays *a, const struct log_entry *e, size_t n,
+                      const char *owner)
+{
     struct num x;
-    int rc = pg_arrays_open(all, 4);
+    int rc = 0;
 
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char *c = e[i].context ? json_dumps(e[i].context, JSON_COMPACT) : strdup("{}");
         if (!c || pg_array_add(&a->ts, num(&x, e[i].ts), false) < 0 ||
             pg_array_add(&a->lv, num(&x, e[i].level), false) < 0 ||
             pg_array_add(&a->msg, e[i].message ? e[i].message : "", false) < 0 ||
-            pg_array_add(&a->ctx, c, false) < 0)
+            pg_array_add(&a->ctx, c, false) < 0 ||
+            (owner && pg_array_add(&a->own, owner, false) < 0))
             rc = ERR_NOMEM;
         free(c);
     }
-    return rc == 0 ? pg_arrays_close(all, 4) : rc;
+    return rc;
+}
+
+int pg_log_arrays_close(struct log_arrays *a)
+{
+    struct buf *const all[5] = {&a->ts, &a->lv, &a->msg, &a->ctx, &a->own};
+
+    return pg_arrays_close(all, 5);
+}
+
+int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n)
+{
+    int rc = pg_log_arrays_open(a);
+
+    if (rc == 0)
+        rc = pg_log_arrays_add(a, e, n, NULL);
+    return rc == 0 ? pg_log_arrays_close(a) : rc;
 }
 
 void pg_log_arrays_reset(struct log_arrays *a)
@@ -38,6 +62,7 @@ void pg_log_arrays_reset(struct log_arrays *a)
     buf_reset(&a->lv);
     buf_reset(&a->msg);
     buf_reset(&a->ctx);
+    buf_reset(&a->own);
 }
 
 int pg_insert_logs(struct db_conn *dc, const char *task_id, const struct log_entry *e,

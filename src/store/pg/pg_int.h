@@ -38,6 +38,7 @@
 #include "store/db.h"
 #include "store/rows.h"
 #include "store/store.h"
+#include "core/batcher.h"
 #include "core/buf.h"
 
 #include <inttypes.h>
@@ -60,14 +61,6 @@ struct pg_query {
 #define TASK_COLS_T TASK_COLS_T_PG
 
 struct pg_store;
-
-/* The task inserts waiting to be written together (tasks.c). */
-struct pg_insert;
-struct pg_inserts {
-    pthread_mutex_t lock;
-    struct pg_insert *head, **tail; /* waiting, oldest first; each on its caller's stack */
-    int writing;               /* batches being written now */
-};
 
 struct pgconn {
     struct db_conn base;       /* for the code above both backends (store/db.h) */
@@ -105,7 +98,8 @@ struct pg_store {
      * lock, which cost the insert path half its rate at 16 clients (#17). */
     atomic_bool notify_due;    /* tasks were queued since the last NOTIFY */
     int wake_fd;               /* eventfd: wakes the listener to send it; -1: none */
-    struct pg_inserts inserts;
+    struct batcher inserts;    /* task inserts written together (tasks.c) */
+    struct batcher finishes;   /* internal workers' ends and next claims (queue.c) */
 };
 
 static inline struct pg_store *P(struct store *st)
@@ -137,9 +131,10 @@ struct pg_cursor {
     int rc;                    /* the statement's error; returned by pg_end */
 };
 
-/* The four array literals of a log batch, for unnest(). Caller buf_reset's them. */
+/* The array literals of a log batch, for unnest(). Caller pg_log_arrays_reset's them. */
 struct log_arrays {
     struct buf ts, lv, msg, ctx;
+    struct buf own;            /* each line's owner, when lines of several are built */
 };
 
 /* libpq_lazy.c */
@@ -212,8 +207,14 @@ int pg_exec_simple(PGconn *c, const char *sql);
 int pg_migrate(PGconn *c) __attribute__((warn_unused_result));
 
 /* logs.c */
-/* pg_log_arrays_build: the array literals of n log lines (reset a even on error). */
+/* pg_log_arrays_build: the array literals of n log lines (reset a even on error). For
+ * the lines of several owners: open, add each owner's lines (owner: its name in own),
+ * close. */
 int pg_log_arrays_build(struct log_arrays *a, const struct log_entry *e, size_t n);
+int pg_log_arrays_open(struct log_arrays *a) __attribute__((warn_unused_result));
+int pg_log_arrays_add(struct log_arrays *a, const struct log_entry *e, size_t n,
+                      const char *owner) __attribute__((warn_unused_result));
+int pg_log_arrays_close(struct log_arrays *a) __attribute__((warn_unused_result));
 void pg_log_arrays_reset(struct log_arrays *a);
 /* pg_insert_tasks (experiments.c): the db_ops insert_tasks of PostgreSQL (store/db.h). */
 int pg_insert_tasks(struct db_conn *c, const char *id, struct task *const *tasks, size_t n,
@@ -236,9 +237,9 @@ int pg_session_answer(struct store *st, const char *task_id, int step, json_t *a
                       const struct msg_entry *msgs, size_t n_msgs, int64_t now);
 
 
-/* tasks.c */
-void pg_inserts_init(struct pg_inserts *q);
-void pg_inserts_destroy(struct pg_inserts *q);
+/* tasks.c, queue.c: the batchers of s (batcher_destroy each) */
+void pg_inserts_init(struct pg_store *s);
+void pg_finishes_init(struct pg_store *s);
 
 /* The operations of store_pg_ops (contracts in store.h), one file per concern. */
 int pg_task_insert(struct store *st, struct task *t, struct task **existing);

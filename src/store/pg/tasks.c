@@ -9,6 +9,7 @@
  * creates the statement triggers, the round trip and the commit of each row were most
  * of the cost; in a batch the statement triggers run once). */
 #include "store/pg/pg_int.h"
+#include "core/batcher.h"
 #include "core/err.h"
 
 #include <stdlib.h>
@@ -18,15 +19,18 @@
 #define INSERT_WRITERS 2
 #define INSERT_BATCH_MAX 64 /* rows a statement; the rest wait for the next */
 
-/* One waiting insert, on its caller's stack; guarded by the queue's lock until done. */
+/* One waiting insert, on its caller's stack. */
 struct pg_insert {
+    struct batch_item base;
     struct task *t;          /* the caller's */
     struct task *existing;   /* its key's task when the key was known (caller frees) */
     int rc;
-    bool done;
-    pthread_cond_t wake;     /* signalled when done, or when it is to write a batch */
-    struct pg_insert *next;
 };
+
+static struct pg_insert *insert_of(struct batch_item *it)
+{
+    return (struct pg_insert *)it;
+}
 
 static const struct pg_query task_insert = {
     "inserting a task",
@@ -54,19 +58,6 @@ static const struct pg_query tasks_insert = {
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id::text"};
 
 #define INSERT_COLS 13
-
-void pg_inserts_init(struct pg_inserts *q)
-{
-    pthread_mutex_init(&q->lock, NULL);
-    q->head = NULL;
-    q->tail = &q->head;
-    q->writing = 0;
-}
-
-void pg_inserts_destroy(struct pg_inserts *q)
-{
-    pthread_mutex_destroy(&q->lock);
-}
 
 /* A task's values as the text parameters of task_insert (and the elements of
  * tasks_insert's arrays), in its column order. */
@@ -125,10 +116,10 @@ static int batch_arrays(struct buf *a, struct pg_insert *batch)
     for (int i = 0; i < INSERT_COLS; i++)
         all[i] = &a[i];
     rc = pg_arrays_open(all, INSERT_COLS);
-    for (struct pg_insert *w = batch; rc == 0 && w; w = w->next) {
+    for (struct batch_item *it = &batch->base; rc == 0 && it; it = it->next) {
         struct insert_vals iv;
 
-        rc = insert_vals_make(&iv, w->t);
+        rc = insert_vals_make(&iv, insert_of(it)->t);
         for (int i = 0; rc == 0 && i < INSERT_COLS; i++)
             rc = pg_array_add(&a[i], iv.v[i] ? iv.v[i] : "", !iv.v[i]);
         insert_vals_free(&iv);
@@ -162,11 +153,13 @@ static void insert_many(struct pg_store *s, struct pgconn *pc, struct pg_insert 
     for (int i = 0; i < INSERT_COLS; i++)
         buf_reset(&a[i]);
     if (rc == ERR_STORE) {
-        for (struct pg_insert *w = batch; w; w = w->next)
-            insert_one(s, pc, w);
+        for (struct batch_item *it = &batch->base; it; it = it->next)
+            insert_one(s, pc, insert_of(it));
         return;
     }
-    for (struct pg_insert *w = batch; w; w = w->next) {
+    for (struct batch_item *it = &batch->base; it; it = it->next) {
+        struct pg_insert *w = insert_of(it);
+
         w->rc = rc;
         if (rc == 0 && !returned(r, w->t->id))
             w->rc = w->t->idempotency_key ? db_load_task(&pc->base, true, w->t->idempotency_key,
@@ -178,63 +171,29 @@ static void insert_many(struct pg_store *s, struct pgconn *pc, struct pg_insert 
     PQclear(r);
 }
 
-/* Detaches up to INSERT_BATCH_MAX waiting inserts, oldest first; with q's lock. */
-static struct pg_insert *take_batch(struct pg_inserts *q)
+/* The batcher's run: a lone insert by the single-row statement, several by one. */
+static void insert_batch(void *ctx, struct batch_item *batch)
 {
-    struct pg_insert *batch = q->head, **end = &q->head;
+    struct pg_store *s = ctx;
+    struct pgconn *pc = pg_conn_get(s);
 
-    for (int n = 0; *end && n < INSERT_BATCH_MAX; n++)
-        end = &(*end)->next;
-    q->head = *end;
-    *end = NULL;
-    if (!q->head)
-        q->tail = &q->head;
-    return batch;
+    if (!batch->next)
+        insert_one(s, pc, insert_of(batch));
+    else
+        insert_many(s, pc, insert_of(batch));
+    pg_conn_put(s, pc);
+}
+
+void pg_inserts_init(struct pg_store *s)
+{
+    batcher_init(&s->inserts, INSERT_WRITERS, INSERT_BATCH_MAX, NULL, insert_batch, s);
 }
 
 int pg_task_insert(struct store *st, struct task *t, struct task **existing)
 {
-    struct pg_store *s = P(st);
-    struct pg_inserts *q = &s->inserts;
     struct pg_insert me = {.t = t};
 
-    pthread_cond_init(&me.wake, NULL);
-    pthread_mutex_lock(&q->lock);
-    *q->tail = &me;
-    q->tail = &me.next;
-    /* Until this insert is written, by this thread or in another's batch: whoever finds
-     * waiting inserts and a free writer's place writes them. Each waiter is woken only
-     * when its insert is done or when it is the oldest waiting and a place came free. */
-    while (!me.done) {
-        if (!q->head || q->writing >= INSERT_WRITERS) {
-            pthread_cond_wait(&me.wake, &q->lock);
-            continue;
-        }
-        struct pg_insert *batch = take_batch(q);
-
-        q->writing++;
-        if (q->head && q->writing < INSERT_WRITERS)
-            pthread_cond_signal(&q->head->wake); /* more than a batch waits */
-        pthread_mutex_unlock(&q->lock);
-        struct pgconn *pc = pg_conn_get(s);
-        if (!batch->next)
-            insert_one(s, pc, batch);
-        else
-            insert_many(s, pc, batch);
-        pg_conn_put(s, pc);
-        pthread_mutex_lock(&q->lock);
-        q->writing--;
-        for (struct pg_insert *w = batch, *next; w; w = next) {
-            next = w->next; /* w's owner may return as soon as we let go of the lock */
-            w->done = true;
-            if (w != &me)
-                pthread_cond_signal(&w->wake);
-        }
-        if (q->head && q->head != &me)
-            pthread_cond_signal(&q->head->wake); /* the next batch's writer */
-    }
-    pthread_mutex_unlock(&q->lock);
-    pthread_cond_destroy(&me.wake);
+    batcher_do(&P(st)->inserts, &me.base);
     *existing = me.existing;
     return me.rc;
 }

@@ -1,11 +1,13 @@
 /* store/sqlite/logs: inserting a task's log lines, one prepared INSERT a line, inside
- * the caller's write transaction. The rest of logs is written once, in store/logs.c. */
+ * the caller's write transaction; none for a task that does not exist (as on
+ * PostgreSQL: the end of an unknown task is then "not found", not a store error). The
+ * rest of logs is written once, in store/logs.c. */
 #include "store/sqlite/sqlite_int.h"
 
 static const struct sq_query log_insert = {
     "inserting a log line",
-    "INSERT INTO task_logs (task_id, ts, level, message, context, attempt) VALUES "
-    "(?1,?2,?3,?4,?5,(SELECT attempt FROM tasks WHERE id = ?1))"};
+    "INSERT INTO task_logs (task_id, ts, level, message, context, attempt) SELECT "
+    "?1, ?2, ?3, ?4, ?5, attempt FROM tasks WHERE id = ?1"};
 
 int sq_insert_logs(struct db_conn *dc, const char *task_id, const struct log_entry *e,
                    size_t n)
