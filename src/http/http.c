@@ -1,6 +1,7 @@
 /* http: libmicrohttpd with an internal thread pool (epoll), see http.h. */
 #include "http/http.h"
 #include "http/api.h"
+#include "http/listener.h"
 #include "core/clock.h"
 #include "core/crypto.h"
 #include "model/access.h"
@@ -10,9 +11,8 @@
 #include "http/router.h"
 #include "http/server.h"
 
-#include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
-#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +21,7 @@
 
 struct http {
     struct MHD_Daemon *daemon;
+    struct listener *listener;
     struct server *srv;
     atomic_ullong next_id;     /* request id counter */
     unsigned long long boot;   /* distinguishes ids across restarts */
@@ -385,51 +386,74 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("libmicrohttpd: %s", line);
 }
 
+/* The listener's hand-off: MHD owns fd from here, and closes it if it cannot take it. */
+static int add_connection(void *ctx, int fd, const struct sockaddr *addr, socklen_t len)
+{
+    struct http *h = ctx;
+
+    if (MHD_add_connection(h->daemon, fd, addr, len) == MHD_YES)
+        return 0;
+    log_warn("a connection was refused: %s", strerror(errno));
+    return -1;
+}
+
+/* A connection's end makes room for the next (the listener holds at most the limit).
+ * libmicrohttpd 0.9.75 tells of every connection it took and then closed, upgraded ones
+ * included (daemon.c: MHD_cleanup_connections, and new_connection_process_'s cleanup
+ * path); one it drops before taking it (out of memory for its pool) is not told of,
+ * and keeps its place in the count. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct http *h = cls;
+
+    (void)c;
+    (void)socket_ctx;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        listener_released(h->listener);
+}
+
 int http_start(struct server *srv, struct http **out)
 {
     struct http *h = calloc(1, sizeof(*h));
-    struct sockaddr_in6 a6 = {0};
-    struct sockaddr_in a4 = {0};
-    struct sockaddr *addr;
+    /* The listening socket is ours (http/listener.h: connections spread evenly over the
+     * pool); MHD_USE_ITC wakes a pool thread when one is added. The listener holds the
+     * connection limit (a connection beyond it waits in the socket's queue, as it did
+     * when MHD listened), so MHD's own, which it divides among its threads, is set
+     * where it never refuses one the listener let in: the limit on each thread, and one
+     * more, as a thread tells of a closed connection just before it counts it gone. */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_USE_SUSPEND_RESUME | MHD_ALLOW_UPGRADE;
-    const union MHD_DaemonInfo *info;
+                     MHD_USE_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_NO_LISTEN_SOCKET |
+                     MHD_USE_ITC;
+    int rc;
 
     if (!h)
         return ERR_NOMEM;
     h->srv = srv;
     h->boot = (unsigned long long)(clock_now_us() / 1000000) & 0xffffff;
-    if (inet_pton(AF_INET, srv->cfg.host, &a4.sin_addr) == 1) {
-        a4.sin_family = AF_INET;
-        a4.sin_port = htons((uint16_t)srv->cfg.port);
-        addr = (struct sockaddr *)&a4;
-    } else if (inet_pton(AF_INET6, srv->cfg.host, &a6.sin6_addr) == 1) {
-        a6.sin6_family = AF_INET6;
-        a6.sin6_port = htons((uint16_t)srv->cfg.port);
-        addr = (struct sockaddr *)&a6;
-        flags |= MHD_USE_IPv6;
-    } else {
-        log_error("HOST must be an IPv4 or IPv6 address, not '%s'", srv->cfg.host);
+    rc = listener_open(srv->cfg.host, srv->cfg.port, &h->listener);
+    if (rc < 0) {
         free(h);
-        return ERR_INVALID;
+        return rc;
     }
+    h->port = listener_port(h->listener);
     h->daemon = MHD_start_daemon(
-        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.http_threads,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
+        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)srv->cfg.http_threads, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)srv->cfg.http_timeout_seconds, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)srv->cfg.http_max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        ((unsigned)srv->cfg.http_max_connections + 1) * (unsigned)srv->cfg.http_threads,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)srv->cfg.http_max_header_bytes, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
-    if (!h->daemon) {
-        log_error("cannot listen on %s:%d (in use, or not an address of this machine)",
-                  srv->cfg.host, srv->cfg.port);
+        mhd_log, NULL, MHD_OPTION_END);
+    if (!h->daemon ||
+        listener_start(h->listener, srv->cfg.http_max_connections, add_connection, h) < 0) {
+        log_error("cannot start the HTTP server");
+        if (h->daemon)
+            MHD_stop_daemon(h->daemon);
         free(h);
         return ERR_IO;
     }
-    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : srv->cfg.port;
     *out = h;
     return 0;
 }
@@ -441,18 +465,17 @@ int http_port(const struct http *h)
 
 void http_quiesce(struct http *h)
 {
-    if (h && h->daemon) {
-        MHD_socket s = MHD_quiesce_daemon(h->daemon);
-        if (s != MHD_INVALID_SOCKET)
-            close(s);
-    }
+    if (h)
+        listener_stop(h->listener);
 }
 
 void http_stop(struct http *h)
 {
     if (!h)
         return;
+    listener_stop(h->listener);
     if (h->daemon)
         MHD_stop_daemon(h->daemon);
+    listener_free(h->listener); /* after MHD: its last connections release theirs */
     free(h);
 }
