@@ -8,7 +8,8 @@
  * finish, reap, recover), and the batch inserts and one-statement writes of tasks.c,
  * logs.c, conversations.c, experiments.c and webhooks.c (unnest() of array
  * literals, CTEs that NOTIFY, SKIP LOCKED leases); each such file says why.
- * A bounded pool of connections shared by HTTP handlers and workers; a thread
+ * A bounded pool of connections (all opened at start) shared by HTTP handlers and
+ * workers; a thread
  * takes one connection for one store call and gives it back. Statements live in
  * tables (struct db_stmt above the backends, struct pg_query here), each prepared once
  * per connection on first use; only SQL made at run time (a filtered task list) and
@@ -21,7 +22,9 @@
  * next pending task FOR UPDATE SKIP LOCKED (so concurrent claimers on any number
  * of servers never wait on, or take, the same row), leases it and marks the worker
  * busy; finishing updates the task only while the caller's lease is current, and an
- * internal worker's finish claims its next task in the same statement.
+ * internal worker's finish claims its next task in the same statement, and the
+ * finishes of several internal workers made at the same time are one statement
+ * (queue.c).
  * Committed new tasks are announced by the listener connection (one NOTIFY
  * taskexec_task for all since its last); every server's listener wakes its idle
  * workers, with polling as the fallback.
