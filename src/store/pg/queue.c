@@ -84,7 +84,8 @@
     "workers.tasks_failed + (" st " <> 'completed')::int "
 
 enum {
-    Q_CLAIM, Q_FINISH, Q_FINISH_CLAIM, Q_FINISH_CLAIM_MANY, Q_REAP_SILENT, Q_REAP_DEADLINES, Q_RECOVER_RETRY,
+    Q_CLAIM, Q_FINISH, Q_FINISH_CLAIM, Q_FINISH_CLAIM_MANY, Q_REAP_SILENT, Q_REAP_DEADLINES,
+    Q_RECOVER_RETRY,
     Q_RECOVER_TASKS, Q_RECOVER_WORKERS, Q_N
 };
 
@@ -127,18 +128,17 @@ static const struct pg_query queue_q[Q_N] = {
      * class, $9 retry (see PG_END_SET), $10 worker, $11 its next lease; the log lines'
      * $12 end (its position, from 1), $13-$16 as Q_FINISH's; $17 backend type, $18
      * supported problems and $19 now, of the claims. The ends whose task is running
-     * under their lease are taken (CTE lk; each row found by its id: OFFSET 0 keeps the
-     * state's test out of the lookup, or the planner, which sees few running tasks,
+     * under their lease are taken (CTE lk). Each row is found by its id: OFFSET 0 keeps
+     * the state's test out of the lookup, or the planner, which sees few running tasks,
      * walks the state index through every dead 'running' entry since the last vacuum,
-     * as it did on a queue just filled: a drain at 1,800 tasks/s instead of 2,500):
-     * each row locked SKIP LOCKED, so this
-     * statement never waits on a row another holds, and never holds two rows another
-     * waits on in the opposite order; an end not taken goes once more in the next
-     * batch, then alone, which gives its answer and stores its logs. As many pending tasks as ends taken
-     * are claimed, the first for the first end's worker and so on; a task that asks
-     * to avoid one of the group's workers waits for a claim of another. A row per end,
-     * in order: the task claimed for its worker (NULL columns when none), then 1 when
-     * the end was taken. */
+     * as it did on a queue just filled (a drain at 1,800 tasks/s instead of 2,500).
+     * Each row is locked SKIP LOCKED, so this statement never waits on a row another
+     * holds, and never holds two rows another waits on in the opposite order; an end not
+     * taken goes once more in the next batch, then alone, which gives its answer and
+     * stores its logs. As many pending tasks as ends taken are claimed, the first for
+     * the first end's worker and so on; a task that asks to avoid one of the group's
+     * workers waits for a claim of another. A row per end, in order: the task claimed
+     * for its worker (NULL columns when none), then 1 when the end was taken. */
     [Q_FINISH_CLAIM_MANY] = {"finishing tasks",
         "WITH u AS MATERIALIZED (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], "
         "$4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[], "
