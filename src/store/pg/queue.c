@@ -239,31 +239,54 @@ int pg_task_claim(struct store *st, const struct claim_req *req, struct task **o
     return rc;
 }
 
-/* The end on pc, with end->claim_next the next claim in the same statement (*next the
- * claimed task, caller frees, or NULL). 0, ERR_CONFLICT (lease not held) or ERR_NOTFOUND
- * (no such task); a refused end still stores its logs and claims nothing. */
+/* An end's values as text parameters, in the order of Q_FINISH_CLAIM_MANY's arrays:
+ * id, lease, status, result, error, now, success (JSON), error class, retry. */
+#define END_VALS 9
+struct end_vals {
+    struct num now, retry;
+    char *res;                 /* owned: end_vals_free */
+    const char *v[END_VALS];
+};
+
+static int end_vals_make(struct end_vals *ev, const char *id, const char *lease_token,
+                         const struct task_end *e)
+{
+    json_t *success = e->result ? json_object_get(e->result, "success") : NULL;
+    bool ok = true;
+
+    ev->res = pg_json_text(e->result, &ok);
+    const char *v[END_VALS] = {
+        id, lease_token, task_status_name(e->status), ev->res, e->error, num(&ev->now, e->now),
+        json_is_boolean(success) ? (json_is_true(success) ? "true" : "false") : "null",
+        task_error_class_name(e->error_class), e->retry_at ? num(&ev->retry, e->retry_at) : NULL};
+    memcpy(ev->v, v, sizeof(v));
+    return ok ? 0 : ERR_NOMEM;
+}
+
+static void end_vals_free(struct end_vals *ev)
+{
+    free(ev->res);
+}
+
+/* The end on pc, with end->claim_next the next claim in the same statement (re: its
+ * problems as one expression, or NULL; *next the claimed task, caller frees, or NULL).
+ * 0, ERR_CONFLICT (lease not held) or ERR_NOTFOUND (no such task); a refused end still
+ * stores its logs and claims nothing. */
 static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
-                     const struct task_end *end, struct task **next)
+                     const struct task_end *end, const char *re, struct task **next)
 {
     const struct claim_req *cn = end->claim_next;
     struct log_arrays a;
-    struct num n, r, cnow;
+    struct end_vals ev;
+    struct num cnow;
     struct pg_cursor cur;
-    bool ok = true;
-    char *res = pg_json_text(end->result, &ok), *re = NULL;
-    json_t *success = end->result ? json_object_get(end->result, "success") : NULL;
     int rc = pg_log_arrays_build(&a, end->logs, end->n_logs);
 
-    if (rc == 0 && cn)
-        rc = rules_globs_regex(cn->patterns, cn->n_patterns, &re);
-    if (rc == 0 && ok) {
-        const char *v[18] = {id, lease_token, task_status_name(end->status), res, end->error,
-                             num(&n, end->now),
-                             json_is_boolean(success) ? (json_is_true(success) ? "true" : "false")
-                                                      : "null",
-                             a.ts.data, a.lv.data, a.msg.data, a.ctx.data,
-                             task_error_class_name(end->error_class),
-                             end->retry_at ? num(&r, end->retry_at) : NULL,
+    if (end_vals_make(&ev, id, lease_token, end) < 0 && rc == 0)
+        rc = ERR_NOMEM;
+    if (rc == 0) {
+        const char *v[18] = {ev.v[0], ev.v[1], ev.v[2], ev.v[3], ev.v[4], ev.v[5], ev.v[6],
+                             a.ts.data, a.lv.data, a.msg.data, a.ctx.data, ev.v[7], ev.v[8],
                              cn ? cn->worker_id : NULL, cn ? cn->lease_token : NULL,
                              cn ? num(&cnow, cn->now) : NULL, cn ? cn->backend_type : NULL, re};
         const struct store_row *row = &cur.base.row;
@@ -282,12 +305,9 @@ static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
                 rc = ERR_NOMEM;
         }
         rc = pg_end(&cur, rc);
-    } else if (rc == 0) {
-        rc = ERR_NOMEM;
     }
     pg_log_arrays_reset(&a);
-    free(res);
-    free(re);
+    end_vals_free(&ev);
     return rc;
 }
 
@@ -363,25 +383,22 @@ static int finish_arrays(struct buf *a, struct log_arrays *logs, struct batch_it
     for (struct batch_item *it = batch; rc == 0 && it; it = it->next) {
         struct pg_finish *f = finish_of(it);
         const struct task_end *e = f->end;
-        json_t *success = e->result ? json_object_get(e->result, "success") : NULL;
-        bool ok = true;
-        char *res = pg_json_text(e->result, &ok);
-        struct num x, y, pos;
-        const char *v[FINISH_COLS] = {
-            f->id, f->lease_token, task_status_name(e->status), res, e->error,
-            num(&x, e->now),
-            json_is_boolean(success) ? (json_is_true(success) ? "true" : "false") : "null",
-            task_error_class_name(e->error_class), e->retry_at ? num(&y, e->retry_at) : NULL,
-            e->claim_next->worker_id, e->claim_next->lease_token};
+        struct end_vals ev;
+        struct num pos;
+        const char *v[FINISH_COLS - END_VALS] = {e->claim_next->worker_id,
+                                                 e->claim_next->lease_token};
 
-        rc = ok ? 0 : ERR_NOMEM;
-        for (int i = 0; rc == 0 && i < FINISH_COLS; i++)
-            rc = pg_array_add(&a[i], v[i] ? v[i] : "", !v[i]);
+        rc = end_vals_make(&ev, f->id, f->lease_token, e);
+        for (int i = 0; rc == 0 && i < FINISH_COLS; i++) {
+            const char *x = i < END_VALS ? ev.v[i] : v[i - END_VALS];
+
+            rc = pg_array_add(&a[i], x ? x : "", !x);
+        }
         if (rc == 0)
             rc = pg_log_arrays_add(logs, e->logs, e->n_logs, num(&pos, ++n));
         if (e->now > *now)
             *now = e->now;
-        free(res);
+        end_vals_free(&ev);
     }
     if (rc == 0)
         rc = pg_arrays_close(all, FINISH_COLS);
@@ -442,7 +459,7 @@ static void finish_many(struct pgconn *pc, struct batch_item *batch)
         else if (rc == 0 && f->rc == 1 && !f->again++)
             f->rc = FINISH_AGAIN;
         else if (rc < 0 || f->rc == 1)
-            f->rc = finish_on(pc, f->id, f->lease_token, f->end, &f->next);
+            f->rc = finish_on(pc, f->id, f->lease_token, f->end, f->re, &f->next);
     }
 }
 
@@ -455,7 +472,7 @@ static void finish_batch(void *ctx, struct batch_item *batch)
     if (!batch->next) {
         struct pg_finish *f = finish_of(batch);
 
-        f->rc = finish_on(pc, f->id, f->lease_token, f->end, &f->next);
+        f->rc = finish_on(pc, f->id, f->lease_token, f->end, f->re, &f->next);
     } else {
         finish_many(pc, batch);
     }
@@ -478,7 +495,7 @@ int pg_task_finish(struct store *st, const char *id, const char *lease_token,
     if (!cn) {
         struct pgconn *pc = pg_conn_get(P(st));
 
-        f.rc = finish_on(pc, id, lease_token, end, &f.next);
+        f.rc = finish_on(pc, id, lease_token, end, NULL, &f.next);
         pg_conn_put(P(st), pc);
     } else if ((f.rc = rules_globs_regex(cn->patterns, cn->n_patterns, &f.re)) == 0) {
         do
