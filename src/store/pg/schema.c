@@ -269,6 +269,30 @@ static const char *const migrations[] = {
     "ALTER FUNCTION te_ts(bigint) STABLE; ALTER FUNCTION te_us(timestamptz) STABLE;"
     "DROP INDEX tasks_running; DROP INDEX tasks_deadline; DROP INDEX tasks_created;"
     TE_TASKS_UPDATED("(n.status = 'running'), n.seq"),
+    /* 10 (#17): the update trigger in one pass over its transitions. An internal worker's
+     * end-and-claim statement mixes two transitions (running -> an end, pending ->
+     * running), which took the jsonb path of migration 8 (a tenth of that statement's
+     * time draining a queue: the first count, a jsonb built and read back, a function
+     * call). Now each status's net change is summed in one join and only the counters
+     * that move are updated, in status order as before; a group whose claims match its
+     * ends leaves 'running' untouched. */
+    "CREATE OR REPLACE FUNCTION te_tasks_updated() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "DECLARE r record; moved boolean := false; BEGIN "
+    " FOR r IN SELECT v.s, sum(v.c) AS c FROM old_rows o JOIN new_rows n USING (seq) "
+    "  CROSS JOIN LATERAL (VALUES (o.status, -1), (n.status, 1)) v(s, c) "
+    "  WHERE o.status <> n.status GROUP BY v.s ORDER BY v.s LOOP "
+    "  moved := true; "
+    "  IF r.c <> 0 THEN "
+    "   UPDATE task_counts SET n = n + r.c WHERE status = r.s AND shard = pg_backend_pid() % 16; "
+    "  END IF; "
+    " END LOOP; "
+    " IF NOT moved THEN RETURN NULL; END IF; "
+    " INSERT INTO task_events (ts, kind, task_id, worker_id, status, problem_id, wait_us) "
+    "  SELECT te_us(n.updated_at), 'task', n.id, n.worker_id, n.status, n.problem_id, "
+    "  CASE WHEN n.status = 'running' THEN te_us(n.started_at) - te_us(n.created_at) END "
+    "  FROM old_rows o JOIN new_rows n USING (seq) WHERE o.status <> n.status "
+    "  ORDER BY (n.status = 'running'), n.seq; "
+    " RETURN NULL; END $$;",
 };
 
 #define N_MIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
