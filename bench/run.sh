@@ -60,6 +60,26 @@ start_server() {
 stop_server() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 server_pid() { echo "$SERVER"; }  # the subshell execs the server
 rss_mb() { awk '/^'"$2"':/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# start_nginx: nginx serving $DIR/www (the JSON of a task, saved by the caller) on NPORT
+start_nginx() {
+    NPORT=$(port)
+    cat > "$DIR/nginx.conf" <<CONF
+worker_processes 2;
+pid $DIR/nginx.pid;
+error_log $DIR/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $DIR/ngx_body; proxy_temp_path $DIR/ngx_proxy;
+  fastcgi_temp_path $DIR/ngx_fcgi; uwsgi_temp_path $DIR/ngx_uwsgi; scgi_temp_path $DIR/ngx_scgi;
+  server { listen 127.0.0.1:$NPORT; root $DIR/www; default_type application/json; }
+}
+CONF
+    "$NGINX" -c "$DIR/nginx.conf" -g 'daemon off;' 2>/dev/null &
+    NGINX_PID=$!
+    sleep 0.5
+}
+stop_nginx() { kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=; }
 # pgb SCRIPT DB CLIENTS: transactions/s of bench/SCRIPT, pgbench -M prepared for 10 s
 pgb() {
     local t
@@ -124,11 +144,20 @@ GID=$(curl -s "$API/api/v1/tasks?limit=1" | /usr/bin/python3 -c 'import json,sys
 PG_GET=$(wrk -t2 -c32 -d10s --latency "$API/api/v1/tasks/$GID" 2>/dev/null)
 PG_GET_RPS=$(wrk_ok_rps "$PG_GET")
 PG_GET_P99=$(echo "$PG_GET" | awk '$1 == "99%" {print $2}')
+# beside it, nginx serving the same task's JSON from a file at 32 connections: the tail
+# this machine gives a server that does no work (the machine's floor for the p99 goal)
+mkdir -p "$DIR/www"
+curl -s "$API/api/v1/tasks/$GID" > "$DIR/www/task.json"
 stop_server
+start_nginx
+NG_GET=$(wrk -t2 -c32 -d10s --latency "http://127.0.0.1:$NPORT/task.json" 2>/dev/null)
+stop_nginx
+NG_GET_RPS=$(echo "$NG_GET" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+NG_GET_P99=$(echo "$NG_GET" | awk '$1 == "99%" {print $2}')
 row "create a task, req/s (HTTP, 32 connections)" "$CREATE_RPS" "$PLAIN_INS" "$(ratio "$CREATE_RPS" "$PLAIN_INS")"
 row "create->claim->complete/s (HTTP create, $CONC conns)" "$PG_RATE" "$PLAIN_LIFE" "$(ratio "$PG_RATE" "$PLAIN_LIFE")"
-row "GET requests/s, 32 conns, PG, default settings" "$PG_GET_RPS"
-row "GET p99, 32 conns, PG, default settings" "$PG_GET_P99"
+row "GET requests/s, 32 conns, PG, default settings" "$PG_GET_RPS" "$NG_GET_RPS" "$(ratio "$PG_GET_RPS" "$NG_GET_RPS")"
+row "GET p99, 32 conns, PG, default settings" "$PG_GET_P99" "$NG_GET_P99"
 fi
 
 if want drain; then
@@ -258,29 +287,14 @@ WRKN=$(wrk -t2 -c32 -d10s --latency "$API/api/v1/tasks/$ID" 2>/dev/null)
 OUR_P99_N=$(echo "$WRKN" | awk '$1 == "99%" {print $2}')
 OUR_RPS_N=$(echo "$WRKN" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
 stop_server
-NPORT=$(port)
-cat > "$DIR/nginx.conf" <<CONF
-worker_processes 2;
-pid $DIR/nginx.pid;
-error_log $DIR/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $DIR/ngx_body; proxy_temp_path $DIR/ngx_proxy;
-  fastcgi_temp_path $DIR/ngx_fcgi; uwsgi_temp_path $DIR/ngx_uwsgi; scgi_temp_path $DIR/ngx_scgi;
-  server { listen 127.0.0.1:$NPORT; root $DIR/www; default_type application/json; }
-}
-CONF
-"$NGINX" -c "$DIR/nginx.conf" -g 'daemon off;' 2>/dev/null &
-NGINX_PID=$!
-sleep 0.5
+start_nginx
 NWRK=$(wrk -t2 -c64 -d10s --latency "http://127.0.0.1:$NPORT/task.json" 2>/dev/null)
 N_RPS=$(echo "$NWRK" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
 N_P99=$(echo "$NWRK" | awk '$1 == "99%" {print $2}')
 NWRK32=$(wrk -t2 -c32 -d10s --latency "http://127.0.0.1:$NPORT/task.json" 2>/dev/null)
 N_P99_32=$(echo "$NWRK32" | awk '$1 == "99%" {print $2}')
 N_RPS_32=$(echo "$NWRK32" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
-kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=
+stop_nginx
 row "GET /api/v1/tasks/{id} requests/s, 64 connections" "$OUR_RPS" "$N_RPS" "$(ratio "$OUR_RPS" "$N_RPS")"
 row "GET /api/v1/tasks/{id} p99, 64 connections" "$OUR_P99" "$N_P99"
 row "GET /api/v1/tasks/{id} p99, 32 connections" "$OUR_P99_32" "$N_P99_32"
