@@ -174,7 +174,7 @@ start_server drain DATABASE_URL="$DURL" EXECUTOR=noop NUM_INTERNAL_WORKERS="$DRA
 # polled through the server's stats (its per-state counters, on a pooled connection): a
 # count(*) of the table each time took a fifth of a core, and a psql a second (a new
 # backend each time) 3.5 % of the machine
-drained() { curl -sf "$API/api/v1/tasks/stats" | sed -n 's/.*"completed": *\([0-9]*\).*/\1/p'; }
+drained() { curl -sf "$API/api/v1/tasks/stats?include_averages=false" | sed -n 's/.*"completed": *\([0-9]*\).*/\1/p'; }
 while [ "$(drained)" != "$DRAIN" ]; do sleep 1; done
 stop_server
 DRATE=$("${PSQL[@]}" drain -c "SELECT round(count(*) / extract(epoch FROM max(completed_at) - min(started_at))) FROM tasks")
