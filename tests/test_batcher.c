@@ -197,12 +197,73 @@ static void a_lone_request_is_done_once_the_batch_beside_it_ends(void **state)
     batcher_destroy(&s.b);
 }
 
+/* A batch of one place made of '0' (held) and, waiting behind it, '1' and '2'; then
+ * '0' let go: three were in flight when it ended. */
+static void three_in_flight(struct seen *s, struct req *r, pthread_t *th, int linger_us)
+{
+    seen_init(s, 1, 8, false);
+    s->b.linger_us = linger_us;
+    s->held = '0';
+    start(s, &r[0], &th[0], 0);
+    wait_batches(s, 1);
+    start(s, &r[1], &th[1], 1);
+    start(s, &r[2], &th[2], 2);
+    release(s);
+    pthread_join(th[0], NULL);
+}
+
+/* With a linger, the requests that waited behind a batch do not go as soon as it ends:
+ * they wait until as many as were in flight are back ('0' asks again as '3'). */
+static void after_a_batch_the_next_waits_for_those_in_flight(void **state)
+{
+    (void)state;
+    struct seen s;
+    struct req r[4] = {{.name = '0'}, {.name = '1'}, {.name = '2'}, {.name = '3'}};
+    pthread_t th[4];
+
+    three_in_flight(&s, r, th, 60 * 1000 * 1000);
+    usleep(50 * 1000);
+    pthread_mutex_lock(&s.lock);
+    assert_int_equal(s.n_batches, 1); /* '1' and '2' wait for a third */
+    pthread_mutex_unlock(&s.lock);
+    start(&s, &r[3], &th[3], 0);
+    for (int i = 1; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(s.n_batches, 2);
+    assert_string_equal(s.batches[1], "123");
+    batcher_destroy(&s.b);
+}
+
+/* The wait ends linger_us after the last batch ended, however few came back; and a
+ * request made long after a batch goes at once, alone. */
+static void the_linger_ends_and_a_late_request_goes_alone(void **state)
+{
+    (void)state;
+    struct seen s;
+    struct req r[4] = {{.name = '0'}, {.name = '1'}, {.name = '2'}, {.name = '3'}};
+    pthread_t th[4];
+
+    three_in_flight(&s, r, th, 30 * 1000);
+    for (int i = 1; i < 3; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(s.n_batches, 2);
+    assert_string_equal(s.batches[1], "12");
+    usleep(60 * 1000);
+    start(&s, &r[3], &th[3], 0);
+    pthread_join(th[3], NULL);
+    assert_int_equal(s.n_batches, 3);
+    assert_string_equal(s.batches[2], "3");
+    batcher_destroy(&s.b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(waiting_requests_go_together_by_key),
         cmocka_unit_test(beside_a_batch_a_lone_request_waits_for_company),
         cmocka_unit_test(a_lone_request_is_done_once_the_batch_beside_it_ends),
+        cmocka_unit_test(after_a_batch_the_next_waits_for_those_in_flight),
+        cmocka_unit_test(the_linger_ends_and_a_late_request_goes_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
 #include "core/batcher.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 void batcher_init(struct batcher *b, int max_busy, int max_items,
                   bool (*joins)(const struct batch_item *, const struct batch_item *),
@@ -14,6 +15,8 @@ void batcher_init(struct batcher *b, int max_busy, int max_items,
     b->max_busy = max_busy;
     b->max_items = max_items;
     b->min_beside = 1;
+    b->linger_us = 0;
+    b->in_flight = 0;
     b->joins = joins;
     b->run = run;
     b->ctx = ctx;
@@ -59,17 +62,57 @@ static bool enough(const struct batcher *b)
     return n >= b->min_beside;
 }
 
+static int64_t ns_of(const struct timespec *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* Whether a batch about to begin with none running waits for more: fewer wait than were
+ * in flight when the last batch ended (or than a batch holds), less than linger_us ago;
+ * *until the deadline. With b's lock. */
+static bool lingers(const struct batcher *b, struct timespec *until)
+{
+    struct timespec now;
+    int64_t end;
+    int n = 0, want = b->in_flight < b->max_items ? b->in_flight : b->max_items;
+
+    if (!b->linger_us || want < 2)
+        return false;
+    for (const struct batch_item *it = b->head; it && n < want; it = it->next)
+        n++;
+    if (n >= want)
+        return false;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    end = ns_of(&b->last_end) + (int64_t)b->linger_us * 1000;
+    if (ns_of(&now) >= end)
+        return false;
+    until->tv_sec = (time_t)(end / 1000000000);
+    until->tv_nsec = (long)(end % 1000000000);
+    return true;
+}
+
 void batcher_do(struct batcher *b, struct batch_item *me)
 {
+    pthread_condattr_t attr;
+    struct timespec until;
+
     me->next = NULL;
     me->done = false;
-    pthread_cond_init(&me->wake, NULL);
+    /* a monotonic clock for the linger: a wall clock set back would stretch it */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&me->wake, &attr);
+    pthread_condattr_destroy(&attr);
     pthread_mutex_lock(&b->lock);
     *b->tail = me;
     b->tail = &me->next;
     while (!me->done) {
         if (!b->head || b->busy >= b->max_busy || (b->busy > 0 && !enough(b))) {
             pthread_cond_wait(&me->wake, &b->lock);
+            continue;
+        }
+        if (b->busy == 0 && lingers(b, &until)) {
+            pthread_cond_timedwait(&me->wake, &b->lock, &until);
             continue;
         }
         struct batch_item *batch = take_batch(b);
@@ -81,8 +124,13 @@ void batcher_do(struct batcher *b, struct batch_item *me)
         b->run(b->ctx, batch);
         pthread_mutex_lock(&b->lock);
         b->busy--;
+        b->in_flight = 0;
+        for (struct batch_item *it = b->head; it; it = it->next)
+            b->in_flight++;
+        clock_gettime(CLOCK_MONOTONIC, &b->last_end);
         for (struct batch_item *it = batch, *next; it; it = next) {
             next = it->next; /* its owner may return as soon as we let go of the lock */
+            b->in_flight++;
             it->done = true;
             if (it != me)
                 pthread_cond_signal(&it->wake);

@@ -8,12 +8,19 @@
  * thread of the batch returns. A request made alone is done at once by its own thread,
  * so an idle caller adds no wait. Each waiter has its own condition variable and is
  * woken only when its request is done, or when it is the oldest waiting and a place
- * came free (waking all at every batch's end cost six futex calls a request). */
+ * came free (waking all at every batch's end cost six futex calls a request).
+ *
+ * Callers that ask again as soon as they are answered (internal workers: an end, then
+ * the next task's end) would otherwise split: the first back finds no batch running and
+ * goes alone, the rest wait behind it, and so on. With linger_us, a batch about to begin
+ * with none running waits, at most that long after the last batch ended, until as many
+ * wait as were then in flight (that batch's requests and those waiting behind it). */
 #ifndef TASKEXEC_BATCHER_H
 #define TASKEXEC_BATCHER_H
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 /* A request, embedded first in the caller's own struct, on the caller's stack. */
 struct batch_item {
@@ -31,6 +38,11 @@ struct batcher {
      * init; 1 there): more makes fewer, larger batches, each waiting at most one
      * batch's time. */
     int min_beside;
+    /* Microseconds a batch about to begin alone may wait for the requests of the last
+     * (set after init; 0 there: never waits). */
+    int linger_us;
+    int in_flight;             /* the last batch's requests and those waiting at its end */
+    struct timespec last_end;  /* when it ended, CLOCK_MONOTONIC */
     /* Whether item may be done in the batch that first begins (NULL: any may). Those
      * that may not wait, in their order, for a batch of their own. */
     bool (*joins)(const struct batch_item *first, const struct batch_item *item);

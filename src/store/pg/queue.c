@@ -313,24 +313,28 @@ static int finish_on(struct pgconn *pc, const char *id, const char *lease_token,
 
 /* ---- internal workers' ends, written together ----
  * An internal worker's end carries its next claim; those made while others are being
- * written go in one statement (Q_FINISH_CLAIM_MANY), at most FINISH_WRITERS statements
- * at a time (#17: draining a queue, the statement's triggers, executor start-up and
- * commit were half the database's time, once a task). An end made alone is written at
- * once; beside a statement being written, it waits for a second or for that statement
- * (at most one statement's time): lone statements beside a group were a fifth of them,
- * each costing most of a group's time. Measured on the 2-core machine, 8 workers
- * draining 20,000 tasks: 2 writers 2,480-2,750 tasks/s, 3 writers 1,540-2,110 (smaller
- * groups, more statements at once on two cores), 1 writer about 1,800 (the database's
- * second core idle while the one statement runs).
+ * written go in one statement (Q_FINISH_CLAIM_MANY) (#17: draining a queue, the
+ * statement's triggers, executor start-up and commit were half the database's time, once
+ * a task; the statement costs about as much for 2 ends as for 8). An end made alone is
+ * written at once. Workers that end tasks back to back (short tasks) come back together
+ * after each statement, so the next statement waits, at most FINISH_LINGER_US after the
+ * last one, for as many as were in flight (core/batcher.h): without it the first back went
+ * alone and the rest behind it. A second statement beside one being written only for a
+ * full batch: two at a time split the workers into two groups of 2-5, and each
+ * statement's claim, begun before the other's commit, locked rows the other had just
+ * claimed (below). Measured on the 2-core machine, 8 workers draining 20,000 tasks,
+ * alternated: statements of 8, 2,839-3,595 tasks/s, against 2,096-2,415 with two
+ * statements at a time of 2-5 (3 writers were worse still, 1,540-2,110).
  *
  * An end not taken because its row was locked goes once more in the next batch: a
  * concurrent claim whose snapshot predates this task's own claim finds the row pending
  * there, and PostgreSQL keeps the lock it took to recheck the newer version even though
- * the row no longer qualifies (a fifth of the ends met such a lock, held until that
- * claim's commit). */
+ * the row no longer qualifies (held until that claim's commit; a tenth to a fifth of the
+ * ends when statements overlapped, next to none now). */
 #define FINISH_WRITERS 2
-#define FINISH_MIN_BESIDE 2
 #define FINISH_BATCH_MAX 32
+#define FINISH_MIN_BESIDE FINISH_BATCH_MAX
+#define FINISH_LINGER_US 500
 #define FINISH_AGAIN 2          /* not taken in a batch: once more in the next */
 
 /* One waiting end, on its caller's stack. */
@@ -484,6 +488,7 @@ void pg_finishes_init(struct pg_store *s)
     batcher_init(&s->finishes, FINISH_WRITERS, FINISH_BATCH_MAX, finish_joins, finish_batch,
                  s);
     s->finishes.min_beside = FINISH_MIN_BESIDE;
+    s->finishes.linger_us = FINISH_LINGER_US;
 }
 
 int pg_task_finish(struct store *st, const char *id, const char *lease_token,
