@@ -451,6 +451,7 @@ int http_start(struct server *srv, struct http **out)
         log_error("cannot start the HTTP server");
         if (h->daemon)
             MHD_stop_daemon(h->daemon);
+        listener_free(h->listener);
         free(h);
         return ERR_IO;
     }

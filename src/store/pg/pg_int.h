@@ -9,13 +9,12 @@
  * logs.c, conversations.c, experiments.c and webhooks.c (unnest() of array
  * literals, CTEs that NOTIFY, SKIP LOCKED leases); each such file says why.
  * A bounded pool of connections (all opened at start) shared by HTTP handlers and
- * workers; a thread
- * takes one connection for one store call and gives it back. Statements live in
- * tables (struct db_stmt above the backends, struct pg_query here), each prepared once
- * per connection on first use; only SQL made at run time (a filtered task list) and
- * transaction control go unprepared. Task inserts made at the same time by several
- * threads are written together, one statement and one commit (tasks.c). Every result
- * is read through a cursor
+ * workers; a thread takes one connection for one store call and gives it back.
+ * Statements live in tables (struct db_stmt above the backends, struct pg_query here),
+ * each prepared once per connection on first use; only SQL made at run time (a filtered
+ * task list) and transaction control go unprepared. Task inserts made at the same time
+ * by several threads are written together, one statement and one commit (tasks.c).
+ * Every result is read through a cursor
  * (struct pg_cursor) whose next() says row, done or error; rows become API values
  * in store/rows.c. Each queue rule is one statement, so it is one
  * transaction and one round trip: a claim is a MATERIALIZED CTE that picks the
